@@ -1,0 +1,101 @@
+// CPU kernels (OpenMP; AVX2/FMA where it pays). Raw pointers and sizes: outputs first, then
+// const inputs, then sizes. The same functions exist in cnnkit::cuda with the same signatures.
+#pragma once
+
+#include <cstdint>
+
+#include "core/geometry.h"
+#include "cpu/gemm.h"
+
+namespace cnnkit {
+namespace cpu {
+
+// ---- im2col / col2im --------------------------------------------------------------------
+// x is one image (C,H,W); col is (C*R*S, P*Q) with row stride ldc (>= P*Q, so several images
+// can sit side by side in one column matrix). Out-of-image taps read as zero.
+void im2col(float* col, int64_t ldc, const float* x, int64_t C, int64_t H, int64_t W, int64_t R,
+            int64_t S, int64_t P, int64_t Q, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+            int64_t dh, int64_t dw);
+// Inverse scatter-add: dx (C,H,W) = sum of col entries landing on each pixel (dx overwritten).
+void col2im(float* dx, const float* col, int64_t ldc, int64_t C, int64_t H, int64_t W, int64_t R,
+            int64_t S, int64_t P, int64_t Q, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+            int64_t dh, int64_t dw);
+
+// ---- convolution ------------------------------------------------------------------------
+// Scratch floats the three conv kernels need for geometry g (caller provides `ws`).
+int64_t conv2d_workspace_floats(const ConvGeom& g);
+// x is (N,C,H,W), w is (K,C/groups,R,S), b is (K) or null, y is (N,K,P,Q).
+void conv2d_forward(float* y, const float* x, const float* w, const float* b, const ConvGeom& g,
+                    float* ws);
+// dy is (N,K,P,Q), w is (K,C/groups,R,S), dx is (N,C,H,W) (overwritten).
+void conv2d_backward_input(float* dx, const float* dy, const float* w, const ConvGeom& g,
+                           float* ws);
+// dy is (N,K,P,Q), x is (N,C,H,W); dw (K,C/groups,R,S) and db (K, or null) are ACCUMULATED.
+void conv2d_backward_weight(float* dw, float* db, const float* dy, const float* x,
+                            const ConvGeom& g, float* ws);
+
+// ---- pooling ----------------------------------------------------------------------------
+// x is (N,C,H,W), y is (N,C,P,Q); argmax (N,C,P,Q) holds the flat h*W+w index of each max
+// (-1 when the window covers only padding).
+void maxpool2d_forward(float* y, int32_t* argmax, const float* x, const PoolGeom& g);
+void maxpool2d_backward(float* dx, const float* dy, const int32_t* argmax, const PoolGeom& g);
+void avgpool2d_forward(float* y, const float* x, const PoolGeom& g);
+void avgpool2d_backward(float* dx, const float* dy, const PoolGeom& g);
+
+// ---- activations ------------------------------------------------------------------------
+enum class Act { Identity = 0, ReLU = 1, LeakyReLU = 2, Sigmoid = 3, Tanh = 4 };
+// y, x are (n); y may alias x.
+void activation_forward(float* y, const float* x, int64_t n, Act act, float alpha);
+// dx = dy * f'(.) using x (ReLU/LeakyReLU) or y (Sigmoid/Tanh); dx may alias dy.
+void activation_backward(float* dx, const float* dy, const float* x, const float* y, int64_t n,
+                         Act act, float alpha);
+
+// ---- linear -----------------------------------------------------------------------------
+// x is (N,I), w is (O,I), b is (O) or null, y is (N,O).
+void linear_forward(float* y, const float* x, const float* w, const float* b, int64_t N,
+                    int64_t I, int64_t O);
+// dx (N,I) overwritten (skipped when null); dw (O,I), db (O) accumulated.
+void linear_backward(float* dx, float* dw, float* db, const float* dy, const float* x,
+                     const float* w, int64_t N, int64_t I, int64_t O);
+
+// ---- batch normalisation ----------------------------------------------------------------
+// x, y are (N,C,HW). Training: batch statistics; saves mean and 1/sqrt(var+eps) per channel,
+// updates running stats with momentum (unbiased variance, as PyTorch).
+void batchnorm_forward_train(float* y, float* save_mean, float* save_invstd, float* running_mean,
+                             float* running_var, const float* x, const float* gamma,
+                             const float* beta, int64_t N, int64_t C, int64_t HW, float momentum,
+                             float eps);
+void batchnorm_forward_eval(float* y, const float* x, const float* gamma, const float* beta,
+                            const float* running_mean, const float* running_var, int64_t N,
+                            int64_t C, int64_t HW, float eps);
+// dx overwritten; dgamma, dbeta accumulated.
+void batchnorm_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
+                        const float* save_mean, const float* save_invstd, const float* gamma,
+                        int64_t N, int64_t C, int64_t HW);
+
+// ---- dropout ----------------------------------------------------------------------------
+// mask[i] = 1/(1-p) when kept else 0, from philox(seed, stream, i); y = x * mask.
+void dropout_forward(float* y, float* mask, const float* x, int64_t n, float p, uint64_t seed,
+                     uint64_t stream);
+void dropout_backward(float* dx, const float* dy, const float* mask, int64_t n);
+
+// ---- losses -----------------------------------------------------------------------------
+// logits (N,C), labels (N) in [0,C). Returns mean loss; *correct = count of argmax == label.
+// dlogits (N,C) = (softmax - onehot) / N (skipped when null).
+double softmax_cross_entropy(float* dlogits, int64_t* correct, const float* logits,
+                             const int64_t* labels, int64_t N, int64_t C);
+// pred, target (n); mean over all n elements; dpred = 2 (pred - target) / n (skipped when null).
+double mse_loss(float* dpred, const float* pred, const float* target, int64_t n);
+
+// ---- optimizer updates over flat buffers (PyTorch update rules) ---------------------------
+void sgd_step(float* w, float* buf, const float* g, int64_t n, float lr, float momentum,
+              float dampening, float weight_decay, bool nesterov, bool first_step);
+void adam_step(float* w, float* m, float* v, const float* g, int64_t n, float lr, float beta1,
+               float beta2, float eps, float weight_decay, bool decoupled, int64_t step);
+void adagrad_step(float* w, float* sum, const float* g, int64_t n, float lr, float lr_decay,
+                  float weight_decay, float eps, int64_t step);
+void rmsprop_step(float* w, float* sq, float* buf, const float* g, int64_t n, float lr,
+                  float alpha, float eps, float weight_decay, float momentum);
+
+}  // namespace cpu
+}  // namespace cnnkit

@@ -1,0 +1,106 @@
+// Layer interface: public forward/backward are non-virtual and validate; virtual *_impl compute.
+// Parameters are views into the owning Net's flat buffers; backward ACCUMULATES parameter
+// gradients (the optimizer step zeroes them).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace cnnkit {
+namespace nn {
+
+enum class Init { KaimingUniform, FanInUniform, Ones, Zeros };
+
+struct ParamSpec {
+    std::string name;  // "weight", "bias", "running_mean", ...
+    Shape shape;
+    Init init;
+    int64_t fan_in;  // for the uniform initialisers
+};
+
+// Scratch memory handed to a layer for one call (im2col columns and the like).
+struct Workspace {
+    float* data = nullptr;
+    int64_t floats = 0;
+};
+
+class Layer {
+  public:
+    virtual ~Layer() = default;
+
+    // Type name as the user wrote it ("Conv2d") and the position-based name set by the Net
+    // ("3"), used in every error message.
+    virtual std::string type() const = 0;
+    std::string label() const;
+    void set_index(int64_t i) { index_ = i; }
+
+    // Output shape for input shape `in`; throws ValueError naming the layer and both shapes.
+    Shape output_shape(const Shape& in) const { return output_shape_impl(in); }
+    virtual int64_t workspace_floats(const Shape& in) const { return 0; }
+    // True when y is x reshaped (Flatten): the Net aliases instead of calling forward.
+    virtual bool is_view() const { return false; }
+    // Short description of the configuration, for summary() and errors.
+    virtual std::string config() const { return ""; }
+
+    // y must already have output_shape(x.shape()).
+    void forward(const Tensor& x, Tensor& y, bool training, const Workspace& ws);
+    // x, y: this layer's input and output from the last forward; dx null when not needed.
+    void backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor* dx,
+                  const Workspace& ws);
+
+    // Parameters (trainable) and buffers (running statistics), in state_dict order.
+    virtual std::vector<ParamSpec> param_specs() const { return {}; }
+    virtual std::vector<ParamSpec> buffer_specs() const { return {}; }
+    std::vector<Tensor>& params() { return params_; }
+    std::vector<Tensor>& grads() { return grads_; }
+    std::vector<Tensor>& buffers() { return buffers_; }
+    // Point parameters/gradients/buffers at new storage, copying current values over.
+    void bind(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
+              const std::vector<Tensor>& buffers);
+    // Fresh values from the specs with the counter-based RNG keyed by seed.
+    void reset_parameters(uint64_t seed);
+
+    // Dropout's RNG stream for this forward (set by the Net each training step).
+    void set_rng(uint64_t seed, uint64_t stream) {
+        rng_seed_ = seed;
+        rng_stream_ = stream;
+    }
+
+  protected:
+    virtual Shape output_shape_impl(const Shape& in) const = 0;
+    virtual void forward_impl(const Tensor& x, Tensor& y, bool training, const Workspace& ws) = 0;
+    virtual void backward_impl(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor* dx,
+                               const Workspace& ws) = 0;
+    // Throws ValueError "<Type> (layer i): <what>: expected <e>, got <shape>".
+    [[noreturn]] void shape_error(const std::string& expected, const Shape& got) const;
+    void init_storage();  // allocate standalone params/grads/buffers from the specs
+
+    std::vector<Tensor> params_, grads_, buffers_;
+    int64_t index_ = -1;
+    uint64_t rng_seed_ = 0, rng_stream_ = 0;
+    bool last_training_ = false;
+};
+
+using LayerPtr = std::shared_ptr<Layer>;
+
+// ---- factories (configuration validated here; ValueError on bad hyper-parameters) -----------
+
+LayerPtr make_conv2d(int64_t in_channels, int64_t out_channels, int64_t kh, int64_t kw,
+                     int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
+                     int64_t groups, bool bias);
+LayerPtr make_maxpool2d(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                        bool ceil_mode);
+LayerPtr make_avgpool2d(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                        bool ceil_mode, bool count_include_pad);
+LayerPtr make_activation(const std::string& kind, float negative_slope);
+LayerPtr make_linear(int64_t in_features, int64_t out_features, bool bias);
+LayerPtr make_flatten();
+LayerPtr make_dropout(float p);
+LayerPtr make_batchnorm2d(int64_t num_features, float eps, float momentum, bool affine,
+                          bool track_running_stats);
+
+}  // namespace nn
+}  // namespace cnnkit

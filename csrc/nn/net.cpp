@@ -1,0 +1,239 @@
+// Net: flat parameter storage, activation/workspace arenas, forward/backward and the fused
+// train step (forward, loss, backward, optimizer update) with no allocation in steady state.
+#include "nn/net.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "ops/ops.h"
+
+namespace cnnkit {
+namespace nn {
+
+namespace {
+constexpr int64_t kAlign = 16;  // floats: every parameter starts on a 64-byte boundary
+int64_t round_up(int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+}  // namespace
+
+// ---- construction ---------------------------------------------------------------------------
+
+Net::Net(std::vector<LayerPtr> layers) : layers_(std::move(layers)) {
+    int64_t np = 0, nb = 0;
+    for (size_t i = 0; i < layers_.size(); ++i) {
+        CNN_CHECK_ARG(layers_[i] != nullptr, "Sequential: layer ", i, " is None");
+        layers_[i]->set_index(static_cast<int64_t>(i));
+        for (const ParamSpec& s : layers_[i]->param_specs()) {
+            param_index_.push_back({str_cat(i, ".", s.name), {np, s.shape}});
+            num_params_ += shape_numel(s.shape);
+            np += round_up(shape_numel(s.shape));
+        }
+        for (const ParamSpec& s : layers_[i]->buffer_specs()) {
+            buffer_index_.push_back({str_cat(i, ".", s.name), {nb, s.shape}});
+            nb += round_up(shape_numel(s.shape));
+        }
+    }
+    params_ = Tensor::zeros({np});
+    grads_ = Tensor::zeros({np});
+    buffers_ = Tensor::zeros({nb});
+    size_t pi = 0, bi = 0;
+    for (auto& l : layers_) {
+        std::vector<Tensor> p, g, b;
+        for (size_t k = 0; k < l->param_specs().size(); ++k, ++pi) {
+            const auto& e = param_index_[pi].second;
+            p.push_back(params_.view(e.second, e.first));
+            g.push_back(grads_.view(e.second, e.first));
+        }
+        for (size_t k = 0; k < l->buffer_specs().size(); ++k, ++bi) {
+            const auto& e = buffer_index_[bi].second;
+            b.push_back(buffers_.view(e.second, e.first));
+        }
+        l->bind(p, g, b);
+    }
+}
+
+void Net::to(Device device) {
+    if (device == params_.device()) return;
+    Tensor p = params_.to(device), g = grads_.to(device), b = buffers_.to(device);
+    params_ = p;
+    grads_ = g;
+    buffers_ = b;
+    size_t pi = 0, bi = 0;
+    for (auto& l : layers_) {
+        std::vector<Tensor> pv, gv, bv;
+        for (size_t k = 0; k < l->param_specs().size(); ++k, ++pi) {
+            const auto& e = param_index_[pi].second;
+            pv.push_back(params_.view(e.second, e.first));
+            gv.push_back(grads_.view(e.second, e.first));
+        }
+        for (size_t k = 0; k < l->buffer_specs().size(); ++k, ++bi) {
+            const auto& e = buffer_index_[bi].second;
+            bv.push_back(buffers_.view(e.second, e.first));
+        }
+        l->bind(pv, gv, bv);
+    }
+    arena_n_ = 0;  // re-allocate activations on the new device
+    act_store_.clear();
+    have_forward_ = false;
+    if (opt_) {
+        for (Tensor& s : opt_->state()) s = s.to(device);
+    }
+}
+
+std::vector<std::pair<std::string, Tensor>> Net::named_params() {
+    std::vector<std::pair<std::string, Tensor>> out;
+    for (auto& e : param_index_) out.push_back({e.first, params_.view(e.second.second, e.second.first)});
+    return out;
+}
+
+std::vector<std::pair<std::string, Tensor>> Net::named_grads() {
+    std::vector<std::pair<std::string, Tensor>> out;
+    for (auto& e : param_index_) out.push_back({e.first, grads_.view(e.second.second, e.second.first)});
+    return out;
+}
+
+std::vector<std::pair<std::string, Tensor>> Net::named_buffers() {
+    std::vector<std::pair<std::string, Tensor>> out;
+    for (auto& e : buffer_index_)
+        out.push_back({e.first, buffers_.view(e.second.second, e.second.first)});
+    return out;
+}
+
+// ---- shapes and arenas ----------------------------------------------------------------------
+
+std::vector<Shape> Net::shapes(const Shape& in) const {
+    std::vector<Shape> s{in};
+    CNN_CHECK_ARG(!in.empty() && in[0] > 0, "Sequential: expected a non-empty batch, got input ",
+                  shape_str(in));
+    for (const auto& l : layers_) s.push_back(l->output_shape(s.back()));
+    return s;
+}
+
+void Net::ensure_arena(const std::vector<Shape>& shapes) {
+    const int64_t N = shapes[0][0];
+    Shape sample(shapes[0].begin() + 1, shapes[0].end());
+    const Device dev = device();
+    if (sample != arena_sample_ || N > arena_n_ || act_store_.size() != shapes.size()) {
+        // Allocate for this batch size; later batches of the same or smaller N reuse it.
+        const int64_t cap = std::max(N, sample == arena_sample_ ? arena_n_ : int64_t(0));
+        act_store_.clear();
+        int64_t max_act = 0;
+        for (size_t i = 0; i < shapes.size(); ++i) {
+            int64_t per = shape_numel(shapes[i]) / N;
+            max_act = std::max(max_act, per * cap);
+            // a view layer's output aliases its input: no storage of its own
+            if (i > 0 && layers_[i - 1]->is_view())
+                act_store_.push_back(Tensor());
+            else
+                act_store_.emplace_back(Shape{per * cap}, dev);
+        }
+        grad_store_[0] = Tensor({max_act}, dev);
+        grad_store_[1] = Tensor({max_act}, dev);
+        arena_sample_ = sample;
+        arena_n_ = cap;
+    }
+    int64_t ws = 0;
+    for (size_t i = 0; i < layers_.size(); ++i)
+        ws = std::max(ws, layers_[i]->workspace_floats(shapes[i]));
+    if (ws > 0 && (!ws_store_.defined() || ws_store_.capacity() < ws || ws_store_.device() != dev))
+        ws_store_ = Tensor({ws}, dev);
+    acts_.resize(shapes.size());
+    for (size_t i = 0; i < shapes.size(); ++i)
+        acts_[i] = act_store_[i].defined() ? act_store_[i].view(shapes[i]) : acts_[i - 1].reshape(shapes[i]);
+    act_shapes_ = shapes;
+}
+
+// ---- forward / backward ---------------------------------------------------------------------
+
+Tensor Net::forward(const Tensor& x, bool training) {
+    std::vector<Shape> s = shapes(x.shape());
+    ensure_arena(s);
+    acts_[0].copy_from(x);
+    Workspace ws{ws_store_.defined() ? ws_store_.data() : nullptr,
+                 ws_store_.defined() ? ws_store_.capacity() : 0};
+    if (training) ++rng_counter_;
+    for (size_t i = 0; i < layers_.size(); ++i) {
+        if (layers_[i]->is_view()) continue;
+        layers_[i]->set_rng(rng_seed_, (static_cast<uint64_t>(i) << 40) ^ rng_counter_);
+        layers_[i]->forward(acts_[i], acts_[i + 1], training, ws);
+    }
+    have_forward_ = true;
+    last_training_ = training;
+    return acts_.back();
+}
+
+Tensor Net::backward(const Tensor& dy, bool need_dx) {
+    CNN_CHECK_ARG(have_forward_, "Sequential.backward: call forward first");
+    CNN_CHECK_ARG(dy.shape() == act_shapes_.back(), "Sequential.backward: expected a gradient of ",
+                  "shape ", shape_str(act_shapes_.back()), " (the last output), got ",
+                  shape_str(dy.shape()));
+    Workspace ws{ws_store_.defined() ? ws_store_.data() : nullptr,
+                 ws_store_.defined() ? ws_store_.capacity() : 0};
+    const size_t L = layers_.size();
+    int cur = 0;
+    Tensor d = grad_store_[cur].view(act_shapes_[L]);
+    if (d.data() != dy.data()) d.copy_from(dy);
+    for (size_t ii = L; ii-- > 0;) {
+        const bool want_dx = ii > 0 || need_dx;
+        if (layers_[ii]->is_view()) {
+            d = d.reshape(act_shapes_[ii]);
+            continue;
+        }
+        Tensor dx;
+        if (want_dx) dx = grad_store_[1 - cur].view(act_shapes_[ii]);
+        layers_[ii]->backward(acts_[ii], acts_[ii + 1], d, want_dx ? &dx : nullptr, ws);
+        if (!want_dx) return Tensor();
+        d = dx;
+        cur = 1 - cur;
+    }
+    return d;
+}
+
+// ---- losses and steps -----------------------------------------------------------------------
+
+double Net::loss_forward_backward(const Tensor& out, const int64_t* labels, const Tensor* target,
+                                  Tensor* dout, int64_t* correct) {
+    if (loss_ == LossKind::CrossEntropy) {
+        CNN_CHECK_ARG(labels != nullptr, "cross_entropy: integer class labels are required");
+        CNN_CHECK_ARG(out.dim() == 2, "cross_entropy: expected the model output to be (N, classes), got ",
+                      shape_str(out.shape()));
+        const int64_t N = out.size(0), C = out.size(1);
+        for (int64_t n = 0; n < N; ++n)
+            CNN_CHECK_ARG(labels[n] >= 0 && labels[n] < C, "cross_entropy: label ", labels[n],
+                          " at index ", n, " is out of range [0, ", C, ")");
+        return ops::softmax_cross_entropy(dout, correct, out, labels);
+    }
+    if (loss_ == LossKind::MSE) {
+        CNN_CHECK_ARG(target != nullptr, "mse: a float target is required");
+        CNN_CHECK_ARG(target->shape() == out.shape(), "mse: expected a target of shape ",
+                      shape_str(out.shape()), ", got ", shape_str(target->shape()));
+        if (target->device() != out.device()) {
+            Tensor t = target->to(out.device());
+            return ops::mse_loss(dout, out, t);
+        }
+        return ops::mse_loss(dout, out, *target);
+    }
+    throw ValueError("no loss set: compile the model with a loss first");
+}
+
+StepResult Net::train_step(const Tensor& x, const int64_t* labels, const Tensor* target) {
+    CNN_CHECK_ARG(opt_ != nullptr, "train_step: no optimizer set");
+    Tensor out = forward(x, true);
+    const size_t L = layers_.size();
+    Tensor dout = grad_store_[0].view(act_shapes_[L]);
+    StepResult r;
+    r.loss = loss_forward_backward(out, labels, target, &dout, &r.correct);
+    if (!std::isfinite(r.loss)) return r;  // caller reports divergence; no update applied
+    backward(dout, false);
+    opt_->step(params_, grads_);
+    return r;
+}
+
+StepResult Net::eval_step(const Tensor& x, const int64_t* labels, const Tensor* target) {
+    Tensor out = forward(x, false);
+    StepResult r;
+    r.loss = loss_forward_backward(out, labels, target, nullptr, &r.correct);
+    return r;
+}
+
+}  // namespace nn
+}  // namespace cnnkit

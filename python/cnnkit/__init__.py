@@ -1,0 +1,57 @@
+"""cnnkit: convolutional neural networks with a fast C++/OpenMP core (CUDA when available).
+
+>>> import cnnkit as ck
+>>> model = ck.Sequential([ck.Conv2d(1, 6, 5, padding=2), ck.ReLU(), ck.MaxPool2d(2), ...])
+"""
+
+from __future__ import annotations
+
+from . import _core
+from . import layers, losses
+from ._random import manual_seed
+from .layers import (
+    AvgPool2d,
+    BatchNorm2d,
+    Conv2d,
+    Dropout,
+    Flatten,
+    Layer,
+    LeakyReLU,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    Sigmoid,
+    Tanh,
+)
+from .model import Sequential
+
+__version__: str = _core.__version__
+
+
+def cuda_available() -> bool:
+    """True when cnnkit was built with CUDA and a CUDA device is present."""
+    return bool(_core.cuda_available())
+
+
+def built_with_cuda() -> bool:
+    """True when the native core was compiled with the CUDA backend."""
+    return bool(_core.built_with_cuda())
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of OpenMP threads used by the CPU kernels."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"set_num_threads: n must be a positive int, got {n!r}")
+    _core.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """Number of OpenMP threads the CPU kernels use."""
+    return int(_core.get_num_threads())
+
+
+__all__ = [
+    "__version__", "cuda_available", "built_with_cuda", "set_num_threads", "get_num_threads",
+    "manual_seed", "layers", "losses", "Sequential", "Layer", "Conv2d", "MaxPool2d", "AvgPool2d",
+    "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Linear", "Flatten", "Dropout", "BatchNorm2d",
+]
