@@ -375,6 +375,18 @@ PYBIND11_MODULE(_core, m) {
                 n.set_optimizer(std::make_shared<nn::Optimizer>(c));
             },
             py::arg("kind"), py::arg("hyper"))
+        .def("optimizer_step",
+             [](nn::Net& n) {
+                 CNN_CHECK_ARG(n.optimizer(), "optimizer step: no optimizer set");
+                 py::gil_scoped_release nogil;
+                 std::lock_guard<std::mutex> lock(n.mutex());
+                 n.optimizer()->step(n.flat_params(), n.flat_grads());
+             })
+        .def("optimizer_state_names",
+             [](nn::Net& n) {
+                 CNN_CHECK_ARG(n.optimizer(), "optimizer_state_names: no optimizer set");
+                 return n.optimizer()->state_names();
+             })
         .def("has_optimizer", [](nn::Net& n) { return n.optimizer() != nullptr; })
         .def("set_lr",
              [](nn::Net& n, float lr) {

@@ -1,30 +1,363 @@
-// Placeholder naive GEMM (replaced by the packed BLIS-style kernel).
+// Single-precision GEMM, BLIS-style: op(A) and op(B) are packed into MR-row / NR-column
+// micro-panels inside KC x MC x NC cache blocks, then a 6x16 micro-kernel (AVX2/FMA in
+// gemm_avx2.cpp when the CPU has it, portable C++ otherwise) updates C; OpenMP over M and N.
 #include "cpu/gemm.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "core/runtime.h"
 
 namespace cnnkit {
 namespace cpu {
 
-static bool g_force_generic = false;
+// ---- interface to gemm_avx2.cpp (compiled with -mavx2 -mfma) --------------------------------
 
-void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-           const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
-           int64_t ldc) {
-#pragma omp parallel for if (M * N * K > 100000)
-    for (int64_t i = 0; i < M; ++i) {
-        for (int64_t j = 0; j < N; ++j) {
-            float acc = 0.f;
-            for (int64_t k = 0; k < K; ++k) {
-                float a = trans_a ? A[k * lda + i] : A[i * lda + k];
-                float b = trans_b ? B[j * ldb + k] : B[k * ldb + j];
-                acc += a * b;
-            }
-            float c = beta == 0.f ? 0.f : beta * C[i * ldc + j];
-            C[i * ldc + j] = alpha * acc + c;
+namespace gemm_avx2 {
+bool compiled();
+void ukernel_6x16(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
+                  float alpha, float beta);
+void pack_a(bool trans, const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t k0,
+            int64_t kc, float* out);
+void pack_b(bool trans, const float* B, int64_t ldb, int64_t j0, int64_t nc, int64_t k0,
+            int64_t kc, float* out);
+}  // namespace gemm_avx2
+
+namespace {
+
+// ---- blocking parameters --------------------------------------------------------------------
+
+constexpr int kMR = 6;    // micro-tile rows (A micro-panel height)
+constexpr int kNR = 16;   // micro-tile columns (B micro-panel width)
+#ifndef CNNKIT_GEMM_KC
+#define CNNKIT_GEMM_KC 256
+#endif
+#ifndef CNNKIT_GEMM_MC
+#define CNNKIT_GEMM_MC 144
+#endif
+#ifndef CNNKIT_GEMM_NC
+#define CNNKIT_GEMM_NC 4080
+#endif
+constexpr int64_t kKCMax = CNNKIT_GEMM_KC;  // packed depth: B micro-panel (KC x NR) in L1
+constexpr int64_t kMCMax = CNNKIT_GEMM_MC;  // A block (MC x KC) in L2
+constexpr int64_t kNCMax = CNNKIT_GEMM_NC;  // B block (KC x NC) in L3
+constexpr int64_t kMinWorkPerThread = 64 * 1024;  // M*N*K below this per thread: fewer threads
+
+using UKernel = void (*)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
+                         float alpha, float beta);
+using PackFn = void (*)(bool trans, const float* X, int64_t ldx, int64_t r0, int64_t rows,
+                        int64_t k0, int64_t kc, float* out);
+
+std::atomic<bool> g_force_generic{false};
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+// ---- portable micro-kernel ------------------------------------------------------------------
+
+// Same contract as gemm_avx2::ukernel_6x16: c[0:MR, 0:NR] = alpha * a.b + beta * c.
+void ukernel_generic(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
+                     float alpha, float beta) {
+    float acc[kMR][kNR] = {};
+    for (int64_t k = 0; k < kc; ++k) {
+        const float* bk = b + k * kNR;
+        for (int i = 0; i < kMR; ++i) {
+            const float ai = a[k * kMR + i];
+            for (int j = 0; j < kNR; ++j) acc[i][j] += ai * bk[j];
+        }
+    }
+    for (int i = 0; i < kMR; ++i) {
+        float* ci = c + i * ldc;
+        if (beta == 0.f) {
+            for (int j = 0; j < kNR; ++j) ci[j] = alpha * acc[i][j];
+        } else {
+            for (int j = 0; j < kNR; ++j) ci[j] = alpha * acc[i][j] + beta * ci[j];
         }
     }
 }
 
-const char* sgemm_kernel_name() { return "generic"; }
+// ---- packing --------------------------------------------------------------------------------
+
+// Rows [i0, i0+mc) x depth [k0, k0+kc) of op(A) into MR-row panels, each kc x MR (k-major);
+// rows past mc are zero. Panel p starts at out + p * MR * kc.
+void pack_a(bool trans, const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t k0,
+            int64_t kc, float* out) {
+    for (int64_t ip = 0; ip < mc; ip += kMR) {
+        const int64_t m = std::min<int64_t>(kMR, mc - ip);
+        float* dst = out + ip * kc;
+        if (!trans) {
+            const float* src = A + (i0 + ip) * lda + k0;
+            for (int64_t k = 0; k < kc; ++k)
+                for (int i = 0; i < kMR; ++i) dst[k * kMR + i] = i < m ? src[i * lda + k] : 0.f;
+        } else {
+            const float* src = A + k0 * lda + i0 + ip;
+            for (int64_t k = 0; k < kc; ++k)
+                for (int i = 0; i < kMR; ++i) dst[k * kMR + i] = i < m ? src[k * lda + i] : 0.f;
+        }
+    }
+}
+
+// Depth [k0, k0+kc) x columns [j0, j0+nc) of op(B) into NR-column panels, each kc x NR;
+// columns past nc are zero. Panel p starts at out + p * NR * kc.
+void pack_b(bool trans, const float* B, int64_t ldb, int64_t j0, int64_t nc, int64_t k0,
+            int64_t kc, float* out) {
+    for (int64_t jp = 0; jp < nc; jp += kNR) {
+        const int64_t n = std::min<int64_t>(kNR, nc - jp);
+        float* dst = out + jp * kc;
+        if (!trans) {
+            const float* src = B + k0 * ldb + j0 + jp;
+            for (int64_t k = 0; k < kc; ++k)
+                for (int j = 0; j < kNR; ++j) dst[k * kNR + j] = j < n ? src[k * ldb + j] : 0.f;
+        } else {
+            const float* src = B + (j0 + jp) * ldb + k0;
+            for (int64_t k = 0; k < kc; ++k)
+                for (int j = 0; j < kNR; ++j) dst[k * kNR + j] = j < n ? src[j * ldb + k] : 0.f;
+        }
+    }
+}
+
+// ---- per-thread packing buffers -------------------------------------------------------------
+
+// 64-byte aligned scratch that only grows; one per thread, reused across calls.
+class PackBuffer {
+  public:
+    PackBuffer() = default;
+    PackBuffer(const PackBuffer&) = delete;
+    PackBuffer& operator=(const PackBuffer&) = delete;
+    ~PackBuffer() { std::free(ptr_); }
+
+    // Returns nullptr when the allocation fails.
+    float* get(int64_t floats) {
+        const size_t bytes = static_cast<size_t>(round_up(std::max<int64_t>(floats, 1) * 4, 4096));
+        if (bytes > cap_) {
+            std::free(ptr_);
+            ptr_ = static_cast<float*>(std::aligned_alloc(64, bytes));
+            cap_ = ptr_ ? bytes : 0;
+        }
+        return ptr_;
+    }
+
+  private:
+    float* ptr_ = nullptr;
+    size_t cap_ = 0;
+};
+
+PackBuffer& a_buffer() {
+    thread_local PackBuffer buf;
+    return buf;
+}
+PackBuffer& b_buffer() {
+    thread_local PackBuffer buf;
+    return buf;
+}
+
+// ---- macro-kernel ---------------------------------------------------------------------------
+
+// C[0:mc, 0:nc] (row stride ldc) = alpha * packedA . packedB + beta * C over one kc block.
+void macro_kernel(UKernel uk, int64_t mc, int64_t nc, int64_t kc, const float* pa,
+                  const float* pb, float* C, int64_t ldc, float alpha, float beta) {
+    alignas(64) float tile[kMR * kNR];
+    for (int64_t jr = 0; jr < nc; jr += kNR) {
+        const int64_t n = std::min<int64_t>(kNR, nc - jr);
+        const float* b = pb + jr * kc;
+        for (int64_t ir = 0; ir < mc; ir += kMR) {
+            const int64_t m = std::min<int64_t>(kMR, mc - ir);
+            const float* a = pa + ir * kc;
+            float* c = C + ir * ldc + jr;
+            if (m == kMR && n == kNR) {
+                uk(kc, a, b, c, ldc, alpha, beta);
+                continue;
+            }
+            // Edge tile: same kernel on a full scratch tile, so the arithmetic is identical.
+            if (beta != 0.f)
+                for (int64_t i = 0; i < m; ++i)
+                    std::memcpy(tile + i * kNR, c + i * ldc, n * sizeof(float));
+            uk(kc, a, b, tile, kNR, alpha, beta);
+            for (int64_t i = 0; i < m; ++i)
+                std::memcpy(c + i * ldc, tile + i * kNR, n * sizeof(float));
+        }
+    }
+}
+
+// ---- driver ---------------------------------------------------------------------------------
+
+struct Problem {
+    bool trans_a, trans_b;
+    int64_t M, N, K;
+    float alpha, beta;
+    const float* A;
+    int64_t lda;
+    const float* B;
+    int64_t ldb;
+    float* C;
+    int64_t ldc;
+    int64_t kc;  // depth block (depends on K only, so sums never depend on the thread count)
+    UKernel uk;
+    PackFn pack_a, pack_b;
+};
+
+// Threads form a tm x tn grid: M is split among tm row groups, N among tn column groups.
+// Threads of one column group share its packed B block (packed together, double-buffered).
+struct Plan {
+    int tm = 1, tn = 1;
+    int64_t nc = 0;          // B block width per column group
+    int64_t mc = 0;          // A block height
+    int64_t n_chunks = 0;    // NC chunks per column group (same for every group)
+    int64_t b_floats = 0;    // floats of one packed B block
+};
+
+// Split `panels` micro-panels among `parts`: [first, last) panel of part `idx`.
+void split_panels(int64_t panels, int parts, int idx, int64_t* first, int64_t* last) {
+    const int64_t base = panels / parts, extra = panels % parts;
+    *first = idx * base + std::min<int64_t>(idx, extra);
+    *last = *first + base + (idx < extra ? 1 : 0);
+}
+
+Plan make_plan(const Problem& p, int nt) {
+    const int64_t mp = ceil_div(p.M, kMR), np = ceil_div(p.N, kNR);
+    Plan best;
+    double best_cost = -1;
+    for (int tn = 1; tn <= nt; ++tn) {
+        if (nt % tn) continue;
+        const int tm = nt / tn;
+        const int64_t rows = ceil_div(mp, tm) * kMR, cols = ceil_div(np, tn) * kNR;
+        const int64_t nc = std::min<int64_t>(kNCMax, cols);
+        // Rough cycle model: 16 MACs/cycle, ~1 cycle per packed float, a few us per barrier.
+        double cost = double(rows) * cols * p.K / 16.0;
+        cost += double(rows) * p.K * ceil_div(cols, nc) + double(cols) * p.K / tm;
+        if (tm > 1) cost += 5000.0 * ceil_div(cols, nc) * ceil_div(p.K, p.kc);
+        if (best_cost < 0 || cost < best_cost) {
+            best_cost = cost;
+            best.tm = tm;
+            best.tn = tn;
+            best.nc = nc;
+        }
+    }
+    const int64_t rows = ceil_div(mp, best.tm) * kMR;
+    const int64_t mblocks = ceil_div(rows, kMCMax);
+    best.mc = round_up(ceil_div(rows, mblocks), kMR);
+    best.n_chunks = ceil_div(ceil_div(np, best.tn) * kNR, best.nc);
+    best.b_floats = p.kc * best.nc;
+    return best;
+}
+
+// The work of thread `tid` in the grid; `bbuf` holds the packed B blocks of all groups
+// (2 per group when tm > 1), `abuf` this thread's A block.
+void run_thread(const Problem& p, const Plan& plan, int tid, float* bbuf, float* abuf) {
+    const int im = tid % plan.tm, in = tid / plan.tm;
+    int64_t pm0, pm1, pn0, pn1;
+    split_panels(ceil_div(p.M, kMR), plan.tm, im, &pm0, &pm1);
+    split_panels(ceil_div(p.N, kNR), plan.tn, in, &pn0, &pn1);
+    const int64_t m0 = pm0 * kMR, m1 = std::min(p.M, pm1 * kMR);
+    const int64_t n0 = pn0 * kNR, n1 = std::min(p.N, pn1 * kNR);
+    const bool shared = plan.tm > 1;
+
+    int64_t iter = 0;
+    for (int64_t chunk = 0; chunk < plan.n_chunks; ++chunk) {
+        const int64_t j0 = n0 + chunk * plan.nc;
+        const int64_t nc = std::max<int64_t>(0, std::min(plan.nc, n1 - j0));
+        for (int64_t k0 = 0; k0 < p.K; k0 += p.kc, ++iter) {
+            const int64_t kc = std::min(p.kc, p.K - k0);
+            float* pb = bbuf + (shared ? (2 * in + (iter & 1)) : in) * plan.b_floats;
+            if (shared) {
+                // Column-group members pack disjoint panel ranges of the block, then sync.
+                int64_t q0, q1;
+                split_panels(ceil_div(nc, kNR), plan.tm, im, &q0, &q1);
+                const int64_t w = std::min(nc, q1 * kNR) - q0 * kNR;
+                if (w > 0) p.pack_b(p.trans_b, p.B, p.ldb, j0 + q0 * kNR, w, k0, kc, pb + q0 * kNR * kc);
+#pragma omp barrier
+            } else if (nc > 0) {
+                p.pack_b(p.trans_b, p.B, p.ldb, j0, nc, k0, kc, pb);
+            }
+            if (nc == 0) continue;
+            const float beta = k0 == 0 ? p.beta : 1.f;
+            for (int64_t i0 = m0; i0 < m1; i0 += plan.mc) {
+                const int64_t mc = std::min(plan.mc, m1 - i0);
+                p.pack_a(p.trans_a, p.A, p.lda, i0, mc, k0, kc, abuf);
+                macro_kernel(p.uk, mc, nc, kc, abuf, pb, p.C + i0 * p.ldc + j0, p.ldc, p.alpha,
+                             beta);
+            }
+        }
+    }
+}
+
+bool use_avx2() { return !g_force_generic.load() && gemm_avx2::compiled() && cpu_has_avx2_fma(); }
+
+// C = beta * C (beta == 0: zero fill without reading C).
+void scale_c(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
+    for (int64_t i = 0; i < M; ++i) {
+        float* c = C + i * ldc;
+        if (beta == 0.f)
+            std::fill(c, c + N, 0.f);
+        else if (beta != 1.f)
+            for (int64_t j = 0; j < N; ++j) c[j] *= beta;
+    }
+}
+
+}  // namespace
+
+// ---- public API -----------------------------------------------------------------------------
+
+void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+           const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+           int64_t ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0 || alpha == 0.f) {
+        scale_c(M, N, beta, C, ldc);
+        return;
+    }
+    const bool avx2 = use_avx2();
+    Problem p{trans_a, trans_b, M, N, K, alpha, beta, A, lda, B, ldb, C, ldc, 0,
+              avx2 ? gemm_avx2::ukernel_6x16 : ukernel_generic,
+              avx2 ? gemm_avx2::pack_a : pack_a, avx2 ? gemm_avx2::pack_b : pack_b};
+    const int64_t kblocks = ceil_div(K, kKCMax);
+    p.kc = round_up(ceil_div(K, kblocks), 4);
+
+    // Thread count: never more than the work (or the micro-tiles) can keep busy.
+    int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    const double work = double(M) * N * K;
+    nt = static_cast<int>(std::min<double>(nt, std::max(1.0, work / kMinWorkPerThread)));
+    nt = static_cast<int>(std::min<int64_t>(nt, ceil_div(M, kMR) * ceil_div(N, kNR)));
+
+    Plan plan = make_plan(p, nt);
+    const int64_t groups_bufs = plan.tm > 1 ? 2 * plan.tn : plan.tn;
+    float* bbuf = b_buffer().get(groups_bufs * plan.b_floats);
+    if (!bbuf) throw std::bad_alloc();
+    const int64_t a_floats = plan.mc * p.kc;
+
+    if (nt == 1) {
+        float* abuf = a_buffer().get(a_floats);
+        if (!abuf) throw std::bad_alloc();
+        run_thread(p, plan, 0, bbuf, abuf);
+        return;
+    }
+    std::atomic<bool> alloc_failed{false}, short_team{false};
+#pragma omp parallel num_threads(nt)
+    {
+        float* abuf = a_buffer().get(a_floats);
+        if (!abuf) alloc_failed = true;
+        if (omp_get_num_threads() != nt) short_team = true;
+#pragma omp barrier
+        if (!alloc_failed && !short_team) run_thread(p, plan, omp_get_thread_num(), bbuf, abuf);
+    }
+    if (alloc_failed) throw std::bad_alloc();
+    if (short_team) {
+        // The runtime gave us fewer threads than asked: do it all on this thread.
+        plan = make_plan(p, 1);
+        bbuf = b_buffer().get(plan.b_floats);
+        float* abuf = a_buffer().get(plan.mc * p.kc);
+        if (!bbuf || !abuf) throw std::bad_alloc();
+        run_thread(p, plan, 0, bbuf, abuf);
+    }
+}
+
+const char* sgemm_kernel_name() { return use_avx2() ? "avx2-fma" : "generic"; }
+
 void sgemm_force_generic(bool force) { g_force_generic = force; }
 
 }  // namespace cpu
