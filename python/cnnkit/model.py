@@ -31,7 +31,7 @@ def _as_input(x: Any, where: str) -> np.ndarray:
         or a.dtype == np.bool_
     ):
         raise ValueError(f"{where}: expected a numeric array, got dtype {a.dtype}")
-    return np.ascontiguousarray(a, dtype=np.float32)
+    return np.require(a, dtype=np.float32, requirements="C")
 
 
 class Sequential:

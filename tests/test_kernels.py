@@ -1,0 +1,342 @@
+"""Each CPU kernel against its numpy float64 reference (through the layers and raw bindings)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cnnkit as ck
+from cnnkit import _core
+
+import reference as ref
+from conftest import assert_close
+
+# ---- im2col / col2im ------------------------------------------------------------------------
+
+IM2COL_CASES = [
+    # C, H, W, kernel, stride, padding, dilation
+    (1, 5, 5, (3, 3), (1, 1), (0, 0), (1, 1)),
+    (2, 7, 6, (3, 2), (2, 1), (1, 0), (1, 1)),
+    (3, 9, 8, (3, 3), (2, 3), (2, 1), (2, 1)),
+    (2, 4, 4, (1, 1), (1, 1), (0, 0), (1, 1)),
+    (1, 6, 10, (5, 5), (1, 1), (2, 2), (1, 1)),
+    (2, 8, 8, (2, 2), (3, 3), (1, 1), (3, 2)),
+]
+
+
+@pytest.mark.parametrize("C,H,W,k,s,p,d", IM2COL_CASES)
+def test_im2col_matches_reference(C, H, W, k, s, p, d, rng):
+    x = rng.standard_normal((C, H, W)).astype(np.float32)
+    assert_close(_core.im2col(x, list(k), list(s), list(p), list(d)), ref.im2col(x, k, s, p, d),
+                 "im2col")
+
+
+@pytest.mark.parametrize("C,H,W,k,s,p,d", IM2COL_CASES)
+def test_col2im_matches_reference(C, H, W, k, s, p, d, rng):
+    P = ref.conv_out(H, k[0], s[0], p[0], d[0])
+    Q = ref.conv_out(W, k[1], s[1], p[1], d[1])
+    col = rng.standard_normal((C * k[0] * k[1], P * Q)).astype(np.float32)
+    assert_close(_core.col2im(col, [C, H, W], list(k), list(s), list(p), list(d)),
+                 ref.col2im(col, (C, H, W), k, s, p, d), "conv")
+
+
+# ---- convolution ----------------------------------------------------------------------------
+
+CONV_CASES = [
+    # N, C, H, W, K, kernel, stride, padding, dilation, groups, bias
+    (2, 1, 28, 28, 6, (5, 5), (1, 1), (2, 2), (1, 1), 1, True),    # LeNet conv1
+    (3, 6, 14, 14, 16, (5, 5), (1, 1), (0, 0), (1, 1), 1, True),   # LeNet conv2
+    (2, 3, 9, 7, 4, (3, 2), (2, 1), (1, 0), (1, 1), 1, False),
+    (2, 4, 10, 10, 6, (3, 3), (1, 2), (2, 1), (2, 2), 2, True),    # groups + dilation
+    (2, 4, 8, 8, 8, (3, 3), (1, 1), (1, 1), (1, 1), 4, True),      # depthwise x2
+    (2, 3, 6, 6, 3, (3, 3), (2, 2), (1, 1), (1, 1), 3, True),      # depthwise
+    (3, 5, 6, 7, 4, (1, 1), (1, 1), (0, 0), (1, 1), 1, True),      # pointwise
+    (1, 2, 5, 5, 3, (5, 5), (1, 1), (0, 0), (1, 1), 1, True),      # 1x1 output
+    (40, 3, 12, 12, 5, (3, 3), (1, 1), (1, 1), (1, 1), 1, True),   # several chunks? (big N)
+]
+
+
+def _conv_layer(C, K, k, s, p, d, groups, bias, rng):
+    layer = ck.Conv2d(C, K, k, stride=s, padding=p, dilation=d, groups=groups, bias=bias)
+    w = rng.standard_normal((K, C // groups, *k)).astype(np.float32) * 0.3
+    state = {"0.weight": w}
+    if bias:
+        state["0.bias"] = rng.standard_normal(K).astype(np.float32)
+    layer.load_state_dict(state)
+    return layer, w, state.get("0.bias")
+
+
+@pytest.mark.parametrize("N,C,H,W,K,k,s,p,d,groups,bias", CONV_CASES)
+def test_conv2d_forward_backward(N, C, H, W, K, k, s, p, d, groups, bias, rng):
+    layer, w, b = _conv_layer(C, K, k, s, p, d, groups, bias, rng)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    y = layer.forward(x, training=True)
+    assert_close(y, ref.conv2d(x, w, b, s, p, d, groups), "conv", " forward")
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = layer.backward(dy)
+    rdx, rdw, rdb = ref.conv2d_backward(x, w, dy, s, p, d, groups)
+    assert_close(dx, rdx, "conv", " dx")
+    g = layer.grad_dict()
+    assert_close(g["0.weight"], rdw, "conv", " dw")
+    if bias:
+        assert_close(g["0.bias"], rdb, "conv", " db")
+
+
+def test_conv2d_large_batch_chunks(rng):
+    # The column matrix is built for several images at a time; a large batch spans chunks.
+    layer, w, b = _conv_layer(8, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1, True, rng)
+    x = rng.standard_normal((300, 8, 16, 16)).astype(np.float32)
+    y = layer.forward(x, training=True)
+    assert_close(y[::37], ref.conv2d(x[::37], w, b, (1, 1), (1, 1)), "conv")
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    layer.backward(dy)
+    _, rdw, rdb = ref.conv2d_backward(x, w, dy, (1, 1), (1, 1))
+    # dw and db sum 300*256 products each: widen atol by sqrt of that count
+    assert_close(layer.grad_dict()["0.weight"], rdw, "conv", " dw", scale=300)
+    assert_close(layer.grad_dict()["0.bias"], rdb, "conv", " db", scale=300)
+
+
+def test_backward_accumulates_gradients(rng):
+    layer, w, b = _conv_layer(2, 3, (3, 3), (1, 1), (1, 1), (1, 1), 1, True, rng)
+    x = rng.standard_normal((2, 2, 5, 5)).astype(np.float32)
+    y = layer.forward(x, training=True)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    layer.backward(dy)
+    g1 = layer.grad_dict()["0.weight"]
+    layer.backward(dy)
+    assert_close(layer.grad_dict()["0.weight"], 2 * g1, "conv")
+    layer.zero_grad()
+    assert np.all(layer.grad_dict()["0.weight"] == 0)
+
+
+# ---- pooling --------------------------------------------------------------------------------
+
+POOL_CASES = [
+    # N, C, H, W, kernel, stride, padding, ceil_mode
+    (2, 3, 8, 8, (2, 2), (2, 2), (0, 0), False),
+    (2, 2, 7, 9, (3, 3), (2, 2), (1, 1), False),
+    (1, 2, 7, 7, (3, 2), (2, 1), (1, 0), True),
+    (2, 1, 6, 5, (2, 2), (2, 2), (0, 0), True),
+    (1, 3, 5, 5, (5, 5), (1, 1), (2, 2), False),
+]
+
+
+@pytest.mark.parametrize("N,C,H,W,k,s,p,ceil", POOL_CASES)
+def test_maxpool2d(N, C, H, W, k, s, p, ceil, rng):
+    # distinct values: no ties, so the argmax is unique
+    x = rng.permutation(N * C * H * W).reshape(N, C, H, W).astype(np.float32) / 7.0
+    layer = ck.MaxPool2d(k, s, p, ceil_mode=ceil)
+    y = layer.forward(x, training=True)
+    ry, arg = ref.maxpool2d(x, k, s, p, ceil)
+    assert_close(y, ry, "pool")
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    assert_close(layer.backward(dy), ref.maxpool2d_backward(dy, arg, x.shape), "pool")
+
+
+@pytest.mark.parametrize("N,C,H,W,k,s,p,ceil", POOL_CASES)
+@pytest.mark.parametrize("cip", [True, False])
+def test_avgpool2d(N, C, H, W, k, s, p, ceil, cip, rng):
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    layer = ck.AvgPool2d(k, s, p, ceil_mode=ceil, count_include_pad=cip)
+    y = layer.forward(x, training=True)
+    ry, _ = ref.avgpool2d(x, k, s, p, ceil, cip)
+    assert_close(y, ry, "pool")
+    # backward: d/dx of sum(dy * y) by linearity through the reference
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = layer.backward(dy)
+    eps_dx = np.zeros(x.shape)
+    for idx in np.ndindex(*x.shape[1:]):
+        e = np.zeros(x.shape)
+        e[(slice(None),) + idx] = 1.0
+        eps_dx[(slice(None),) + idx] = (
+            ref.avgpool2d(e, k, s, p, ceil, cip)[0] * dy
+        ).reshape(N, -1).sum(axis=1)
+    assert_close(dx, eps_dx, "pool")
+
+
+def test_maxpool_default_stride_is_kernel():
+    assert ck.MaxPool2d(3).get_config()["stride"] == (3, 3)
+    assert ck.AvgPool2d(2).get_config()["stride"] == (2, 2)
+
+
+# ---- activations ----------------------------------------------------------------------------
+
+def _act_ref(name, x, alpha=0.01):
+    x = x.astype(np.float64)
+    if name == "ReLU":
+        return np.maximum(x, 0), (x > 0).astype(np.float64)
+    if name == "LeakyReLU":
+        return np.where(x > 0, x, alpha * x), np.where(x > 0, 1.0, alpha)
+    if name == "Sigmoid":
+        s = 1 / (1 + np.exp(-x))
+        return s, s * (1 - s)
+    t = np.tanh(x)
+    return t, 1 - t * t
+
+
+@pytest.mark.parametrize("name", ["ReLU", "LeakyReLU", "Sigmoid", "Tanh"])
+@pytest.mark.parametrize("shape", [(3, 4), (2, 3, 5, 5), (70000, 1)])
+def test_activation(name, shape, rng):
+    x = (rng.standard_normal(shape) * 3).astype(np.float32)
+    layer = ck.LeakyReLU(0.2) if name == "LeakyReLU" else getattr(ck, name)()
+    y = layer.forward(x, training=True)
+    ry, rd = _act_ref(name, x, 0.2)
+    assert_close(y, ry, "activation")
+    dy = rng.standard_normal(shape).astype(np.float32)
+    assert_close(layer.backward(dy), dy * rd, "activation")
+
+
+def test_sigmoid_tanh_saturate_without_nan():
+    x = np.array([[-1e4, -100.0, 0.0, 100.0, 1e4]], np.float32)
+    for layer in (ck.Sigmoid(), ck.Tanh()):
+        y = layer.forward(x)
+        assert np.all(np.isfinite(y))
+
+
+# ---- linear / flatten -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("N,I,O,bias", [(1, 1, 1, True), (5, 7, 3, True), (64, 400, 120, False)])
+def test_linear(N, I, O, bias, rng):
+    layer = ck.Linear(I, O, bias=bias)
+    w = rng.standard_normal((O, I)).astype(np.float32)
+    st = {"0.weight": w}
+    b = rng.standard_normal(O).astype(np.float32) if bias else None
+    if bias:
+        st["0.bias"] = b
+    layer.load_state_dict(st)
+    x = rng.standard_normal((N, I)).astype(np.float32)
+    y = layer.forward(x, training=True)
+    ry = x.astype(np.float64) @ w.T.astype(np.float64) + (b if bias else 0)
+    assert_close(y, ry, "linear")
+    dy = rng.standard_normal((N, O)).astype(np.float32)
+    dx = layer.backward(dy)
+    assert_close(dx, dy.astype(np.float64) @ w, "linear", " dx")
+    g = layer.grad_dict()
+    assert_close(g["0.weight"], dy.T.astype(np.float64) @ x, "linear", " dw")
+    if bias:
+        assert_close(g["0.bias"], dy.astype(np.float64).sum(0), "linear", " db")
+
+
+def test_flatten(rng):
+    x = rng.standard_normal((3, 2, 4, 5)).astype(np.float32)
+    f = ck.Flatten()
+    y = f.forward(x, training=True)
+    assert y.shape == (3, 40) and np.array_equal(y, x.reshape(3, 40))
+    assert np.array_equal(f.backward(y), x)
+
+
+# ---- batch norm -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_batchnorm2d_train_eval_backward(affine, rng):
+    N, C, H, W = 4, 3, 5, 6
+    bn = ck.BatchNorm2d(C, eps=1e-5, momentum=0.2, affine=affine)
+    gamma = rng.uniform(0.5, 1.5, C).astype(np.float32)
+    beta = rng.standard_normal(C).astype(np.float32)
+    if affine:
+        bn.load_state_dict({"0.weight": gamma, "0.bias": beta,
+                            "0.running_mean": np.zeros(C, np.float32),
+                            "0.running_var": np.ones(C, np.float32)})
+    else:
+        gamma, beta = np.ones(C), np.zeros(C)
+    x = (rng.standard_normal((N, C, H, W)) * 2 + 1).astype(np.float32)
+    y = bn.forward(x, training=True)
+    ry, mean, var = ref.batchnorm_train(x, gamma, beta, 1e-5)
+    assert_close(y, ry, "batchnorm")
+    st = bn.state_dict()
+    M = N * H * W
+    assert_close(st["0.running_mean"], 0.2 * mean, "batchnorm")
+    assert_close(st["0.running_var"], 0.8 + 0.2 * var * M / (M - 1), "batchnorm")
+    # backward vs central differences of L = sum(dy * y) in float64 through the reference
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    dx = bn.backward(dy)
+    x64 = x.astype(np.float64)
+    num = np.zeros_like(x64)
+    h = 1e-6
+    for idx in list(np.ndindex(*x.shape))[::7]:
+        xp, xm = x64.copy(), x64.copy()
+        xp[idx] += h
+        xm[idx] -= h
+        num[idx] = ((ref.batchnorm_train(xp, gamma, beta, 1e-5)[0] -
+                     ref.batchnorm_train(xm, gamma, beta, 1e-5)[0]) * dy).sum() / (2 * h)
+    sel = tuple(np.array(list(np.ndindex(*x.shape))[::7]).T)
+    assert_close(dx[sel], num[sel], "batchnorm", " dx")
+    if affine:
+        xhat = (x64 - mean[None, :, None, None]) / np.sqrt(var[None, :, None, None] + 1e-5)
+        g = bn.grad_dict()
+        assert_close(g["0.weight"], (dy * xhat).sum(axis=(0, 2, 3)), "batchnorm", " dgamma")
+        assert_close(g["0.bias"], dy.astype(np.float64).sum(axis=(0, 2, 3)), "batchnorm", " dbeta")
+    # eval mode uses the running statistics
+    ye = bn.forward(x, training=False)
+    rm, rv = st["0.running_mean"], st["0.running_var"]
+    re = (x64 - rm[None, :, None, None]) / np.sqrt(rv[None, :, None, None] + 1e-5)
+    assert_close(ye, re * gamma[None, :, None, None] + beta[None, :, None, None], "batchnorm")
+
+
+# ---- dropout --------------------------------------------------------------------------------
+
+def test_dropout_mask_statistics_and_backward(rng):
+    d = ck.Dropout(0.3)
+    x = np.ones((64, 1000), np.float32)
+    y = d.forward(x, training=True)
+    kept = y != 0
+    assert abs(kept.mean() - 0.7) < 0.01
+    assert np.allclose(y[kept], 1 / 0.7)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    assert np.array_equal(d.backward(dy), dy * (y / x))
+    assert np.array_equal(d.forward(x, training=False), x)
+
+
+def test_dropout_same_seed_same_mask():
+    def run():
+        model = ck.Sequential([ck.Dropout(0.5)])
+        model._net.set_rng(1234, 0)
+        return model.forward(np.ones((4, 100), np.float32), training=True)
+
+    a, b = run(), run()
+    assert np.array_equal(a, b)
+    model = ck.Sequential([ck.Dropout(0.5)])
+    model._net.set_rng(1235, 0)
+    assert not np.array_equal(a, model.forward(np.ones((4, 100), np.float32), training=True))
+
+
+def test_dropout_mask_independent_of_threads():
+    masks = []
+    for t in (1, 2):
+        ck.set_num_threads(t)
+        model = ck.Sequential([ck.Dropout(0.5)])
+        model._net.set_rng(7, 3)
+        masks.append(model.forward(np.ones((8, 50000), np.float32), training=True))
+    ck.set_num_threads(2)
+    assert np.array_equal(masks[0], masks[1])
+
+
+# ---- losses ---------------------------------------------------------------------------------
+
+def test_softmax_cross_entropy(rng):
+    z = (rng.standard_normal((7, 5)) * 4).astype(np.float32)
+    y = rng.integers(0, 5, 7)
+    loss = ck.losses.CrossEntropyLoss()
+    v = loss.forward(z, y)
+    rv, rd = ref.softmax_cross_entropy(z, y)
+    assert abs(v - rv) <= 1e-5 * abs(rv) + 1e-6
+    assert_close(loss.backward(), rd, "loss")
+    assert loss.correct == int((z.argmax(1) == y).sum())
+
+
+def test_cross_entropy_is_stable_for_huge_logits():
+    z = np.array([[1e4, 0.0, -1e4], [-1e4, 1e4, 0.0]], np.float32)
+    loss = ck.losses.CrossEntropyLoss()
+    v = loss.forward(z, np.array([0, 0]))
+    assert np.isfinite(v) and abs(v - 1e4) < 1.0
+    assert np.all(np.isfinite(loss.backward()))
+
+
+def test_mse(rng):
+    p = rng.standard_normal((4, 3)).astype(np.float32)
+    t = rng.standard_normal((4, 3)).astype(np.float32)
+    loss = ck.losses.MSELoss()
+    v = loss.forward(p, t)
+    d = p.astype(np.float64) - t
+    assert abs(v - (d**2).mean()) < 1e-6
+    assert_close(loss.backward(), 2 * d / d.size, "loss")
