@@ -25,8 +25,12 @@ def conv2d(x, w, b, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
         ws = w[g * Kg : (g + 1) * Kg]
         for r in range(R):
             for s in range(S):
-                patch = xs[:, :, r * dh : r * dh + sh * (P - 1) + 1 : sh,
-                           s * dw : s * dw + sw * (Q - 1) + 1 : sw]  # (N,Cg,P,Q)
+                patch = xs[
+                    :,
+                    :,
+                    r * dh : r * dh + sh * (P - 1) + 1 : sh,
+                    s * dw : s * dw + sw * (Q - 1) + 1 : sw,
+                ]  # (N,Cg,P,Q)
                 y[:, g * Kg : (g + 1) * Kg] += np.einsum("ncpq,kc->nkpq", patch, ws[:, :, r, s])
     if b is not None:
         y += np.asarray(b, np.float64)[None, :, None, None]
@@ -68,8 +72,11 @@ def im2col(x, k, s, p, d):
     col = np.zeros((C, k[0], k[1], P, Q))
     for r in range(k[0]):
         for t in range(k[1]):
-            col[:, r, t] = xp[:, r * d[0] : r * d[0] + s[0] * (P - 1) + 1 : s[0],
-                              t * d[1] : t * d[1] + s[1] * (Q - 1) + 1 : s[1]]
+            col[:, r, t] = xp[
+                :,
+                r * d[0] : r * d[0] + s[0] * (P - 1) + 1 : s[0],
+                t * d[1] : t * d[1] + s[1] * (Q - 1) + 1 : s[1],
+            ]
     return col.reshape(C * k[0] * k[1], P * Q)
 
 
@@ -80,8 +87,11 @@ def col2im(col, shape, k, s, p, d):
     xp = np.zeros((C, H + 2 * p[0], W + 2 * p[1]))
     for r in range(k[0]):
         for t in range(k[1]):
-            xp[:, r * d[0] : r * d[0] + s[0] * (P - 1) + 1 : s[0],
-               t * d[1] : t * d[1] + s[1] * (Q - 1) + 1 : s[1]] += c[:, r, t]
+            xp[
+                :,
+                r * d[0] : r * d[0] + s[0] * (P - 1) + 1 : s[0],
+                t * d[1] : t * d[1] + s[1] * (Q - 1) + 1 : s[1],
+            ] += c[:, r, t]
     return xp[:, p[0] : p[0] + H, p[1] : p[1] + W]
 
 

@@ -11,14 +11,30 @@ import cnnkit as ck
 @pytest.mark.parametrize(
     "make,shape,pattern",
     [
-        (lambda: ck.Conv2d(3, 8, 3), (2, 1, 8, 8), r"Conv2d \(layer 0\): expected input of shape \(N, 3, H, W\), got \(2, 1, 8, 8\)"),
-        (lambda: ck.Conv2d(3, 8, 3), (2, 3, 8), r"Conv2d.*expected input of shape \(N, 3, H, W\), got \(2, 3, 8\)"),
+        (
+            lambda: ck.Conv2d(3, 8, 3),
+            (2, 1, 8, 8),
+            r"Conv2d \(layer 0\): expected input of shape \(N, 3, H, W\), got \(2, 1, 8, 8\)",
+        ),
+        (
+            lambda: ck.Conv2d(3, 8, 3),
+            (2, 3, 8),
+            r"Conv2d.*expected input of shape \(N, 3, H, W\), got \(2, 3, 8\)",
+        ),
         (lambda: ck.Conv2d(3, 8, 5), (2, 3, 4, 4), r"Conv2d.*smaller than the dilated kernel"),
         (lambda: ck.MaxPool2d(3), (2, 3, 2, 2), r"MaxPool2d.*smaller than the window"),
         (lambda: ck.AvgPool2d(2), (2, 3), r"AvgPool2d.*expected input of shape \(N, C, H, W\)"),
-        (lambda: ck.Linear(10, 3), (4, 9), r"Linear \(layer 0\): expected input of shape \(N, 10\), got \(4, 9\)"),
+        (
+            lambda: ck.Linear(10, 3),
+            (4, 9),
+            r"Linear \(layer 0\): expected input of shape \(N, 10\), got \(4, 9\)",
+        ),
         (lambda: ck.Linear(10, 3), (4, 2, 5), r"Linear.*\(N, 10\), got \(4, 2, 5\)"),
-        (lambda: ck.BatchNorm2d(4), (2, 3, 5, 5), r"BatchNorm2d.*\(N, 4, H, W\), got \(2, 3, 5, 5\)"),
+        (
+            lambda: ck.BatchNorm2d(4),
+            (2, 3, 5, 5),
+            r"BatchNorm2d.*\(N, 4, H, W\), got \(2, 3, 5, 5\)",
+        ),
         (lambda: ck.Flatten(), (5,), r"Flatten.*at least 2 dimensions"),
     ],
 )
@@ -29,7 +45,9 @@ def test_wrong_input_shapes(make, shape, pattern):
 
 def test_error_names_the_failing_layer_in_a_model():
     m = ck.Sequential([ck.Conv2d(1, 6, 5), ck.ReLU(), ck.Flatten(), ck.Linear(100, 10)])
-    with pytest.raises(ValueError, match=r"Linear \(layer 3\): expected input of shape \(N, 100\), got \(2, 3456\)"):
+    with pytest.raises(
+        ValueError, match=r"Linear \(layer 3\): expected input of shape \(N, 100\), got \(2, 3456\)"
+    ):
         m.forward(np.zeros((2, 1, 28, 28), np.float32))
 
 

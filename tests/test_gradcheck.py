@@ -39,7 +39,9 @@ def _check_layer(make, x, rng, smooth_x=True, params=True):
     r = rng.standard_normal(y.shape).astype(np.float32)
 
     def loss_of_x(xx):
-        return float((model.forward(xx.astype(np.float32), training=True).astype(np.float64) * r).sum())
+        return float(
+            (model.forward(xx.astype(np.float32), training=True).astype(np.float64) * r).sum()
+        )
 
     model.forward(x, training=True)
     model.zero_grad()
@@ -109,12 +111,24 @@ def test_gradcheck_batchnorm(rng):
 
 def test_gradcheck_lenet_end_to_end(rng):
     """The whole LeNet-5 stack: dx and a few weights by central differences."""
+
     def make_model():
-        return ck.Sequential([
-            ck.Conv2d(1, 6, 5, padding=2), ck.Tanh(), ck.AvgPool2d(2),
-            ck.Conv2d(6, 16, 5), ck.Tanh(), ck.AvgPool2d(2), ck.Flatten(),
-            ck.Linear(400, 120), ck.Tanh(), ck.Linear(120, 84), ck.Tanh(), ck.Linear(84, 10),
-        ])
+        return ck.Sequential(
+            [
+                ck.Conv2d(1, 6, 5, padding=2),
+                ck.Tanh(),
+                ck.AvgPool2d(2),
+                ck.Conv2d(6, 16, 5),
+                ck.Tanh(),
+                ck.AvgPool2d(2),
+                ck.Flatten(),
+                ck.Linear(400, 120),
+                ck.Tanh(),
+                ck.Linear(120, 84),
+                ck.Tanh(),
+                ck.Linear(84, 10),
+            ]
+        )
 
     model = make_model()
     x = rng.standard_normal((2, 1, 28, 28)).astype(np.float32)
@@ -126,5 +140,6 @@ def test_gradcheck_lenet_end_to_end(rng):
         return float((model.forward(xx.astype(np.float32)).astype(np.float64) * r).sum())
 
     idx = _sample(x.shape, rng, 15)
-    assert_close(np.array([dx[i] for i in idx]), _numeric_grad(f, x.astype(np.float64), idx),
-                 "gradcheck")
+    assert_close(
+        np.array([dx[i] for i in idx]), _numeric_grad(f, x.astype(np.float64), idx), "gradcheck"
+    )

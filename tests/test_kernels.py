@@ -27,8 +27,9 @@ IM2COL_CASES = [
 @pytest.mark.parametrize("C,H,W,k,s,p,d", IM2COL_CASES)
 def test_im2col_matches_reference(C, H, W, k, s, p, d, rng):
     x = rng.standard_normal((C, H, W)).astype(np.float32)
-    assert_close(_core.im2col(x, list(k), list(s), list(p), list(d)), ref.im2col(x, k, s, p, d),
-                 "im2col")
+    assert_close(
+        _core.im2col(x, list(k), list(s), list(p), list(d)), ref.im2col(x, k, s, p, d), "im2col"
+    )
 
 
 @pytest.mark.parametrize("C,H,W,k,s,p,d", IM2COL_CASES)
@@ -36,23 +37,26 @@ def test_col2im_matches_reference(C, H, W, k, s, p, d, rng):
     P = ref.conv_out(H, k[0], s[0], p[0], d[0])
     Q = ref.conv_out(W, k[1], s[1], p[1], d[1])
     col = rng.standard_normal((C * k[0] * k[1], P * Q)).astype(np.float32)
-    assert_close(_core.col2im(col, [C, H, W], list(k), list(s), list(p), list(d)),
-                 ref.col2im(col, (C, H, W), k, s, p, d), "conv")
+    assert_close(
+        _core.col2im(col, [C, H, W], list(k), list(s), list(p), list(d)),
+        ref.col2im(col, (C, H, W), k, s, p, d),
+        "conv",
+    )
 
 
 # ---- convolution ----------------------------------------------------------------------------
 
 CONV_CASES = [
     # N, C, H, W, K, kernel, stride, padding, dilation, groups, bias
-    (2, 1, 28, 28, 6, (5, 5), (1, 1), (2, 2), (1, 1), 1, True),    # LeNet conv1
-    (3, 6, 14, 14, 16, (5, 5), (1, 1), (0, 0), (1, 1), 1, True),   # LeNet conv2
+    (2, 1, 28, 28, 6, (5, 5), (1, 1), (2, 2), (1, 1), 1, True),  # LeNet conv1
+    (3, 6, 14, 14, 16, (5, 5), (1, 1), (0, 0), (1, 1), 1, True),  # LeNet conv2
     (2, 3, 9, 7, 4, (3, 2), (2, 1), (1, 0), (1, 1), 1, False),
-    (2, 4, 10, 10, 6, (3, 3), (1, 2), (2, 1), (2, 2), 2, True),    # groups + dilation
-    (2, 4, 8, 8, 8, (3, 3), (1, 1), (1, 1), (1, 1), 4, True),      # depthwise x2
-    (2, 3, 6, 6, 3, (3, 3), (2, 2), (1, 1), (1, 1), 3, True),      # depthwise
-    (3, 5, 6, 7, 4, (1, 1), (1, 1), (0, 0), (1, 1), 1, True),      # pointwise
-    (1, 2, 5, 5, 3, (5, 5), (1, 1), (0, 0), (1, 1), 1, True),      # 1x1 output
-    (40, 3, 12, 12, 5, (3, 3), (1, 1), (1, 1), (1, 1), 1, True),   # several chunks? (big N)
+    (2, 4, 10, 10, 6, (3, 3), (1, 2), (2, 1), (2, 2), 2, True),  # groups + dilation
+    (2, 4, 8, 8, 8, (3, 3), (1, 1), (1, 1), (1, 1), 4, True),  # depthwise x2
+    (2, 3, 6, 6, 3, (3, 3), (2, 2), (1, 1), (1, 1), 3, True),  # depthwise
+    (3, 5, 6, 7, 4, (1, 1), (1, 1), (0, 0), (1, 1), 1, True),  # pointwise
+    (1, 2, 5, 5, 3, (5, 5), (1, 1), (0, 0), (1, 1), 1, True),  # 1x1 output
+    (40, 3, 12, 12, 5, (3, 3), (1, 1), (1, 1), (1, 1), 1, True),  # several chunks? (big N)
 ]
 
 
@@ -149,8 +153,8 @@ def test_avgpool2d(N, C, H, W, k, s, p, ceil, cip, rng):
         e = np.zeros(x.shape)
         e[(slice(None),) + idx] = 1.0
         eps_dx[(slice(None),) + idx] = (
-            ref.avgpool2d(e, k, s, p, ceil, cip)[0] * dy
-        ).reshape(N, -1).sum(axis=1)
+            (ref.avgpool2d(e, k, s, p, ceil, cip)[0] * dy).reshape(N, -1).sum(axis=1)
+        )
     assert_close(dx, eps_dx, "pool")
 
 
@@ -160,6 +164,7 @@ def test_maxpool_default_stride_is_kernel():
 
 
 # ---- activations ----------------------------------------------------------------------------
+
 
 def _act_ref(name, x, alpha=0.01):
     x = x.astype(np.float64)
@@ -195,6 +200,7 @@ def test_sigmoid_tanh_saturate_without_nan():
 
 # ---- linear / flatten -----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("N,I,O,bias", [(1, 1, 1, True), (5, 7, 3, True), (64, 400, 120, False)])
 def test_linear(N, I, O, bias, rng):
     layer = ck.Linear(I, O, bias=bias)
@@ -227,6 +233,7 @@ def test_flatten(rng):
 
 # ---- batch norm -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("affine", [True, False])
 def test_batchnorm2d_train_eval_backward(affine, rng):
     N, C, H, W = 4, 3, 5, 6
@@ -234,9 +241,14 @@ def test_batchnorm2d_train_eval_backward(affine, rng):
     gamma = rng.uniform(0.5, 1.5, C).astype(np.float32)
     beta = rng.standard_normal(C).astype(np.float32)
     if affine:
-        bn.load_state_dict({"0.weight": gamma, "0.bias": beta,
-                            "0.running_mean": np.zeros(C, np.float32),
-                            "0.running_var": np.ones(C, np.float32)})
+        bn.load_state_dict(
+            {
+                "0.weight": gamma,
+                "0.bias": beta,
+                "0.running_mean": np.zeros(C, np.float32),
+                "0.running_var": np.ones(C, np.float32),
+            }
+        )
     else:
         gamma, beta = np.ones(C), np.zeros(C)
     x = (rng.standard_normal((N, C, H, W)) * 2 + 1).astype(np.float32)
@@ -257,8 +269,13 @@ def test_batchnorm2d_train_eval_backward(affine, rng):
         xp, xm = x64.copy(), x64.copy()
         xp[idx] += h
         xm[idx] -= h
-        num[idx] = ((ref.batchnorm_train(xp, gamma, beta, 1e-5)[0] -
-                     ref.batchnorm_train(xm, gamma, beta, 1e-5)[0]) * dy).sum() / (2 * h)
+        num[idx] = (
+            (
+                ref.batchnorm_train(xp, gamma, beta, 1e-5)[0]
+                - ref.batchnorm_train(xm, gamma, beta, 1e-5)[0]
+            )
+            * dy
+        ).sum() / (2 * h)
     sel = tuple(np.array(list(np.ndindex(*x.shape))[::7]).T)
     assert_close(dx[sel], num[sel], "batchnorm", " dx")
     if affine:
@@ -274,6 +291,7 @@ def test_batchnorm2d_train_eval_backward(affine, rng):
 
 
 # ---- dropout --------------------------------------------------------------------------------
+
 
 def test_dropout_mask_statistics_and_backward(rng):
     d = ck.Dropout(0.3)
@@ -312,6 +330,7 @@ def test_dropout_mask_independent_of_threads():
 
 
 # ---- losses ---------------------------------------------------------------------------------
+
 
 def test_softmax_cross_entropy(rng):
     z = (rng.standard_normal((7, 5)) * 4).astype(np.float32)

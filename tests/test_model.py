@@ -10,11 +10,22 @@ import cnnkit as ck
 
 def lenet():
     L = ck.layers
-    return ck.Sequential([
-        L.Conv2d(1, 6, 5, padding=2), L.ReLU(), L.MaxPool2d(2),
-        L.Conv2d(6, 16, 5), L.ReLU(), L.MaxPool2d(2), L.Flatten(),
-        L.Linear(400, 120), L.ReLU(), L.Linear(120, 84), L.ReLU(), L.Linear(84, 10),
-    ])
+    return ck.Sequential(
+        [
+            L.Conv2d(1, 6, 5, padding=2),
+            L.ReLU(),
+            L.MaxPool2d(2),
+            L.Conv2d(6, 16, 5),
+            L.ReLU(),
+            L.MaxPool2d(2),
+            L.Flatten(),
+            L.Linear(400, 120),
+            L.ReLU(),
+            L.Linear(120, 84),
+            L.ReLU(),
+            L.Linear(84, 10),
+        ]
+    )
 
 
 def test_package_surface():
@@ -39,10 +50,24 @@ def test_set_num_threads_really_changes_openmp():
 
 
 def test_parameter_names_follow_torch_sequential():
-    m = ck.Sequential([ck.Conv2d(1, 2, 3), ck.BatchNorm2d(2), ck.ReLU(), ck.Flatten(),
-                       ck.Linear(2 * 4 * 4, 3, bias=False)])
-    assert list(m.state_dict()) == ["0.weight", "0.bias", "1.weight", "1.bias",
-                                    "1.running_mean", "1.running_var", "4.weight"]
+    m = ck.Sequential(
+        [
+            ck.Conv2d(1, 2, 3),
+            ck.BatchNorm2d(2),
+            ck.ReLU(),
+            ck.Flatten(),
+            ck.Linear(2 * 4 * 4, 3, bias=False),
+        ]
+    )
+    assert list(m.state_dict()) == [
+        "0.weight",
+        "0.bias",
+        "1.weight",
+        "1.bias",
+        "1.running_mean",
+        "1.running_var",
+        "4.weight",
+    ]
     assert list(m.grad_dict()) == ["0.weight", "0.bias", "1.weight", "1.bias", "4.weight"]
 
 
@@ -104,7 +129,9 @@ def test_input_conversion_non_float32_and_non_contiguous(rng):
     xf = np.asfortranarray(x.astype(np.float32))
     assert np.array_equal(m.forward(xf), ref)
     big = rng.random((4, 1, 56, 28)).astype(np.float32)
-    assert np.array_equal(m.forward(big[:, :, ::2, :]), m.forward(np.ascontiguousarray(big[:, :, ::2])))
+    assert np.array_equal(
+        m.forward(big[:, :, ::2, :]), m.forward(np.ascontiguousarray(big[:, :, ::2]))
+    )
     assert m.forward((x * 255).astype(np.uint8)).shape == (4, 10)
 
 

@@ -63,10 +63,14 @@ def test_pooling_random_configs_match_torch(trial):
     H, W = int(rng.integers(kh, 14)), int(rng.integers(kw, 14))
     x = rng.permutation(N * C * H * W).reshape(N, C, H, W).astype(np.float32) / 10
     for tl, ours in (
-        (torch.nn.MaxPool2d((kh, kw), (sh, sw), (ph, pw), ceil_mode=ceil),
-         ck.MaxPool2d((kh, kw), (sh, sw), (ph, pw), ceil_mode=ceil)),
-        (torch.nn.AvgPool2d((kh, kw), (sh, sw), (ph, pw), ceil_mode=ceil, count_include_pad=cip),
-         ck.AvgPool2d((kh, kw), (sh, sw), (ph, pw), ceil_mode=ceil, count_include_pad=cip)),
+        (
+            torch.nn.MaxPool2d((kh, kw), (sh, sw), (ph, pw), ceil_mode=ceil),
+            ck.MaxPool2d((kh, kw), (sh, sw), (ph, pw), ceil_mode=ceil),
+        ),
+        (
+            torch.nn.AvgPool2d((kh, kw), (sh, sw), (ph, pw), ceil_mode=ceil, count_include_pad=cip),
+            ck.AvgPool2d((kh, kw), (sh, sw), (ph, pw), ceil_mode=ceil, count_include_pad=cip),
+        ),
     ):
         xt = _t(x)
         yt = tl(xt)
@@ -108,8 +112,12 @@ def test_batchnorm_matches_torch_train_and_eval():
 def test_activations_and_losses_match_torch():
     rng = np.random.default_rng(6)
     x = (rng.standard_normal((4, 9)) * 3).astype(np.float32)
-    pairs = [(ck.ReLU(), torch.nn.ReLU()), (ck.LeakyReLU(0.1), torch.nn.LeakyReLU(0.1)),
-             (ck.Sigmoid(), torch.nn.Sigmoid()), (ck.Tanh(), torch.nn.Tanh())]
+    pairs = [
+        (ck.ReLU(), torch.nn.ReLU()),
+        (ck.LeakyReLU(0.1), torch.nn.LeakyReLU(0.1)),
+        (ck.Sigmoid(), torch.nn.Sigmoid()),
+        (ck.Tanh(), torch.nn.Tanh()),
+    ]
     for ours, tl in pairs:
         xt = _t(x)
         yt = tl(xt)
@@ -135,17 +143,36 @@ def test_activations_and_losses_match_torch():
 
 def _lenet_pair():
     tm = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 6, 5, padding=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(6, 16, 5), torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten(),
-        torch.nn.Linear(400, 120), torch.nn.ReLU(), torch.nn.Linear(120, 84), torch.nn.ReLU(),
+        torch.nn.Conv2d(1, 6, 5, padding=2),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(6, 16, 5),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(400, 120),
+        torch.nn.ReLU(),
+        torch.nn.Linear(120, 84),
+        torch.nn.ReLU(),
         torch.nn.Linear(84, 10),
     )
     L = ck.layers
-    ours = ck.Sequential([
-        L.Conv2d(1, 6, 5, padding=2), L.ReLU(), L.MaxPool2d(2),
-        L.Conv2d(6, 16, 5), L.ReLU(), L.MaxPool2d(2), L.Flatten(),
-        L.Linear(400, 120), L.ReLU(), L.Linear(120, 84), L.ReLU(), L.Linear(84, 10),
-    ])
+    ours = ck.Sequential(
+        [
+            L.Conv2d(1, 6, 5, padding=2),
+            L.ReLU(),
+            L.MaxPool2d(2),
+            L.Conv2d(6, 16, 5),
+            L.ReLU(),
+            L.MaxPool2d(2),
+            L.Flatten(),
+            L.Linear(400, 120),
+            L.ReLU(),
+            L.Linear(120, 84),
+            L.ReLU(),
+            L.Linear(84, 10),
+        ]
+    )
     return tm, ours
 
 

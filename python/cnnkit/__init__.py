@@ -6,8 +6,7 @@
 
 from __future__ import annotations
 
-from . import _core
-from . import datasets, layers, losses
+from . import _core, datasets, layers, losses
 from ._random import manual_seed
 from .layers import (
     AvgPool2d,
@@ -51,7 +50,26 @@ def get_num_threads() -> int:
 
 
 __all__ = [
-    "__version__", "cuda_available", "built_with_cuda", "set_num_threads", "get_num_threads",
-    "manual_seed", "datasets", "layers", "losses", "Sequential", "Layer", "Conv2d", "MaxPool2d", "AvgPool2d",
-    "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Linear", "Flatten", "Dropout", "BatchNorm2d",
+    "__version__",
+    "cuda_available",
+    "built_with_cuda",
+    "set_num_threads",
+    "get_num_threads",
+    "manual_seed",
+    "datasets",
+    "layers",
+    "losses",
+    "Sequential",
+    "Layer",
+    "Conv2d",
+    "MaxPool2d",
+    "AvgPool2d",
+    "ReLU",
+    "LeakyReLU",
+    "Sigmoid",
+    "Tanh",
+    "Linear",
+    "Flatten",
+    "Dropout",
+    "BatchNorm2d",
 ]

@@ -33,8 +33,10 @@ __all__ = [
 def _pair(v: Any, name: str, layer: str) -> tuple[int, int]:
     if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
         return int(v), int(v)
-    if isinstance(v, (tuple, list)) and len(v) == 2 and all(
-        isinstance(e, (int, np.integer)) and not isinstance(e, bool) for e in v
+    if (
+        isinstance(v, (tuple, list))
+        and len(v) == 2
+        and all(isinstance(e, (int, np.integer)) and not isinstance(e, bool) for e in v)
     ):
         return int(v[0]), int(v[1])
     raise ValueError(f"{layer}: {name} must be an int or a pair of ints, got {v!r}")
@@ -257,7 +259,10 @@ class BatchNorm2d(Layer):
     ) -> None:
         super().__init__(
             _core.batchnorm2d(
-                int(num_features), float(eps), float(momentum), bool(affine),
+                int(num_features),
+                float(eps),
+                float(momentum),
+                bool(affine),
                 bool(track_running_stats),
             ),
             num_features=int(num_features),
@@ -271,7 +276,16 @@ class BatchNorm2d(Layer):
 LAYER_TYPES: dict[str, type[Layer]] = {
     cls.__name__: cls
     for cls in (
-        Conv2d, MaxPool2d, AvgPool2d, ReLU, LeakyReLU, Sigmoid, Tanh, Linear, Flatten, Dropout,
+        Conv2d,
+        MaxPool2d,
+        AvgPool2d,
+        ReLU,
+        LeakyReLU,
+        Sigmoid,
+        Tanh,
+        Linear,
+        Flatten,
+        Dropout,
         BatchNorm2d,
     )
 }

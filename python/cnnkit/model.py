@@ -7,7 +7,8 @@ so a PyTorch state_dict of the same architecture loads as is.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,8 @@ def _as_numpy(v: Any) -> np.ndarray:
 def _as_input(x: Any, where: str) -> np.ndarray:
     a = _as_numpy(x)
     if a.dtype == object or not (
-        np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)
+        np.issubdtype(a.dtype, np.floating)
+        or np.issubdtype(a.dtype, np.integer)
         or a.dtype == np.bool_
     ):
         raise ValueError(f"{where}: expected a numeric array, got dtype {a.dtype}")
@@ -71,7 +73,7 @@ class Sequential:
         if self._device != "cpu":
             self._net.to(self._device)
 
-    def add(self, layer: Layer) -> "Sequential":
+    def add(self, layer: Layer) -> Sequential:
         """Append a layer (Keras style); returns the model."""
         if self._net is not None and self._net.has_optimizer():
             raise ValueError("Sequential.add: cannot change a model that is being trained")
@@ -97,7 +99,7 @@ class Sequential:
     def device(self) -> str:
         return self._net.device
 
-    def to(self, device: str) -> "Sequential":
+    def to(self, device: str) -> Sequential:
         """Move parameters to "cpu" or "cuda" (explicit copy); returns the model."""
         if device not in ("cpu", "cuda"):
             raise ValueError(f"Sequential.to: unknown device {device!r} (expected 'cpu' or 'cuda')")
@@ -119,7 +121,9 @@ class Sequential:
         """
         xa = _as_input(x, "Sequential.forward")
         if xa.ndim == 0 or xa.shape[0] == 0:
-            raise ValueError(f"Sequential.forward: expected a non-empty batch, got shape {xa.shape}")
+            raise ValueError(
+                f"Sequential.forward: expected a non-empty batch, got shape {xa.shape}"
+            )
         out = self._net.forward(xa, bool(training))
         self._input_shape = tuple(xa.shape[1:])
         return out
@@ -136,13 +140,15 @@ class Sequential:
         xa = _as_input(x, "Sequential.predict")
         if batch_size <= 0:
             raise ValueError(f"Sequential.predict: batch_size must be positive, got {batch_size}")
-        outs = [self._net.forward(xa[i : i + batch_size], False) for i in range(0, len(xa), batch_size)]
+        outs = [
+            self._net.forward(xa[i : i + batch_size], False) for i in range(0, len(xa), batch_size)
+        ]
         if not outs:
             raise ValueError("Sequential.predict: empty input")
         return np.concatenate(outs, axis=0)
 
     # -- parameters ---------------------------------------------------------------------
-    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+    def state_dict(self) -> OrderedDict[str, np.ndarray]:
         """Copies of all parameters and buffers, in PyTorch's naming and order."""
         d = self._net.state_dict()
         out: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -172,7 +178,8 @@ class Sequential:
             a = _as_numpy(v)
             if tuple(a.shape) != tuple(own[k].shape):
                 raise ValueError(
-                    f"load_state_dict: '{k}' expects shape {tuple(own[k].shape)}, got {tuple(a.shape)}"
+                    f"load_state_dict: '{k}' expects shape {tuple(own[k].shape)}, "
+                    f"got {tuple(a.shape)}"
                 )
             a = np.ascontiguousarray(a, dtype=np.float32)
             if not np.all(np.isfinite(a)):
@@ -181,7 +188,7 @@ class Sequential:
         for k, a in arrays.items():  # all checked first: nothing is half-loaded
             self._net.set_tensor(k, a)
 
-    def grad_dict(self) -> "OrderedDict[str, np.ndarray]":
+    def grad_dict(self) -> OrderedDict[str, np.ndarray]:
         """Copies of the accumulated parameter gradients."""
         g = self._net.grad_dict()
         return OrderedDict((k, g[k]) for k in self._net.param_names())
@@ -203,13 +210,21 @@ class Sequential:
         shapes = self.output_shapes(input_shape) if input_shape else [None] * len(self.layers)
         sd = self._net.state_dict()
         rows = []
-        for i, (layer, shp) in enumerate(zip(self.layers, shapes)):
+        for i, (layer, shp) in enumerate(zip(self.layers, shapes, strict=True)):
             n = sum(int(sd[f"{i}.{p}"].size) for p in layer._native.param_names())
             out = "(None, " + ", ".join(map(str, shp)) + ")" if shp is not None else "?"
             rows.append((f"{i}: {layer.type}", out, n))
-        w0, w1 = max([24] + [len(r[0]) + 2 for r in rows]), max([22] + [len(r[1]) + 2 for r in rows])
+        w0, w1 = (
+            max([24] + [len(r[0]) + 2 for r in rows]),
+            max([22] + [len(r[1]) + 2 for r in rows]),
+        )
         line = "=" * (w0 + w1 + 12)
-        lines = ["Model: Sequential", line, f"{'Layer (type)':<{w0}}{'Output Shape':<{w1}}{'Param #':>12}", line]
+        lines = [
+            "Model: Sequential",
+            line,
+            f"{'Layer (type)':<{w0}}{'Output Shape':<{w1}}{'Param #':>12}",
+            line,
+        ]
         for name, out, n in rows:
             lines.append(f"{name:<{w0}}{out:<{w1}}{n:>12,}")
         total = self.num_parameters()
