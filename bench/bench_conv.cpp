@@ -1,0 +1,124 @@
+// Native convolution benchmark: forward, backward-input and backward-weight of typical CNN
+// layers through the CPU kernels. Checks a few outputs against a direct loop first, then
+// prints one line per layer and pass: median ms and GFLOP/s.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/runtime.h"
+#include "cpu/kernels.h"
+
+using namespace cnnkit;
+
+namespace {
+
+struct Case {
+    const char* name;
+    ConvGeom g;
+};
+
+ConvGeom make(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t stride,
+              int64_t pad, int64_t groups = 1) {
+    ConvGeom g{};
+    g.N = N; g.C = C; g.H = H; g.W = W; g.K = K; g.R = R; g.S = R;
+    g.stride_h = g.stride_w = stride;
+    g.pad_h = g.pad_w = pad;
+    g.dil_h = g.dil_w = 1;
+    g.groups = groups;
+    g.P = conv_out_size(H, R, stride, pad, 1);
+    g.Q = conv_out_size(W, R, stride, pad, 1);
+    return g;
+}
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+template <typename F>
+double time_ms(F&& f, int repeats) {
+    f();  // warm-up
+    std::vector<double> t;
+    for (int i = 0; i < repeats; ++i) {
+        auto t0 = std::chrono::steady_clock::now();
+        f();
+        auto t1 = std::chrono::steady_clock::now();
+        t.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+    }
+    return median(t);
+}
+
+// Direct-loop value of y[n,k,p,q] for the correctness check.
+double direct(const ConvGeom& g, const float* x, const float* w, int64_t n, int64_t k, int64_t p,
+              int64_t q) {
+    const int64_t Cg = g.C / g.groups, gi = k / (g.K / g.groups);
+    double acc = 0;
+    for (int64_t c = 0; c < Cg; ++c)
+        for (int64_t r = 0; r < g.R; ++r)
+            for (int64_t s = 0; s < g.S; ++s) {
+                int64_t h = p * g.stride_h - g.pad_h + r, ww = q * g.stride_w - g.pad_w + s;
+                if (h < 0 || h >= g.H || ww < 0 || ww >= g.W) continue;
+                acc += double(w[((k * Cg + c) * g.R + r) * g.S + s]) *
+                       x[((n * g.C + gi * Cg + c) * g.H + h) * g.W + ww];
+            }
+    return acc;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    int repeats = 7;
+    for (int i = 1; i < argc; ++i) {
+        std::string a = argv[i];
+        if (a == "--threads" && i + 1 < argc) set_num_threads(std::atoi(argv[++i]));
+        else if (a == "--repeats" && i + 1 < argc) repeats = std::atoi(argv[++i]);
+        else {
+            std::printf("usage: bench_conv [--threads N] [--repeats R]\n");
+            return a == "--help" ? 0 : 2;
+        }
+    }
+    std::vector<Case> cases = {
+        {"lenet.conv1 b256", make(256, 1, 28, 28, 6, 5, 1, 2)},
+        {"lenet.conv2 b256", make(256, 6, 14, 14, 16, 5, 1, 0)},
+        {"cifar 64x32x32->64 3x3", make(64, 32, 32, 32, 64, 3, 1, 1)},
+        {"cifar 128x3x32x32->32 3x3", make(128, 3, 32, 32, 32, 3, 1, 1)},
+        {"pointwise 64x64x16x16->128", make(64, 64, 16, 16, 128, 1, 1, 0)},
+        {"depthwise 64x64x16x16 3x3", make(64, 64, 16, 16, 64, 3, 1, 1, 64)},
+    };
+    std::printf("threads=%d gemm=%s\n", get_num_threads(), cpu::sgemm_kernel_name());
+    std::printf("%-28s %-9s %10s %10s\n", "layer", "pass", "ms", "GFLOP/s");
+    std::mt19937 gen(1);
+    std::uniform_real_distribution<float> dist(-1.f, 1.f);
+    for (const Case& c : cases) {
+        const ConvGeom& g = c.g;
+        std::vector<float> x(g.N * g.C * g.H * g.W), w(g.K * (g.C / g.groups) * g.R * g.S),
+            b(g.K), y(g.N * g.K * g.P * g.Q), dy(y.size()), dx(x.size()), dw(w.size()), db(g.K);
+        for (auto* v : {&x, &w, &b, &dy})
+            for (float& e : *v) e = dist(gen);
+        std::vector<float> ws(std::max<int64_t>(1, cpu::conv2d_workspace_floats(g)));
+        cpu::conv2d_forward(y.data(), x.data(), w.data(), b.data(), g, ws.data());
+        for (int t = 0; t < 5; ++t) {  // spot-check against a direct loop
+            int64_t n = t % g.N, k = (7 * t) % g.K, p = (3 * t) % g.P, q = (5 * t) % g.Q;
+            double want = direct(g, x.data(), w.data(), n, k, p, q) + b[k];
+            double got = y[((n * g.K + k) * g.P + p) * g.Q + q];
+            if (std::fabs(got - want) > 1e-3 * (1 + std::fabs(want))) {
+                std::printf("CHECK FAILED %s: got %g want %g\n", c.name, got, want);
+                return 1;
+            }
+        }
+        const double flops = 2.0 * g.N * g.K * g.P * g.Q * (g.C / g.groups) * g.R * g.S;
+        double f = time_ms([&] { cpu::conv2d_forward(y.data(), x.data(), w.data(), b.data(), g, ws.data()); }, repeats);
+        double bi = time_ms([&] { cpu::conv2d_backward_input(dx.data(), dy.data(), w.data(), g, ws.data()); }, repeats);
+        double bw = time_ms([&] { cpu::conv2d_backward_weight(dw.data(), db.data(), dy.data(), x.data(), g, ws.data()); }, repeats);
+        std::printf("%-28s %-9s %10.3f %10.1f\n", c.name, "forward", f, flops / f / 1e6);
+        std::printf("%-28s %-9s %10.3f %10.1f\n", c.name, "bwd-input", bi, flops / bi / 1e6);
+        std::printf("%-28s %-9s %10.3f %10.1f\n", c.name, "bwd-weight", bw, flops / bw / 1e6);
+    }
+    return 0;
+}
