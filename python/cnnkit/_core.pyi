@@ -39,7 +39,9 @@ def col2im(
     padding: list[int],
     dilation: list[int],
 ) -> F32: ...
-def softmax_cross_entropy(logits: npt.ArrayLike, labels: npt.ArrayLike) -> tuple[float, int, F32]: ...
+def softmax_cross_entropy(
+    logits: npt.ArrayLike, labels: npt.ArrayLike
+) -> tuple[float, int, F32]: ...
 def mse_loss(pred: npt.ArrayLike, target: npt.ArrayLike) -> tuple[float, F32]: ...
 
 class Layer:
@@ -52,8 +54,18 @@ class Layer:
     def buffer_names(self) -> list[str]: ...
 
 def conv2d(
-    in_channels: int, out_channels: int, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int,
-    dh: int, dw: int, groups: int, bias: bool,
+    in_channels: int,
+    out_channels: int,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+    dh: int,
+    dw: int,
+    groups: int,
+    bias: bool,
 ) -> Layer: ...
 def maxpool2d(kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, ceil_mode: bool) -> Layer: ...
 def avgpool2d(
