@@ -2,12 +2,14 @@
 
 >>> import cnnkit as ck
 >>> model = ck.Sequential([ck.Conv2d(1, 6, 5, padding=2), ck.ReLU(), ck.MaxPool2d(2), ...])
+>>> trainer = ck.Trainer(model, loss="cross_entropy", optimizer=ck.optim.Adam(lr=1e-3))
 """
 
 from __future__ import annotations
 
-from . import _core, datasets, layers, losses
+from . import _core, callbacks, data, datasets, io, layers, losses, models, optim
 from ._random import manual_seed
+from .io import load, load_model, save
 from .layers import (
     AvgPool2d,
     BatchNorm2d,
@@ -23,6 +25,7 @@ from .layers import (
     Tanh,
 )
 from .model import Sequential
+from .trainer import History, Trainer
 
 __version__: str = _core.__version__
 
@@ -50,26 +53,9 @@ def get_num_threads() -> int:
 
 
 __all__ = [
-    "__version__",
-    "cuda_available",
-    "built_with_cuda",
-    "set_num_threads",
-    "get_num_threads",
-    "manual_seed",
-    "datasets",
-    "layers",
-    "losses",
-    "Sequential",
-    "Layer",
-    "Conv2d",
-    "MaxPool2d",
-    "AvgPool2d",
-    "ReLU",
-    "LeakyReLU",
-    "Sigmoid",
-    "Tanh",
-    "Linear",
-    "Flatten",
-    "Dropout",
-    "BatchNorm2d",
-]
+    "__version__", "cuda_available", "built_with_cuda", "set_num_threads", "get_num_threads",
+    "manual_seed", "layers", "losses", "models", "optim", "callbacks", "data", "datasets", "io",
+    "Sequential", "Trainer", "History", "save", "load", "load_model",
+    "Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Linear",
+    "Flatten", "Dropout", "BatchNorm2d",
+]  # fmt: skip

@@ -1,0 +1,317 @@
+"""Mini-batches for training: a seeded DataLoader and the input checks the Trainer uses.
+
+>>> loader = DataLoader(x_train, y_train, batch_size=64, shuffle=True, seed=0)
+>>> for xb, yb in loader:        # xb: (B, C, H, W) float32, yb: (B,) as given
+...     ...
+
+Shuffling is a pure function of (seed, epoch): epoch ``e`` always visits the samples in the
+same order, whatever happened before, so an interrupted run can resume exactly. Images are
+prepared once: uint8 is scaled to [0, 1], (N, H, W) gets a channel axis, everything becomes
+contiguous float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from ._random import derive_seed
+
+__all__ = ["DataLoader", "as_images", "as_labels", "as_targets", "check_labels"]
+
+Batch = tuple[np.ndarray, Any]
+Transform = Callable[[np.ndarray, Any], tuple[np.ndarray, Any]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Input preparation and checks
+# ---------------------------------------------------------------------------------------------
+
+
+def _to_numpy(v: Any) -> np.ndarray:
+    if hasattr(v, "detach") and hasattr(v, "cpu"):  # a PyTorch tensor
+        v = v.detach().cpu().numpy()
+    return np.asarray(v)
+
+
+def as_images(x: Any, where: str = "x", name: str = "x") -> np.ndarray:
+    """Model input as contiguous float32.
+
+    uint8 images are scaled to [0, 1]; a 3-D array (N, H, W) becomes (N, 1, H, W); 2-D
+    (N, features) and 4-D (N, C, H, W) are kept. Raises ValueError for empty, non-numeric,
+    1-D or >4-D input and for NaN/Inf (naming the first bad sample).
+    """
+    try:
+        a = _to_numpy(x)
+    except Exception as e:  # ragged lists and the like
+        raise ValueError(f"{where}: {name} is not an array: {e}") from None
+    if a.dtype == object or a.dtype.kind not in "biuf":
+        raise ValueError(f"{where}: {name} must be numeric, got dtype {a.dtype}")
+    if a.ndim < 2 or a.ndim > 4:
+        raise ValueError(
+            f"{where}: {name} must be (N, C, H, W), (N, H, W) or (N, features), got shape "
+            f"{a.shape}"
+        )
+    if a.shape[0] == 0:
+        raise ValueError(f"{where}: {name} is empty (shape {a.shape})")
+    if a.size == 0:
+        raise ValueError(f"{where}: {name} has a zero-sized dimension (shape {a.shape})")
+    if a.dtype == np.uint8:
+        a = a.astype(np.float32) * np.float32(1.0 / 255.0)
+    else:
+        kind = a.dtype.kind
+        with np.errstate(over="ignore", invalid="ignore"):  # too large for float32 -> inf
+            a = np.ascontiguousarray(a, dtype=np.float32)
+        if kind == "f":
+            finite = np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)
+            if not finite.all():
+                i = int(np.argmin(finite))
+                raise ValueError(
+                    f"{where}: {name} contains NaN or Inf ({int((~finite).sum())} bad samples, "
+                    f"first at index {i})"
+                )
+    if a.ndim == 3:
+        a = a[:, None, :, :]
+    return np.ascontiguousarray(a)
+
+
+def as_labels(y: Any, where: str = "y", num_classes: int | None = None) -> np.ndarray:
+    """Class labels as int64 (N,).
+
+    Accepts integer or bool arrays, floats holding whole numbers, (N, 1) columns and one-hot
+    (N, C) rows. Raises ValueError for non-integer or non-finite values and, with
+    `num_classes`, for labels outside [0, num_classes).
+    """
+    try:
+        a = _to_numpy(y)
+    except Exception as e:
+        raise ValueError(f"{where}: y is not an array: {e}") from None
+    if a.dtype == object or a.dtype.kind not in "biuf":
+        raise ValueError(f"{where}: labels must be integer class indices, got dtype {a.dtype}")
+    if a.ndim == 2 and a.shape[1] == 1:
+        a = a[:, 0]
+    elif a.ndim == 2 and a.shape[1] > 1:
+        onehot = a.shape[0] > 0 and np.all((a == 0) | (a == 1)) and np.all(a.sum(axis=1) == 1)
+        if not onehot:
+            raise ValueError(
+                f"{where}: labels must be (N,) class indices or one-hot (N, C) rows, got shape "
+                f"{a.shape} that is not one-hot"
+            )
+        a = np.argmax(a, axis=1)
+    if a.ndim != 1:
+        raise ValueError(f"{where}: labels must have shape (N,), got {a.shape}")
+    if a.dtype.kind == "f":
+        bad = ~np.isfinite(a)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"{where}: labels contain NaN or Inf (first at index {i})")
+        frac = a != np.round(a)
+        if frac.any():
+            i = int(np.argmax(frac))
+            raise ValueError(
+                f"{where}: labels must be integer class indices, but y[{i}] = "
+                f"{a[i].item()!r} is not a whole number"
+            )
+        big = np.abs(a) >= 2.0**62
+        if big.any():
+            i = int(np.argmax(big))
+            raise ValueError(f"{where}: label {a[i].item()!r} at index {i} is out of range")
+    a = np.ascontiguousarray(a, dtype=np.int64)
+    if num_classes is not None:
+        check_labels(a, num_classes, where)
+    return a
+
+
+def check_labels(labels: np.ndarray, num_classes: int, where: str = "y") -> None:
+    """Raise ValueError when an int64 label is outside [0, num_classes)."""
+    if labels.size == 0:
+        return
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"{where}: label {int(labels[i])} at index {i} is out of range for a model with "
+            f"{num_classes} output classes (expected 0..{num_classes - 1})"
+        )
+
+
+def as_targets(y: Any, where: str = "y", shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Regression targets (for the mse loss) as float32, checked for NaN/Inf and, with
+    `shape`, against the model's per-sample output shape ((N,) is taken as (N, 1))."""
+    try:
+        a = np.ascontiguousarray(_to_numpy(y), dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: targets must be numeric: {e}") from None
+    if a.ndim == 0:
+        raise ValueError(f"{where}: targets need a batch dimension, got a scalar")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{where}: targets contain NaN or Inf")
+    if shape is not None:
+        if a.ndim == 1 and tuple(shape) == (1,):
+            a = a[:, None]
+        if tuple(a.shape[1:]) != tuple(shape):
+            raise ValueError(
+                f"{where}: targets must have per-sample shape {tuple(shape)} (the model "
+                f"output), got {tuple(a.shape[1:])}"
+            )
+    return a
+
+
+# ---------------------------------------------------------------------------------------------
+# DataLoader
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_dataset(x: Any) -> bool:
+    """A sequence of samples (not an array): has __len__/__getitem__, no shape."""
+    return (
+        hasattr(x, "__len__") and hasattr(x, "__getitem__") and not hasattr(x, "shape")
+        and not isinstance(x, (list, tuple, str, bytes))
+    )
+
+
+class DataLoader:
+    """Mini-batches from arrays (x, y) or from a dataset.
+
+    Args:
+        x: images (N, C, H, W) / (N, H, W) / (N, features), uint8 or float (prepared by
+            :func:`as_images`), or a dataset: any object with ``__len__`` and
+            ``__getitem__(i)`` returning ``(x_i, y_i)`` (or just ``x_i``) — for data that
+            does not fit one array. Dataset batches are stacked and prepared per batch.
+        y: labels or targets (N, ...) for array input, kept as given; None for a dataset.
+        batch_size: samples per batch (the last batch may be smaller unless drop_last).
+        shuffle: visit the samples in a new order each epoch.
+        seed: the order of epoch ``e`` is a pure function of (seed, e).
+        drop_last: skip the final incomplete batch.
+        transform: ``fn(xb, yb) -> (xb, yb)`` applied to every batch (augmentation).
+
+    Iterating yields ``(xb, yb)`` with ``yb`` None when there are no labels. Each iteration
+    uses :attr:`epoch` and then advances it; :meth:`set_epoch` picks the epoch explicitly
+    (the Trainer calls it before every epoch).
+    """
+
+    def __init__(
+        self,
+        x: Any,
+        y: Any = None,
+        batch_size: int = 32,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        transform: Transform | None = None,
+    ) -> None:
+        where = "DataLoader"
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ValueError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"{where}: seed must be a non-negative integer, got {seed!r}")
+        if transform is not None and not callable(transform):
+            raise ValueError(f"{where}: transform must be callable, got {transform!r}")
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.drop_last = bool(drop_last)
+        self.transform = transform
+        self.epoch = 0
+        self._checked = False  # set by the Trainer when x/y were fully checked up front
+        self.dataset: Sequence[Any] | None = None
+        self.x: np.ndarray | None = None
+        self.y: np.ndarray | None = None
+        if _is_dataset(x):
+            if y is not None:
+                raise ValueError(f"{where}: pass y=None with a dataset (it yields (x_i, y_i))")
+            self.dataset = x
+            n = len(x)
+            if n == 0:
+                raise ValueError(f"{where}: the dataset is empty")
+        else:
+            self.x = as_images(x, where)
+            n = self.x.shape[0]
+            if y is not None:
+                ya = _to_numpy(y)
+                if ya.ndim == 0:
+                    raise ValueError(f"{where}: y must have one entry per sample, got a scalar")
+                if ya.shape[0] != n:
+                    raise ValueError(
+                        f"{where}: x has {n} samples but y has {ya.shape[0]} (they must match)"
+                    )
+                self.y = ya
+        self.num_samples = int(n)
+        if self.drop_last and self.num_samples < self.batch_size:
+            raise ValueError(
+                f"{where}: drop_last with batch_size {self.batch_size} > {self.num_samples} "
+                "samples leaves no batch"
+            )
+
+    def __len__(self) -> int:
+        """Number of batches per epoch."""
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return -(-self.num_samples // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order of `epoch` for the next iteration."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"DataLoader.set_epoch: epoch must be an int >= 0, got {epoch!r}")
+        self.epoch = int(epoch)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """Sample indices (N,) visited in `epoch` (identity without shuffle)."""
+        if not self.shuffle:
+            return np.arange(self.num_samples)
+        rng = np.random.default_rng(derive_seed(self.seed, epoch))
+        return rng.permutation(self.num_samples)
+
+    def __iter__(self) -> Iterator[Batch]:
+        idx = self.order(self.epoch)
+        self.epoch += 1
+        stop = len(self) * self.batch_size if self.drop_last else self.num_samples
+        for start in range(0, stop, self.batch_size):
+            yield self._batch(idx[start : start + self.batch_size])
+
+    def _batch(self, ids: np.ndarray) -> Batch:
+        if self.dataset is not None:
+            xb, yb = self._collate(ids)
+        else:
+            if self.shuffle:
+                xb = self.x[ids]
+                yb = self.y[ids] if self.y is not None else None
+            else:  # contiguous slices: views (copied when a transform might modify them)
+                s = slice(int(ids[0]), int(ids[-1]) + 1)
+                xb = self.x[s]
+                yb = self.y[s] if self.y is not None else None
+                if self.transform is not None:
+                    xb = xb.copy()
+                    yb = yb.copy() if yb is not None else None
+        if self.transform is not None:
+            out = self.transform(xb, yb)
+            if not isinstance(out, tuple) or len(out) != 2:
+                raise ValueError("DataLoader: transform must return a pair (xb, yb)")
+            xb, yb = out
+        return xb, yb
+
+    def _collate(self, ids: np.ndarray) -> Batch:
+        xs, ys = [], []
+        for i in ids:
+            item = self.dataset[int(i)]
+            if isinstance(item, (tuple, list)) and len(item) == 2:
+                xs.append(_to_numpy(item[0]))
+                ys.append(_to_numpy(item[1]))
+            else:
+                xs.append(_to_numpy(item))
+        try:
+            xb = np.stack(xs)
+        except ValueError as e:
+            raise ValueError(f"DataLoader: dataset samples differ in shape: {e}") from None
+        if ys and len(ys) != len(xs):
+            raise ValueError("DataLoader: some dataset items have labels and some do not")
+        yb = np.stack(ys) if ys else None
+        return as_images(xb, "DataLoader", "dataset batch"), yb
+
+    def __repr__(self) -> str:
+        src = type(self.dataset).__name__ if self.dataset is not None else f"x{self.x.shape}"
+        return (f"DataLoader({src}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
+                f"seed={self.seed}, drop_last={self.drop_last})")

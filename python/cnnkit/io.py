@@ -1,0 +1,641 @@
+"""Saving and loading models and trainer checkpoints in one documented, pickle-free file.
+
+>>> cnnkit.io.save(model, "lenet.cnnkit")         # architecture + weights
+>>> model = cnnkit.io.load("lenet.cnnkit")         # a Sequential
+>>> cnnkit.io.save(trainer, "ckpt.cnnkit")         # + optimizer, schedule, RNG, epoch, history
+>>> trainer = cnnkit.io.load("ckpt.cnnkit")        # a Trainer that fit() continues exactly
+
+Layout (docs/file-format.md): the 8-byte magic ``CNNKIT01``, the header length as an unsigned
+64-bit little-endian integer, a UTF-8 JSON header {format, version, kind, tensors, meta,
+data_nbytes, data_crc32}, then the raw little-endian tensor bytes. Files are written
+atomically (temporary file in the same directory, fsync, rename). Reading checks the whole
+file before anything is built or changed and raises :class:`CheckpointError` for truncated,
+corrupted or foreign files; it never allocates more than the file size justifies.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import tempfile
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import IO, Any
+
+import numpy as np
+
+from . import _random
+from . import optim as _optim
+from .layers import from_config as _layer_from_config
+
+__all__ = [
+    "CheckpointError",
+    "Checkpoint",
+    "save",
+    "load",
+    "load_model",
+    "load_weights",
+    "read",
+    "restore_trainer",
+    "MAGIC",
+]
+
+MAGIC = b"CNNKIT01"
+FORMAT_VERSION = 1
+ALIGN = 64  # tensor offsets (and the start of the data section) are multiples of this
+MAX_HEADER_BYTES = 64 << 20
+MAX_NDIM = 8
+DTYPES = {"float32": np.dtype("<f4"), "int64": np.dtype("<i8"), "uint8": np.dtype("u1")}
+_PREFIX_MODEL, _PREFIX_OPT = "model/", "optimizer/"
+
+
+class CheckpointError(ValueError):
+    """The file is not a valid cnnkit file, or does not fit the model/trainer given."""
+
+
+@dataclass
+class Checkpoint:
+    """A checked file: kind ("model" | "trainer"), meta (JSON), tensors by name."""
+
+    path: str
+    kind: str
+    meta: dict[str, Any]
+    tensors: dict[str, np.ndarray]
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON with non-finite floats (encoded as {"$float": "nan" | "inf" | "-inf"})
+# ---------------------------------------------------------------------------------------------
+
+
+def _encode(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _encode(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_encode(x) for x in v]
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        if math.isfinite(f):
+            return f
+        return {"$float": "nan" if math.isnan(f) else ("inf" if f > 0 else "-inf")}
+    if v is None or isinstance(v, str):
+        return v
+    raise TypeError(f"cannot store {type(v).__name__} in a checkpoint header")
+
+
+def _pairs_hook(pairs: list[tuple[str, Any]]) -> Any:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        raise CheckpointError(f"duplicate keys {dup} in the header")
+    d = dict(pairs)
+    if keys == ["$float"]:
+        special = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+        if d["$float"] not in special:
+            raise CheckpointError(f"bad special float {d['$float']!r} in the header")
+        return special[d["$float"]]
+    return d
+
+
+def _no_constants(name: str) -> Any:
+    raise CheckpointError(f"non-standard JSON constant {name} in the header")
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+
+def _pad(n: int) -> int:
+    return (-n) % ALIGN
+
+
+def _layout(tensors: dict[str, np.ndarray]) -> tuple[dict[str, dict[str, Any]], int, int]:
+    """Header entries, total data size, and the CRC-32 of the data section."""
+    entries: dict[str, dict[str, Any]] = {}
+    offset, crc = 0, 0
+    for name, a in tensors.items():
+        dt = next((k for k, v in DTYPES.items() if v == a.dtype), None)
+        if dt is None:
+            raise ValueError(f"save: tensor {name!r} has unsupported dtype {a.dtype}")
+        entries[name] = {"dtype": dt, "shape": [int(s) for s in a.shape], "offset": offset,
+                         "nbytes": int(a.nbytes)}
+        crc = zlib.crc32(memoryview(a).cast("B"), crc)
+        offset += a.nbytes
+        pad = _pad(offset)
+        crc = zlib.crc32(b"\0" * pad, crc)
+        offset += pad
+    return entries, offset, crc
+
+
+def _write_payload(f: IO[bytes], prefix: bytes, tensors: Iterable[np.ndarray]) -> None:
+    """Write magic + header, then every tensor followed by its alignment padding."""
+    f.write(prefix)
+    for a in tensors:
+        f.write(memoryview(a).cast("B"))
+        f.write(b"\0" * _pad(a.nbytes))
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: str | os.PathLike, kind: str, meta: dict[str, Any],
+                tensors: dict[str, np.ndarray]) -> None:
+    """Atomically write a cnnkit file (temp file in the same directory, fsync, rename)."""
+    path = os.fspath(path)
+    arrays = {}
+    for name, a in tensors.items():
+        a = np.asarray(a)
+        want = next((d for d in DTYPES.values()
+                     if a.dtype.kind == d.kind and a.dtype.itemsize == d.itemsize), None)
+        if want is None:
+            raise ValueError(f"save: tensor {name!r} has unsupported dtype {a.dtype} "
+                             f"(allowed: {sorted(DTYPES)})")
+        arrays[name] = np.ascontiguousarray(a, dtype=want)
+    entries, data_nbytes, crc = _layout(arrays)
+    header = {"format": "cnnkit", "version": FORMAT_VERSION, "kind": kind, "tensors": entries,
+              "data_nbytes": data_nbytes, "data_crc32": crc, "meta": _encode(meta)}
+    hb = json.dumps(header, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    hb += b" " * _pad(16 + len(hb))
+    prefix = MAGIC + struct.pack("<Q", len(hb)) + hb
+
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"save: directory {directory!r} does not exist")
+    mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                               dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _write_payload(f, prefix, arrays.values())
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+def _model_payload(model: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    from . import __version__
+
+    meta = {"cnnkit_version": __version__, "architecture": model.get_config()}
+    tensors = {_PREFIX_MODEL + k: v for k, v in model.state_dict().items()}
+    return meta, tensors
+
+
+def _trainer_payload(trainer: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    meta, tensors = _model_payload(trainer.model)
+    seed, counter = trainer.model._net.rng_state()
+    t: dict[str, Any] = {
+        "loss": trainer.loss.name, "metrics": list(trainer.metrics), "seed": trainer.seed,
+        "epoch": trainer.epoch, "rng": {"seed": int(seed), "counter": int(counter)},
+        "history": trainer.history.to_dict(), "optimizer": None, "lr_scheduler": None,
+    }
+    opt = trainer.optimizer
+    if opt is not None:
+        st = opt.state_dict()
+        t["optimizer"] = {"kind": opt.kind, "config": st["config"], "step": st["step"],
+                          "buffers": list(st["buffers"]), "initial_lr": opt.initial_lr,
+                          "flat_size": int(trainer.model._net.flat_params().shape[0])}
+        for k, v in st["buffers"].items():
+            tensors[_PREFIX_OPT + k] = v
+        if trainer.lr_scheduler is not None:
+            t["lr_scheduler"] = trainer.lr_scheduler.state_dict()
+    meta["trainer"] = t
+    return meta, tensors
+
+
+def save(obj: Any, path: str | os.PathLike) -> None:
+    """Save a Sequential (architecture + weights) or a Trainer (a full checkpoint: also the
+    loss, optimizer hyper-parameters and state, lr schedule, RNG state, epoch and history)."""
+    from .model import Sequential
+    from .trainer import Trainer
+
+    if isinstance(obj, Trainer):
+        meta, tensors = _trainer_payload(obj)
+        _write_file(path, "trainer", meta, tensors)
+    elif isinstance(obj, Sequential):
+        meta, tensors = _model_payload(obj)
+        _write_file(path, "model", meta, tensors)
+    else:
+        raise ValueError(f"save: expected a cnnkit.Sequential or Trainer, got {type(obj).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and checking
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def read(path: str | os.PathLike) -> Checkpoint:
+    """Read and fully check a cnnkit file; raises CheckpointError when anything is wrong."""
+    path = os.fspath(path)
+    try:
+        f = open(path, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot open: {e}") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        where = f"{path}"
+        if size < 16:
+            raise CheckpointError(f"{where}: not a cnnkit file ({size} bytes; too short)")
+        head = f.read(16)
+        if len(head) != 16:
+            raise CheckpointError(f"{where}: truncated file")
+        if head[:8] != MAGIC:
+            if head[:6] == MAGIC[:6]:
+                raise CheckpointError(f"{where}: unsupported cnnkit format {head[:8]!r}")
+            raise CheckpointError(f"{where}: not a cnnkit file (bad magic {head[:8]!r})")
+        (hlen,) = struct.unpack("<Q", head[8:])
+        if hlen < 2 or hlen > size - 16 or hlen > MAX_HEADER_BYTES:
+            raise CheckpointError(
+                f"{where}: header length {hlen} is impossible for a file of {size} bytes "
+                "(truncated or corrupted)"
+            )
+        hb = f.read(hlen)
+        if len(hb) != hlen:
+            raise CheckpointError(f"{where}: truncated header")
+        try:
+            header = json.loads(hb.decode("utf-8"), object_pairs_hook=_pairs_hook,
+                                parse_constant=_no_constants)
+        except CheckpointError as e:
+            raise CheckpointError(f"{where}: {e}") from None
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise CheckpointError(f"{where}: the header is not valid JSON ({e})") from None
+        entries, data_nbytes, crc, kind, meta = _check_header(header, size - 16 - hlen, where)
+        data = f.read(data_nbytes)
+        if len(data) != data_nbytes:
+            raise CheckpointError(f"{where}: truncated data section")
+    if zlib.crc32(data) != crc:
+        raise CheckpointError(f"{where}: the data section is corrupted (CRC-32 mismatch)")
+    tensors = {}
+    for name, e in entries.items():
+        dt = DTYPES[e["dtype"]]
+        a = np.frombuffer(data, dtype=dt, count=e["nbytes"] // dt.itemsize, offset=e["offset"])
+        tensors[name] = a.reshape(e["shape"]).astype(dt.newbyteorder("="), copy=True)
+    return Checkpoint(path, kind, meta, tensors)
+
+
+def _check_header(h: Any, data_size: int,
+                  where: str) -> tuple[dict[str, Any], int, int, str, dict[str, Any]]:
+    if not isinstance(h, dict):
+        raise CheckpointError(f"{where}: the header is not a JSON object")
+    if h.get("format") != "cnnkit":
+        raise CheckpointError(f"{where}: not a cnnkit file (format {h.get('format')!r})")
+    if h.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"{where}: unsupported format version {h.get('version')!r}")
+    kind = h.get("kind")
+    if kind not in ("model", "trainer"):
+        raise CheckpointError(f"{where}: unknown kind {kind!r} (expected 'model' or 'trainer')")
+    meta, entries = h.get("meta"), h.get("tensors")
+    if not isinstance(meta, dict) or not isinstance(entries, dict):
+        raise CheckpointError(f"{where}: the header needs 'meta' and 'tensors' objects")
+    data_nbytes, crc = h.get("data_nbytes"), h.get("data_crc32")
+    if not _is_int(data_nbytes) or data_nbytes != data_size:
+        raise CheckpointError(
+            f"{where}: the data section has {data_size} bytes but the header declares "
+            f"{data_nbytes!r} (truncated or corrupted)"
+        )
+    if not _is_int(crc) or not 0 <= crc < 2**32:
+        raise CheckpointError(f"{where}: bad data_crc32 {crc!r}")
+    spans = []
+    for name, e in entries.items():
+        if not name or not isinstance(e, dict):
+            raise CheckpointError(f"{where}: bad tensor entry {name!r}")
+        if set(e) != {"dtype", "shape", "offset", "nbytes"}:
+            raise CheckpointError(f"{where}: tensor {name!r} needs exactly dtype, shape, offset, "
+                                  f"nbytes; got {sorted(e)}")
+        if e["dtype"] not in DTYPES:
+            raise CheckpointError(f"{where}: tensor {name!r} has dtype {e['dtype']!r} "
+                                  f"(allowed: {sorted(DTYPES)})")
+        shape = e["shape"]
+        if not isinstance(shape, list) or len(shape) > MAX_NDIM or not all(
+                _is_int(s) and s >= 0 for s in shape):
+            raise CheckpointError(f"{where}: tensor {name!r} has a bad shape {shape!r}")
+        off, nb = e["offset"], e["nbytes"]
+        if not (_is_int(off) and _is_int(nb) and off >= 0 and nb >= 0):
+            raise CheckpointError(f"{where}: tensor {name!r} has a bad offset/nbytes")
+        want = math.prod(shape) * DTYPES[e["dtype"]].itemsize
+        if nb != want:
+            raise CheckpointError(f"{where}: tensor {name!r} declares {nb} bytes but its shape "
+                                  f"{shape} and dtype need {want}")
+        if off + nb > data_size:
+            raise CheckpointError(f"{where}: tensor {name!r} lies outside the file "
+                                  "(truncated or corrupted)")
+        if off % DTYPES[e["dtype"]].itemsize:
+            raise CheckpointError(f"{where}: tensor {name!r} is misaligned")
+        spans.append((off, off + nb, name))
+    spans.sort()
+    for (_, end, a), (start, _, b) in zip(spans, spans[1:], strict=False):
+        if start < end:
+            raise CheckpointError(f"{where}: tensors {a!r} and {b!r} overlap")
+    return entries, data_nbytes, crc, kind, meta
+
+
+# ---------------------------------------------------------------------------------------------
+# Architecture
+# ---------------------------------------------------------------------------------------------
+
+
+def _norm(v: Any) -> Any:
+    """Config values as JSON gives them back (tuples -> lists)."""
+    return json.loads(json.dumps(_encode(v)))
+
+
+def _architecture(ck: Checkpoint) -> list[dict[str, Any]]:
+    arch = ck.meta.get("architecture")
+    if not isinstance(arch, list) or not all(
+        isinstance(e, dict) and set(e) == {"type", "config"} and isinstance(e["type"], str)
+        and isinstance(e["config"], dict) for e in arch
+    ):
+        raise CheckpointError(f"{ck.path}: meta.architecture must be a list of "
+                              "{type, config} objects")
+    return arch
+
+
+def _floats_needed(entry: dict[str, Any]) -> int:
+    """Number of parameter/buffer floats a layer config allocates (before building it)."""
+    t, c = entry["type"], entry["config"]
+
+    def ints(*names: str) -> list[int]:
+        out = []
+        for n in names:
+            v = c.get(n)
+            vs = v if isinstance(v, list) else [v]
+            if not vs or not all(_is_int(x) and x > 0 for x in vs):
+                raise CheckpointError(f"layer {t}: {n} must be positive integers, got {v!r}")
+            out.extend(vs)
+        return out
+
+    if t == "Conv2d":
+        cin, cout, g = ints("in_channels", "out_channels", "groups")
+        kh, kw = (ints("kernel_size") * 2)[:2]
+        if cin % g:
+            raise CheckpointError(f"layer Conv2d: groups {g} does not divide {cin}")
+        return cout * (cin // g) * kh * kw + cout
+    if t == "Linear":
+        cin, cout = ints("in_features", "out_features")
+        return cin * cout + cout
+    if t == "BatchNorm2d":
+        (nf,) = ints("num_features")
+        return 4 * nf
+    return 0  # the other layers have no parameters
+
+
+def _build(ck: Checkpoint) -> Any:
+    """A Sequential built from the file's architecture and loaded with its weights.
+
+    Everything is checked first; building does not consume the global init seed stream."""
+    from .model import Sequential
+
+    arch = _architecture(ck)
+    model_tensors = {k[len(_PREFIX_MODEL):]: v for k, v in ck.tensors.items()
+                     if k.startswith(_PREFIX_MODEL)}
+    available = sum(int(v.size) for v in model_tensors.values())
+    try:
+        needed = sum(_floats_needed(e) for e in arch)
+    except CheckpointError as e:
+        raise CheckpointError(f"{ck.path}: {e}") from None
+    if needed > available:
+        raise CheckpointError(f"{ck.path}: the architecture needs {needed} parameters but the "
+                              f"file holds {available}")
+    with _random._lock:
+        saved = dict(_random._state)
+    try:
+        layers = [_layer_from_config(e["type"], e["config"]) for e in arch]
+        model = Sequential(layers)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{ck.path}: cannot build the architecture: {e}") from None
+    finally:
+        with _random._lock:
+            _random._state.update(saved)
+    weights = _check_weights(ck, model, model_tensors)
+    model.load_state_dict(weights)
+    return model
+
+
+def _check_weights(ck: Checkpoint, model: Any,
+                   model_tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    own = model.state_dict()
+    missing = [k for k in own if k not in model_tensors]
+    extra = [k for k in model_tensors if k not in own]
+    if missing or extra:
+        raise CheckpointError(f"{ck.path}: weights do not match the architecture: missing "
+                              f"{missing}, unexpected {extra}")
+    for k, v in own.items():
+        a = model_tensors[k]
+        if a.dtype != np.float32 or a.shape != v.shape:
+            raise CheckpointError(f"{ck.path}: '{k}' is {a.dtype} {a.shape}, the model needs "
+                                  f"float32 {v.shape}")
+        if not np.all(np.isfinite(a)):
+            raise CheckpointError(f"{ck.path}: '{k}' contains NaN or Inf")
+    return {k: model_tensors[k] for k in own}
+
+
+def _check_same_architecture(ck: Checkpoint, model: Any) -> dict[str, np.ndarray]:
+    arch = _architecture(ck)
+    mine = _norm(model.get_config())
+    if _norm(arch) != mine:
+        if len(arch) != len(mine):
+            why = f"{len(arch)} layers in the file, {len(mine)} in the model"
+        else:
+            i = next(i for i, (a, b) in enumerate(zip(_norm(arch), mine, strict=True))
+                     if a != b)
+            why = f"layer {i} is {arch[i]['type']}{arch[i]['config']} in the file but " \
+                  f"{mine[i]['type']}{mine[i]['config']} in the model"
+        raise CheckpointError(f"{ck.path}: the architecture differs from the model's: {why}")
+    tensors = {k[len(_PREFIX_MODEL):]: v for k, v in ck.tensors.items()
+               if k.startswith(_PREFIX_MODEL)}
+    return _check_weights(ck, model, tensors)
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer state
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _TrainerState:
+    loss: str
+    metrics: list[str]
+    seed: int
+    epoch: int
+    rng: tuple[int, int]
+    history: Any
+    optimizer: dict[str, Any] | None
+    opt_buffers: dict[str, np.ndarray]
+    scheduler: dict[str, Any] | None
+
+
+def _trainer_state(ck: Checkpoint) -> _TrainerState:
+    """Check the trainer part of a checkpoint (types, ranges, optimizer, schedule)."""
+    from .trainer import History
+
+    p = ck.path
+    if ck.kind != "trainer":
+        raise CheckpointError(f"{p}: this is a model file, not a trainer checkpoint (use "
+                              "cnnkit.io.load_model or load_weights)")
+    t = ck.meta.get("trainer")
+    if not isinstance(t, dict):
+        raise CheckpointError(f"{p}: meta.trainer is missing")
+    if t.get("loss") not in ("cross_entropy", "mse"):
+        raise CheckpointError(f"{p}: unknown loss {t.get('loss')!r}")
+    metrics = t.get("metrics")
+    if not isinstance(metrics, list) or not all(m == "accuracy" for m in metrics):
+        raise CheckpointError(f"{p}: bad metrics {metrics!r}")
+    for k in ("seed", "epoch"):
+        if not _is_int(t.get(k)) or t[k] < 0:
+            raise CheckpointError(f"{p}: trainer.{k} must be a non-negative int")
+    rng = t.get("rng")
+    if not isinstance(rng, dict) or not all(
+            _is_int(rng.get(k)) and 0 <= rng[k] < 2**64 for k in ("seed", "counter")):
+        raise CheckpointError(f"{p}: trainer.rng must be {{seed, counter}} (64-bit ints)")
+    try:
+        hist = History.from_dict(t.get("history") or {})
+    except (TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{p}: bad history: {e}") from None
+    opt, bufs, sched = t.get("optimizer"), {}, t.get("lr_scheduler")
+    opt_tensors = {k[len(_PREFIX_OPT):]: v for k, v in ck.tensors.items()
+                   if k.startswith(_PREFIX_OPT)}
+    if opt is not None:
+        if not isinstance(opt, dict) or not isinstance(opt.get("config"), dict):
+            raise CheckpointError(f"{p}: bad trainer.optimizer")
+        try:
+            scratch = _optim.from_config(opt.get("kind"), opt["config"])
+        except ValueError as e:
+            raise CheckpointError(f"{p}: bad optimizer: {e}") from None
+        names = opt.get("buffers")
+        if not isinstance(names, list) or sorted(names) != sorted(opt_tensors):
+            raise CheckpointError(f"{p}: optimizer buffers {names!r} do not match the tensors "
+                                  f"{sorted(opt_tensors)}")
+        if names and sorted(names) != sorted(scratch.state_names()):
+            raise CheckpointError(f"{p}: a {scratch.kind} optimizer has buffers "
+                                  f"{scratch.state_names()}, the file has {names}")
+        flat = opt.get("flat_size")
+        for k, a in opt_tensors.items():
+            if a.dtype != np.float32 or a.ndim != 1 or a.shape[0] != flat:
+                raise CheckpointError(f"{p}: optimizer buffer '{k}' must be float32 "
+                                      f"({flat},), got {a.dtype} {a.shape}")
+        if not _is_int(opt.get("step")) or opt["step"] < 0:
+            raise CheckpointError(f"{p}: optimizer step must be a non-negative int")
+        ilr = opt.get("initial_lr")
+        if ilr is not None and (not isinstance(ilr, (int, float)) or isinstance(ilr, bool)
+                                or not math.isfinite(ilr)):
+            raise CheckpointError(f"{p}: bad optimizer initial_lr {ilr!r}")
+        bufs = opt_tensors
+        if sched is not None:
+            scratch.initial_lr = ilr
+            try:
+                _optim.scheduler_from_state(scratch, sched)
+            except (ValueError, TypeError, KeyError) as e:
+                raise CheckpointError(f"{p}: bad lr schedule: {e}") from None
+    elif opt_tensors or sched is not None:
+        raise CheckpointError(f"{p}: optimizer state without an optimizer")
+    return _TrainerState(t["loss"], metrics, t["seed"], t["epoch"], (rng["seed"], rng["counter"]),
+                         hist, opt, bufs, sched)
+
+
+def _apply_trainer_state(trainer: Any, st: _TrainerState, weights: dict[str, np.ndarray]) -> None:
+    """Apply an already-checked state (nothing here should fail)."""
+    trainer.model.load_state_dict(weights)
+    net = trainer.model._net
+    if st.optimizer is not None:
+        opt = trainer.optimizer
+        if opt is None:
+            opt = _optim.from_config(st.optimizer["kind"], st.optimizer["config"])
+            trainer.optimizer = opt
+        opt.attach(trainer.model)
+        opt.load_state_dict({"kind": opt.kind, "config": st.optimizer["config"],
+                             "step": st.optimizer["step"], "buffers": st.opt_buffers})
+        trainer.lr_scheduler = None
+        trainer._scheduler_restored = st.scheduler is not None
+        if st.scheduler is not None:
+            trainer.lr_scheduler = _optim.scheduler_from_state(opt, st.scheduler)
+            opt.lr = float(st.optimizer["config"]["lr"])  # the lr saved, exactly
+        opt.initial_lr = st.optimizer.get("initial_lr")
+    net.set_rng(int(st.rng[0]), int(st.rng[1]))
+    trainer.seed = st.seed
+    trainer.epoch = st.epoch
+    trainer.history = st.history
+
+
+def restore_trainer(trainer: Any, path: str | os.PathLike) -> None:
+    """Load a trainer checkpoint into `trainer` (whose model must have the same
+    architecture). The file is fully checked first; on any error nothing changes."""
+    ck = read(path)
+    st = _trainer_state(ck)
+    weights = _check_same_architecture(ck, trainer.model)
+    if st.loss != trainer.loss.name:
+        raise CheckpointError(f"{ck.path}: the checkpoint was trained with loss {st.loss!r}, "
+                              f"this trainer uses {trainer.loss.name!r}")
+    if st.optimizer is not None and trainer.optimizer is not None \
+            and trainer.optimizer.kind != st.optimizer["kind"]:
+        raise CheckpointError(f"{ck.path}: the checkpoint's optimizer is "
+                              f"{st.optimizer['kind']}, this trainer's is "
+                              f"{trainer.optimizer.kind}")
+    _apply_trainer_state(trainer, st, weights)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public loading
+# ---------------------------------------------------------------------------------------------
+
+
+def load_model(path: str | os.PathLike) -> Any:
+    """The Sequential (architecture + weights, on the CPU) of a model or trainer file."""
+    return _build(read(path))
+
+
+def load_weights(model: Any, path: str | os.PathLike) -> None:
+    """Load the weights of a model or trainer file into `model`, which must have the same
+    architecture. Everything is checked first: on error the model is unchanged."""
+    ck = read(path)
+    model.load_state_dict(_check_same_architecture(ck, model))
+
+
+def load(path: str | os.PathLike, device: str = "auto") -> Any:
+    """A Sequential for a model file; a Trainer (on `device`) for a trainer checkpoint,
+    ready to ``fit`` on from where it stopped."""
+    from .trainer import Trainer
+
+    ck = read(path)
+    if ck.kind == "model":
+        return _build(ck)
+    st = _trainer_state(ck)
+    model = _build(ck)
+    opt = None
+    if st.optimizer is not None:
+        opt = _optim.from_config(st.optimizer["kind"], st.optimizer["config"])
+    trainer = Trainer(model, loss=st.loss, optimizer=opt, metrics=tuple(st.metrics),
+                      device=device, seed=st.seed)
+    weights = {k: v for k, v in model.state_dict().items()}
+    _apply_trainer_state(trainer, st, weights)
+    return trainer

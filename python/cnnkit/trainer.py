@@ -1,0 +1,572 @@
+"""Trainer: Keras-style ``fit`` / ``evaluate`` / ``predict`` over a Sequential.
+
+>>> trainer = Trainer(model, loss="cross_entropy", optimizer=cnnkit.optim.Adam(lr=1e-3))
+>>> history = trainer.fit(x_train, y_train, epochs=5, batch_size=64, validation_split=0.1)
+>>> trainer.evaluate(x_test, y_test)          # {"loss": ..., "accuracy": ...}
+
+Python owns the loop, the progress bar, callbacks and files; each batch is ONE call into the
+native ``Net.train_step`` (forward, loss, backward and optimizer update in C++ with the GIL
+released). Training is reproducible: the shuffling of epoch ``e`` depends only on
+(seed, e) and the Dropout masks on a counter saved in checkpoints, so ``fit(...,
+resume_from=checkpoint)`` continues bit-identically on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from tqdm.std import tqdm
+
+from . import _core
+from . import callbacks as _callbacks
+from . import io as _io
+from . import losses as _losses
+from . import optim as _optim
+from ._random import derive_seed
+from .data import DataLoader, _is_dataset, as_images, as_labels, as_targets, check_labels
+
+__all__ = ["Trainer", "History"]
+
+_DEFAULT_METRICS = ("accuracy",)
+_DROPOUT_STREAM = 0xD0
+_METRIC_ALIASES = {"accuracy": "accuracy", "acc": "accuracy"}
+
+
+def _as_value(v: Any) -> Any:
+    """A log value as History keeps it: numbers as float, strings/None/bools as they are."""
+    if isinstance(v, (bool, np.bool_, str)) or v is None:
+        return v if not isinstance(v, np.bool_) else bool(v)
+    return float(v)
+
+
+class History:
+    """Per-epoch records of a training run (Keras).
+
+    ``history``: {"loss": [...], "accuracy": [...], "val_loss": [...], "val_accuracy": [...],
+    "lr": [...], "time": [...seconds...], "images_per_sec": [...]}, one entry per epoch;
+    ``epoch``: the epoch indices (0-based). ``diverged`` / ``stop_reason`` say why a run
+    ended early.
+    """
+
+    def __init__(self) -> None:
+        self.history: dict[str, list[float]] = {}
+        self.epoch: list[int] = []
+        self.params: dict[str, Any] = {}
+        self.diverged = False
+        self.stop_reason: str | None = None
+
+    def append(self, epoch: int, logs: dict[str, Any]) -> None:
+        """Record one epoch's logs (numbers as floats; NaN fills keys missing this epoch)."""
+        self.epoch.append(int(epoch))
+        n = len(self.epoch)
+        for k, v in logs.items():
+            col = self.history.setdefault(k, [math.nan] * (n - 1))
+            col.append(_as_value(v))
+        for col in self.history.values():  # keys missing this epoch
+            if len(col) < n:
+                col.append(math.nan)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"history": {k: list(v) for k, v in self.history.items()},
+                "epoch": list(self.epoch), "diverged": self.diverged,
+                "stop_reason": self.stop_reason}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> History:
+        h = cls()
+        h.history = {str(k): [_as_value(x) for x in v] for k, v in d.get("history", {}).items()}
+        h.epoch = [int(e) for e in d.get("epoch", [])]
+        h.diverged = bool(d.get("diverged", False))
+        h.stop_reason = d.get("stop_reason")
+        return h
+
+    def __len__(self) -> int:
+        return len(self.epoch)
+
+    def __repr__(self) -> str:
+        return f"History(epochs={len(self.epoch)}, keys={sorted(self.history)})"
+
+
+def _positive_int(v: Any, name: str, where: str, allow_zero: bool = False) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if allow_zero else 1):
+        what = "a non-negative" if allow_zero else "a positive"
+        raise ValueError(f"{where}: {name} must be {what} integer, got {v!r}")
+    return int(v)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of logits (N, C), stable (max subtracted), computed in float64."""
+    z = z.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite logits give NaN rows
+        z -= z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+    return z.astype(np.float32)
+
+
+class Trainer:
+    """Fits a :class:`cnnkit.Sequential` with a loss, an optimizer and callbacks.
+
+    Args:
+        model: the Sequential to train (moved to `device`).
+        loss: "cross_entropy" (logits (N, C), integer labels (N,)) or "mse" (float targets
+            shaped like the output), or a :class:`cnnkit.losses.Loss`.
+        optimizer: a :mod:`cnnkit.optim` optimizer or a name ("adam", "sgd", ...). May be None
+            for evaluate/predict only.
+        metrics: ("accuracy",) or () — the loss is always reported. Accuracy needs
+            cross_entropy.
+        device: "auto" (CUDA when available), "cpu" or "cuda".
+        seed: drives the data shuffling and the Dropout masks.
+        lr_scheduler: an optional :mod:`cnnkit.optim` schedule of `optimizer`, stepped by
+            fit and saved in checkpoints.
+    """
+
+    def __init__(self, model: Any, loss: str | _losses.Loss = "cross_entropy",
+                 optimizer: str | _optim.Optimizer | None = None,
+                 metrics: Sequence[str] = _DEFAULT_METRICS, device: str = "auto",
+                 seed: int = 0, lr_scheduler: _optim.LRScheduler | None = None) -> None:
+        from .model import Sequential
+
+        if not isinstance(model, Sequential):
+            raise ValueError(f"Trainer: model must be a cnnkit.Sequential, got "
+                             f"{type(model).__name__}")
+        self.model = model
+        self.loss = _losses.get(loss)
+        if self.loss.name not in ("cross_entropy", "mse"):
+            raise ValueError(f"Trainer: unsupported loss {self.loss.name!r} "
+                             "(expected 'cross_entropy' or 'mse')")
+        self.metrics = self._check_metrics(metrics)
+        self.seed = _positive_int(seed, "seed", "Trainer", allow_zero=True)
+        self.device = self._resolve_device(device)
+        if model.device != self.device:
+            model.to(self.device)
+        model._net.set_loss(self.loss.name)
+        model._net.set_rng(derive_seed(self.seed, _DROPOUT_STREAM), 0)
+        self.optimizer: _optim.Optimizer | None = None
+        if optimizer is not None:
+            self.optimizer = _optim.get(optimizer)
+            self.optimizer.attach(model)
+        self.lr_scheduler: _optim.LRScheduler | None = None
+        self._scheduler_restored = False  # lr_scheduler was rebuilt from a checkpoint
+        if lr_scheduler is not None:
+            self._set_scheduler(lr_scheduler)
+        self.epoch = 0  # epochs completed (restored from checkpoints)
+        self.history = History()  # every epoch this trainer has run, across fit calls
+        self.stop_training = False
+        self.diverged = False
+        self.stop_reason: str | None = None
+
+    # -- configuration ------------------------------------------------------------------------
+    def _check_metrics(self, metrics: Sequence[str]) -> tuple[str, ...]:
+        if isinstance(metrics, str):
+            metrics = (metrics,)
+        out = []
+        for m in metrics:
+            if not isinstance(m, str) or m.lower() not in _METRIC_ALIASES:
+                if isinstance(m, str) and m.lower() == "loss":
+                    continue
+                raise ValueError(f"Trainer: unknown metric {m!r} (supported: 'accuracy')")
+            out.append(_METRIC_ALIASES[m.lower()])
+        if "accuracy" in out and self.loss.name != "cross_entropy":
+            if metrics is _DEFAULT_METRICS:
+                return ()
+            raise ValueError("Trainer: the 'accuracy' metric needs the cross_entropy loss")
+        return tuple(dict.fromkeys(out))
+
+    @staticmethod
+    def _resolve_device(device: str) -> str:
+        if device == "auto":
+            return "cuda" if _core.cuda_available() else "cpu"
+        if device in ("cuda", "cuda:0"):
+            if not _core.cuda_available():
+                why = "" if _core.built_with_cuda() else " (cnnkit was built without CUDA)"
+                raise RuntimeError(
+                    f"Trainer: device='cuda' but no CUDA device is available{why}; use "
+                    "device='cpu' or 'auto'"
+                )
+            return "cuda"
+        if device == "cpu":
+            return "cpu"
+        raise ValueError(f"Trainer: unknown device {device!r} (expected 'auto', 'cpu' or 'cuda')")
+
+    def _set_scheduler(self, sched: _optim.LRScheduler) -> None:
+        if not isinstance(sched, _optim.LRScheduler):
+            raise ValueError(f"Trainer: lr_scheduler must be a cnnkit.optim schedule, got "
+                             f"{sched!r}")
+        if self.optimizer is None or sched.optimizer is not self.optimizer:
+            raise ValueError("Trainer: lr_scheduler must schedule the trainer's optimizer")
+        if sched is self.lr_scheduler:
+            return
+        if self._scheduler_restored and type(self.lr_scheduler) is type(sched):
+            # a schedule made anew for a resumed run continues from the checkpoint's state
+            sched.load_state_dict(self.lr_scheduler.state_dict())
+        self.lr_scheduler = sched
+        self._scheduler_restored = False
+
+    def _output_shape(self, sample_shape: tuple[int, ...], where: str) -> tuple[int, ...]:
+        """Per-sample output shape of the model for a per-sample input shape."""
+        try:
+            shapes = self.model._net.shapes([1, *sample_shape])
+        except ValueError as e:
+            raise ValueError(
+                f"{where}: x has per-sample shape {tuple(sample_shape)}, which the model cannot "
+                f"take: {e}"
+            ) from None
+        out = tuple(int(d) for d in shapes[-1][1:])
+        if self.loss.name == "cross_entropy" and len(out) != 1:
+            raise ValueError(
+                f"{where}: cross_entropy needs a model output of shape (N, classes), but the "
+                f"model gives (N, {', '.join(map(str, out))})"
+            )
+        return out
+
+    def _prep_y(self, y: Any, out_shape: tuple[int, ...], where: str) -> np.ndarray:
+        if self.loss.name == "cross_entropy":
+            return as_labels(y, where, num_classes=out_shape[0])
+        return as_targets(y, where, out_shape)
+
+    def _prep_arrays(self, x: Any, y: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
+        xa = as_images(x, where)
+        if y is None:
+            raise ValueError(f"{where}: y is required when x is an array")
+        ya_raw = np.asarray(y) if not hasattr(y, "detach") else y.detach().cpu().numpy()
+        if ya_raw.ndim == 0:
+            raise ValueError(f"{where}: y must have one entry per sample, got a scalar")
+        if ya_raw.shape[0] != xa.shape[0]:
+            raise ValueError(
+                f"{where}: x has {xa.shape[0]} samples but y has {ya_raw.shape[0]} "
+                "(they must match)"
+            )
+        out = self._output_shape(tuple(xa.shape[1:]), where)
+        return xa, self._prep_y(ya_raw, out, where)
+
+    def _loader(self, x: Any, y: Any, batch_size: int, shuffle: bool, where: str) -> DataLoader:
+        """A DataLoader over checked data (x may already be a DataLoader or a dataset)."""
+        if isinstance(x, DataLoader):
+            if y is not None:
+                raise ValueError(f"{where}: pass y=None when x is a DataLoader")
+            return x
+        if _is_dataset(x):
+            if y is not None:
+                raise ValueError(f"{where}: pass y=None when x is a dataset")
+            return DataLoader(x, batch_size=batch_size, shuffle=shuffle, seed=self.seed)
+        xa, ya = self._prep_arrays(x, y, where)
+        loader = DataLoader(xa, ya, batch_size=batch_size, shuffle=shuffle, seed=self.seed)
+        loader._checked = True  # batches need no further checks
+        return loader
+
+    def _batch(self, xb: Any, yb: Any, loader: DataLoader, where: str) -> tuple[np.ndarray, Any]:
+        if getattr(loader, "_checked", False):
+            return xb, yb
+        xb = as_images(xb, where)
+        if yb is None:
+            raise ValueError(f"{where}: the data has no labels/targets")
+        out = self._output_shape(tuple(xb.shape[1:]), where)
+        yb = self._prep_y(yb, out, where)
+        if len(yb) != len(xb):
+            raise ValueError(f"{where}: a batch has {len(xb)} inputs but {len(yb)} labels")
+        if self.loss.name == "cross_entropy":
+            check_labels(yb, out[0], where)
+        return xb, yb
+
+    # -- training -----------------------------------------------------------------------------
+    def fit(
+        self,
+        x: Any,
+        y: Any = None,
+        epochs: int = 1,
+        batch_size: int = 32,
+        validation_data: Any = None,
+        validation_split: float = 0.0,
+        shuffle: bool = True,
+        callbacks: Sequence[_callbacks.Callback] | None = None,
+        verbose: int = 1,
+        initial_epoch: int | None = None,
+        resume_from: str | None = None,
+        lr_scheduler: _optim.LRScheduler | None = None,
+    ) -> History:
+        """Train for epochs ``initial_epoch .. epochs-1``; returns this call's History.
+
+        Args:
+            x: images (N, C, H, W) / (N, H, W) (uint8 is scaled to [0, 1]) / (N, features),
+                a :class:`cnnkit.data.DataLoader`, or a dataset yielding (x_i, y_i).
+            y: labels (N,) for cross_entropy, targets for mse; None with a loader/dataset.
+            epochs: the epoch to stop at (Keras): with initial_epoch 0, the number of epochs.
+            batch_size: samples per update (ignored when x is a DataLoader).
+            validation_data: (x_val, y_val) or a DataLoader, evaluated after every epoch.
+            validation_split: fraction of the array data (taken from the end, before
+                shuffling) held out for validation instead.
+            shuffle: reshuffle the training samples every epoch (seeded by (seed, epoch)).
+            callbacks: :mod:`cnnkit.callbacks` objects.
+            verbose: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
+            initial_epoch: the first epoch index; default: the epochs this trainer has already
+                completed (0 for a fresh trainer, the checkpoint's epoch after resuming).
+            resume_from: a trainer checkpoint (from ModelCheckpoint or cnnkit.io.save) to
+                restore first: weights, optimizer state, lr schedule, RNG, epoch, history.
+            lr_scheduler: a :mod:`cnnkit.optim` schedule of the trainer's optimizer, stepped
+                at its ``interval`` and saved in checkpoints (so is the schedule of the first
+                SchedulerCallback in `callbacks`). A schedule made anew for a resumed run takes
+                over the checkpoint's schedule state.
+        """
+        where = "fit"
+        if self.optimizer is None:
+            raise ValueError(
+                "fit: the trainer has no optimizer; create it with e.g. "
+                "Trainer(model, optimizer=cnnkit.optim.Adam(lr=1e-3)) (or optimizer='adam')"
+            )
+        epochs = _positive_int(epochs, "epochs", where, allow_zero=True)
+        batch_size = _positive_int(batch_size, "batch_size", where)
+        if verbose not in (0, 1, 2):
+            raise ValueError(f"fit: verbose must be 0, 1 or 2, got {verbose!r}")
+        if isinstance(validation_split, bool) or not isinstance(
+                validation_split, (int, float, np.floating)) or not 0 <= validation_split < 1:
+            raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split!r}")
+        if initial_epoch is not None:
+            initial_epoch = _positive_int(initial_epoch, "initial_epoch", where, allow_zero=True)
+        cb_list = _callbacks.CallbackList(list(callbacks or []))  # checks the types
+        if lr_scheduler is not None and not isinstance(lr_scheduler, _optim.LRScheduler):
+            raise ValueError(f"fit: lr_scheduler must be a cnnkit.optim schedule, got "
+                             f"{lr_scheduler!r}")
+
+        # Data: everything is checked before the first update.
+        val_loader: DataLoader | None = None
+        if validation_split > 0:
+            if isinstance(x, DataLoader) or _is_dataset(x):
+                raise ValueError("fit: validation_split needs array data; pass validation_data "
+                                 "with a DataLoader or dataset")
+            xa, ya = self._prep_arrays(x, y, where)
+            n_val = int(len(xa) * validation_split)
+            if n_val < 1 or n_val >= len(xa):
+                raise ValueError(
+                    f"fit: validation_split={validation_split} of {len(xa)} samples leaves "
+                    f"{n_val} for validation and {len(xa) - n_val} for training (both need >= 1)"
+                )
+            x, y = xa[:-n_val], ya[:-n_val]
+            val_loader = DataLoader(xa[-n_val:], ya[-n_val:], batch_size=max(batch_size, 256))
+            val_loader._checked = True
+        if validation_data is not None:
+            if val_loader is not None:
+                raise ValueError("fit: pass validation_data or validation_split, not both")
+            val_loader = self._val_loader(validation_data, max(batch_size, 256))
+        loader = self._loader(x, y, batch_size, bool(shuffle), where)
+
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)  # may change self.seed (the checkpoint's wins)
+            if loader is not x:  # a loader we made: shuffle with the restored seed
+                loader.seed = self.seed
+        # The schedule saved in checkpoints: lr_scheduler, else the first SchedulerCallback's.
+        stepped = [c.scheduler for c in cb_list.callbacks
+                   if isinstance(c, _callbacks.SchedulerCallback)]
+        if lr_scheduler is not None:
+            self._set_scheduler(lr_scheduler)
+        elif stepped and not any(s is self.lr_scheduler for s in stepped):
+            self._set_scheduler(stepped[0])
+        start = self.epoch if initial_epoch is None else initial_epoch
+        history = History()
+        history.params = {"epochs": epochs, "steps": len(loader), "verbose": verbose}
+        if start >= epochs:
+            if verbose:
+                print(f"fit: nothing to do: training starts at epoch {start} and stops at "
+                      f"{epochs} (pass a larger epochs, or initial_epoch=0 to start over)")
+            return history
+
+        if self.lr_scheduler is not None and not any(s is self.lr_scheduler for s in stepped):
+            cb_list.callbacks.insert(0, _callbacks.SchedulerCallback(self.lr_scheduler))
+        cb_list.set_trainer(self)
+        self.stop_training = False
+        self.diverged = False
+        self.stop_reason = None
+        cb_list.on_train_begin({})
+        try:
+            for epoch in range(start, epochs):
+                logs = self._run_epoch(loader, val_loader, epoch, epochs, cb_list, verbose)
+                self.epoch = epoch + 1
+
+                def record(epoch: int = epoch, logs: dict[str, float] = logs) -> None:
+                    history.append(epoch, logs)
+                    self.history.append(epoch, logs)
+                    self._mark(history)
+
+                cb_list.on_epoch_end(epoch, logs, before_checkpoints=record)
+                if self.stop_training or self.diverged:
+                    break
+        finally:
+            cb_list.on_train_end({})
+        self._mark(history)
+        return history
+
+    def _mark(self, history: History) -> None:
+        """Copy why this run stopped (if it did) into its History and the trainer's."""
+        for h in (history, self.history):
+            h.diverged = self.diverged
+            h.stop_reason = self.stop_reason
+
+    def _val_loader(self, data: Any, batch_size: int) -> DataLoader:
+        if isinstance(data, DataLoader) or _is_dataset(data):
+            return self._loader(data, None, batch_size, False, "fit(validation_data)")
+        if not isinstance(data, (tuple, list)) or len(data) != 2:
+            raise ValueError("fit: validation_data must be (x_val, y_val) or a DataLoader")
+        return self._loader(data[0], data[1], batch_size, False, "fit(validation_data)")
+
+    def _run_epoch(self, loader: DataLoader, val_loader: DataLoader | None, epoch: int,
+                   epochs: int, cbs: _callbacks.CallbackList, verbose: int) -> dict[str, float]:
+        net = self.model._net
+        acc = "accuracy" in self.metrics
+        loader.set_epoch(epoch)
+        cbs.on_epoch_begin(epoch, {})
+        bar = tqdm(total=len(loader), desc=f"Epoch {epoch + 1}/{epochs}", unit="batch",
+                   disable=verbose != 1, leave=True, dynamic_ncols=True, file=sys.stderr,
+                   mininterval=0.2)
+        seen, correct, loss_sum = 0, 0, 0.0
+        t0 = time.perf_counter()
+        try:
+            for b, (xb, yb) in enumerate(loader):
+                xb, yb = self._batch(xb, yb, loader, "fit")
+                n = int(xb.shape[0])
+                cbs.on_train_batch_begin(b, {"size": n})
+                loss, corr = net.train_step(xb, yb)
+                blogs: dict[str, float] = {"loss": float(loss)}
+                if acc:
+                    blogs["accuracy"] = corr / n
+                blogs["size"] = n
+                if not math.isfinite(loss):
+                    self._diverge(loss, epoch, b, verbose)
+                    cbs.on_train_batch_end(b, blogs)
+                    break
+                seen += n
+                correct += int(corr)
+                loss_sum += float(loss) * n
+                cbs.on_train_batch_end(b, blogs)
+                if verbose == 1:
+                    dt = time.perf_counter() - t0
+                    post = {"loss": f"{loss_sum / seen:.4f}"}
+                    if acc:
+                        post["acc"] = f"{correct / seen:.4f}"
+                    post["img/s"] = f"{seen / max(dt, 1e-9):.0f}"
+                    bar.set_postfix(post, refresh=False)
+                    bar.update(1)
+            dt = time.perf_counter() - t0
+            logs: dict[str, float] = {}
+            if self.diverged:
+                logs["loss"] = math.nan
+                if acc:
+                    logs["accuracy"] = correct / seen if seen else math.nan
+            else:
+                logs["loss"] = loss_sum / seen if seen else math.nan
+                if acc:
+                    logs["accuracy"] = correct / seen if seen else math.nan
+            if val_loader is not None:
+                if self.diverged:
+                    val = {"loss": math.nan, "accuracy": math.nan}
+                else:
+                    val = self._evaluate_loader(val_loader, "fit(validation_data)")
+                logs["val_loss"] = val["loss"]
+                if acc:
+                    logs["val_accuracy"] = val["accuracy"]
+            logs["lr"] = self.optimizer.lr
+            logs["time"] = dt
+            logs["images_per_sec"] = seen / dt if dt > 0 else 0.0
+            if verbose == 1:
+                bar.set_postfix(self._summary(logs, short=True), refresh=False)
+        finally:
+            bar.close()
+        if verbose == 2:
+            print(f"Epoch {epoch + 1}/{epochs} - {dt:.1f}s - "
+                  + " - ".join(f"{k}: {v}" for k, v in self._summary(logs).items()))
+        return logs
+
+    @staticmethod
+    def _summary(logs: dict[str, float], short: bool = False) -> dict[str, str]:
+        out = {}
+        for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            if k in logs:
+                out[k.replace("accuracy", "acc") if short else k] = f"{logs[k]:.4f}"
+        out["lr"] = f"{logs['lr']:.3g}"
+        out["img/s"] = f"{logs['images_per_sec']:.0f}"
+        return out
+
+    def _diverge(self, loss: float, epoch: int, batch: int, verbose: int) -> None:
+        self.diverged = True
+        self.stop_training = True
+        self.stop_reason = (
+            f"training diverged: the loss became {loss} at epoch {epoch + 1}, batch {batch + 1}; "
+            f"that update was not applied and training stopped. Try a lower learning rate "
+            f"(lr is {self.optimizer.lr:g})."
+        )
+        if verbose:
+            print(self.stop_reason, file=sys.stderr)
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def _evaluate_loader(self, loader: DataLoader, where: str) -> dict[str, float]:
+        net = self.model._net
+        seen, correct, loss_sum = 0, 0, 0.0
+        loader.set_epoch(0)
+        for xb, yb in loader:
+            xb, yb = self._batch(xb, yb, loader, where)
+            loss, corr = net.eval_step(xb, yb)
+            n = int(xb.shape[0])
+            seen += n
+            correct += int(corr)
+            loss_sum += float(loss) * n
+        out = {"loss": loss_sum / seen}
+        if "accuracy" in self.metrics:
+            out["accuracy"] = correct / seen
+        return out
+
+    def evaluate(self, x: Any, y: Any = None, batch_size: int = 256,
+                 verbose: int = 0) -> dict[str, float]:
+        """Mean loss (and accuracy) over (x, y) in eval mode: {"loss", "accuracy"}."""
+        batch_size = _positive_int(batch_size, "batch_size", "evaluate")
+        loader = self._loader(x, y, batch_size, False, "evaluate")
+        t0 = time.perf_counter()
+        out = self._evaluate_loader(loader, "evaluate")
+        if verbose:
+            print(f"evaluate - {time.perf_counter() - t0:.1f}s - "
+                  + " - ".join(f"{k}: {v:.4f}" for k, v in out.items()))
+        return out
+
+    def predict(self, x: Any, batch_size: int = 256) -> np.ndarray:
+        """Outputs for x in eval mode: class probabilities (N, C) (a stable softmax of the
+        logits) for cross_entropy, raw outputs for mse. x: an array, a dataset, or a
+        DataLoader (iterated as it is: use shuffle=False to keep the sample order)."""
+        batch_size = _positive_int(batch_size, "batch_size", "predict")
+        net = self.model._net
+        outs = []
+        if isinstance(x, DataLoader) or _is_dataset(x):
+            loader = x if isinstance(x, DataLoader) else DataLoader(x, batch_size=batch_size)
+            loader.set_epoch(0)
+            for xb, _ in loader:
+                xb = as_images(xb, "predict")
+                self._output_shape(tuple(xb.shape[1:]), "predict")
+                outs.append(net.forward(xb, False))
+        else:
+            xa = as_images(x, "predict")
+            self._output_shape(tuple(xa.shape[1:]), "predict")
+            for i in range(0, len(xa), batch_size):
+                outs.append(net.forward(xa[i : i + batch_size], False))
+        out = np.concatenate(outs, axis=0)
+        return _softmax(out) if self.loss.name == "cross_entropy" else out
+
+    def predict_classes(self, x: Any, batch_size: int = 256) -> np.ndarray:
+        """Predicted class indices (N,) int64 (argmax of the outputs)."""
+        out = self.predict(x, batch_size)
+        return np.argmax(out.reshape(out.shape[0], -1), axis=1).astype(np.int64)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def save(self, path: str) -> None:
+        """Write a full checkpoint (see cnnkit.io.save)."""
+        _io.save(self, path)
+
+    def load_checkpoint(self, path: str) -> None:
+        """Restore weights, optimizer state, schedule, RNG, epoch and history from a trainer
+        checkpoint; the file is fully checked first (CheckpointError), nothing half-loads."""
+        _io.restore_trainer(self, path)
+
+    def __repr__(self) -> str:
+        return (f"Trainer(loss={self.loss.name!r}, optimizer={self.optimizer!r}, "
+                f"device={self.device!r}, seed={self.seed}, epoch={self.epoch})")
