@@ -174,13 +174,22 @@ void conv2d_forward(float* y, const float* x, const float* w, const float* b, co
                 sgemm(false, false, Kg, ldc, CRSg, 1.f, w + gi * Kg * CRSg, CRSg,
                       col + gi * CRSg * ldc, ldc, 0.f, out + gi * Kg * ldc, ldc);
             if (nb > 1) {
+                // scatter (K, nb*PQ) -> (nb, K, PQ), adding the bias on the way
 #pragma omp parallel for collapse(2) schedule(static)
                 for (int64_t i = 0; i < nb; ++i)
-                    for (int64_t k = 0; k < g.K; ++k)
-                        std::memcpy(y + ((n0 + i) * g.K + k) * PQ, t + k * ldc + i * PQ,
-                                    sizeof(float) * PQ);
+                    for (int64_t k = 0; k < g.K; ++k) {
+                        float* dst = y + ((n0 + i) * g.K + k) * PQ;
+                        const float* src = t + k * ldc + i * PQ;
+                        const float bk = b ? b[k] : 0.f;
+                        for (int64_t j = 0; j < PQ; ++j) dst[j] = src[j] + bk;
+                    }
+            } else if (b) {
+                float* yn = y + n0 * g.K * PQ;
+                for (int64_t k = 0; k < g.K; ++k)
+                    for (int64_t j = 0; j < PQ; ++j) yn[k * PQ + j] += b[k];
             }
         }
+        return;
     }
     if (b) {
 #pragma omp parallel for collapse(2) schedule(static)

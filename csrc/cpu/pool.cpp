@@ -9,8 +9,42 @@ namespace cnnkit {
 namespace cpu {
 
 // x is (N,C,H,W), y and argmax are (N,C,P,Q).
+namespace {
+
+// The common 2x2 / stride 2 / no padding case without window bookkeeping (same tie and NaN
+// rules as the general loop: the first maximum in row-major window order wins).
+void maxpool2x2_forward(float* y, int32_t* argmax, const float* x, const PoolGeom& g) {
+    const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
+#pragma omp parallel for schedule(static) if (g.N * g.C * PQ > 4096)
+    for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
+        const float* xc = x + nc * HW;
+        float* yc = y + nc * PQ;
+        int32_t* ac = argmax + nc * PQ;
+        for (int64_t p = 0; p < g.P; ++p) {
+            const float* r0 = xc + 2 * p * g.W;
+            const float* r1 = r0 + g.W;
+            for (int64_t q = 0; q < g.Q; ++q) {
+                const int64_t i0 = 2 * p * g.W + 2 * q;
+                float best = r0[2 * q];
+                int64_t arg = i0;
+                const float c1 = r0[2 * q + 1], c2 = r1[2 * q], c3 = r1[2 * q + 1];
+                if (c1 > best || (c1 != c1 && best == best)) { best = c1; arg = i0 + 1; }
+                if (c2 > best || (c2 != c2 && best == best)) { best = c2; arg = i0 + g.W; }
+                if (c3 > best || (c3 != c3 && best == best)) { best = c3; arg = i0 + g.W + 1; }
+                yc[p * g.Q + q] = best;
+                ac[p * g.Q + q] = static_cast<int32_t>(arg);
+            }
+        }
+    }
+}
+
+}  // namespace
+
 void maxpool2d_forward(float* y, int32_t* argmax, const float* x, const PoolGeom& g) {
     const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
+    if (g.kh == 2 && g.kw == 2 && g.stride_h == 2 && g.stride_w == 2 && g.pad_h == 0 &&
+        g.pad_w == 0 && 2 * g.P <= g.H && 2 * g.Q <= g.W)
+        return maxpool2x2_forward(y, argmax, x, g);
 #pragma omp parallel for schedule(static)
     for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
         const float* xc = x + nc * HW;
