@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import shlex
 import sys
 import time
 
@@ -22,6 +24,47 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad")
 
 
 # ---- helpers ----------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (the message names the value)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid positive int value: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {v}")
+    return v
+
+
+def _number(text: str, positive: bool) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not math.isfinite(v) or v < 0 or (positive and v == 0):
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number {'> 0' if positive else '>= 0'}, got {text}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    return _number(text, True)
+
+
+def _nonneg_float(text: str) -> float:
+    return _number(text, False)
+
 
 
 def _load_dataset(name: str, data_dir: str | None):
@@ -89,7 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     ckpt = os.path.join(out, "checkpoint.cnnkit")
 
     if args.resume:
-        trainer = io.load(args.resume)
+        trainer = io.load(args.resume, device=device)
         if not isinstance(trainer, ck.Trainer):
             raise SystemExit(f"cnnkit: {args.resume} is a model file, not a training checkpoint")
     else:
@@ -117,13 +160,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     history = trainer.fit(
         x_fit, y_fit, epochs=args.epochs, batch_size=args.batch_size, validation_data=val,
-        callbacks=cbs, verbose=args.verbose, resume_from=args.resume,
+        callbacks=cbs, verbose=args.verbose, resume_from=args.resume, checkpoint_path=ckpt,
     )  # fmt: skip
     train_time = time.perf_counter() - t0
+    if trainer.interrupted:
+        return _report_interrupt(trainer, args, ckpt, out)
     if getattr(trainer, "diverged", False):
+        lr = args.lr if args.lr is not None else (trainer.optimizer.initial_lr
+                                                  or trainer.optimizer.lr)
         print(
             "cnnkit: training diverged (the loss became NaN or infinite); "
-            f"try a lower learning rate than --lr {trainer.optimizer.lr:g}",
+            f"try a lower learning rate than --lr {lr:g} (the lr was "
+            f"{trainer.optimizer.lr:g} when it diverged). {trainer.stop_reason or ''}",
             file=sys.stderr,
         )
         return 3
@@ -159,6 +207,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_interrupt(trainer, args: argparse.Namespace, ckpt: str, out: str) -> int:
+    """Ctrl-C during `cnnkit train`: say where the checkpoint is and how to resume."""
+    p = trainer._progress
+    where = (f"epoch {p.epoch + 1}, after batch {p.batch} of {p.batches}" if p is not None
+             else f"the end of epoch {trainer.epoch}")
+    print(f"\ncnnkit: interrupted at {where}.", file=sys.stderr)
+    if trainer.last_checkpoint is None:
+        print(f"cnnkit: {trainer.stop_reason}", file=sys.stderr)
+        return 130
+    cmd = ["cnnkit", "train", "--resume", ckpt, "--dataset", args.dataset, "--epochs",
+           str(args.epochs), "--batch-size", str(args.batch_size), "--val-size",
+           str(args.val_size), "--out", out]
+    if args.data_dir:
+        cmd += ["--data-dir", args.data_dir]
+    print(f"cnnkit: checkpoint saved to {ckpt}\ncnnkit: resume with: {shlex.join(cmd)}",
+          file=sys.stderr)
+    return 130
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import cnnkit as ck
 
@@ -180,7 +247,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _read_image(path: str, invert: str) -> np.ndarray:
     """One image as (1, 28, 28) float32 in [0, 1], white digit on black like MNIST."""
     if path.endswith(".npy"):
-        a = np.load(path, allow_pickle=False)
+        try:
+            a = np.load(path, allow_pickle=False)
+        except (ValueError, EOFError) as e:  # e.g. an object array (pickled): refused
+            raise SystemExit(f"cnnkit: {path}: cannot read the array: {e}") from None
     else:
         try:
             from PIL import Image
@@ -190,7 +260,11 @@ def _read_image(path: str, invert: str) -> np.ndarray:
             ) from e
         with Image.open(path) as im:
             a = np.asarray(im.convert("L").resize((28, 28), Image.BILINEAR))
+    if a.dtype == object or a.dtype.kind not in "biuf":
+        raise SystemExit(f"cnnkit: {path}: expected a numeric image, got dtype {a.dtype}")
     a = np.asarray(a, dtype=np.float32)
+    if not np.isfinite(a).all():
+        raise SystemExit(f"cnnkit: {path}: the image contains NaN or Inf")
     if a.ndim == 3 and a.shape[0] == 1:
         a = a[0]
     if a.ndim != 2 or a.shape != (28, 28):
@@ -255,17 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model on MNIST or Fashion-MNIST")
     t.add_argument("--dataset", choices=DATASETS, default="mnist")
     t.add_argument("--model", default="lenet5", help="lenet5, fashion_cnn or a model file")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=None, help="default: 1e-3 (adam), 0.05 (sgd)")
+    t.add_argument("--epochs", type=_positive_int, default=10)
+    t.add_argument("--batch-size", type=_positive_int, default=64)
+    t.add_argument("--lr", type=_positive_float, default=None,
+                   help="default: 1e-3 (adam), 0.05 (sgd)")
     t.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-    t.add_argument("--momentum", type=float, default=0.9, help="for sgd")
-    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--momentum", type=_nonneg_float, default=0.9, help="for sgd")
+    t.add_argument("--weight-decay", type=_nonneg_float, default=0.0)
     t.add_argument("--schedule", choices=("cosine", "step", "none"), default="cosine")
-    t.add_argument("--val-size", type=int, default=5000, help="training images held out")
+    t.add_argument("--val-size", type=_nonneg_int, default=5000, help="training images held out")
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    t.add_argument("--threads", type=int, default=None)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=_positive_int, default=None)
+    t.add_argument("--seed", type=_nonneg_int, default=0)
     t.add_argument("--out", default=None, help="output directory (default runs/DATASET-MODEL)")
     t.add_argument("--resume", default=None, help="continue from a checkpoint file")
     t.add_argument("--data-dir", default=None)
@@ -275,16 +350,16 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="test accuracy of a saved model")
     e.add_argument("model")
     e.add_argument("--dataset", choices=DATASETS, default="mnist")
-    e.add_argument("--batch-size", type=int, default=512)
+    e.add_argument("--batch-size", type=_positive_int, default=512)
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    e.add_argument("--threads", type=int, default=None)
+    e.add_argument("--threads", type=_positive_int, default=None)
     e.add_argument("--data-dir", default=None)
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="classify 28x28 images (PNG/JPEG or .npy)")
     pr.add_argument("model")
     pr.add_argument("images", nargs="+")
-    pr.add_argument("--top", type=int, default=3)
+    pr.add_argument("--top", type=_positive_int, default=3)
     pr.add_argument("--invert", choices=("auto", "yes", "no"), default="auto")
     pr.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     pr.set_defaults(func=cmd_predict)
@@ -299,12 +374,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; returns the exit status. Bad arguments exit 2 (argparse); bad input
+    (missing or corrupt files, unusable data, ...) prints ``cnnkit: error: ...`` and returns 1
+    (set CNNKIT_DEBUG=1 for the traceback); Ctrl-C returns 130."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("\ncnnkit: interrupted", file=sys.stderr)
         return 130
+    except (OSError, ValueError, RuntimeError) as e:
+        if os.environ.get("CNNKIT_DEBUG"):
+            raise
+        print(f"cnnkit: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import math
 import os
 import struct
 import tempfile
+import threading
+import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -156,6 +158,58 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def _temp_prefix(name: str, pid: int | None = None) -> str:
+    """Temporary files of a save to `name` are ``.<name>.<pid>.<random>.tmp``."""
+    return f".{name}.{os.getpid() if pid is None else pid}."
+
+
+_STALE_TEMP_AGE = 60.0  # seconds without a write before another save may remove a temp file
+_active_temp: set[str] = set()  # temporary files this process is writing now
+_active_lock = threading.Lock()
+
+
+def _writer_gone(pid: int, path: str) -> bool:
+    """True when no process can still be writing the temp file `path` of writer `pid`."""
+    if pid == os.getpid():
+        with _active_lock:
+            return path not in _active_temp  # ours, left by a failed or forked-off save
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # e.g. PermissionError: the process exists, owned by someone else
+        return False
+    return False
+
+
+def _remove_stale_temp_files(directory: str, name: str) -> None:
+    """Delete temporary files that an earlier save to `name` left behind when its process was
+    killed (SIGKILL, power loss). Only files of exactly our pattern, untouched for
+    _STALE_TEMP_AGE seconds, whose writer process is gone; best effort (errors are ignored).
+    The age guard protects a live writer that this process cannot see (another PID namespace,
+    another host on a shared file system)."""
+    head = "." + name + "."
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return
+    now = time.time()
+    for entry in entries:
+        if not (entry.startswith(head) and entry.endswith(".tmp")):
+            continue
+        parts = entry[len(head) : -len(".tmp")].split(".")
+        if len(parts) != 2 or not parts[0].isdigit() or not parts[1]:
+            continue
+        full = os.path.join(directory, entry)
+        try:
+            if now - os.lstat(full).st_mtime < _STALE_TEMP_AGE:
+                continue
+            if _writer_gone(int(parts[0]), full):
+                os.unlink(full)
+        except OSError:
+            pass
+
+
 def _write_file(path: str | os.PathLike, kind: str, meta: dict[str, Any],
                 tensors: dict[str, np.ndarray]) -> None:
     """Atomically write a cnnkit file (temp file in the same directory, fsync, rename)."""
@@ -180,8 +234,11 @@ def _write_file(path: str | os.PathLike, kind: str, meta: dict[str, Any],
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"save: directory {directory!r} does not exist")
     mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+    _remove_stale_temp_files(directory, os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(os.path.basename(path)), suffix=".tmp",
                                dir=directory)
+    with _active_lock:
+        _active_temp.add(tmp)
     try:
         with os.fdopen(fd, "wb") as f:
             _write_payload(f, prefix, arrays.values())
@@ -195,6 +252,9 @@ def _write_file(path: str | os.PathLike, kind: str, meta: dict[str, Any],
         except OSError:
             pass
         raise
+    finally:
+        with _active_lock:
+            _active_temp.discard(tmp)
     _fsync_dir(directory)
 
 
@@ -213,7 +273,11 @@ def _trainer_payload(trainer: Any) -> tuple[dict[str, Any], dict[str, np.ndarray
         "loss": trainer.loss.name, "metrics": list(trainer.metrics), "seed": trainer.seed,
         "epoch": trainer.epoch, "rng": {"seed": int(seed), "counter": int(counter)},
         "history": trainer.history.to_dict(), "optimizer": None, "lr_scheduler": None,
+        "progress": None,
     }
+    progress = getattr(trainer, "_progress", None)
+    if progress is not None:  # saved inside an epoch (Ctrl-C, or a callback's save)
+        t["progress"] = progress.to_dict()
     opt = trainer.optimizer
     if opt is not None:
         st = opt.state_dict()
@@ -333,7 +397,7 @@ def _check_header(h: Any, data_size: int,
         if set(e) != {"dtype", "shape", "offset", "nbytes"}:
             raise CheckpointError(f"{where}: tensor {name!r} needs exactly dtype, shape, offset, "
                                   f"nbytes; got {sorted(e)}")
-        if e["dtype"] not in DTYPES:
+        if not isinstance(e["dtype"], str) or e["dtype"] not in DTYPES:
             raise CheckpointError(f"{where}: tensor {name!r} has dtype {e['dtype']!r} "
                                   f"(allowed: {sorted(DTYPES)})")
         shape = e["shape"]
@@ -381,6 +445,50 @@ def _architecture(ck: Checkpoint) -> list[dict[str, Any]]:
     return arch
 
 
+# The type of every constructor argument of every layer (missing keys take the defaults).
+_CONFIG_TYPES: dict[str, dict[str, str]] = {
+    "Conv2d": {"in_channels": "int", "out_channels": "int", "kernel_size": "pair",
+               "stride": "pair", "padding": "pair", "dilation": "pair", "groups": "int",
+               "bias": "bool"},
+    "MaxPool2d": {"kernel_size": "pair", "stride": "pair", "padding": "pair", "ceil_mode": "bool"},
+    "AvgPool2d": {"kernel_size": "pair", "stride": "pair", "padding": "pair", "ceil_mode": "bool",
+                  "count_include_pad": "bool"},
+    "ReLU": {}, "Sigmoid": {}, "Tanh": {}, "Flatten": {},
+    "LeakyReLU": {"negative_slope": "float"},
+    "Linear": {"in_features": "int", "out_features": "int", "bias": "bool"},
+    "Dropout": {"p": "float"},
+    "BatchNorm2d": {"num_features": "int", "eps": "float", "momentum": "float", "affine": "bool",
+                    "track_running_stats": "bool"},
+}  # fmt: skip
+_MAX_INT = 2**62  # any larger size or index is corrupt (and would overflow the native int64)
+
+
+def _check_layer_config(i: int, entry: dict[str, Any]) -> None:
+    """Types of a layer's config (the constructors would coerce "3" or 2.7 silently)."""
+    t, c = entry["type"], entry["config"]
+    types = _CONFIG_TYPES.get(t)
+    if types is None:
+        raise CheckpointError(f"layer {i}: unknown layer type {t!r}, cannot build the "
+                              f"architecture (known: {sorted(_CONFIG_TYPES)})")
+    for k, v in c.items():
+        kind = types.get(k)
+        if kind is None:
+            raise CheckpointError(f"layer {i} ({t}): unknown argument {k!r}")
+        if kind == "int":
+            ok = _is_int(v) and abs(v) <= _MAX_INT
+        elif kind == "pair":
+            vs = v if isinstance(v, list) and len(v) == 2 else [v]
+            ok = all(_is_int(x) and abs(x) <= _MAX_INT for x in vs) and not isinstance(v, dict)
+        elif kind == "float":
+            ok = _finite_float(v) is not None
+        else:
+            ok = isinstance(v, bool)
+        if not ok:
+            what = {"int": "an int", "pair": "an int or a pair of ints",
+                    "float": "a finite number", "bool": "true or false"}[kind]
+            raise CheckpointError(f"layer {i} ({t}): {k} must be {what}, got {v!r:.60}")
+
+
 def _floats_needed(entry: dict[str, Any]) -> int:
     """Number of parameter/buffer floats a layer config allocates (before building it)."""
     t, c = entry["type"], entry["config"]
@@ -421,6 +529,8 @@ def _build(ck: Checkpoint) -> Any:
                      if k.startswith(_PREFIX_MODEL)}
     available = sum(int(v.size) for v in model_tensors.values())
     try:
+        for i, e in enumerate(arch):
+            _check_layer_config(i, e)
         needed = sum(_floats_needed(e) for e in arch)
     except CheckpointError as e:
         raise CheckpointError(f"{ck.path}: {e}") from None
@@ -462,6 +572,11 @@ def _check_weights(ck: Checkpoint, model: Any,
 
 def _check_same_architecture(ck: Checkpoint, model: Any) -> dict[str, np.ndarray]:
     arch = _architecture(ck)
+    try:
+        for i, e in enumerate(arch):
+            _check_layer_config(i, e)
+    except CheckpointError as e:
+        raise CheckpointError(f"{ck.path}: {e}") from None
     mine = _norm(model.get_config())
     if _norm(arch) != mine:
         if len(arch) != len(mine):
@@ -493,6 +608,49 @@ class _TrainerState:
     optimizer: dict[str, Any] | None
     opt_buffers: dict[str, np.ndarray]
     scheduler: dict[str, Any] | None
+    progress: dict[str, Any] | None = None
+
+
+def _check_progress(p: Any, epoch: int, where: str) -> dict[str, Any] | None:
+    """meta.trainer.progress: null, or the position inside an unfinished epoch."""
+    if p is None:
+        return None
+    from .trainer import _Progress
+
+    if not isinstance(p, dict) or set(p) != set(_Progress.FIELDS):
+        raise CheckpointError(f"{where}: trainer.progress must be null or an object with "
+                              f"{list(_Progress.FIELDS)}")
+    ints = ("epoch", "batch", "batches", "batch_size", "samples", "seen", "correct")
+    if not all(_is_int(p[k]) and 0 <= p[k] < 2**63 for k in ints):
+        raise CheckpointError(f"{where}: trainer.progress: {', '.join(ints)} must be "
+                              "non-negative ints")
+    if not isinstance(p["shuffle"], bool):
+        raise CheckpointError(f"{where}: trainer.progress.shuffle must be a boolean")
+    out = dict(p)
+    for k in ("loss_sum", "time"):
+        v = _finite_float(p[k])
+        if v is None or v < 0:
+            raise CheckpointError(f"{where}: trainer.progress.{k} must be a finite number >= 0")
+        out[k] = v
+    if p["epoch"] != epoch:
+        raise CheckpointError(f"{where}: trainer.progress is for epoch {p['epoch']}, but the "
+                              f"checkpoint has {epoch} epochs done")
+    if not (1 <= p["batch_size"] and p["batch"] <= p["batches"] <= p["samples"]
+            and p["correct"] <= p["seen"] <= p["samples"]
+            and p["seen"] <= p["batch"] * p["batch_size"]):
+        raise CheckpointError(f"{where}: trainer.progress is inconsistent: {p}")
+    return out
+
+
+def _finite_float(v: Any) -> float | None:
+    """v as a finite float, or None when it is not a finite JSON number."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
 
 
 def _trainer_state(ck: Checkpoint) -> _TrainerState:
@@ -520,20 +678,25 @@ def _trainer_state(ck: Checkpoint) -> _TrainerState:
         raise CheckpointError(f"{p}: trainer.rng must be {{seed, counter}} (64-bit ints)")
     try:
         hist = History.from_dict(t.get("history") or {})
-    except (TypeError, ValueError, AttributeError) as e:
+    except (TypeError, ValueError, AttributeError, OverflowError) as e:
         raise CheckpointError(f"{p}: bad history: {e}") from None
+    progress = _check_progress(t.get("progress"), t["epoch"], p)
     opt, bufs, sched = t.get("optimizer"), {}, t.get("lr_scheduler")
     opt_tensors = {k[len(_PREFIX_OPT):]: v for k, v in ck.tensors.items()
                    if k.startswith(_PREFIX_OPT)}
     if opt is not None:
         if not isinstance(opt, dict) or not isinstance(opt.get("config"), dict):
             raise CheckpointError(f"{p}: bad trainer.optimizer")
+        if not isinstance(opt.get("kind"), str):
+            raise CheckpointError(f"{p}: bad optimizer kind {opt.get('kind')!r:.60}")
         try:
-            scratch = _optim.from_config(opt.get("kind"), opt["config"])
+            scratch = _optim.from_config(opt["kind"], opt["config"])
         except ValueError as e:
             raise CheckpointError(f"{p}: bad optimizer: {e}") from None
+        opt = {**opt, "config": scratch.get_config()}  # complete (defaults filled in)
         names = opt.get("buffers")
-        if not isinstance(names, list) or sorted(names) != sorted(opt_tensors):
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names) \
+                or sorted(names) != sorted(opt_tensors):
             raise CheckpointError(f"{p}: optimizer buffers {names!r} do not match the tensors "
                                   f"{sorted(opt_tensors)}")
         if names and sorted(names) != sorted(scratch.state_names()):
@@ -544,23 +707,24 @@ def _trainer_state(ck: Checkpoint) -> _TrainerState:
             if a.dtype != np.float32 or a.ndim != 1 or a.shape[0] != flat:
                 raise CheckpointError(f"{p}: optimizer buffer '{k}' must be float32 "
                                       f"({flat},), got {a.dtype} {a.shape}")
-        if not _is_int(opt.get("step")) or opt["step"] < 0:
+        if not _is_int(opt.get("step")) or not 0 <= opt["step"] <= _MAX_INT:
             raise CheckpointError(f"{p}: optimizer step must be a non-negative int")
+        if not _is_int(flat) or not 0 <= flat <= _MAX_INT:
+            raise CheckpointError(f"{p}: optimizer flat_size must be a non-negative int")
         ilr = opt.get("initial_lr")
-        if ilr is not None and (not isinstance(ilr, (int, float)) or isinstance(ilr, bool)
-                                or not math.isfinite(ilr)):
-            raise CheckpointError(f"{p}: bad optimizer initial_lr {ilr!r}")
+        if ilr is not None and _finite_float(ilr) is None:
+            raise CheckpointError(f"{p}: bad optimizer initial_lr {ilr!r:.60}")
         bufs = opt_tensors
         if sched is not None:
             scratch.initial_lr = ilr
             try:
                 _optim.scheduler_from_state(scratch, sched)
-            except (ValueError, TypeError, KeyError) as e:
+            except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as e:
                 raise CheckpointError(f"{p}: bad lr schedule: {e}") from None
     elif opt_tensors or sched is not None:
         raise CheckpointError(f"{p}: optimizer state without an optimizer")
     return _TrainerState(t["loss"], metrics, t["seed"], t["epoch"], (rng["seed"], rng["counter"]),
-                         hist, opt, bufs, sched)
+                         hist, opt, bufs, sched, progress)
 
 
 def _apply_trainer_state(trainer: Any, st: _TrainerState, weights: dict[str, np.ndarray]) -> None:
@@ -585,6 +749,9 @@ def _apply_trainer_state(trainer: Any, st: _TrainerState, weights: dict[str, np.
     trainer.seed = st.seed
     trainer.epoch = st.epoch
     trainer.history = st.history
+    from .trainer import _Progress
+
+    trainer._progress = _Progress(**st.progress) if st.progress is not None else None
 
 
 def restore_trainer(trainer: Any, path: str | os.PathLike) -> None:
@@ -601,7 +768,45 @@ def restore_trainer(trainer: Any, path: str | os.PathLike) -> None:
         raise CheckpointError(f"{ck.path}: the checkpoint's optimizer is "
                               f"{st.optimizer['kind']}, this trainer's is "
                               f"{trainer.optimizer.kind}")
-    _apply_trainer_state(trainer, st, weights)
+    _check_flat_size(st, trainer.model, ck.path)
+    snapshot = _snapshot(trainer)
+    try:
+        _apply_trainer_state(trainer, st, weights)
+    except Exception as e:  # a gap in the checks above: undo, so that nothing half-loads
+        _restore_snapshot(trainer, snapshot)
+        raise CheckpointError(f"{ck.path}: cannot apply the checkpoint: "
+                              f"{type(e).__name__}: {e}") from e
+
+
+def _check_flat_size(st: _TrainerState, model: Any, path: str) -> None:
+    if st.optimizer is None:
+        return
+    n = int(model._net.flat_params().shape[0])
+    if st.optimizer.get("flat_size") != n:
+        raise CheckpointError(f"{path}: the optimizer state has flat_size "
+                              f"{st.optimizer.get('flat_size')!r}, the model needs {n}")
+
+
+def _snapshot(trainer: Any) -> dict[str, Any]:
+    """Everything _apply_trainer_state changes."""
+    opt = trainer.optimizer
+    return {"weights": trainer.model.state_dict(), "rng": trainer.model._net.rng_state(),
+            "optimizer": opt, "opt_state": opt.state_dict() if opt is not None else None,
+            "initial_lr": opt.initial_lr if opt is not None else None,
+            **{k: getattr(trainer, k) for k in ("lr_scheduler", "_scheduler_restored", "seed",
+                                                 "epoch", "history", "_progress")}}
+
+
+def _restore_snapshot(trainer: Any, snap: dict[str, Any]) -> None:
+    trainer.model.load_state_dict(snap["weights"])
+    trainer.model._net.set_rng(*snap["rng"])
+    trainer.optimizer = snap["optimizer"]
+    if snap["optimizer"] is not None:
+        snap["optimizer"].attach(trainer.model)
+        snap["optimizer"].load_state_dict(snap["opt_state"])
+        snap["optimizer"].initial_lr = snap["initial_lr"]
+    for k in ("lr_scheduler", "_scheduler_restored", "seed", "epoch", "history", "_progress"):
+        setattr(trainer, k, snap[k])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -634,6 +839,7 @@ def load(path: str | os.PathLike, device: str = "auto") -> Any:
     opt = None
     if st.optimizer is not None:
         opt = _optim.from_config(st.optimizer["kind"], st.optimizer["config"])
+    _check_flat_size(st, model, ck.path)
     trainer = Trainer(model, loss=st.loss, optimizer=opt, metrics=tuple(st.metrics),
                       device=device, seed=st.seed)
     weights = {k: v for k, v in model.state_dict().items()}

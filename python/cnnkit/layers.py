@@ -42,6 +42,23 @@ def _pair(v: Any, name: str, layer: str) -> tuple[int, int]:
     raise ValueError(f"{layer}: {name} must be an int or a pair of ints, got {v!r}")
 
 
+def _int(v: Any, name: str, layer: str) -> int:
+    """An int argument (not a bool, float or string: int(2.7) or int("3") would pass)."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise ValueError(f"{layer}: {name} must be an int, got {v!r}")
+    if abs(int(v)) > 2**62:
+        raise ValueError(f"{layer}: {name} is out of range, got {v!r}")
+    return int(v)
+
+
+def _float(v: Any, name: str, layer: str) -> float:
+    """A finite float argument (the native layer checks the range)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(float(v)):
+        raise ValueError(f"{layer}: {name} must be a number, got {v!r}")
+    return float(v)
+
+
 class Layer:
     """Base class: holds the native layer and its constructor arguments (for saving)."""
 
@@ -120,13 +137,14 @@ class Conv2d(Layer):
         groups: int = 1,
         bias: bool = True,
     ) -> None:
+        in_channels = _int(in_channels, "in_channels", "Conv2d")
+        out_channels = _int(out_channels, "out_channels", "Conv2d")
+        groups = _int(groups, "groups", "Conv2d")
         k = _pair(kernel_size, "kernel_size", "Conv2d")
         s = _pair(stride, "stride", "Conv2d")
         p = _pair(padding, "padding", "Conv2d")
         d = _pair(dilation, "dilation", "Conv2d")
-        native = _core.conv2d(
-            int(in_channels), int(out_channels), *k, *s, *p, *d, int(groups), bool(bias)
-        )
+        native = _core.conv2d(in_channels, out_channels, *k, *s, *p, *d, groups, bool(bias))
         super().__init__(
             native,
             in_channels=int(in_channels),
@@ -197,9 +215,10 @@ class LeakyReLU(Layer):
     """x if x > 0 else negative_slope * x."""
 
     def __init__(self, negative_slope: float = 0.01) -> None:
+        negative_slope = _float(negative_slope, "negative_slope", "LeakyReLU")
         super().__init__(
-            _core.activation("LeakyReLU", float(negative_slope)),
-            negative_slope=float(negative_slope),
+            _core.activation("LeakyReLU", negative_slope),
+            negative_slope=negative_slope,
         )
 
 
@@ -221,10 +240,12 @@ class Linear(Layer):
     """Fully connected: x (N, in_features) -> x @ weight.T + bias, weight (out, in)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        in_features = _int(in_features, "in_features", "Linear")
+        out_features = _int(out_features, "out_features", "Linear")
         super().__init__(
-            _core.linear(int(in_features), int(out_features), bool(bias)),
-            in_features=int(in_features),
-            out_features=int(out_features),
+            _core.linear(in_features, out_features, bool(bias)),
+            in_features=in_features,
+            out_features=out_features,
             bias=bool(bias),
         )
 
@@ -243,7 +264,8 @@ class Dropout(Layer):
     """
 
     def __init__(self, p: float = 0.5) -> None:
-        super().__init__(_core.dropout(float(p)), p=float(p))
+        p = _float(p, "p", "Dropout")
+        super().__init__(_core.dropout(p), p=p)
 
 
 class BatchNorm2d(Layer):
@@ -257,17 +279,20 @@ class BatchNorm2d(Layer):
         affine: bool = True,
         track_running_stats: bool = True,
     ) -> None:
+        num_features = _int(num_features, "num_features", "BatchNorm2d")
+        eps = _float(eps, "eps", "BatchNorm2d")
+        momentum = _float(momentum, "momentum", "BatchNorm2d")
         super().__init__(
             _core.batchnorm2d(
-                int(num_features),
-                float(eps),
-                float(momentum),
+                num_features,
+                eps,
+                momentum,
                 bool(affine),
                 bool(track_running_stats),
             ),
-            num_features=int(num_features),
-            eps=float(eps),
-            momentum=float(momentum),
+            num_features=num_features,
+            eps=eps,
+            momentum=momentum,
             affine=bool(affine),
             track_running_stats=bool(track_running_stats),
         )

@@ -39,13 +39,25 @@ def _labels(y: Any, where: str) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.int64)
 
 
+def _values(v: Any, where: str, name: str) -> np.ndarray:
+    """float32 C-contiguous; ValueError for non-numeric dtypes and NaN/Inf."""
+    a = np.asarray(v)
+    if a.dtype == object or a.dtype.kind not in "biuf":
+        raise ValueError(f"{where}: {name} must be a numeric array, got dtype {a.dtype}")
+    with np.errstate(over="ignore"):
+        a = np.ascontiguousarray(a, dtype=np.float32)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{where}: {name} contain{'' if name.endswith('s') else 's'} NaN or Inf")
+    return a
+
+
 class CrossEntropyLoss(Loss):
     """Softmax cross-entropy from logits (N, C) and integer labels (N,), mean over the batch."""
 
     name = "cross_entropy"
 
     def forward(self, logits: Any, labels: Any) -> float:
-        z = np.ascontiguousarray(logits, dtype=np.float32)
+        z = _values(logits, "CrossEntropyLoss", "logits")
         loss, correct, grad = _core.softmax_cross_entropy(z, _labels(labels, "CrossEntropyLoss"))
         self._grad = grad
         self.correct = int(correct)
@@ -60,8 +72,8 @@ class MSELoss(Loss):
     name = "mse"
 
     def forward(self, pred: Any, target: Any) -> float:
-        p = np.ascontiguousarray(pred, dtype=np.float32)
-        t = np.ascontiguousarray(target, dtype=np.float32)
+        p = _values(pred, "MSELoss", "input")
+        t = _values(target, "MSELoss", "target")
         loss, grad = _core.mse_loss(p, t)
         self._grad = grad
         return float(loss)

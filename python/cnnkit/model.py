@@ -25,15 +25,28 @@ def _as_numpy(v: Any) -> np.ndarray:
     return np.asarray(v)
 
 
-def _as_input(x: Any, where: str) -> np.ndarray:
-    a = _as_numpy(x)
+def _as_input(x: Any, where: str, name: str = "x") -> np.ndarray:
+    """float32 C-contiguous; ValueError for non-numeric dtypes and for NaN/Inf (naming the
+    first bad sample)."""
+    try:
+        a = _as_numpy(x)
+    except Exception as e:  # ragged lists and the like
+        raise ValueError(f"{where}: {name} is not an array: {e}") from None
     if a.dtype == object or not (
         np.issubdtype(a.dtype, np.floating)
         or np.issubdtype(a.dtype, np.integer)
         or a.dtype == np.bool_
     ):
         raise ValueError(f"{where}: expected a numeric array, got dtype {a.dtype}")
-    return np.require(a, dtype=np.float32, requirements="C")
+    with np.errstate(over="ignore"):  # values too large for float32 become inf: caught below
+        a = np.require(a, dtype=np.float32, requirements="C")
+    if a.ndim >= 1 and a.size and not np.isfinite(a).all():
+        finite = np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)
+        raise ValueError(
+            f"{where}: {name} contains NaN or Inf ({int((~finite).sum())} bad samples, first "
+            f"at index {int(np.argmin(finite))})"
+        )
+    return a
 
 
 class Sequential:
@@ -44,6 +57,10 @@ class Sequential:
     """
 
     def __init__(self, layers: Iterable[Layer] = (), *, _solo: bool = False) -> None:
+        if isinstance(layers, Layer) or not hasattr(layers, "__iter__"):
+            raise ValueError(
+                f"Sequential: layers must be an iterable of cnnkit layers, got {layers!r:.80}"
+            )
         self.layers: list[Layer] = []
         self._net = None
         self._solo = _solo
@@ -133,13 +150,16 @@ class Sequential:
     def backward(self, dy: Any) -> np.ndarray:
         """Back-propagate dL/d(output) of the last forward; ACCUMULATES parameter gradients
         (see grad_dict) and returns dL/dx."""
-        return self._net.backward(_as_input(dy, "Sequential.backward"), True)
+        return self._net.backward(_as_input(dy, "Sequential.backward", "dy"), True)
 
     def predict(self, x: Any, batch_size: int = 256) -> np.ndarray:
         """Inference in batches (eval mode); returns the stacked outputs."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size <= 0:
+            raise ValueError(
+                f"Sequential.predict: batch_size must be a positive int, got {batch_size!r}"
+            )
         xa = _as_input(x, "Sequential.predict")
-        if batch_size <= 0:
-            raise ValueError(f"Sequential.predict: batch_size must be positive, got {batch_size}")
         outs = [
             self._net.forward(xa[i : i + batch_size], False) for i in range(0, len(xa), batch_size)
         ]
@@ -163,8 +183,13 @@ class Sequential:
         PyTorch's BatchNorm 'num_batches_tracked' entries are accepted and ignored. With
         strict=True, missing or unexpected keys raise ValueError; nothing is changed then.
         """
+        if not hasattr(state, "items"):
+            raise ValueError(
+                f"load_state_dict: expected a dict of name -> array, got {type(state).__name__}"
+            )
         own = self.state_dict()
-        incoming = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+        incoming = {k: v for k, v in state.items()
+                    if not (isinstance(k, str) and k.endswith("num_batches_tracked"))}
         missing = [k for k in own if k not in incoming]
         unexpected = [k for k in incoming if k not in own]
         if strict and (missing or unexpected):
@@ -176,6 +201,10 @@ class Sequential:
             if k not in own:
                 continue
             a = _as_numpy(v)
+            if a.dtype == object or a.dtype.kind not in "biuf":
+                raise ValueError(
+                    f"load_state_dict: '{k}' must be a numeric array, got dtype {a.dtype}"
+                )
             if tuple(a.shape) != tuple(own[k].shape):
                 raise ValueError(
                     f"load_state_dict: '{k}' expects shape {tuple(own[k].shape)}, "

@@ -42,8 +42,9 @@ __all__ = [
 ]
 
 # The optimizer object currently driving each native Net (so re-attaching is a no-op and
-# does not reset the state).
-_ATTACHED: weakref.WeakKeyDictionary[Any, Optimizer] = weakref.WeakKeyDictionary()
+# does not reset the state). Values are weak references too: the optimizer holds its model,
+# which holds the Net, so a strong value would keep every model ever trained alive.
+_ATTACHED: weakref.WeakKeyDictionary[Any, weakref.ref[Optimizer]] = weakref.WeakKeyDictionary()
 
 
 def _number(value: Any, name: str, where: str, *, lo: float | None = 0.0,
@@ -137,7 +138,8 @@ class Optimizer:
         if self._model is None:
             return False
         net = self._model._net
-        return _ATTACHED.get(net) is self and net.has_optimizer()
+        ref = _ATTACHED.get(net)
+        return ref is not None and ref() is self and net.has_optimizer()
 
     def attach(self, model: Any) -> Optimizer:
         """Make this optimizer update `model` (a Sequential); returns self.
@@ -151,7 +153,7 @@ class Optimizer:
         if self._model is not None and self._model is not model:
             self._pending = None  # state belongs to the previous model
         net.set_optimizer(self.kind, self._native())
-        _ATTACHED[net] = self
+        _ATTACHED[net] = weakref.ref(self)
         self._model = model
         if self._pending is not None:
             pending, self._pending = self._pending, None

@@ -14,7 +14,10 @@ resume_from=checkpoint)`` continues bit-identically on the CPU.
 from __future__ import annotations
 
 import math
+import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -58,6 +61,7 @@ class History:
         self.epoch: list[int] = []
         self.params: dict[str, Any] = {}
         self.diverged = False
+        self.interrupted = False
         self.stop_reason: str | None = None
 
     def append(self, epoch: int, logs: dict[str, Any]) -> None:
@@ -74,15 +78,38 @@ class History:
     def to_dict(self) -> dict[str, Any]:
         return {"history": {k: list(v) for k, v in self.history.items()},
                 "epoch": list(self.epoch), "diverged": self.diverged,
-                "stop_reason": self.stop_reason}
+                "interrupted": self.interrupted, "stop_reason": self.stop_reason}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> History:
+        """Rebuild from :meth:`to_dict`; raises ValueError (naming the field) for anything
+        else, e.g. a corrupted checkpoint."""
+        if not isinstance(d, dict):
+            raise ValueError(f"history must be an object, got {type(d).__name__}")
         h = cls()
-        h.history = {str(k): [_as_value(x) for x in v] for k, v in d.get("history", {}).items()}
-        h.epoch = [int(e) for e in d.get("epoch", [])]
-        h.diverged = bool(d.get("diverged", False))
-        h.stop_reason = d.get("stop_reason")
+        hist, epochs = d.get("history", {}), d.get("epoch", [])
+        if not isinstance(hist, dict) or not all(isinstance(v, list) for v in hist.values()):
+            raise ValueError("history.history must map keys to lists")
+        if not isinstance(epochs, list) or not all(
+                isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in epochs):
+            raise ValueError("history.epoch must be a list of non-negative ints")
+        for k, v in hist.items():
+            if len(v) != len(epochs):
+                raise ValueError(f"history[{k!r}] has {len(v)} values for {len(epochs)} epochs")
+            if not all(isinstance(x, (int, float, str, bool)) or x is None for x in v):
+                raise ValueError(f"history[{k!r}] holds a value that is not a number or string")
+        flags = {k: d.get(k, False) for k in ("diverged", "interrupted")}
+        if not all(isinstance(v, bool) for v in flags.values()):
+            raise ValueError("history.diverged/interrupted must be booleans")
+        reason = d.get("stop_reason")
+        if reason is not None and not isinstance(reason, str):
+            raise ValueError("history.stop_reason must be a string or null")
+        try:
+            h.history = {str(k): [_as_value(x) for x in v] for k, v in hist.items()}
+        except OverflowError:
+            raise ValueError("history holds a number too large for a float") from None
+        h.epoch = list(epochs)
+        h.diverged, h.interrupted, h.stop_reason = flags["diverged"], flags["interrupted"], reason
         return h
 
     def __len__(self) -> int:
@@ -107,6 +134,63 @@ def _softmax(z: np.ndarray) -> np.ndarray:
         np.exp(z, out=z)
         z /= z.sum(axis=1, keepdims=True)
     return z.astype(np.float32)
+
+
+class _Progress:
+    """Where training is inside an unfinished epoch: saved in checkpoints (``meta.trainer.
+    progress``) so that a run interrupted mid-epoch resumes at the next batch, bit-identically.
+
+    ``batch`` batches of epoch ``epoch`` (0-based) are done; ``seen``/``correct``/``loss_sum``/
+    ``time`` are the epoch's running sums so far; ``batches``/``batch_size``/``samples``/
+    ``shuffle`` describe the data, and must match when resuming.
+    """
+
+    FIELDS = ("epoch", "batch", "batches", "batch_size", "samples", "shuffle", "seen", "correct",
+              "loss_sum", "time")
+
+    def __init__(self, epoch: int, batch: int, batches: int, batch_size: int, samples: int,
+                 shuffle: bool, seen: int = 0, correct: int = 0, loss_sum: float = 0.0,
+                 time: float = 0.0) -> None:
+        self.epoch, self.batch, self.batches = epoch, batch, batches
+        self.batch_size, self.samples, self.shuffle = batch_size, samples, shuffle
+        self.seen, self.correct, self.loss_sum, self.time = seen, correct, loss_sum, time
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.FIELDS}
+
+    def __repr__(self) -> str:
+        return f"_Progress(epoch={self.epoch}, batch={self.batch}/{self.batches})"
+
+
+class _SigintGuard:
+    """While active (in the main thread), Ctrl-C / SIGINT only sets ``hit``: the Trainer
+    stops after the current step. A second SIGINT raises KeyboardInterrupt at once. The
+    previous handler is restored on exit. Not installed outside the main thread (Python
+    delivers signals there only), nor when SIGINT is ignored or handled outside Python."""
+
+    def __init__(self) -> None:
+        self.hit = 0
+        self._previous: Any = None
+        self._installed = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.hit += 1
+        if self.hit > 1:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> _SigintGuard:
+        if threading.current_thread() is threading.main_thread():
+            prev = signal.getsignal(signal.SIGINT)
+            if prev is not None and prev is not signal.SIG_IGN:
+                self._previous = prev
+                signal.signal(signal.SIGINT, self._handler)
+                self._installed = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
 
 
 class Trainer:
@@ -159,7 +243,10 @@ class Trainer:
         self.history = History()  # every epoch this trainer has run, across fit calls
         self.stop_training = False
         self.diverged = False
+        self.interrupted = False  # the last fit was stopped by SIGINT (Ctrl-C)
         self.stop_reason: str | None = None
+        self.last_checkpoint: str | None = None  # written when fit was interrupted
+        self._progress: _Progress | None = None  # position inside an unfinished epoch
 
     # -- configuration ------------------------------------------------------------------------
     def _check_metrics(self, metrics: Sequence[str]) -> tuple[str, ...]:
@@ -289,6 +376,7 @@ class Trainer:
         initial_epoch: int | None = None,
         resume_from: str | None = None,
         lr_scheduler: _optim.LRScheduler | None = None,
+        checkpoint_path: str | os.PathLike | None = None,
     ) -> History:
         """Train for epochs ``initial_epoch .. epochs-1``; returns this call's History.
 
@@ -312,6 +400,17 @@ class Trainer:
                 at its ``interval`` and saved in checkpoints (so is the schedule of the first
                 SchedulerCallback in `callbacks`). A schedule made anew for a resumed run takes
                 over the checkpoint's schedule state.
+            checkpoint_path: where to write a resumable checkpoint when training is
+                interrupted by Ctrl-C (SIGINT). Default: the path of a ModelCheckpoint in
+                `callbacks` that writes full checkpoints to a fixed name (no format fields,
+                no save_best_only); else none is written.
+
+        Ctrl-C (SIGINT, in the main thread) stops training after the current step: the
+        checkpoint is written (it records the position inside the epoch), the previous SIGINT
+        handler is restored, ``trainer.interrupted`` is True, ``trainer.stop_reason`` says
+        where it stopped, and the History so far is returned. Resuming (``resume_from`` or
+        ``cnnkit.load(path).fit(...)``, same data and batch_size) skips the batches already
+        done and continues bit-identically. A second Ctrl-C raises KeyboardInterrupt at once.
         """
         where = "fit"
         if self.optimizer is None:
@@ -332,6 +431,18 @@ class Trainer:
         if lr_scheduler is not None and not isinstance(lr_scheduler, _optim.LRScheduler):
             raise ValueError(f"fit: lr_scheduler must be a cnnkit.optim schedule, got "
                              f"{lr_scheduler!r}")
+        if checkpoint_path is not None:
+            if isinstance(checkpoint_path, os.PathLike):
+                checkpoint_path = os.fspath(checkpoint_path)
+            if not isinstance(checkpoint_path, str) or not checkpoint_path:
+                raise ValueError(f"fit: checkpoint_path must be a non-empty path, got "
+                                 f"{checkpoint_path!r}")
+            parent = os.path.dirname(os.path.abspath(checkpoint_path))
+            if not os.path.isdir(parent):
+                raise ValueError(f"fit: checkpoint_path {checkpoint_path!r}: directory "
+                                 f"{parent!r} does not exist")
+        else:
+            checkpoint_path = self._default_checkpoint_path(cb_list)
 
         # Data: everything is checked before the first update.
         val_loader: DataLoader | None = None
@@ -367,6 +478,7 @@ class Trainer:
         elif stepped and not any(s is self.lr_scheduler for s in stepped):
             self._set_scheduler(stepped[0])
         start = self.epoch if initial_epoch is None else initial_epoch
+        self._check_progress(loader, start, initial_epoch)
         history = History()
         history.params = {"epochs": epochs, "steps": len(loader), "verbose": verbose}
         if start >= epochs:
@@ -380,30 +492,90 @@ class Trainer:
         cb_list.set_trainer(self)
         self.stop_training = False
         self.diverged = False
+        self.interrupted = False
         self.stop_reason = None
-        cb_list.on_train_begin({})
-        try:
-            for epoch in range(start, epochs):
-                logs = self._run_epoch(loader, val_loader, epoch, epochs, cb_list, verbose)
-                self.epoch = epoch + 1
+        with _SigintGuard() as guard:
+            cb_list.on_train_begin({})
+            try:
+                for epoch in range(start, epochs):
+                    logs = self._run_epoch(loader, val_loader, epoch, epochs, cb_list, verbose,
+                                           guard)
+                    if logs is None:  # interrupted inside the epoch
+                        break
+                    self.epoch = epoch + 1
 
-                def record(epoch: int = epoch, logs: dict[str, float] = logs) -> None:
-                    history.append(epoch, logs)
-                    self.history.append(epoch, logs)
-                    self._mark(history)
+                    def record(epoch: int = epoch, logs: dict[str, float] = logs) -> None:
+                        history.append(epoch, logs)
+                        self.history.append(epoch, logs)
+                        self._mark(history)
 
-                cb_list.on_epoch_end(epoch, logs, before_checkpoints=record)
-                if self.stop_training or self.diverged:
-                    break
-        finally:
-            cb_list.on_train_end({})
+                    cb_list.on_epoch_end(epoch, logs, before_checkpoints=record)
+                    if self.stop_training or self.diverged or guard.hit:
+                        break
+                if guard.hit and not self.diverged:
+                    # before on_train_end, which may change the weights (restore_best_weights)
+                    self._interrupt(checkpoint_path, verbose)
+            finally:
+                cb_list.on_train_end({})
         self._mark(history)
         return history
+
+    @staticmethod
+    def _default_checkpoint_path(cb_list: _callbacks.CallbackList) -> str | None:
+        for c in cb_list.callbacks:
+            if (isinstance(c, _callbacks.ModelCheckpoint) and not c.save_weights_only
+                    and not c.save_best_only and "{" not in c.filepath):
+                return c.filepath
+        return None
+
+    def _check_progress(self, loader: DataLoader, start: int, initial_epoch: int | None) -> None:
+        """Keep a saved mid-epoch position only when this fit continues that epoch, and check
+        that the data is batched the same way (else the skipped batches would be wrong)."""
+        p = self._progress
+        if p is None:
+            return
+        if initial_epoch is not None or start != p.epoch:
+            self._progress = None  # an explicit restart: the epoch starts from its beginning
+            return
+        mine = (len(loader), loader.batch_size, loader.num_samples, loader.shuffle)
+        if mine != (p.batches, p.batch_size, p.samples, p.shuffle):
+            raise ValueError(
+                f"fit: training stopped (interrupted) after batch {p.batch} of {p.batches} in "
+                f"epoch {p.epoch + 1} (batch_size {p.batch_size}, {p.samples} samples, shuffle="
+                f"{p.shuffle}), but this run has {mine[0]} batches (batch_size {mine[1]}, "
+                f"{mine[2]} samples, shuffle={mine[3]}); pass the same data and batch_size to "
+                f"continue exactly, or initial_epoch={p.epoch} to restart that epoch"
+            )
+
+    def _interrupt(self, path: str | None, verbose: int) -> None:
+        """Ctrl-C: record why, and write a resumable checkpoint when there is a path."""
+        self.interrupted = True
+        self.stop_training = True
+        p = self._progress
+        where = (f"epoch {p.epoch + 1}, after batch {p.batch} of {p.batches}" if p is not None
+                 else f"the end of epoch {self.epoch}")
+        msg = f"training interrupted (SIGINT / Ctrl-C) at {where}"
+        if path is not None:
+            try:
+                _io.save(self, path)
+            except Exception as e:  # report it: the History so far is still returned
+                msg += f"; could NOT write the checkpoint {path}: {type(e).__name__}: {e}"
+                verbose = 1
+            else:
+                self.last_checkpoint = path
+                msg += (f"; checkpoint saved to {path} (resume with fit(..., resume_from="
+                        f"{path!r}) or cnnkit.load({path!r}).fit(...))")
+        else:
+            msg += "; no checkpoint written (pass fit(checkpoint_path=...) to get one)"
+        self.stop_reason = msg
+        if verbose:
+            print(msg, file=sys.stderr)
 
     def _mark(self, history: History) -> None:
         """Copy why this run stopped (if it did) into its History and the trainer's."""
         for h in (history, self.history):
             h.diverged = self.diverged
+            h.interrupted = self.interrupted
             h.stop_reason = self.stop_reason
 
     def _val_loader(self, data: Any, batch_size: int) -> DataLoader:
@@ -413,23 +585,44 @@ class Trainer:
             raise ValueError("fit: validation_data must be (x_val, y_val) or a DataLoader")
         return self._loader(data[0], data[1], batch_size, False, "fit(validation_data)")
 
+    @staticmethod
+    def _batches(loader: DataLoader, epoch: int, skip: int) -> Any:
+        """(index, batch) pairs of `epoch`, without the first `skip` batches."""
+        loader.set_epoch(epoch)
+        if skip == 0:
+            return enumerate(loader)
+        if type(loader) is not DataLoader:  # a subclass may iterate its own way: drop batches
+            return ((b, batch) for b, batch in enumerate(loader) if b >= skip)
+        idx = loader.order(epoch)  # the same order as iterating: a function of (seed, epoch)
+        loader.epoch = epoch + 1
+        bs = loader.batch_size
+        return ((b, loader._batch(idx[b * bs : (b + 1) * bs])) for b in range(skip, len(loader)))
+
     def _run_epoch(self, loader: DataLoader, val_loader: DataLoader | None, epoch: int,
-                   epochs: int, cbs: _callbacks.CallbackList, verbose: int) -> dict[str, float]:
+                   epochs: int, cbs: _callbacks.CallbackList, verbose: int,
+                   guard: _SigintGuard) -> dict[str, float] | None:
+        """One epoch; returns its logs, or None when Ctrl-C stopped it (self._progress then
+        says where)."""
         net = self.model._net
         acc = "accuracy" in self.metrics
-        loader.set_epoch(epoch)
-        cbs.on_epoch_begin(epoch, {})
-        bar = tqdm(total=len(loader), desc=f"Epoch {epoch + 1}/{epochs}", unit="batch",
-                   disable=verbose != 1, leave=True, dynamic_ncols=True, file=sys.stderr,
-                   mininterval=0.2)
-        seen, correct, loss_sum = 0, 0, 0.0
-        t0 = time.perf_counter()
+        p = self._progress
+        if p is None or p.epoch != epoch:
+            cbs.on_epoch_begin(epoch, {})
+            p = _Progress(epoch, 0, len(loader), loader.batch_size, loader.num_samples,
+                          loader.shuffle)
+            self._progress = p
+        # else: resuming inside this epoch, whose on_epoch_begin ran before the checkpoint
+        bar = tqdm(total=len(loader), initial=p.batch, desc=f"Epoch {epoch + 1}/{epochs}",
+                   unit="batch", disable=verbose != 1, leave=True, dynamic_ncols=True,
+                   file=sys.stderr, mininterval=0.2)
+        seen, correct, loss_sum = p.seen, p.correct, p.loss_sum
+        t0 = time.perf_counter() - p.time
         try:
-            for b, (xb, yb) in enumerate(loader):
+            for b, (xb, yb) in self._batches(loader, epoch, p.batch):
                 xb, yb = self._batch(xb, yb, loader, "fit")
                 n = int(xb.shape[0])
                 cbs.on_train_batch_begin(b, {"size": n})
-                loss, corr = net.train_step(xb, yb)
+                loss, corr = net.train_step(xb, yb)  # atomic: Ctrl-C is handled after it
                 blogs: dict[str, float] = {"loss": float(loss)}
                 if acc:
                     blogs["accuracy"] = corr / n
@@ -441,6 +634,8 @@ class Trainer:
                 seen += n
                 correct += int(corr)
                 loss_sum += float(loss) * n
+                p.batch, p.seen, p.correct, p.loss_sum = b + 1, seen, correct, loss_sum
+                p.time = time.perf_counter() - t0
                 cbs.on_train_batch_end(b, blogs)
                 if verbose == 1:
                     dt = time.perf_counter() - t0
@@ -450,6 +645,9 @@ class Trainer:
                     post["img/s"] = f"{seen / max(dt, 1e-9):.0f}"
                     bar.set_postfix(post, refresh=False)
                     bar.update(1)
+                if guard.hit:
+                    return None
+            self._progress = None  # the epoch's batches are done
             dt = time.perf_counter() - t0
             logs: dict[str, float] = {}
             if self.diverged:
