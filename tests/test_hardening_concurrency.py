@@ -147,10 +147,6 @@ print("no deadlock")
 """
 
 
-@pytest.mark.xfail(reason="C++ bug: Net.forward re-acquires the GIL while holding the Net "
-                          "mutex; set_tensor/zero_grad take the mutex with the GIL held -> "
-                          "deadlock (see docs/reliability.md). Remove this mark once fixed.",
-                   strict=False)
 def test_predict_while_loading_weights_does_not_deadlock():
     try:
         p = subprocess.run([sys.executable, "-c", DEADLOCK], capture_output=True, text=True,

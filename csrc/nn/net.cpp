@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "ops/ops.h"
 
@@ -224,7 +225,24 @@ StepResult Net::train_step(const Tensor& x, const int64_t* labels, const Tensor*
     r.loss = loss_forward_backward(out, labels, target, &dout, &r.correct);
     if (!std::isfinite(r.loss)) return r;  // caller reports divergence; no update applied
     backward(dout, false);
+    if (params_.device() != Device::CPU) {
+        opt_->step(params_, grads_);
+        return r;
+    }
+    // A finite loss can still overflow the update (huge lr or gradients): keep the previous
+    // parameters and refuse the step, reported to the caller as an infinite loss.
+    if (!backup_.defined() || backup_.numel() != params_.numel()) backup_ = Tensor(params_.shape());
+    backup_.copy_from(params_);
     opt_->step(params_, grads_);
+    const float* p = params_.data();
+    const int64_t n = params_.numel();
+    int finite = 1;
+#pragma omp parallel for reduction(& : finite) schedule(static) if (n > (1 << 16))
+    for (int64_t i = 0; i < n; ++i) finite &= std::isfinite(p[i]) ? 1 : 0;
+    if (!finite) {
+        params_.copy_from(backup_);
+        r.loss = std::numeric_limits<double>::infinity();
+    }
     return r;
 }
 

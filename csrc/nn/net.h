@@ -53,6 +53,8 @@ class Net {
     std::shared_ptr<Optimizer> optimizer() const { return opt_; }
 
     // forward(training) + loss + backward + optimizer step; labels (N) for cross-entropy.
+    // A non-finite loss, or an update that would make a parameter non-finite, leaves the
+    // parameters unchanged and returns loss = inf/NaN (the caller reports divergence).
     StepResult train_step(const Tensor& x, const int64_t* labels, const Tensor* target);
     // forward(eval) + loss, no gradients.
     StepResult eval_step(const Tensor& x, const int64_t* labels, const Tensor* target);
@@ -85,6 +87,7 @@ class Net {
     std::vector<Shape> act_shapes_;
     Tensor grad_store_[2];
     Tensor ws_store_;
+    Tensor backup_;  // parameters before the last update (to refuse an overflowing step)
     bool have_forward_ = false, last_training_ = false;
 
     LossKind loss_ = LossKind::None;
