@@ -4,13 +4,21 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstring>
+#include <functional>
+#include <random>
 
 #include "core/runtime.h"
 #include "core/tensor.h"
 #include "cpu/kernels.h"
 #include "nn/layer.h"
 #include "nn/net.h"
+#include "ops/ops.h"
+#ifdef CNNKIT_WITH_CUDA
+#include "cuda/kernels.h"
+#endif
 
 namespace py = pybind11;
 using namespace cnnkit;
@@ -55,6 +63,30 @@ Device parse_device(const std::string& d) {
     throw ValueError(str_cat("unknown device '", d, "' (expected 'cpu' or 'cuda')"));
 }
 
+// For the kernel-level CUDA bindings (tests and benchmarks): a clear error without a GPU.
+void require_cuda(const char* what) {
+    if (!built_with_cuda())
+        throw RuntimeError(str_cat(what, ": cnnkit was built without CUDA (no nvcc at build time)"));
+    if (!cuda::available())
+        throw RuntimeError(str_cat(what, ": CUDA requested but no CUDA device is available"));
+}
+
+// Milliseconds of each of `repeats` runs of fn after one warm-up run: CUDA events on the GPU,
+// steady_clock on the CPU.
+std::vector<double> time_runs(Device d, int repeats, const std::function<void()>& fn) {
+    CNN_CHECK_ARG(repeats >= 1, "repeats must be >= 1, got ", repeats);
+    fn();
+    if (d == Device::CUDA) return cuda::time_ms(fn, repeats);
+    std::vector<double> out;
+    for (int r = 0; r < repeats; ++r) {
+        auto t0 = std::chrono::steady_clock::now();
+        fn();
+        auto t1 = std::chrono::steady_clock::now();
+        out.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+    }
+    return out;
+}
+
 nn::LossKind parse_loss(const std::string& s) {
     if (s == "cross_entropy") return nn::LossKind::CrossEntropy;
     if (s == "mse") return nn::LossKind::MSE;
@@ -84,6 +116,24 @@ Targets make_targets(nn::Net& net, const py::array& y, int64_t N) {
         t.has_labels = true;
     }
     return t;
+}
+
+// Lock order: never wait for the GIL while holding a Net's mutex. NetLock releases the GIL
+// first, then locks; its destructor unlocks, then re-acquires the GIL. The body must not touch
+// Python objects.
+struct NetLock {
+    py::gil_scoped_release nogil;
+    std::lock_guard<std::mutex> lock;
+    explicit NetLock(nn::Net& n) : lock(n.mutex()) {}
+};
+
+// Host copies of named tensors taken under the Net's lock (then converted with the GIL held).
+std::vector<std::pair<std::string, Tensor>> snapshot(
+    nn::Net& n, std::vector<std::pair<std::string, Tensor>> (nn::Net::*get)()) {
+    NetLock lock(n);
+    auto v = (n.*get)();
+    for (auto& e : v) e.second = e.second.to(Device::CPU);
+    return v;
 }
 
 py::dict named_to_dict(const std::vector<std::pair<std::string, Tensor>>& v) {
@@ -117,6 +167,25 @@ PYBIND11_MODULE(_core, m) {
     m.def("cuda_available", &cuda::available);
     m.def("cuda_device_count", &cuda::device_count);
     m.def("cuda_device_name", &cuda::device_name, py::arg("index") = 0);
+    m.def("cuda_synchronize", [] {
+        require_cuda("cuda_synchronize");
+        py::gil_scoped_release nogil;
+        cuda::synchronize();
+    });
+    m.def("cuda_memory_stats", [] {
+        cuda::MemoryStats st = cuda::memory_stats();
+        py::dict d;
+        d["in_use_bytes"] = st.in_use_bytes;
+        d["cached_bytes"] = st.cached_bytes;
+        d["peak_in_use_bytes"] = st.peak_in_use_bytes;
+        d["device_mallocs"] = st.device_mallocs;
+        d["cache_hits"] = st.cache_hits;
+        return d;
+    });
+    m.def("cuda_empty_cache", [] {
+        py::gil_scoped_release nogil;
+        cuda::empty_cache();
+    });
 
     // ---- GEMM (for tests and benchmarks) ---------------------------------------------------
     m.def(
@@ -157,11 +226,87 @@ PYBIND11_MODULE(_core, m) {
     m.def("sgemm_kernel_name", &cpu::sgemm_kernel_name);
     m.def("sgemm_force_generic", &cpu::sgemm_force_generic, py::arg("force"));
 
+    // ---- GEMM on the GPU (tests and bench/gpu_bench.py) ---------------------------------------
+    // Same arguments as sgemm; a, b and c are copied to the device and the result back. c, when
+    // given, is uploaded even with beta=0 (so a NaN-poisoned c checks that it is not read).
+    // misalign (0..3) shifts every device buffer by that many floats, to exercise the
+    // unaligned (no float4) load paths.
+    m.def(
+        "cuda_sgemm",
+        [](FArray a, FArray b, bool trans_a, bool trans_b, float alpha, float beta,
+           py::object c_obj, int misalign) {
+            require_cuda("cuda_sgemm");
+            CNN_CHECK_ARG(a.ndim() == 2 && b.ndim() == 2, "cuda_sgemm: a and b must be 2-D");
+            CNN_CHECK_ARG(misalign >= 0 && misalign < 4, "cuda_sgemm: misalign must be 0..3");
+            const int64_t M = trans_a ? a.shape(1) : a.shape(0);
+            const int64_t K = trans_a ? a.shape(0) : a.shape(1);
+            const int64_t Kb = trans_b ? b.shape(1) : b.shape(0);
+            const int64_t N = trans_b ? b.shape(0) : b.shape(1);
+            CNN_CHECK_ARG(K == Kb, "cuda_sgemm: inner dimensions differ: ", K, " and ", Kb);
+            FArray c = c_obj.is_none() ? FArray({M, N}) : FArray::ensure(c_obj);
+            CNN_CHECK_ARG(c && c.ndim() == 2 && c.shape(0) == M && c.shape(1) == N,
+                          "cuda_sgemm: c must have shape (", M, ", ", N, ")");
+            if (c_obj.is_none()) beta = 0.f;
+            auto up = [&](const FArray& arr) {
+                Tensor t({arr.size() + misalign}, Device::CUDA);
+                if (arr.size())
+                    cuda::memcpy(t.data() + misalign, arr.data(), sizeof(float) * arr.size(), 0);
+                return t;
+            };
+            Tensor da = up(a), db = up(b), dc = up(c);
+            py::array_t<float> out({M, N});
+            {
+                py::gil_scoped_release nogil;
+#ifdef CNNKIT_WITH_CUDA
+                cuda::sgemm(trans_a, trans_b, M, N, K, alpha, da.data() + misalign, a.shape(1),
+                            db.data() + misalign, b.shape(1), beta, dc.data() + misalign, N);
+#endif
+                if (M * N > 0)
+                    cuda::memcpy(out.mutable_data(), dc.data() + misalign,
+                                 sizeof(float) * M * N, 1);
+            }
+            return out;
+        },
+        py::arg("a"), py::arg("b"), py::arg("trans_a") = false, py::arg("trans_b") = false,
+        py::arg("alpha") = 1.f, py::arg("beta") = 0.f, py::arg("c") = py::none(),
+        py::arg("misalign") = 0);
+    // Median milliseconds of our GEMM on device-resident random (M,K) x (K,N) operands
+    // (CUDA events, after a warm-up), for bench/gpu_bench.py.
+    m.def(
+        "cuda_sgemm_bench",
+        [](int64_t M, int64_t N, int64_t K, int repeats, bool trans_a, bool trans_b) {
+            require_cuda("cuda_sgemm_bench");
+            CNN_CHECK_ARG(M > 0 && N > 0 && K > 0 && repeats > 0,
+                          "cuda_sgemm_bench: sizes and repeats must be positive");
+            Tensor a({M * K}, Device::CUDA), b({K * N}, Device::CUDA), c({M * N}, Device::CUDA);
+            std::mt19937 gen(1234);
+            std::uniform_real_distribution<float> dist(-1.f, 1.f);
+            for (Tensor* t : {&a, &b}) {
+                Tensor h({t->numel()});
+                for (int64_t i = 0; i < h.numel(); ++i) h.data()[i] = dist(gen);
+                t->copy_from(h);
+            }
+            std::vector<double> ms;
+            {
+                py::gil_scoped_release nogil;
+                ms = time_runs(Device::CUDA, repeats, [&] {
+#ifdef CNNKIT_WITH_CUDA
+                    cuda::sgemm(trans_a, trans_b, M, N, K, 1.f, a.data(), trans_a ? M : K,
+                                b.data(), trans_b ? K : N, 0.f, c.data(), N);
+#endif
+                });
+            }
+            std::sort(ms.begin(), ms.end());
+            return ms[ms.size() / 2];
+        },
+        py::arg("M"), py::arg("N"), py::arg("K"), py::arg("repeats") = 10,
+        py::arg("trans_a") = false, py::arg("trans_b") = false);
+
     // ---- im2col / col2im (for kernel tests) ------------------------------------------------
     m.def(
         "im2col",
         [](FArray x, std::vector<int64_t> k, std::vector<int64_t> s, std::vector<int64_t> p,
-           std::vector<int64_t> d) {
+           std::vector<int64_t> d, const std::string& device) {
             CNN_CHECK_ARG(x.ndim() == 3, "im2col: expected x of shape (C, H, W), got ",
                           shape_str(shape_of(x)));
             const int64_t C = x.shape(0), H = x.shape(1), W = x.shape(2);
@@ -169,16 +314,27 @@ PYBIND11_MODULE(_core, m) {
             const int64_t Q = conv_out_size(W, k[1], s[1], p[1], d[1]);
             CNN_CHECK_ARG(P > 0 && Q > 0, "im2col: window larger than the padded input");
             py::array_t<float> col({C * k[0] * k[1], P * Q});
+            if (parse_device(device) == Device::CUDA) {
+                require_cuda("im2col");
+                Tensor xd = to_tensor(x).to(Device::CUDA);
+                Tensor cd({C * k[0] * k[1] * P * Q}, Device::CUDA);
+#ifdef CNNKIT_WITH_CUDA
+                cuda::im2col(cd.data(), P * Q, xd.data(), C, H, W, k[0], k[1], P, Q, s[0], s[1],
+                             p[0], p[1], d[0], d[1]);
+#endif
+                cuda::memcpy(col.mutable_data(), cd.data(), sizeof(float) * cd.numel(), 1);
+                return col;
+            }
             cpu::im2col(col.mutable_data(), P * Q, x.data(), C, H, W, k[0], k[1], P, Q, s[0], s[1],
                         p[0], p[1], d[0], d[1]);
             return col;
         },
         py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
-        py::arg("dilation"));
+        py::arg("dilation"), py::arg("device") = "cpu");
     m.def(
         "col2im",
         [](FArray col, std::vector<int64_t> shape, std::vector<int64_t> k, std::vector<int64_t> s,
-           std::vector<int64_t> p, std::vector<int64_t> d) {
+           std::vector<int64_t> p, std::vector<int64_t> d, const std::string& device) {
             const int64_t C = shape[0], H = shape[1], W = shape[2];
             const int64_t P = conv_out_size(H, k[0], s[0], p[0], d[0]);
             const int64_t Q = conv_out_size(W, k[1], s[1], p[1], d[1]);
@@ -187,17 +343,28 @@ PYBIND11_MODULE(_core, m) {
                           "col2im: expected col of shape (", C * k[0] * k[1], ", ", P * Q,
                           "), got ", shape_str(shape_of(col)));
             py::array_t<float> x({C, H, W});
+            if (parse_device(device) == Device::CUDA) {
+                require_cuda("col2im");
+                Tensor cd = to_tensor(col).to(Device::CUDA);
+                Tensor xd({C * H * W}, Device::CUDA);
+#ifdef CNNKIT_WITH_CUDA
+                cuda::col2im(xd.data(), cd.data(), P * Q, C, H, W, k[0], k[1], P, Q, s[0], s[1],
+                             p[0], p[1], d[0], d[1]);
+#endif
+                cuda::memcpy(x.mutable_data(), xd.data(), sizeof(float) * xd.numel(), 1);
+                return x;
+            }
             cpu::col2im(x.mutable_data(), col.data(), P * Q, C, H, W, k[0], k[1], P, Q, s[0], s[1],
                         p[0], p[1], d[0], d[1]);
             return x;
         },
         py::arg("col"), py::arg("shape"), py::arg("kernel"), py::arg("stride"),
-        py::arg("padding"), py::arg("dilation"));
+        py::arg("padding"), py::arg("dilation"), py::arg("device") = "cpu");
 
     // ---- losses (standalone; the Net calls the same kernels) --------------------------------
     m.def(
         "softmax_cross_entropy",
-        [](FArray logits, LArray labels) {
+        [](FArray logits, LArray labels, const std::string& device) {
             CNN_CHECK_ARG(logits.ndim() == 2 && logits.shape(0) > 0 && logits.shape(1) > 0,
                           "CrossEntropyLoss: expected logits of shape (N, C), got ",
                           shape_str(shape_of(logits)));
@@ -211,23 +378,41 @@ PYBIND11_MODULE(_core, m) {
                               " at index ", n, " is out of range [0, ", C, ")");
             py::array_t<float> d({N, C});
             int64_t correct = 0;
-            double loss = cpu::softmax_cross_entropy(d.mutable_data(), &correct, logits.data(), lp,
-                                                     N, C);
+            double loss = 0.0;
+            if (parse_device(device) == Device::CUDA) {
+                require_cuda("softmax_cross_entropy");
+                Tensor z = to_tensor(logits).to(Device::CUDA);
+                Tensor dz({N, C}, Device::CUDA);
+                loss = ops::softmax_cross_entropy(&dz, &correct, z, lp);
+                cuda::memcpy(d.mutable_data(), dz.data(), sizeof(float) * N * C, 1);
+            } else {
+                loss = cpu::softmax_cross_entropy(d.mutable_data(), &correct, logits.data(), lp, N,
+                                                  C);
+            }
             return py::make_tuple(loss, correct, d);
         },
-        py::arg("logits"), py::arg("labels"));
+        py::arg("logits"), py::arg("labels"), py::arg("device") = "cpu");
     m.def(
         "mse_loss",
-        [](FArray pred, FArray target) {
+        [](FArray pred, FArray target, const std::string& device) {
             CNN_CHECK_ARG(shape_of(pred) == shape_of(target) && pred.size() > 0,
                           "MSELoss: expected target of shape ", shape_str(shape_of(pred)),
                           ", got ", shape_str(shape_of(target)));
             std::vector<py::ssize_t> shape(pred.shape(), pred.shape() + pred.ndim());
             py::array_t<float> d(shape);
-            double loss = cpu::mse_loss(d.mutable_data(), pred.data(), target.data(), pred.size());
+            double loss = 0.0;
+            if (parse_device(device) == Device::CUDA) {
+                require_cuda("mse_loss");
+                Tensor pt = to_tensor(pred).to(Device::CUDA), tt = to_tensor(target).to(Device::CUDA);
+                Tensor dp(pt.shape(), Device::CUDA);
+                loss = ops::mse_loss(&dp, pt, tt);
+                cuda::memcpy(d.mutable_data(), dp.data(), sizeof(float) * dp.numel(), 1);
+            } else {
+                loss = cpu::mse_loss(d.mutable_data(), pred.data(), target.data(), pred.size());
+            }
             return py::make_tuple(loss, d);
         },
-        py::arg("pred"), py::arg("target"));
+        py::arg("pred"), py::arg("target"), py::arg("device") = "cpu");
 
     // ---- layers ---------------------------------------------------------------------------
     py::class_<nn::Layer, nn::LayerPtr>(m, "Layer")
@@ -270,14 +455,16 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("device",
                                [](nn::Net& n) { return std::string(device_name(n.device())); })
         .def("to", [](nn::Net& n, const std::string& d) {
-            std::lock_guard<std::mutex> lock(n.mutex());
-            n.to(parse_device(d));
+            Device dev = parse_device(d);
+            NetLock lock(n);
+            n.to(dev);
         })
         .def("shapes", &nn::Net::shapes, py::arg("input_shape"))
         .def("state_dict",
              [](nn::Net& n) {
-                 py::dict d = named_to_dict(n.named_params());
-                 for (auto item : named_to_dict(n.named_buffers())) d[item.first] = item.second;
+                 py::dict d = named_to_dict(snapshot(n, &nn::Net::named_params));
+                 for (auto item : named_to_dict(snapshot(n, &nn::Net::named_buffers)))
+                     d[item.first] = item.second;
                  return d;
              })
         .def("param_names",
@@ -292,53 +479,65 @@ PYBIND11_MODULE(_core, m) {
                  for (auto& e : n.named_buffers()) v.push_back(e.first);
                  return v;
              })
-        .def("grad_dict", [](nn::Net& n) { return named_to_dict(n.named_grads()); })
+        .def("grad_dict",
+             [](nn::Net& n) { return named_to_dict(snapshot(n, &nn::Net::named_grads)); })
         .def("set_tensor",
              [](nn::Net& n, const std::string& name, FArray value) {
-                 std::lock_guard<std::mutex> lock(n.mutex());
+                 Tensor v = to_tensor(value);
+                 NetLock lock(n);
                  auto all = n.named_params();
                  for (auto& b : n.named_buffers()) all.push_back(b);
                  for (auto& e : all) {
                      if (e.first != name) continue;
-                     CNN_CHECK_ARG(shape_of(value) == e.second.shape(), "load_state_dict: '", name,
+                     CNN_CHECK_ARG(v.shape() == e.second.shape(), "load_state_dict: '", name,
                                    "' expects shape ", shape_str(e.second.shape()), ", got ",
-                                   shape_str(shape_of(value)));
-                     e.second.copy_from(to_tensor(value));
+                                   shape_str(v.shape()));
+                     e.second.copy_from(v);
                      return;
                  }
                  throw ValueError(str_cat("load_state_dict: unexpected key '", name, "'"));
              })
-        .def("flat_params", [](nn::Net& n) { return to_numpy(n.flat_params()); })
+        .def("flat_params",
+             [](nn::Net& n) {
+                 Tensor host;
+                 {
+                     NetLock lock(n);
+                     host = n.flat_params().to(Device::CPU);
+                 }
+                 return to_numpy(host);
+             })
         .def("set_flat_params",
              [](nn::Net& n, FArray v) {
-                 std::lock_guard<std::mutex> lock(n.mutex());
-                 CNN_CHECK_ARG(v.ndim() == 1 && v.shape(0) == n.flat_params().numel(),
+                 Tensor t = to_tensor(v);
+                 NetLock lock(n);
+                 CNN_CHECK_ARG(t.dim() == 1 && t.numel() == n.flat_params().numel(),
                                "set_flat_params: wrong size");
-                 n.flat_params().copy_from(to_tensor(v));
+                 n.flat_params().copy_from(t);
              })
         .def("zero_grad", [](nn::Net& n) {
-            std::lock_guard<std::mutex> lock(n.mutex());
+            NetLock lock(n);
             n.zero_grad();
         })
         .def(
             "forward",
             [](nn::Net& n, FArray x, bool training) {
-                Tensor xt = to_tensor(x);
-                py::gil_scoped_release nogil;
-                std::lock_guard<std::mutex> lock(n.mutex());
-                Tensor y = n.forward(xt, training);
-                py::gil_scoped_acquire gil;
+                Tensor xt = to_tensor(x), y;
+                {
+                    NetLock lock(n);
+                    y = n.forward(xt, training).to(Device::CPU);  // copy out of the arena
+                }
                 return to_numpy(y);
             },
             py::arg("x"), py::arg("training") = false)
         .def(
             "backward",
             [](nn::Net& n, FArray dy, bool need_dx) -> py::object {
-                Tensor d = to_tensor(dy);
-                py::gil_scoped_release nogil;
-                std::lock_guard<std::mutex> lock(n.mutex());
-                Tensor dx = n.backward(d, need_dx);
-                py::gil_scoped_acquire gil;
+                Tensor d = to_tensor(dy), dx;
+                {
+                    NetLock lock(n);
+                    dx = n.backward(d, need_dx);
+                    if (need_dx) dx = dx.to(Device::CPU);
+                }
                 if (!need_dx) return py::none();
                 return to_numpy(dx);
             },
@@ -371,8 +570,9 @@ PYBIND11_MODULE(_core, m) {
                     for (const char* kk : known) ok = ok || k == kk;
                     CNN_CHECK_ARG(ok, kind, ": unknown hyper-parameter '", k, "'");
                 }
-                std::lock_guard<std::mutex> lock(n.mutex());
-                n.set_optimizer(std::make_shared<nn::Optimizer>(c));
+                auto opt = std::make_shared<nn::Optimizer>(c);
+                NetLock lock(n);
+                n.set_optimizer(opt);
             },
             py::arg("kind"), py::arg("hyper"))
         .def("optimizer_step",
@@ -403,10 +603,17 @@ PYBIND11_MODULE(_core, m) {
              [](nn::Net& n) {
                  CNN_CHECK_ARG(n.optimizer(), "optimizer_state: no optimizer set");
                  auto opt = n.optimizer();
+                 int64_t step = 0;
+                 std::vector<std::string> names;
+                 std::vector<Tensor> st;
+                 {
+                     NetLock lock(n);
+                     step = opt->step_count();
+                     names = opt->state_names();
+                     for (const Tensor& t : opt->state()) st.push_back(t.to(Device::CPU));
+                 }
                  py::dict d;
-                 d["step"] = opt->step_count();
-                 auto names = opt->state_names();
-                 auto& st = opt->state();
+                 d["step"] = step;
                  for (size_t i = 0; i < st.size() && i < names.size(); ++i)
                      d[py::str(names[i])] = to_numpy(st[i]);
                  return d;
@@ -414,15 +621,17 @@ PYBIND11_MODULE(_core, m) {
         .def("set_optimizer_state",
              [](nn::Net& n, int64_t step, std::vector<FArray> state) {
                  CNN_CHECK_ARG(n.optimizer(), "set_optimizer_state: no optimizer set");
-                 std::lock_guard<std::mutex> lock(n.mutex());
+                 std::vector<Tensor> host;
+                 for (auto& a : state) host.push_back(to_tensor(a));
+                 NetLock lock(n);
                  auto opt = n.optimizer();
                  std::vector<Tensor> ts;
-                 for (auto& a : state) {
-                     CNN_CHECK_ARG(a.ndim() == 1 && a.shape(0) == n.flat_params().numel(),
+                 for (auto& a : host) {
+                     CNN_CHECK_ARG(a.dim() == 1 && a.numel() == n.flat_params().numel(),
                                    "optimizer state: expected buffers of ",
                                    n.flat_params().numel(), " floats, got ",
-                                   shape_str(shape_of(a)));
-                     ts.push_back(to_tensor(a).to(n.device()));
+                                   shape_str(a.shape()));
+                     ts.push_back(a.to(n.device()));
                  }
                  if (!ts.empty()) opt->set_state(ts);
                  opt->set_step_count(step);
@@ -459,6 +668,30 @@ PYBIND11_MODULE(_core, m) {
                 return py::make_tuple(r.loss, r.correct);
             },
             py::arg("x"), py::arg("y"))
+        // Benchmarks (bench/gpu_bench.py): x (and the targets) are put on the Net's device once,
+        // so only the compute is timed; one warm-up run, then the ms of each of `repeats` runs.
+        .def(
+            "time_forward",
+            [](nn::Net& n, FArray x, int repeats, bool training) {
+                Tensor xt = to_tensor(x).to(n.device());
+                NetLock lock(n);
+                return time_runs(n.device(), repeats, [&] { n.forward(xt, training); });
+            },
+            py::arg("x"), py::arg("repeats") = 10, py::arg("training") = false)
+        .def(
+            "time_train_step",
+            [](nn::Net& n, FArray x, py::array y, int repeats) {
+                Tensor xt = to_tensor(x).to(n.device());
+                CNN_CHECK_ARG(xt.dim() >= 1, "time_train_step: x must have a batch dimension");
+                Targets t = make_targets(n, y, xt.size(0));
+                if (t.has_target) t.target = t.target.to(n.device());
+                const int64_t* lp = t.has_labels ? t.labels.data() : nullptr;
+                NetLock lock(n);
+                return time_runs(n.device(), repeats, [&] {
+                    n.train_step(xt, lp, t.has_target ? &t.target : nullptr);
+                });
+            },
+            py::arg("x"), py::arg("y"), py::arg("repeats") = 10)
         .def("rng_state", [](nn::Net& n) { return py::make_tuple(n.rng_seed(), n.rng_counter()); })
         .def("set_rng", &nn::Net::set_rng, py::arg("seed"), py::arg("counter"));
 }

@@ -23,6 +23,31 @@ CNN_HD int64_t conv_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad,
     return span < 0 ? 0 : span / stride + 1;
 }
 
+// 1x1, stride 1, no padding, one group: the convolution is a plain GEMM per image.
+CNN_HD bool conv_is_pointwise(const ConvGeom& g) {
+    return g.R == 1 && g.S == 1 && g.stride_h == 1 && g.stride_w == 1 && g.pad_h == 0 &&
+           g.pad_w == 0 && g.groups == 1;
+}
+
+// One input channel per group (depthwise, possibly with a channel multiplier).
+CNN_HD bool conv_is_depthwise(const ConvGeom& g) { return g.groups > 1 && g.C == g.groups; }
+
+// Input coordinate read by output o through tap k along one axis (may fall in the padding).
+template <typename I>
+CNN_HD I conv_in_coord(I o, I k, I stride, I pad, I dil) {
+    return o * stride - pad + k * dil;
+}
+
+// The output o (in [0, out)) that reads input coordinate x through tap k, if there is one:
+// the inverse of conv_in_coord, used by the gather form of col2im and depthwise backward.
+template <typename I>
+CNN_HD bool conv_out_of_tap(I x, I k, I stride, I pad, I dil, I out, I& o) {
+    I t = x + pad - k * dil;
+    if (t < 0 || t % stride != 0) return false;
+    o = t / stride;
+    return o < out;
+}
+
 // Pooling geometry. x is (N,C,H,W), y is (N,C,P,Q).
 struct PoolGeom {
     int64_t N, C, H, W;
@@ -39,6 +64,18 @@ CNN_HD int64_t pool_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad,
     int64_t out = (ceil_mode ? (span + stride - 1) / stride : span / stride) + 1;
     if (ceil_mode && (out - 1) * stride >= in + pad) --out;
     return out;
+}
+
+// Outputs [o0, o1) whose window [o*stride - pad, o*stride - pad + k) covers input coordinate
+// x along one axis (empty when o0 >= o1): the gather form of pooling backward.
+CNN_HD void pool_windows_covering(int64_t x, int64_t k, int64_t stride, int64_t pad, int64_t out,
+                                  int64_t& o0, int64_t& o1) {
+    // o*stride <= x + pad  and  o*stride > x + pad - k
+    int64_t hi = x + pad;          // >= 0: last o with o*stride <= hi
+    int64_t lo = x + pad - k + 1;  // first o with o*stride >= lo
+    o0 = lo <= 0 ? 0 : (lo + stride - 1) / stride;
+    o1 = hi / stride + 1;
+    if (o1 > out) o1 = out;
 }
 
 // Average-pool divisor for output (p,q): window clipped to the padded input when counting

@@ -3,7 +3,10 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <functional>
 #include <string>
+#include <vector>
 
 namespace cnnkit {
 
@@ -21,9 +24,30 @@ int device_count();
 std::string device_name(int index);
 void* malloc_device(size_t bytes);
 void free_device(void* p);
-// kind: 0 host->device, 1 device->host, 2 device->device
+// kind: 0 host->device, 1 device->host, 2 device->device. All copies run in order on cnnkit's
+// one CUDA stream; host->device goes through pinned staging buffers (the source may be reused
+// as soon as this returns), device->host waits for the stream (the data is there on return).
 void memcpy(void* dst, const void* src, size_t bytes, int kind);
 void memset_zero(void* p, size_t bytes);
+// Wait until every kernel and copy cnnkit has queued has finished (and surface its errors).
+void synchronize();
+
+// The caching device allocator: freed blocks are kept in size-bucketed free lists and reused
+// instead of cudaFree/cudaMalloc every step.
+struct MemoryStats {
+    int64_t in_use_bytes = 0;       // handed out and not yet freed
+    int64_t cached_bytes = 0;       // freed, kept for reuse
+    int64_t peak_in_use_bytes = 0;
+    int64_t device_mallocs = 0;     // cudaMalloc calls so far
+    int64_t cache_hits = 0;         // allocations served from the free lists
+};
+MemoryStats memory_stats();
+// Return every cached (free) block to the driver.
+void empty_cache();
+
+// Benchmark helper: runs fn `repeats` times, each between two CUDA events on cnnkit's stream;
+// returns the milliseconds of each run (the caller warms up first).
+std::vector<double> time_ms(const std::function<void()>& fn, int repeats);
 }  // namespace cuda
 
 }  // namespace cnnkit

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <new>
 
+#include "core/common.h"
 #include "core/runtime.h"
 
 namespace cnnkit {
@@ -20,8 +21,8 @@ namespace cpu {
 
 namespace gemm_avx2 {
 bool compiled();
-void ukernel_6x16(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
-                  float alpha, float beta);
+void ukernel_6x16(int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
+                  int64_t ldc, float alpha, float beta);
 void pack_a(bool trans, const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t k0,
             int64_t kc, float* out);
 void pack_b(bool trans, const float* B, int64_t ldb, int64_t j0, int64_t nc, int64_t k0,
@@ -46,10 +47,18 @@ constexpr int kNR = 16;   // micro-tile columns (B micro-panel width)
 constexpr int64_t kKCMax = CNNKIT_GEMM_KC;  // packed depth: B micro-panel (KC x NR) in L1
 constexpr int64_t kMCMax = CNNKIT_GEMM_MC;  // A block (MC x KC) in L2
 constexpr int64_t kNCMax = CNNKIT_GEMM_NC;  // B block (KC x NC) in L3
+#ifndef CNNKIT_GEMM_NCS
+#define CNNKIT_GEMM_NCS 512
+#endif
+constexpr int64_t kNCSingle = CNNKIT_GEMM_NCS;
+#ifndef CNNKIT_GEMM_DIRECT
+#define CNNKIT_GEMM_DIRECT 24
+#endif
+constexpr int64_t kDirectBRows = CNNKIT_GEMM_DIRECT;
 constexpr int64_t kMinWorkPerThread = 64 * 1024;  // M*N*K below this per thread: fewer threads
 
-using UKernel = void (*)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
-                         float alpha, float beta);
+using UKernel = void (*)(int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
+                         int64_t ldc, float alpha, float beta);
 using PackFn = void (*)(bool trans, const float* X, int64_t ldx, int64_t r0, int64_t rows,
                         int64_t k0, int64_t kc, float* out);
 
@@ -60,23 +69,32 @@ int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
 // ---- portable micro-kernel ------------------------------------------------------------------
 
-// Same contract as gemm_avx2::ukernel_6x16: c[0:MR, 0:NR] = alpha * a.b + beta * c.
-void ukernel_generic(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
-                     float alpha, float beta) {
-    float acc[kMR][kNR] = {};
-    for (int64_t k = 0; k < kc; ++k) {
-        const float* bk = b + k * kNR;
-        for (int i = 0; i < kMR; ++i) {
-            const float ai = a[k * kMR + i];
-            for (int j = 0; j < kNR; ++j) acc[i][j] += ai * bk[j];
+// Same contract as gemm_avx2::ukernel_6x16: c[0:MR, 0:NR] = alpha * a.b + beta * c, where a
+// is a packed kc x MR panel and b holds kc rows of NR floats, ldb apart.
+// Two passes of 8 columns keep the 6x8 accumulators in registers (SSE2 at baseline x86-64);
+// the unroll pragmas make GCC vectorize along j instead of shuffling across rows.
+void ukernel_generic(int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
+                     int64_t ldc, float alpha, float beta) {
+    constexpr int kHalf = kNR / 2;
+    for (int h = 0; h < 2; ++h) {
+        float acc[kMR][kHalf] = {};
+        for (int64_t k = 0; k < kc; ++k) {
+            const float* ak = a + k * kMR;
+            const float* bk = b + k * ldb + h * kHalf;
+#pragma GCC unroll 6
+            for (int i = 0; i < kMR; ++i) {
+                const float ai = ak[i];
+#pragma GCC unroll 8
+                for (int j = 0; j < kHalf; ++j) acc[i][j] += ai * bk[j];
+            }
         }
-    }
-    for (int i = 0; i < kMR; ++i) {
-        float* ci = c + i * ldc;
-        if (beta == 0.f) {
-            for (int j = 0; j < kNR; ++j) ci[j] = alpha * acc[i][j];
-        } else {
-            for (int j = 0; j < kNR; ++j) ci[j] = alpha * acc[i][j] + beta * ci[j];
+        for (int i = 0; i < kMR; ++i) {
+            float* ci = c + i * ldc + h * kHalf;
+            if (beta == 0.f) {
+                for (int j = 0; j < kHalf; ++j) ci[j] = alpha * acc[i][j];
+            } else {
+                for (int j = 0; j < kHalf; ++j) ci[j] = alpha * acc[i][j] + beta * ci[j];
+            }
         }
     }
 }
@@ -147,37 +165,47 @@ class PackBuffer {
     size_t cap_ = 0;
 };
 
-PackBuffer& a_buffer() {
-    thread_local PackBuffer buf;
-    return buf;
-}
-PackBuffer& b_buffer() {
+// The calling thread's buffer; OpenMP workers use slices of it, so concurrent callers (and
+// nested calls from inside parallel regions) never share one.
+PackBuffer& pack_buffer() {
     thread_local PackBuffer buf;
     return buf;
 }
 
 // ---- macro-kernel ---------------------------------------------------------------------------
 
-// C[0:mc, 0:nc] (row stride ldc) = alpha * packedA . packedB + beta * C over one kc block.
+// Where the macro-kernel finds the NR-column panels of B: packed (panels kc x NR, one after
+// another), or read in place from row-major B (rows ldb apart) with only a partial last panel
+// packed (`edge`) so the kernel never reads past N.
+struct BPanels {
+    const float* base;
+    int64_t panel_step;  // floats from one panel to the next
+    int64_t row_step;    // floats from one k row of a panel to the next
+    const float* edge;   // packed last panel when it is partial (in-place B), else nullptr
+};
+
+// C[0:mc, 0:nc] (row stride ldc) = alpha * packedA . B + beta * C over one kc block.
 void macro_kernel(UKernel uk, int64_t mc, int64_t nc, int64_t kc, const float* pa,
-                  const float* pb, float* C, int64_t ldc, float alpha, float beta) {
+                  const BPanels& pb, float* C, int64_t ldc, float alpha, float beta) {
     alignas(64) float tile[kMR * kNR];
     for (int64_t jr = 0; jr < nc; jr += kNR) {
         const int64_t n = std::min<int64_t>(kNR, nc - jr);
-        const float* b = pb + jr * kc;
+        const bool edge = n < kNR && pb.edge;
+        const float* b = edge ? pb.edge : pb.base + jr / kNR * pb.panel_step;
+        const int64_t ldb = edge ? kNR : pb.row_step;
         for (int64_t ir = 0; ir < mc; ir += kMR) {
             const int64_t m = std::min<int64_t>(kMR, mc - ir);
             const float* a = pa + ir * kc;
             float* c = C + ir * ldc + jr;
             if (m == kMR && n == kNR) {
-                uk(kc, a, b, c, ldc, alpha, beta);
+                uk(kc, a, b, ldb, c, ldc, alpha, beta);
                 continue;
             }
             // Edge tile: same kernel on a full scratch tile, so the arithmetic is identical.
             if (beta != 0.f)
                 for (int64_t i = 0; i < m; ++i)
                     std::memcpy(tile + i * kNR, c + i * ldc, n * sizeof(float));
-            uk(kc, a, b, tile, kNR, alpha, beta);
+            uk(kc, a, b, ldb, tile, kNR, alpha, beta);
             for (int64_t i = 0; i < m; ++i)
                 std::memcpy(c + i * ldc, tile + i * kNR, n * sizeof(float));
         }
@@ -208,7 +236,8 @@ struct Plan {
     int64_t nc = 0;          // B block width per column group
     int64_t mc = 0;          // A block height
     int64_t n_chunks = 0;    // NC chunks per column group (same for every group)
-    int64_t b_floats = 0;    // floats of one packed B block
+    int64_t b_floats = 0;    // floats of one packed B block (one panel when direct_b)
+    bool direct_b = false;   // kernel reads B in place (few A panels per thread to reuse it)
 };
 
 // Split `panels` micro-panels among `parts`: [first, last) panel of part `idx`.
@@ -226,11 +255,16 @@ Plan make_plan(const Problem& p, int nt) {
         if (nt % tn) continue;
         const int tm = nt / tn;
         const int64_t rows = ceil_div(mp, tm) * kMR, cols = ceil_div(np, tn) * kNR;
-        const int64_t nc = std::min<int64_t>(kNCMax, cols);
+        // A single A block per thread uses each B panel once: keep the B block in L2 then.
+        const int64_t nc_max = rows <= kMCMax ? kNCSingle : kNCMax;
+        const int64_t nc = round_up(ceil_div(cols, ceil_div(cols, nc_max)), kNR);
         // Rough cycle model: 16 MACs/cycle, ~1 cycle per packed float, a few us per barrier.
         double cost = double(rows) * cols * p.K / 16.0;
         cost += double(rows) * p.K * ceil_div(cols, nc) + double(cols) * p.K / tm;
         if (tm > 1) cost += 5000.0 * ceil_div(cols, nc) * ceil_div(p.K, p.kc);
+#ifdef CNNKIT_GEMM_FORCE_TN
+        if (tn == CNNKIT_GEMM_FORCE_TN) cost = -1e30;
+#endif
         if (best_cost < 0 || cost < best_cost) {
             best_cost = cost;
             best.tm = tm;
@@ -242,7 +276,8 @@ Plan make_plan(const Problem& p, int nt) {
     const int64_t mblocks = ceil_div(rows, kMCMax);
     best.mc = round_up(ceil_div(rows, mblocks), kMR);
     best.n_chunks = ceil_div(ceil_div(np, best.tn) * kNR, best.nc);
-    best.b_floats = p.kc * best.nc;
+    best.direct_b = !p.trans_b && rows <= kDirectBRows;
+    best.b_floats = p.kc * (best.direct_b ? kNR : best.nc);
     return best;
 }
 
@@ -255,7 +290,7 @@ void run_thread(const Problem& p, const Plan& plan, int tid, float* bbuf, float*
     split_panels(ceil_div(p.N, kNR), plan.tn, in, &pn0, &pn1);
     const int64_t m0 = pm0 * kMR, m1 = std::min(p.M, pm1 * kMR);
     const int64_t n0 = pn0 * kNR, n1 = std::min(p.N, pn1 * kNR);
-    const bool shared = plan.tm > 1;
+    const bool shared = plan.tm > 1 && !plan.direct_b;
 
     int64_t iter = 0;
     for (int64_t chunk = 0; chunk < plan.n_chunks; ++chunk) {
@@ -263,24 +298,35 @@ void run_thread(const Problem& p, const Plan& plan, int tid, float* bbuf, float*
         const int64_t nc = std::max<int64_t>(0, std::min(plan.nc, n1 - j0));
         for (int64_t k0 = 0; k0 < p.K; k0 += p.kc, ++iter) {
             const int64_t kc = std::min(p.kc, p.K - k0);
-            float* pb = bbuf + (shared ? (2 * in + (iter & 1)) : in) * plan.b_floats;
-            if (shared) {
+            BPanels panels{nullptr, kNR * kc, kNR, nullptr};
+            if (plan.direct_b) {
+                // B in place; only a partial last panel is packed (into this thread's slot).
+                float* edge = bbuf + tid * plan.b_floats;
+                const int64_t full = nc / kNR * kNR;
+                if (full < nc) p.pack_b(false, p.B, p.ldb, j0 + full, nc - full, k0, kc, edge);
+                panels = BPanels{p.B + k0 * p.ldb + j0, kNR, p.ldb, full < nc ? edge : nullptr};
+            } else if (shared) {
                 // Column-group members pack disjoint panel ranges of the block, then sync.
+                float* pb = bbuf + (2 * in + (iter & 1)) * plan.b_floats;
                 int64_t q0, q1;
                 split_panels(ceil_div(nc, kNR), plan.tm, im, &q0, &q1);
                 const int64_t w = std::min(nc, q1 * kNR) - q0 * kNR;
-                if (w > 0) p.pack_b(p.trans_b, p.B, p.ldb, j0 + q0 * kNR, w, k0, kc, pb + q0 * kNR * kc);
+                if (w > 0)
+                    p.pack_b(p.trans_b, p.B, p.ldb, j0 + q0 * kNR, w, k0, kc, pb + q0 * kNR * kc);
+                panels.base = pb;
 #pragma omp barrier
-            } else if (nc > 0) {
-                p.pack_b(p.trans_b, p.B, p.ldb, j0, nc, k0, kc, pb);
+            } else {
+                float* pb = bbuf + in * plan.b_floats;
+                if (nc > 0) p.pack_b(p.trans_b, p.B, p.ldb, j0, nc, k0, kc, pb);
+                panels.base = pb;
             }
             if (nc == 0) continue;
             const float beta = k0 == 0 ? p.beta : 1.f;
             for (int64_t i0 = m0; i0 < m1; i0 += plan.mc) {
                 const int64_t mc = std::min(plan.mc, m1 - i0);
                 p.pack_a(p.trans_a, p.A, p.lda, i0, mc, k0, kc, abuf);
-                macro_kernel(p.uk, mc, nc, kc, abuf, pb, p.C + i0 * p.ldc + j0, p.ldc, p.alpha,
-                             beta);
+                macro_kernel(p.uk, mc, nc, kc, abuf, panels, p.C + i0 * p.ldc + j0, p.ldc,
+                             p.alpha, beta);
             }
         }
     }
@@ -299,6 +345,34 @@ void scale_c(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
     }
 }
 
+// Runs the whole problem on a team of nt threads; false (nothing done) when the OpenMP runtime
+// provides fewer threads than that.
+bool run_team(const Problem& p, int nt) {
+    // All packing space comes from this thread's buffer: the B block(s), then one A block per
+    // thread, each 64-byte aligned.
+    const Plan plan = make_plan(p, nt);
+    const int64_t b_slots = plan.direct_b ? nt : plan.tm > 1 ? 2 * plan.tn : plan.tn;
+    const int64_t b_floats = round_up(b_slots * plan.b_floats, 16);
+    const int64_t a_floats = round_up(plan.mc * p.kc, 16);
+    float* buf = pack_buffer().get(b_floats + nt * a_floats);
+    if (!buf) throw std::bad_alloc();
+    float* abuf = buf + b_floats;
+    if (nt == 1) {
+        run_thread(p, plan, 0, buf, abuf);
+        return true;
+    }
+    bool complete = true;
+#pragma omp parallel num_threads(nt)
+    {
+        const int tid = omp_get_thread_num();
+        if (omp_get_num_threads() == nt)
+            run_thread(p, plan, tid, buf, abuf + tid * a_floats);
+        else if (tid == 0)
+            complete = false;
+    }
+    return complete;
+}
+
 }  // namespace
 
 // ---- public API -----------------------------------------------------------------------------
@@ -306,8 +380,12 @@ void scale_c(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
 void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
            const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
            int64_t ldc) {
-    if (M <= 0 || N <= 0) return;
-    if (K <= 0 || alpha == 0.f) {
+    CNN_CHECK_ARG(M >= 0 && N >= 0 && K >= 0, "sgemm: negative size M=", M, " N=", N, " K=", K);
+    CNN_CHECK_ARG(lda >= (trans_a ? M : K) && ldb >= (trans_b ? K : N) && ldc >= N,
+                  "sgemm: leading dimension too small (lda=", lda, " ldb=", ldb, " ldc=", ldc,
+                  " for M=", M, " N=", N, " K=", K, ")");
+    if (M == 0 || N == 0) return;
+    if (K == 0 || alpha == 0.f) {
         scale_c(M, N, beta, C, ldc);
         return;
     }
@@ -324,36 +402,7 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
     nt = static_cast<int>(std::min<double>(nt, std::max(1.0, work / kMinWorkPerThread)));
     nt = static_cast<int>(std::min<int64_t>(nt, ceil_div(M, kMR) * ceil_div(N, kNR)));
 
-    Plan plan = make_plan(p, nt);
-    const int64_t groups_bufs = plan.tm > 1 ? 2 * plan.tn : plan.tn;
-    float* bbuf = b_buffer().get(groups_bufs * plan.b_floats);
-    if (!bbuf) throw std::bad_alloc();
-    const int64_t a_floats = plan.mc * p.kc;
-
-    if (nt == 1) {
-        float* abuf = a_buffer().get(a_floats);
-        if (!abuf) throw std::bad_alloc();
-        run_thread(p, plan, 0, bbuf, abuf);
-        return;
-    }
-    std::atomic<bool> alloc_failed{false}, short_team{false};
-#pragma omp parallel num_threads(nt)
-    {
-        float* abuf = a_buffer().get(a_floats);
-        if (!abuf) alloc_failed = true;
-        if (omp_get_num_threads() != nt) short_team = true;
-#pragma omp barrier
-        if (!alloc_failed && !short_team) run_thread(p, plan, omp_get_thread_num(), bbuf, abuf);
-    }
-    if (alloc_failed) throw std::bad_alloc();
-    if (short_team) {
-        // The runtime gave us fewer threads than asked: do it all on this thread.
-        plan = make_plan(p, 1);
-        bbuf = b_buffer().get(plan.b_floats);
-        float* abuf = a_buffer().get(plan.mc * p.kc);
-        if (!bbuf || !abuf) throw std::bad_alloc();
-        run_thread(p, plan, 0, bbuf, abuf);
-    }
+    if (!run_team(p, nt)) run_team(p, 1);  // the runtime gave us fewer threads than asked
 }
 
 const char* sgemm_kernel_name() { return use_avx2() ? "avx2-fma" : "generic"; }

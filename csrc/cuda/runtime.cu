@@ -1,61 +1,348 @@
-// CUDA runtime entry points: device discovery and memory. Every call checked; failures throw
-// cnnkit::RuntimeError with the call and location (never exit()).
-#include <cuda_runtime.h>
+// CUDA runtime entry points: device discovery, cnnkit's one stream, the caching device
+// allocator, pinned staging for host->device copies, and launch checking. Every call checked;
+// failures throw cnnkit::RuntimeError with the call and location (never exit()).
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
 
-#include "core/common.h"
-#include "core/runtime.h"
-
-#define CNN_CUDA_CHECK(call)                                                                 \
-    do {                                                                                     \
-        cudaError_t err_ = (call);                                                           \
-        if (err_ != cudaSuccess)                                                             \
-            throw ::cnnkit::RuntimeError(::cnnkit::str_cat("CUDA error in ", #call, ": ",    \
-                                                           cudaGetErrorString(err_), " [",   \
-                                                           __FILE__, ":", __LINE__, "]"));   \
-    } while (0)
+#include "cuda/common.cuh"
 
 namespace cnnkit {
 namespace cuda {
 
+// ---- devices --------------------------------------------------------------------------------
+
 int device_count() {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess) {
-        cudaGetLastError();  // clear the sticky "no driver" error
-        return 0;
-    }
+    static const int n = [] {
+        int c = 0;
+        if (cudaGetDeviceCount(&c) != cudaSuccess) {
+            (void)cudaGetLastError();  // clear the "no driver / no device" error
+            return 0;
+        }
+        return c;
+    }();
     return n;
 }
 
 bool available() { return device_count() > 0; }
 
 std::string device_name(int index) {
+    CNN_CHECK_ARG(index >= 0 && index < device_count(), "cuda_device_name: no CUDA device ",
+                  index, " (", device_count(), " present)");
     cudaDeviceProp prop;
     CNN_CUDA_CHECK(cudaGetDeviceProperties(&prop, index));
     return prop.name;
 }
 
-void* malloc_device(size_t bytes) {
-    CNN_CHECK(available(), "CUDA requested but no CUDA device is available");
-    void* p = nullptr;
-    cudaError_t err = cudaMalloc(&p, bytes);
-    if (err != cudaSuccess) {
-        cudaGetLastError();
-        throw RuntimeError(str_cat("CUDA out of memory: cudaMalloc of ", bytes,
-                                   " bytes failed: ", cudaGetErrorString(err)));
+namespace {
+
+void require_device() {
+    if (!available())
+        throw RuntimeError("CUDA requested but no CUDA device is available");
+}
+
+}  // namespace
+
+// ---- the stream -----------------------------------------------------------------------------
+
+// One stream for all of cnnkit: kernels, copies and the allocator's reuse are ordered on it,
+// so a freed block can be handed out again at once. It is a blocking stream, so work other code
+// puts on the legacy default stream is still ordered with ours.
+cudaStream_t stream() {
+    static cudaStream_t s = [] {
+        require_device();
+        cudaStream_t st = nullptr;
+        CNN_CUDA_CHECK(cudaStreamCreate(&st));
+        return st;
+    }();
+    return s;
+}
+
+void synchronize() {
+    if (!available()) return;
+    CNN_CUDA_CHECK(cudaStreamSynchronize(stream()));
+}
+
+int64_t max_grid() {
+#if defined(CNNKIT_CUDA_EMULATION)
+    return ::cuda_emu::max_grid();
+#else
+    return int64_t(65535) * 4;
+#endif
+}
+
+void check_launch(const char* what, const char* file, int line) {
+    static const bool blocking = [] {
+        const char* e = std::getenv("CNNKIT_CUDA_LAUNCH_BLOCKING");
+        return e && e[0] == '1';
+    }();
+    cudaError_t err = cudaGetLastError();
+    if (err == cudaSuccess && blocking) err = cudaStreamSynchronize(stream());
+    if (err == cudaSuccess) return;
+    // the kernel's name: `what` is "kernel<...>, arg, arg": keep up to the first top-level comma
+    std::string name(what);
+    int depth = 0;
+    for (size_t i = 0; i < name.size(); ++i) {
+        char c = name[i];
+        if (c == '<' || c == '(') ++depth;
+        if (c == '>' || c == ')') --depth;
+        if (c == ',' && depth == 0) {
+            name.resize(i);
+            break;
+        }
     }
+    const char* hint =
+        err == cudaErrorNoKernelImageForDevice
+            ? "; cnnkit was not compiled for this GPU: reinstall with "
+              "-Ccmake.define.CNNKIT_CUDA_ARCHITECTURES=native (or the GPU's compute capability)"
+            : "";
+    throw RuntimeError(str_cat("CUDA error in kernel launch ", name, ": ", cudaGetErrorName(err),
+                               " (", cudaGetErrorString(err), ")", hint, " [", file, ":", line,
+                               "]"));
+}
+
+// ---- caching allocator ----------------------------------------------------------------------
+
+namespace {
+
+constexpr size_t kSmallLimit = size_t(1) << 20;  // up to 1 MiB: 512-byte buckets
+constexpr size_t kSmallRound = 512;
+constexpr size_t kLargeRound = size_t(2) << 20;  // above: 2 MiB buckets
+
+size_t bucket_size(size_t bytes) {
+    if (bytes == 0) bytes = 1;
+    const size_t r = bytes <= kSmallLimit ? kSmallRound : kLargeRound;
+    return (bytes + r - 1) / r * r;
+}
+
+struct Allocator {
+    std::mutex mu;
+    std::map<size_t, std::vector<void*>> free_blocks;  // bucket size -> cached blocks
+    std::unordered_map<void*, size_t> live;            // handed-out block -> its size
+    MemoryStats stats;
+
+    // Caller holds mu. Frees every cached block (after the stream has drained).
+    void release_cached() {
+        if (free_blocks.empty()) return;
+        CNN_CUDA_CHECK(cudaStreamSynchronize(stream()));
+        for (auto& e : free_blocks)
+            for (void* p : e.second) CNN_CUDA_CHECK(cudaFree(p));
+        free_blocks.clear();
+        stats.cached_bytes = 0;
+    }
+};
+
+// Never destroyed: Tensors owned by Python objects may be freed after static destructors ran.
+Allocator& allocator() {
+    static Allocator* a = new Allocator();
+    return *a;
+}
+
+// CNNKIT_CUDA_NO_CACHE=1: exact-size cudaMalloc and an immediate cudaFree, so that
+// compute-sanitizer sees every buffer's true bounds (bench/gpu_check.sh sets it for memcheck).
+bool no_cache() {
+    static const bool v = [] {
+        const char* e = std::getenv("CNNKIT_CUDA_NO_CACHE");
+        return e && e[0] == '1';
+    }();
+    return v;
+}
+
+}  // namespace
+
+void* malloc_device(size_t bytes) {
+    require_device();
+    const size_t size = no_cache() ? std::max<size_t>(bytes, 1) : bucket_size(bytes);
+    Allocator& a = allocator();
+    std::lock_guard<std::mutex> lock(a.mu);
+    // Best fit among cached blocks no more than 25% larger than asked (so a big block is not
+    // burnt on a small request); blocks are never split.
+    auto it = a.free_blocks.lower_bound(size);
+    if (!no_cache() && it != a.free_blocks.end() && it->first <= size + size / 4) {
+        void* p = it->second.back();
+        const size_t got = it->first;
+        it->second.pop_back();
+        if (it->second.empty()) a.free_blocks.erase(it);
+        a.live[p] = got;
+        a.stats.cached_bytes -= static_cast<int64_t>(got);
+        a.stats.in_use_bytes += static_cast<int64_t>(got);
+        a.stats.peak_in_use_bytes = std::max(a.stats.peak_in_use_bytes, a.stats.in_use_bytes);
+        ++a.stats.cache_hits;
+        return p;
+    }
+    void* p = nullptr;
+    cudaError_t err = cudaMalloc(&p, size);
+    if (err == cudaErrorMemoryAllocation) {
+        (void)cudaGetLastError();
+        a.release_cached();  // give the cache back to the driver and try once more
+        err = cudaMalloc(&p, size);
+    }
+    if (err != cudaSuccess) {
+        (void)cudaGetLastError();
+        size_t free_b = 0, total_b = 0;
+        if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) (void)cudaGetLastError();
+        throw RuntimeError(str_cat(
+            err == cudaErrorMemoryAllocation ? "CUDA out of memory: " : "CUDA error: ",
+            "cudaMalloc of ", size, " bytes (", bytes, " requested) failed: ",
+            cudaGetErrorName(err), " (", cudaGetErrorString(err), "); cnnkit holds ",
+            a.stats.in_use_bytes, " bytes in use, the device has ", free_b, " of ", total_b,
+            " bytes free [", __FILE__, ":", __LINE__, "]"));
+    }
+    a.live[p] = size;
+    a.stats.in_use_bytes += static_cast<int64_t>(size);
+    a.stats.peak_in_use_bytes = std::max(a.stats.peak_in_use_bytes, a.stats.in_use_bytes);
+    ++a.stats.device_mallocs;
     return p;
 }
 
-void free_device(void* p) { CNN_CUDA_CHECK(cudaFree(p)); }
-
-void memcpy(void* dst, const void* src, size_t bytes, int kind) {
-    cudaMemcpyKind k = kind == 0 ? cudaMemcpyHostToDevice
-                     : kind == 1 ? cudaMemcpyDeviceToHost
-                                 : cudaMemcpyDeviceToDevice;
-    CNN_CUDA_CHECK(cudaMemcpy(dst, src, bytes, k));
+void free_device(void* p) {
+    if (!p) return;
+    Allocator& a = allocator();
+    std::lock_guard<std::mutex> lock(a.mu);
+    auto it = a.live.find(p);
+    if (it == a.live.end()) {
+        // not ours (should not happen): hand it straight back
+        CNN_CUDA_CHECK(cudaFree(p));
+        return;
+    }
+    const size_t size = it->second;
+    a.live.erase(it);
+    a.stats.in_use_bytes -= static_cast<int64_t>(size);
+    if (no_cache()) {
+        CNN_CUDA_CHECK(cudaFree(p));
+        return;
+    }
+    // Work already queued on the stream may still use the block; anything that gets it next is
+    // queued after that work on the same stream, so no synchronisation is needed here.
+    a.free_blocks[size].push_back(p);
+    a.stats.cached_bytes += static_cast<int64_t>(size);
 }
 
-void memset_zero(void* p, size_t bytes) { CNN_CUDA_CHECK(cudaMemset(p, 0, bytes)); }
+MemoryStats memory_stats() {
+    Allocator& a = allocator();
+    std::lock_guard<std::mutex> lock(a.mu);
+    return a.stats;
+}
+
+void empty_cache() {
+    if (!available()) return;
+    Allocator& a = allocator();
+    std::lock_guard<std::mutex> lock(a.mu);
+    a.release_cached();
+}
+
+// ---- copies ---------------------------------------------------------------------------------
+
+namespace {
+
+// Two pinned buffers used in turn for host->device copies: the host copies into one while the
+// other may still be in flight; an event says when a buffer's last copy has finished.
+constexpr size_t kStagingMax = size_t(16) << 20;  // larger copies go in pieces
+
+struct Staging {
+    std::mutex mu;
+    void* host[2] = {nullptr, nullptr};
+    size_t cap[2] = {0, 0};
+    cudaEvent_t done[2] = {nullptr, nullptr};
+    bool pending[2] = {false, false};
+    int next = 0;
+};
+
+Staging& staging() {
+    static Staging* s = new Staging();
+    return *s;
+}
+
+void upload(void* dst, const void* src, size_t bytes) {
+    Staging& st = staging();
+    std::lock_guard<std::mutex> lock(st.mu);
+    const char* s = static_cast<const char*>(src);
+    char* d = static_cast<char*>(dst);
+    for (size_t off = 0; off < bytes;) {
+        const size_t n = std::min(bytes - off, kStagingMax);
+        const int i = st.next;
+        st.next ^= 1;
+        if (st.pending[i]) {
+            CNN_CUDA_CHECK(cudaEventSynchronize(st.done[i]));
+            st.pending[i] = false;
+        }
+        if (!st.done[i]) CNN_CUDA_CHECK(cudaEventCreateWithFlags(&st.done[i], cudaEventDisableTiming));
+        if (st.cap[i] < n) {
+            if (st.host[i]) CNN_CUDA_CHECK(cudaFreeHost(st.host[i]));
+            st.host[i] = nullptr;
+            st.cap[i] = 0;
+            size_t want = std::max(n, size_t(1) << 20);
+            if (cudaHostAlloc(&st.host[i], want, cudaHostAllocDefault) != cudaSuccess) {
+                // no pinned memory to be had: copy straight from pageable memory instead
+                (void)cudaGetLastError();
+                st.host[i] = nullptr;
+                CNN_CUDA_CHECK(cudaMemcpyAsync(d + off, s + off, n, cudaMemcpyHostToDevice,
+                                               stream()));
+                CNN_CUDA_CHECK(cudaStreamSynchronize(stream()));
+                off += n;
+                continue;
+            }
+            st.cap[i] = want;
+        }
+        std::memcpy(st.host[i], s + off, n);
+        CNN_CUDA_CHECK(cudaMemcpyAsync(d + off, st.host[i], n, cudaMemcpyHostToDevice, stream()));
+        CNN_CUDA_CHECK(cudaEventRecord(st.done[i], stream()));
+        st.pending[i] = true;
+        off += n;
+    }
+}
+
+}  // namespace
+
+void memcpy(void* dst, const void* src, size_t bytes, int kind) {
+    if (bytes == 0) return;
+    require_device();
+    if (kind == 0) {
+        upload(dst, src, bytes);
+    } else if (kind == 1) {
+        CNN_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream()));
+        CNN_CUDA_CHECK(cudaStreamSynchronize(stream()));
+    } else {
+        CNN_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream()));
+    }
+}
+
+void memset_zero(void* p, size_t bytes) {
+    if (bytes == 0) return;
+    CNN_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream()));
+}
+
+// ---- timing ---------------------------------------------------------------------------------
+
+std::vector<double> time_ms(const std::function<void()>& fn, int repeats) {
+    require_device();
+    cudaEvent_t start = nullptr, stop = nullptr;
+    CNN_CUDA_CHECK(cudaEventCreate(&start));
+    CNN_CUDA_CHECK(cudaEventCreate(&stop));
+    std::vector<double> out;
+    try {
+        for (int r = 0; r < repeats; ++r) {
+            CNN_CUDA_CHECK(cudaEventRecord(start, stream()));
+            fn();
+            CNN_CUDA_CHECK(cudaEventRecord(stop, stream()));
+            CNN_CUDA_CHECK(cudaEventSynchronize(stop));
+            float ms = 0.f;
+            CNN_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+            out.push_back(ms);
+        }
+    } catch (...) {
+        (void)cudaEventDestroy(start);
+        (void)cudaEventDestroy(stop);
+        throw;
+    }
+    CNN_CUDA_CHECK(cudaEventDestroy(start));
+    CNN_CUDA_CHECK(cudaEventDestroy(stop));
+    return out;
+}
 
 }  // namespace cuda
 }  // namespace cnnkit

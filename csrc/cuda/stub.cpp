@@ -14,6 +14,10 @@ void* malloc_device(size_t) { throw RuntimeError(kNoCuda); }
 void free_device(void*) { throw RuntimeError(kNoCuda); }
 void memcpy(void*, const void*, size_t, int) { throw RuntimeError(kNoCuda); }
 void memset_zero(void*, size_t) { throw RuntimeError(kNoCuda); }
+void synchronize() { throw RuntimeError(kNoCuda); }
+MemoryStats memory_stats() { return MemoryStats(); }
+void empty_cache() {}
+std::vector<double> time_ms(const std::function<void()>&, int) { throw RuntimeError(kNoCuda); }
 
 }  // namespace cuda
 }  // namespace cnnkit

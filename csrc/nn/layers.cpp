@@ -139,7 +139,8 @@ class Conv2d : public Layer {
         return g;
     }
     int64_t workspace_floats(const Shape& in) const override {
-        return cpu::conv2d_workspace_floats(geom(in));
+        // the kernels of the device the weights live on (the CUDA ones chunk differently)
+        return ops::conv2d_workspace_floats(geom(in), params_[0].device());
     }
 
   protected:
@@ -205,8 +206,11 @@ class Pool2d : public Layer {
     void forward_impl(const Tensor& x, Tensor& y, bool, const Workspace&) override {
         PoolGeom g = geom(x.shape());
         if (max_) {
-            if (static_cast<int64_t>(argmax_.size()) < y.numel()) argmax_.resize(y.numel());
-            ops::maxpool2d_forward(y, argmax_.data(), x, g);
+            // argmax indices (int32, 4 bytes like a float) live on the input's device
+            if (!argmax_.defined() || argmax_.capacity() < y.numel() ||
+                argmax_.device() != x.device())
+                argmax_ = Tensor({y.numel()}, x.device());
+            ops::maxpool2d_forward(y, argmax_ptr(), x, g);
         } else {
             ops::avgpool2d_forward(y, x, g);
         }
@@ -216,7 +220,7 @@ class Pool2d : public Layer {
         if (!dx) return;
         PoolGeom g = geom(x.shape());
         if (max_)
-            ops::maxpool2d_backward(*dx, dy, argmax_.data(), g);
+            ops::maxpool2d_backward(*dx, dy, argmax_ptr(), g);
         else
             ops::avgpool2d_backward(*dx, dy, g);
     }
@@ -225,7 +229,8 @@ class Pool2d : public Layer {
     bool max_;
     int64_t kh_, kw_, sh_, sw_, ph_, pw_;
     bool ceil_, cip_;
-    std::vector<int32_t> argmax_;  // kept for backward
+    int32_t* argmax_ptr() const { return reinterpret_cast<int32_t*>(argmax_.data()); }
+    Tensor argmax_;  // int32 indices in float32 storage, kept for backward
 };
 
 // ---- activations ----------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 
 #include <cmath>
 
-#include "cpu/kernels.h"
+#include "ops/ops.h"
 
 namespace cnnkit {
 namespace nn {
@@ -50,24 +50,23 @@ void Optimizer::set_state(const std::vector<Tensor>& state) {
 void Optimizer::step(Tensor& params, Tensor& grads) {
     const int64_t n = params.numel();
     CNN_CHECK(grads.numel() == n, "optimizer: params and grads differ in size");
-    CNN_CHECK_ARG(params.device() == Device::CPU,
-                  "optimizer: the CUDA update kernels are not available in this build");
+    CNN_CHECK_ARG(grads.device() == params.device(), "optimizer: params on ",
+                  device_name(params.device()), " but grads on ", device_name(grads.device()));
     ensure_state(n, params.device());
     ++step_count_;
     const OptimizerConfig& c = cfg_;
-    float* w = params.data();
-    const float* g = grads.data();
+    // one fused update over the flat buffers, on the parameters' device (ops dispatches)
     if (c.kind == "sgd") {
-        cpu::sgd_step(w, state_[0].data(), g, n, c.lr, c.momentum, c.dampening, c.weight_decay,
+        ops::sgd_step(params, state_[0], grads, c.lr, c.momentum, c.dampening, c.weight_decay,
                       c.nesterov, step_count_ == 1);
     } else if (c.kind == "adam" || c.kind == "adamw") {
-        cpu::adam_step(w, state_[0].data(), state_[1].data(), g, n, c.lr, c.beta1, c.beta2, c.eps,
+        ops::adam_step(params, state_[0], state_[1], grads, c.lr, c.beta1, c.beta2, c.eps,
                        c.weight_decay, c.kind == "adamw", step_count_);
     } else if (c.kind == "adagrad") {
-        cpu::adagrad_step(w, state_[0].data(), g, n, c.lr, c.lr_decay, c.weight_decay, c.eps,
+        ops::adagrad_step(params, state_[0], grads, c.lr, c.lr_decay, c.weight_decay, c.eps,
                           step_count_);
     } else {
-        cpu::rmsprop_step(w, state_[0].data(), state_[1].data(), g, n, c.lr, c.alpha, c.eps,
+        ops::rmsprop_step(params, state_[0], state_[1], grads, c.lr, c.alpha, c.eps,
                           c.weight_decay, c.momentum);
     }
     grads.fill(0.f);

@@ -1,6 +1,17 @@
-// Device dispatch for every op. CPU kernels are complete; CUDA kernels are added family by
-// family (until then a CUDA tensor reaching an op gets a clear error, never a crash).
+// Device dispatch for every op: checks that an op's tensors share one device, then calls the
+// cpu:: or cuda:: kernel of the same name. A build without CUDA cannot make CUDA tensors, but
+// should one reach an op it gets a clear RuntimeError, never a crash.
 #include "ops/ops.h"
+
+#include "core/runtime.h"
+
+#ifdef CNNKIT_WITH_CUDA
+#include "cuda/kernels.h"
+#define CNN_ON_CUDA(call) call
+#else
+#define CNN_ON_CUDA(call) \
+    throw ::cnnkit::RuntimeError("cnnkit was built without CUDA (no nvcc at build time)")
+#endif
 
 namespace cnnkit {
 namespace ops {
@@ -21,8 +32,6 @@ Device common_device(const char* op, std::initializer_list<const Tensor*> ts) {
                           device_name(d), " and ", device_name(t->device()), ")");
         }
     }
-    if (d == Device::CUDA)
-        throw RuntimeError(str_cat(op, ": the CUDA kernel is not available in this build"));
     return d;
 }
 
@@ -33,69 +42,116 @@ const float* cptr(const Tensor* t) { return t && t->defined() ? t->data() : null
 
 // ---- convolution ----------------------------------------------------------------------------
 
+int64_t conv2d_workspace_floats(const ConvGeom& g, Device device) {
+    if (device == Device::CUDA) {
+        int64_t n = 0;
+        CNN_ON_CUDA(n = cuda::conv2d_workspace_floats(g));
+        return n;
+    }
+    return cpu::conv2d_workspace_floats(g);
+}
+
 void conv2d_forward(Tensor& y, const Tensor& x, const Tensor& w, const Tensor* b,
                     const ConvGeom& g, float* ws) {
-    common_device("conv2d_forward", {&y, &x, &w, b});
-    cpu::conv2d_forward(y.data(), x.data(), w.data(), cptr(b), g, ws);
+    if (common_device("conv2d_forward", {&y, &x, &w, b}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::conv2d_forward(y.data(), x.data(), w.data(), cptr(b), g, ws));
+    } else {
+        cpu::conv2d_forward(y.data(), x.data(), w.data(), cptr(b), g, ws);
+    }
 }
 
 void conv2d_backward_input(Tensor& dx, const Tensor& dy, const Tensor& w, const ConvGeom& g,
                            float* ws) {
-    common_device("conv2d_backward_input", {&dx, &dy, &w});
-    cpu::conv2d_backward_input(dx.data(), dy.data(), w.data(), g, ws);
+    if (common_device("conv2d_backward_input", {&dx, &dy, &w}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::conv2d_backward_input(dx.data(), dy.data(), w.data(), g, ws));
+    } else {
+        cpu::conv2d_backward_input(dx.data(), dy.data(), w.data(), g, ws);
+    }
 }
 
 void conv2d_backward_weight(Tensor& dw, Tensor* db, const Tensor& dy, const Tensor& x,
                             const ConvGeom& g, float* ws) {
-    common_device("conv2d_backward_weight", {&dw, db, &dy, &x});
-    cpu::conv2d_backward_weight(dw.data(), ptr(db), dy.data(), x.data(), g, ws);
+    if (common_device("conv2d_backward_weight", {&dw, db, &dy, &x}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::conv2d_backward_weight(dw.data(), ptr(db), dy.data(), x.data(), g, ws));
+    } else {
+        cpu::conv2d_backward_weight(dw.data(), ptr(db), dy.data(), x.data(), g, ws);
+    }
 }
 
 // ---- pooling --------------------------------------------------------------------------------
 
 void maxpool2d_forward(Tensor& y, int32_t* argmax, const Tensor& x, const PoolGeom& g) {
-    common_device("maxpool2d_forward", {&y, &x});
-    cpu::maxpool2d_forward(y.data(), argmax, x.data(), g);
+    if (common_device("maxpool2d_forward", {&y, &x}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::maxpool2d_forward(y.data(), argmax, x.data(), g));
+    } else {
+        cpu::maxpool2d_forward(y.data(), argmax, x.data(), g);
+    }
 }
 
 void maxpool2d_backward(Tensor& dx, const Tensor& dy, const int32_t* argmax, const PoolGeom& g) {
-    common_device("maxpool2d_backward", {&dx, &dy});
-    cpu::maxpool2d_backward(dx.data(), dy.data(), argmax, g);
+    if (common_device("maxpool2d_backward", {&dx, &dy}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::maxpool2d_backward(dx.data(), dy.data(), argmax, g));
+    } else {
+        cpu::maxpool2d_backward(dx.data(), dy.data(), argmax, g);
+    }
 }
 
 void avgpool2d_forward(Tensor& y, const Tensor& x, const PoolGeom& g) {
-    common_device("avgpool2d_forward", {&y, &x});
-    cpu::avgpool2d_forward(y.data(), x.data(), g);
+    if (common_device("avgpool2d_forward", {&y, &x}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::avgpool2d_forward(y.data(), x.data(), g));
+    } else {
+        cpu::avgpool2d_forward(y.data(), x.data(), g);
+    }
 }
 
 void avgpool2d_backward(Tensor& dx, const Tensor& dy, const PoolGeom& g) {
-    common_device("avgpool2d_backward", {&dx, &dy});
-    cpu::avgpool2d_backward(dx.data(), dy.data(), g);
+    if (common_device("avgpool2d_backward", {&dx, &dy}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::avgpool2d_backward(dx.data(), dy.data(), g));
+    } else {
+        cpu::avgpool2d_backward(dx.data(), dy.data(), g);
+    }
 }
 
 // ---- activations / linear -------------------------------------------------------------------
 
 void activation_forward(Tensor& y, const Tensor& x, Act act, float alpha) {
-    common_device("activation_forward", {&y, &x});
-    cpu::activation_forward(y.data(), x.data(), x.numel(), act, alpha);
+    if (common_device("activation_forward", {&y, &x}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::activation_forward(y.data(), x.data(), x.numel(), act, alpha));
+    } else {
+        cpu::activation_forward(y.data(), x.data(), x.numel(), act, alpha);
+    }
 }
 
 void activation_backward(Tensor& dx, const Tensor& dy, const Tensor& x, const Tensor& y, Act act,
                          float alpha) {
-    common_device("activation_backward", {&dx, &dy, &x, &y});
-    cpu::activation_backward(dx.data(), dy.data(), cptr(&x), cptr(&y), dy.numel(), act, alpha);
+    if (common_device("activation_backward", {&dx, &dy, &x, &y}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::activation_backward(dx.data(), dy.data(), cptr(&x), cptr(&y),
+                                              dy.numel(), act, alpha));
+    } else {
+        cpu::activation_backward(dx.data(), dy.data(), cptr(&x), cptr(&y), dy.numel(), act,
+                                 alpha);
+    }
 }
 
 void linear_forward(Tensor& y, const Tensor& x, const Tensor& w, const Tensor* b) {
-    common_device("linear_forward", {&y, &x, &w, b});
-    cpu::linear_forward(y.data(), x.data(), w.data(), cptr(b), x.size(0), w.size(1), w.size(0));
+    if (common_device("linear_forward", {&y, &x, &w, b}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::linear_forward(y.data(), x.data(), w.data(), cptr(b), x.size(0),
+                                         w.size(1), w.size(0)));
+    } else {
+        cpu::linear_forward(y.data(), x.data(), w.data(), cptr(b), x.size(0), w.size(1),
+                            w.size(0));
+    }
 }
 
 void linear_backward(Tensor* dx, Tensor& dw, Tensor* db, const Tensor& dy, const Tensor& x,
                      const Tensor& w) {
-    common_device("linear_backward", {dx, &dw, db, &dy, &x, &w});
-    cpu::linear_backward(ptr(dx), dw.data(), ptr(db), dy.data(), x.data(), w.data(), x.size(0),
-                         w.size(1), w.size(0));
+    if (common_device("linear_backward", {dx, &dw, db, &dy, &x, &w}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::linear_backward(ptr(dx), dw.data(), ptr(db), dy.data(), x.data(),
+                                          w.data(), x.size(0), w.size(1), w.size(0)));
+    } else {
+        cpu::linear_backward(ptr(dx), dw.data(), ptr(db), dy.data(), x.data(), w.data(),
+                             x.size(0), w.size(1), w.size(0));
+    }
 }
 
 // ---- batch norm / dropout -------------------------------------------------------------------
@@ -111,53 +167,137 @@ int64_t spatial(const Tensor& x) {
 void batchnorm_forward_train(Tensor& y, Tensor& save_mean, Tensor& save_invstd,
                              Tensor* running_mean, Tensor* running_var, const Tensor& x,
                              const Tensor* gamma, const Tensor* beta, float momentum, float eps) {
-    common_device("batchnorm_forward", {&y, &save_mean, &save_invstd, running_mean, running_var,
-                                        &x, gamma, beta});
-    cpu::batchnorm_forward_train(y.data(), save_mean.data(), save_invstd.data(), ptr(running_mean),
-                                 ptr(running_var), x.data(), cptr(gamma), cptr(beta), x.size(0),
-                                 x.size(1), spatial(x), momentum, eps);
+    if (common_device("batchnorm_forward", {&y, &save_mean, &save_invstd, running_mean,
+                                            running_var, &x, gamma, beta}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::batchnorm_forward_train(
+            y.data(), save_mean.data(), save_invstd.data(), ptr(running_mean), ptr(running_var),
+            x.data(), cptr(gamma), cptr(beta), x.size(0), x.size(1), spatial(x), momentum, eps));
+    } else {
+        cpu::batchnorm_forward_train(y.data(), save_mean.data(), save_invstd.data(),
+                                     ptr(running_mean), ptr(running_var), x.data(), cptr(gamma),
+                                     cptr(beta), x.size(0), x.size(1), spatial(x), momentum, eps);
+    }
 }
 
 void batchnorm_forward_eval(Tensor& y, const Tensor& x, const Tensor* gamma, const Tensor* beta,
                             const Tensor& running_mean, const Tensor& running_var, float eps) {
-    common_device("batchnorm_forward", {&y, &x, gamma, beta, &running_mean, &running_var});
-    cpu::batchnorm_forward_eval(y.data(), x.data(), cptr(gamma), cptr(beta), running_mean.data(),
-                                running_var.data(), x.size(0), x.size(1), spatial(x), eps);
+    if (common_device("batchnorm_forward", {&y, &x, gamma, beta, &running_mean,
+                                            &running_var}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::batchnorm_forward_eval(y.data(), x.data(), cptr(gamma), cptr(beta),
+                                                 running_mean.data(), running_var.data(),
+                                                 x.size(0), x.size(1), spatial(x), eps));
+    } else {
+        cpu::batchnorm_forward_eval(y.data(), x.data(), cptr(gamma), cptr(beta),
+                                    running_mean.data(), running_var.data(), x.size(0), x.size(1),
+                                    spatial(x), eps);
+    }
 }
 
 void batchnorm_backward(Tensor* dx, Tensor* dgamma, Tensor* dbeta, const Tensor& dy,
                         const Tensor& x, const Tensor& save_mean, const Tensor& save_invstd,
                         const Tensor* gamma) {
-    common_device("batchnorm_backward", {dx, dgamma, dbeta, &dy, &x, &save_mean, &save_invstd,
-                                         gamma});
-    cpu::batchnorm_backward(ptr(dx), ptr(dgamma), ptr(dbeta), dy.data(), x.data(),
-                            save_mean.data(), save_invstd.data(), cptr(gamma), x.size(0),
-                            x.size(1), spatial(x));
+    if (common_device("batchnorm_backward", {dx, dgamma, dbeta, &dy, &x, &save_mean,
+                                             &save_invstd, gamma}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::batchnorm_backward(ptr(dx), ptr(dgamma), ptr(dbeta), dy.data(),
+                                             x.data(), save_mean.data(), save_invstd.data(),
+                                             cptr(gamma), x.size(0), x.size(1), spatial(x)));
+    } else {
+        cpu::batchnorm_backward(ptr(dx), ptr(dgamma), ptr(dbeta), dy.data(), x.data(),
+                                save_mean.data(), save_invstd.data(), cptr(gamma), x.size(0),
+                                x.size(1), spatial(x));
+    }
 }
 
 void dropout_forward(Tensor& y, Tensor& mask, const Tensor& x, float p, uint64_t seed,
                      uint64_t stream) {
-    common_device("dropout_forward", {&y, &mask, &x});
-    cpu::dropout_forward(y.data(), mask.data(), x.data(), x.numel(), p, seed, stream);
+    if (common_device("dropout_forward", {&y, &mask, &x}) == Device::CUDA) {
+        CNN_ON_CUDA(
+            cuda::dropout_forward(y.data(), mask.data(), x.data(), x.numel(), p, seed, stream));
+    } else {
+        cpu::dropout_forward(y.data(), mask.data(), x.data(), x.numel(), p, seed, stream);
+    }
 }
 
 void dropout_backward(Tensor& dx, const Tensor& dy, const Tensor& mask) {
-    common_device("dropout_backward", {&dx, &dy, &mask});
-    cpu::dropout_backward(dx.data(), dy.data(), mask.data(), dy.numel());
+    if (common_device("dropout_backward", {&dx, &dy, &mask}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::dropout_backward(dx.data(), dy.data(), mask.data(), dy.numel()));
+    } else {
+        cpu::dropout_backward(dx.data(), dy.data(), mask.data(), dy.numel());
+    }
 }
 
 // ---- losses ---------------------------------------------------------------------------------
 
 double softmax_cross_entropy(Tensor* dlogits, int64_t* correct, const Tensor& logits,
                              const int64_t* labels) {
-    common_device("softmax_cross_entropy", {dlogits, &logits});
-    return cpu::softmax_cross_entropy(ptr(dlogits), correct, logits.data(), labels,
-                                      logits.size(0), logits.size(1));
+    const int64_t N = logits.size(0), C = logits.size(1);
+    if (common_device("softmax_cross_entropy", {dlogits, &logits}) == Device::CUDA) {
+        double loss = 0.0;
+        // The labels come from the host: copy them up (through the pinned staging buffers) into
+        // a block from the caching allocator; int64 labels fill two floats each.
+        Tensor dev_labels({2 * N}, Device::CUDA);
+        cuda::memcpy(dev_labels.data(), labels, static_cast<size_t>(N) * sizeof(int64_t), 0);
+        CNN_ON_CUDA(loss = cuda::softmax_cross_entropy(
+                        ptr(dlogits), correct, logits.data(),
+                        reinterpret_cast<const int64_t*>(dev_labels.data()), N, C));
+        return loss;
+    }
+    return cpu::softmax_cross_entropy(ptr(dlogits), correct, logits.data(), labels, N, C);
 }
 
 double mse_loss(Tensor* dpred, const Tensor& pred, const Tensor& target) {
-    common_device("mse_loss", {dpred, &pred, &target});
+    if (common_device("mse_loss", {dpred, &pred, &target}) == Device::CUDA) {
+        double loss = 0.0;
+        CNN_ON_CUDA(loss = cuda::mse_loss(ptr(dpred), pred.data(), target.data(), pred.numel()));
+        return loss;
+    }
     return cpu::mse_loss(ptr(dpred), pred.data(), target.data(), pred.numel());
+}
+
+// ---- optimizer updates ----------------------------------------------------------------------
+
+void sgd_step(Tensor& w, Tensor& buf, const Tensor& g, float lr, float momentum, float dampening,
+              float weight_decay, bool nesterov, bool first_step) {
+    if (common_device("sgd_step", {&w, &buf, &g}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::sgd_step(w.data(), buf.data(), g.data(), w.numel(), lr, momentum,
+                                   dampening, weight_decay, nesterov, first_step));
+    } else {
+        cpu::sgd_step(w.data(), buf.data(), g.data(), w.numel(), lr, momentum, dampening,
+                      weight_decay, nesterov, first_step);
+    }
+}
+
+void adam_step(Tensor& w, Tensor& m, Tensor& v, const Tensor& g, float lr, float beta1,
+               float beta2, float eps, float weight_decay, bool decoupled, int64_t step) {
+    if (common_device("adam_step", {&w, &m, &v, &g}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::adam_step(w.data(), m.data(), v.data(), g.data(), w.numel(), lr, beta1,
+                                    beta2, eps, weight_decay, decoupled, step));
+    } else {
+        cpu::adam_step(w.data(), m.data(), v.data(), g.data(), w.numel(), lr, beta1, beta2, eps,
+                       weight_decay, decoupled, step);
+    }
+}
+
+void adagrad_step(Tensor& w, Tensor& sum, const Tensor& g, float lr, float lr_decay,
+                  float weight_decay, float eps, int64_t step) {
+    if (common_device("adagrad_step", {&w, &sum, &g}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::adagrad_step(w.data(), sum.data(), g.data(), w.numel(), lr, lr_decay,
+                                       weight_decay, eps, step));
+    } else {
+        cpu::adagrad_step(w.data(), sum.data(), g.data(), w.numel(), lr, lr_decay, weight_decay,
+                          eps, step);
+    }
+}
+
+void rmsprop_step(Tensor& w, Tensor& sq, Tensor& buf, const Tensor& g, float lr, float alpha,
+                  float eps, float weight_decay, float momentum) {
+    if (common_device("rmsprop_step", {&w, &sq, &buf, &g}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::rmsprop_step(w.data(), sq.data(), buf.data(), g.data(), w.numel(), lr,
+                                       alpha, eps, weight_decay, momentum));
+    } else {
+        cpu::rmsprop_step(w.data(), sq.data(), buf.data(), g.data(), w.numel(), lr, alpha, eps,
+                          weight_decay, momentum);
+    }
 }
 
 }  // namespace ops

@@ -1,5 +1,6 @@
-// Device-level ops on Tensors: the ONLY place that switches on tensor.device(). Layers call
-// these; each forwards to the cpu:: (or, once built, cuda::) kernel of the same name.
+// Device-level ops on Tensors: the ONLY place that switches on tensor.device(). Layers and the
+// optimizer call these; each forwards to the cpu:: or cuda:: kernel of the same name (CUDA
+// tensors in a build without CUDA get a clear RuntimeError).
 #pragma once
 
 #include "core/geometry.h"
@@ -11,6 +12,8 @@ namespace ops {
 
 using cpu::Act;
 
+// Scratch floats the conv kernels of `device` need for geometry g (the Net's workspace arena).
+int64_t conv2d_workspace_floats(const ConvGeom& g, Device device);
 void conv2d_forward(Tensor& y, const Tensor& x, const Tensor& w, const Tensor* b,
                     const ConvGeom& g, float* ws);
 void conv2d_backward_input(Tensor& dx, const Tensor& dy, const Tensor& w, const ConvGeom& g,
@@ -18,6 +21,7 @@ void conv2d_backward_input(Tensor& dx, const Tensor& dy, const Tensor& w, const 
 void conv2d_backward_weight(Tensor& dw, Tensor* db, const Tensor& dy, const Tensor& x,
                             const ConvGeom& g, float* ws);
 
+// argmax (N,C,P,Q) int32 lives on the tensors' device.
 void maxpool2d_forward(Tensor& y, int32_t* argmax, const Tensor& x, const PoolGeom& g);
 void maxpool2d_backward(Tensor& dx, const Tensor& dy, const int32_t* argmax, const PoolGeom& g);
 void avgpool2d_forward(Tensor& y, const Tensor& x, const PoolGeom& g);
@@ -44,10 +48,21 @@ void dropout_forward(Tensor& y, Tensor& mask, const Tensor& x, float p, uint64_t
                      uint64_t stream);
 void dropout_backward(Tensor& dx, const Tensor& dy, const Tensor& mask);
 
-// logits (N,C) and labels (N) on the host; dlogits (N,C) or null. Returns the mean loss.
+// logits (N,C) and dlogits (N,C) or null on one device; labels (N) on the host (copied to the
+// GPU for CUDA tensors). Returns the mean loss; *correct gets the argmax hits.
 double softmax_cross_entropy(Tensor* dlogits, int64_t* correct, const Tensor& logits,
                              const int64_t* labels);
 double mse_loss(Tensor* dpred, const Tensor& pred, const Tensor& target);
+
+// ---- optimizer updates over flat buffers (w, state, g on one device) -------------------------
+void sgd_step(Tensor& w, Tensor& buf, const Tensor& g, float lr, float momentum, float dampening,
+              float weight_decay, bool nesterov, bool first_step);
+void adam_step(Tensor& w, Tensor& m, Tensor& v, const Tensor& g, float lr, float beta1,
+               float beta2, float eps, float weight_decay, bool decoupled, int64_t step);
+void adagrad_step(Tensor& w, Tensor& sum, const Tensor& g, float lr, float lr_decay,
+                  float weight_decay, float eps, int64_t step);
+void rmsprop_step(Tensor& w, Tensor& sq, Tensor& buf, const Tensor& g, float lr, float alpha,
+                  float eps, float weight_decay, float momentum);
 
 }  // namespace ops
 }  // namespace cnnkit

@@ -1,0 +1,213 @@
+// AVX2/FMA parts of the single-precision GEMM: the 6x16 micro-kernel and the packing routines
+// (same panel layouts and contracts as the portable ones in gemm.cpp). Compiled with
+// -mavx2 -mfma; gemm.cpp only calls in here after cpu_has_avx2_fma().
+#include <cstdint>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define CNNKIT_GEMM_HAVE_AVX2 1
+#endif
+
+namespace cnnkit {
+namespace cpu {
+namespace gemm_avx2 {
+
+// Whether this file was built with AVX2/FMA (CMake adds the flags on x86-64 only).
+bool compiled() {
+#ifdef CNNKIT_GEMM_HAVE_AVX2
+    return true;
+#else
+    return false;
+#endif
+}
+
+#ifdef CNNKIT_GEMM_HAVE_AVX2
+
+constexpr int kMR = 6;   // micro-tile rows; must match gemm.cpp
+constexpr int kNR = 16;  // micro-tile columns; must match gemm.cpp
+
+// ---- micro-kernel ---------------------------------------------------------------------------
+
+// c[0:6, 0:16] = alpha * (a-panel . b-panel) + beta * c; beta == 0 means c is not read.
+// a: kc x 6 (6 floats per k); b: kc rows of 16 floats, ldb apart (16 when packed).
+void ukernel_6x16(int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
+                  int64_t ldc, float alpha, float beta) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+    __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+    __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+    __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+    __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+    __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+
+    for (int i = 0; i < kMR; ++i) {
+        _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + kNR - 1), _MM_HINT_T0);
+    }
+    // A plain loop: GCC schedules it well; manual unrolling measured slower.
+    for (int64_t k = 0; k < kc; ++k) {
+        const __m256 b0 = _mm256_loadu_ps(b);
+        const __m256 b1 = _mm256_loadu_ps(b + 8);
+        __m256 av = _mm256_broadcast_ss(a + 0);
+        c00 = _mm256_fmadd_ps(av, b0, c00);
+        c01 = _mm256_fmadd_ps(av, b1, c01);
+        av = _mm256_broadcast_ss(a + 1);
+        c10 = _mm256_fmadd_ps(av, b0, c10);
+        c11 = _mm256_fmadd_ps(av, b1, c11);
+        av = _mm256_broadcast_ss(a + 2);
+        c20 = _mm256_fmadd_ps(av, b0, c20);
+        c21 = _mm256_fmadd_ps(av, b1, c21);
+        av = _mm256_broadcast_ss(a + 3);
+        c30 = _mm256_fmadd_ps(av, b0, c30);
+        c31 = _mm256_fmadd_ps(av, b1, c31);
+        av = _mm256_broadcast_ss(a + 4);
+        c40 = _mm256_fmadd_ps(av, b0, c40);
+        c41 = _mm256_fmadd_ps(av, b1, c41);
+        av = _mm256_broadcast_ss(a + 5);
+        c50 = _mm256_fmadd_ps(av, b0, c50);
+        c51 = _mm256_fmadd_ps(av, b1, c51);
+        a += kMR;
+        b += ldb;
+    }
+
+    const __m256 va = _mm256_set1_ps(alpha);
+    const __m256 vb = _mm256_set1_ps(beta);
+    const bool read_c = beta != 0.f;
+    auto update = [&](float* ci, __m256 r0, __m256 r1) {
+        if (read_c) {
+            r0 = _mm256_fmadd_ps(va, r0, _mm256_mul_ps(vb, _mm256_loadu_ps(ci)));
+            r1 = _mm256_fmadd_ps(va, r1, _mm256_mul_ps(vb, _mm256_loadu_ps(ci + 8)));
+        } else {
+            r0 = _mm256_mul_ps(va, r0);
+            r1 = _mm256_mul_ps(va, r1);
+        }
+        _mm256_storeu_ps(ci, r0);
+        _mm256_storeu_ps(ci + 8, r1);
+    };
+    update(c, c00, c01);
+    update(c + ldc, c10, c11);
+    update(c + 2 * ldc, c20, c21);
+    update(c + 3 * ldc, c30, c31);
+    update(c + 4 * ldc, c40, c41);
+    update(c + 5 * ldc, c50, c51);
+}
+
+// ---- packing --------------------------------------------------------------------------------
+
+// In-register 8x8 transpose: r[i][j] -> r[j][i].
+inline void transpose8(__m256 r[8]) {
+    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+    r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+    r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+    r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+    r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+// Gathers `rows` (<= 8) strided rows, depth [0, kc), into dst[k * dst_stride + 0..width):
+// dst column i = source row i, columns rows..width are zero. width is 6 or 8.
+inline void pack_rows_transposed(const float* src, int64_t ld, int rows, int64_t kc, float* dst,
+                                 int64_t dst_stride, int width) {
+    int64_t k = 0;
+    for (; k + 8 <= kc; k += 8) {
+        __m256 r[8];
+        for (int i = 0; i < 8; ++i)
+            r[i] = i < rows ? _mm256_loadu_ps(src + i * ld + k) : _mm256_setzero_ps();
+        transpose8(r);
+        for (int t = 0; t < 8; ++t) {
+            float* d = dst + (k + t) * dst_stride;
+            if (width == 8) {
+                _mm256_storeu_ps(d, r[t]);
+            } else {
+                _mm_storeu_ps(d, _mm256_castps256_ps128(r[t]));
+                _mm_storel_epi64(reinterpret_cast<__m128i*>(d + 4),
+                                 _mm_castps_si128(_mm256_extractf128_ps(r[t], 1)));
+            }
+        }
+    }
+    for (; k < kc; ++k)
+        for (int i = 0; i < width; ++i) dst[k * dst_stride + i] = i < rows ? src[i * ld + k] : 0.f;
+}
+
+// Rows [i0, i0+mc) x depth [k0, k0+kc) of op(A) into MR-row panels (kc x MR each, k-major);
+// rows past mc are zero. Panel p starts at out + p * MR * kc.
+void pack_a(bool trans, const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t k0,
+            int64_t kc, float* out) {
+    if (!trans) {
+        for (int64_t ip = 0; ip < mc; ip += kMR) {
+            const int rows = static_cast<int>(mc - ip < kMR ? mc - ip : kMR);
+            pack_rows_transposed(A + (i0 + ip) * lda + k0, lda, rows, kc, out + ip * kc, kMR,
+                                 kMR);
+        }
+        return;
+    }
+    // op(A) rows are contiguous in each A row k: walk k outermost so each line is read once.
+    const int64_t full = mc / kMR * kMR;
+    for (int64_t k = 0; k < kc; ++k) {
+        const float* src = A + (k0 + k) * lda + i0;
+        float* dst = out + k * kMR;
+        for (int64_t ip = 0; ip < full; ip += kMR) {
+            float* d = dst + ip * kc;
+            _mm_storeu_ps(d, _mm_loadu_ps(src + ip));
+            const __m128i tail = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + ip + 4));
+            _mm_storel_epi64(reinterpret_cast<__m128i*>(d + 4), tail);
+        }
+        if (full < mc) {
+            float* d = dst + full * kc;
+            for (int i = 0; i < kMR; ++i) d[i] = full + i < mc ? src[full + i] : 0.f;
+        }
+    }
+}
+
+// Depth [k0, k0+kc) x columns [j0, j0+nc) of op(B) into NR-column panels (kc x NR each);
+// columns past nc are zero. Panel p starts at out + p * NR * kc.
+void pack_b(bool trans, const float* B, int64_t ldb, int64_t j0, int64_t nc, int64_t k0,
+            int64_t kc, float* out) {
+    if (trans) {
+        for (int64_t jp = 0; jp < nc; jp += kNR) {
+            const int64_t n = nc - jp < kNR ? nc - jp : kNR;
+            const float* src = B + (j0 + jp) * ldb + k0;
+            float* dst = out + jp * kc;
+            // Two halves of 8 B rows each (op(B) columns jp..jp+7 and jp+8..jp+15).
+            const int lo = static_cast<int>(n < 8 ? n : 8), hi = static_cast<int>(n - lo);
+            pack_rows_transposed(src, ldb, lo, kc, dst, kNR, 8);
+            pack_rows_transposed(hi > 0 ? src + 8 * ldb : src, ldb, hi, kc, dst + 8, kNR, 8);
+        }
+        return;
+    }
+    const int64_t full = nc / kNR * kNR;
+    for (int64_t k = 0; k < kc; ++k) {
+        const float* src = B + (k0 + k) * ldb + j0;
+        float* dst = out + k * kNR;
+        for (int64_t jp = 0; jp < full; jp += kNR) {
+            float* d = dst + jp * kc;
+            _mm256_storeu_ps(d, _mm256_loadu_ps(src + jp));
+            _mm256_storeu_ps(d + 8, _mm256_loadu_ps(src + jp + 8));
+        }
+        if (full < nc) {
+            float* d = dst + full * kc;
+            for (int j = 0; j < kNR; ++j) d[j] = full + j < nc ? src[full + j] : 0.f;
+        }
+    }
+}
+
+#else  // !CNNKIT_GEMM_HAVE_AVX2: never called (compiled() is false), but must link.
+
+void ukernel_6x16(int64_t, const float*, const float*, int64_t, float*, int64_t, float, float) {}
+void pack_a(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, float*) {}
+void pack_b(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, float*) {}
+
+#endif
+
+}  // namespace gemm_avx2
+}  // namespace cpu
+}  // namespace cnnkit

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Development aid for machines without a GPU: compile csrc/cuda/*.cu as plain C++ against the CPU
+# emulation in this folder (cuda_emu.h), build the Python module from that, and run the CUDA
+# tests (tests/test_cuda.py, or the pytest arguments given) with device="cuda" meaning "the CUDA
+# kernels, emulated". It checks kernel index math, bounds (ASAN=1), barrier placement and the
+# host logic; it says nothing about speed or the GPU memory model. NOT a substitute for
+# bench/gpu_check.sh on a real GPU.
+#
+#   tests/cuda_emu/run.sh                       # build + python -m pytest tests/test_cuda.py
+#   ASAN=1 tests/cuda_emu/run.sh -x -q          # the same under AddressSanitizer
+#   CNNKIT_EMU_REVERSE=1 tests/cuda_emu/run.sh  # threads of a block in the opposite order
+#   tests/cuda_emu/run.sh tests/test_cuda.py -k gemm
+#   tests/cuda_emu/run.sh /tmp/script.py         # any script not named test_*.py runs as is
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$root"
+out="${CNNKIT_EMU_BUILD:-$root/build/cuda-emu${ASAN:+-asan}}"
+mkdir -p "$out/obj" "$out/pkg"
+CXX="${CXX:-g++}"
+flags=(-std=c++17 -O1 -g -fPIC -fopenmp -DCNNKIT_WITH_CUDA -DCNNKIT_CUDA_EMULATION
+       -I"$root/csrc" -I"$root/tests/cuda_emu" -Wall -Wextra -Wno-unused-parameter
+       -Wno-unknown-pragmas)
+if [[ -n "${ASAN:-}" ]]; then flags+=(-fsanitize=address -fno-omit-frame-pointer); fi
+pyinc=$(python -m pybind11 --includes)
+suffix=$(python -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
+
+# every core source CMakeLists.txt lists (C++ and CUDA), but not the CPU-only stub
+mapfile -t sources < <(python - <<'EOF'
+import re
+text = open("CMakeLists.txt").read()
+seen = []
+for m in re.finditer(r"csrc/[\w/]+\.(?:cpp|cu)\b", text):
+    p = m.group(0)
+    if p not in seen and not p.endswith("stub.cpp") and "bindings" not in p:
+        seen.append(p)
+print("\n".join(seen))
+EOF
+)
+sources+=(tests/cuda_emu/cuda_emu.cpp csrc/bindings/module.cpp)
+
+compile() {
+    local src="$1" obj="$out/obj/$(echo "$1" | tr '/' '_').o" extra=()
+    [[ "$src" == *gemm_avx2.cpp ]] && extra+=(-mavx2 -mfma)
+    [[ "$src" == *module.cpp ]] && extra+=($pyinc -DCNNKIT_VERSION=\"emu\")
+    [[ "$src" == *.cu ]] && extra+=(-x c++)
+    [[ "$src" == *cuda_emu.cpp ]] && extra+=(-Wno-clobbered)
+    if [[ ! -f "$obj" || "$src" -nt "$obj" || -n "$(find csrc tests/cuda_emu -newer "$obj" -name '*.h' -o -newer "$obj" -name '*.cuh' | head -1)" ]]; then
+        echo "  compile $src"
+        "$CXX" "${flags[@]}" "${extra[@]}" -c "$src" -o "$obj"
+    fi
+}
+echo "== building the emulated CUDA module in $out"
+jobs=$(nproc)
+for src in "${sources[@]}"; do
+    compile "$src" &
+    while (( $(jobs -rp | wc -l) >= jobs )); do wait -n; done
+done
+wait
+objs=()
+for src in "${sources[@]}"; do objs+=("$out/obj/$(echo "$src" | tr '/' '_').o"); done
+"$CXX" "${flags[@]}" -shared "${objs[@]}" -o "$out/pkg/_core$suffix"
+rm -rf "$out/pkg/cnnkit"
+cp -r python/cnnkit "$out/pkg/cnnkit"
+rm -f "$out/pkg/cnnkit"/_core*.so
+mv "$out/pkg/_core$suffix" "$out/pkg/cnnkit/"
+
+echo "== running the tests against the emulated CUDA kernels"
+args=("$@")
+[[ ${#args[@]} -eq 0 ]] && args=(tests/test_cuda.py -q)
+export PYTHONPATH="$out/pkg${PYTHONPATH:+:$PYTHONPATH}"
+export CNNKIT_CUDA_EMULATED=1
+if [[ -n "${ASAN:-}" ]]; then
+    # libstdc++ too, or the __cxa_throw interceptor finds no real function and aborts on throw
+    export LD_PRELOAD="$("$CXX" -print-file-name=libasan.so) $("$CXX" -print-file-name=libstdc++.so)"
+    export ASAN_OPTIONS="detect_leaks=0:detect_stack_use_after_return=0:allocator_may_return_null=1:${ASAN_OPTIONS:-}"
+fi
+python -c "import cnnkit; assert cnnkit.cuda_available(), 'emulated module did not load'; print('cnnkit from', cnnkit.__file__, '| device:', cnnkit._core.cuda_device_name(0))"
+if [[ "${args[0]}" == *.py && "${args[0]}" != tests/* && "${args[0]}" != *test_*.py ]]; then
+    exec python "${args[@]}"  # a plain script
+fi
+exec python -m pytest -p no:cacheprovider "${args[@]}"

@@ -1,0 +1,240 @@
+"""cnnkit's own SGEMM (cnnkit._core.sgemm) against a float64 numpy reference.
+
+Covers both micro-kernels (AVX2/FMA and the portable one), every transpose combination,
+alpha/beta, edge sizes around the blocking boundaries, thread-count determinism and bad input.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import pytest
+
+import cnnkit
+from cnnkit import _core
+
+# Blocking of csrc/cpu/gemm.cpp (micro-tile MR x NR, cache blocks MC, KC, NC): shapes below
+# straddle each boundary.
+MR, NR, MC, KC, NC = 6, 16, 144, 256, 4080
+
+TRANS = [(False, False), (True, False), (False, True), (True, True)]
+TRANS_IDS = ["nn", "tn", "nt", "tt"]
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+KERNELS = [
+    pytest.param(
+        "avx2-fma",
+        id="avx2",
+        marks=pytest.mark.skipif(not _core.cpu_has_avx2_fma(), reason="CPU lacks AVX2/FMA"),
+    ),
+    pytest.param("generic", id="generic"),
+]
+
+
+@pytest.fixture(params=KERNELS)
+def kernel(request):
+    """Select a micro-kernel for the test, restoring auto-selection afterwards."""
+    _core.sgemm_force_generic(request.param == "generic")
+    try:
+        assert _core.sgemm_kernel_name() == request.param
+        yield request.param
+    finally:
+        _core.sgemm_force_generic(False)
+
+
+@pytest.fixture
+def threads():
+    """Lets a test change the thread count; restores it afterwards."""
+    before = cnnkit.get_num_threads()
+    yield cnnkit.set_num_threads
+    cnnkit.set_num_threads(before)
+
+
+def _operands(rng, m, n, k, ta, tb):
+    """Stored A, B (transposed storage when ta / tb) and op(A), op(B) in float64."""
+    a = rng.uniform(-1, 1, size=(k, m) if ta else (m, k)).astype(np.float32)
+    b = rng.uniform(-1, 1, size=(n, k) if tb else (k, n)).astype(np.float32)
+    opa = a.T.astype(np.float64) if ta else a.astype(np.float64)
+    opb = b.T.astype(np.float64) if tb else b.astype(np.float64)
+    return a, b, opa, opb
+
+
+def _check(ours, ref, k, scale=1.0, msg=""):
+    """|ours - ref| <= atol + rtol * |ref|, both growing like sqrt(K) (float32 sums)."""
+    tol = 2e-5 * math.sqrt(k + 1) * scale
+    ours = np.asarray(ours, dtype=np.float64)
+    assert ours.shape == ref.shape, msg
+    assert np.all(np.isfinite(ours)), f"{msg}: non-finite values"
+    err = np.abs(ours - ref)
+    bad = err > tol + tol * np.abs(ref)
+    assert not bad.any(), (
+        f"{msg}: {bad.sum()} of {bad.size} out of tolerance, max err {err.max():.3g}"
+    )
+
+
+# ---- correctness ----------------------------------------------------------------------------
+
+SHAPES = [
+    (1, 1, 1),
+    (7, 13, 5),
+    (17, 33, 65),
+    (MR, NR, KC),
+    (MR - 1, NR - 1, KC + 1),
+    (MR + 1, NR + 1, KC - 1),
+    (2 * MR, 2 * NR, 2 * KC + 1),
+    (MC + 1, 37, 30),
+    (2 * MC + 7, 70, 20),
+    (13, NC + 5, 3),
+    (1, 300, 40),
+    (300, 1, 40),
+    (3, 2, 3000),
+    # im2col convolution shapes (forward; backward ones come from the transpose combos)
+    (6, 784, 25),
+    (16, 100, 150),
+    (64, 1024, 288),
+    (32, 96, 1200),
+]
+
+
+@pytest.mark.parametrize("ta,tb", TRANS, ids=TRANS_IDS)
+@pytest.mark.parametrize("m,n,k", SHAPES, ids=lambda v: str(v))
+def test_shapes(kernel, rng, m, n, k, ta, tb):
+    a, b, opa, opb = _operands(rng, m, n, k, ta, tb)
+    c = _core.sgemm(a, b, trans_a=ta, trans_b=tb)
+    assert c.dtype == np.float32 and c.shape == (m, n)
+    _check(c, opa @ opb, k, msg=f"{kernel} {m}x{n}x{k} ta={ta} tb={tb}")
+
+
+@pytest.mark.parametrize("ta,tb", TRANS, ids=TRANS_IDS)
+@pytest.mark.parametrize(
+    "alpha,beta", [(1.0, 0.0), (-0.5, 0.0), (1.0, 1.0), (2.0, -1.5), (0.75, 0.25)]
+)
+def test_alpha_beta(kernel, rng, alpha, beta, ta, tb):
+    m, n, k = 37, 45, 300
+    a, b, opa, opb = _operands(rng, m, n, k, ta, tb)
+    c0 = rng.uniform(-1, 1, size=(m, n)).astype(np.float32)
+    c = c0.copy()
+    if beta == 0.0:
+        c[:] = np.nan  # beta == 0: C must not be read
+    out = _core.sgemm(a, b, trans_a=ta, trans_b=tb, alpha=alpha, beta=beta, c=c)
+    assert out is c or np.shares_memory(out, c)
+    ref = alpha * (opa @ opb) + (beta * c0.astype(np.float64) if beta != 0.0 else 0.0)
+    _check(c, ref, k, scale=abs(alpha) + abs(beta), msg=f"alpha={alpha} beta={beta}")
+
+
+def test_beta_one_accumulates(kernel, rng):
+    m, n, k = 50, 70, 90
+    a, b, opa, opb = _operands(rng, m, n, k, False, False)
+    c = np.zeros((m, n), np.float32)
+    for _ in range(3):
+        _core.sgemm(a, b, beta=1.0, c=c)
+    _check(c, 3 * (opa @ opb), k, scale=3.0)
+
+
+def test_k_zero(kernel):
+    a = np.zeros((4, 0), np.float32)
+    b = np.zeros((0, 5), np.float32)
+    c = np.full((4, 5), 2.0, np.float32)
+    _core.sgemm(a, b, beta=0.5, c=c)
+    np.testing.assert_array_equal(c, np.ones((4, 5), np.float32))
+    c[:] = np.nan
+    _core.sgemm(a, b, beta=0.0, c=c)
+    np.testing.assert_array_equal(c, np.zeros((4, 5), np.float32))
+    np.testing.assert_array_equal(_core.sgemm(a, b), np.zeros((4, 5), np.float32))
+
+
+def test_alpha_zero_scales_c(kernel, rng):
+    a, b, _, _ = _operands(rng, 8, 9, 10, False, False)
+    c = np.full((8, 9), 4.0, np.float32)
+    _core.sgemm(a, b, alpha=0.0, beta=0.25, c=c)
+    np.testing.assert_array_equal(c, np.ones((8, 9), np.float32))
+
+
+def test_kernels_agree(rng):
+    if not _core.cpu_has_avx2_fma():
+        pytest.skip("CPU lacks AVX2/FMA")
+    a, b, opa, opb = _operands(rng, 70, 90, 500, False, True)
+    try:
+        _core.sgemm_force_generic(True)
+        generic = _core.sgemm(a, b, trans_b=True)
+    finally:
+        _core.sgemm_force_generic(False)
+    assert _core.sgemm_kernel_name() == "avx2-fma"
+    fast = _core.sgemm(a, b, trans_b=True)
+    _check(fast, generic.astype(np.float64), 500)
+
+
+# ---- threads --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ta,tb", TRANS[:3], ids=TRANS_IDS[:3])
+def test_thread_count_bit_identical(kernel, rng, threads, ta, tb):
+    m, n, k = 300, 500, 700
+    a, b, opa, opb = _operands(rng, m, n, k, ta, tb)
+    threads(1)
+    one = _core.sgemm(a, b, trans_a=ta, trans_b=tb)
+    threads(2)
+    two = _core.sgemm(a, b, trans_a=ta, trans_b=tb)
+    np.testing.assert_array_equal(one, two)
+    _check(two, opa @ opb, k)
+
+
+def test_concurrent_python_threads(rng):
+    # The GIL is released during sgemm: per-thread packing buffers must not be shared.
+    cases = []
+    for i in range(6):
+        m, n, k = 40 + 31 * i, 200 - 17 * i, 150 + 60 * i
+        a, b, opa, opb = _operands(rng, m, n, k, i % 2 == 1, i % 3 == 2)
+        cases.append((a, b, i % 2 == 1, i % 3 == 2, opa @ opb, k))
+    errors = []
+
+    def work(case):
+        a, b, ta, tb, ref, k = case
+        try:
+            for _ in range(5):
+                _check(_core.sgemm(a, b, trans_a=ta, trans_b=tb), ref, k)
+        except AssertionError as e:
+            errors.append(e)
+
+    workers = [threading.Thread(target=work, args=(c,)) for c in cases]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors, errors[0]
+
+
+# ---- API ------------------------------------------------------------------------------------
+
+
+def test_kernel_name():
+    assert _core.sgemm_kernel_name() in ("avx2-fma", "generic")
+    try:
+        _core.sgemm_force_generic(True)
+        assert _core.sgemm_kernel_name() == "generic"
+    finally:
+        _core.sgemm_force_generic(False)
+    expected = "avx2-fma" if _core.cpu_has_avx2_fma() else "generic"
+    assert _core.sgemm_kernel_name() == expected
+
+
+def test_bad_input():
+    a = np.ones((3, 4), np.float32)
+    b = np.ones((4, 5), np.float32)
+    with pytest.raises(ValueError):
+        _core.sgemm(np.ones(4, np.float32), b)  # a not 2-D
+    with pytest.raises(ValueError):
+        _core.sgemm(a, np.ones((2, 4, 5), np.float32))  # b not 2-D
+    with pytest.raises(ValueError):
+        _core.sgemm(a, np.ones((5, 5), np.float32))  # inner dims 4 != 5
+    with pytest.raises(ValueError):
+        _core.sgemm(a, b, trans_a=True)  # op(a) is (4, 3): 3 != 4
+    with pytest.raises(ValueError):
+        _core.sgemm(a, b, c=np.zeros((3, 4), np.float32))  # c has the wrong shape
+    with pytest.raises(ValueError):
+        _core.sgemm(a, b, c=np.zeros((5, 3), np.float32).T)  # c not C-contiguous
