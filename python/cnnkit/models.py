@@ -44,12 +44,12 @@ def lenet5(pretrained: bool = False, num_classes: int = 10) -> Sequential:
 def fashion_cnn(num_classes: int = 10, dropout: float = 0.3) -> Sequential:
     """A small CNN with BatchNorm for (N, 1, 28, 28) inputs such as Fashion-MNIST:
 
-    [conv 3x3 (32) -> BN -> ReLU -> conv 3x3 (32) -> BN -> ReLU -> maxpool 2] ->
-    [conv 3x3 (64) -> BN -> ReLU -> maxpool 2] -> fc 3136->128 -> ReLU -> dropout -> fc.
+    conv 3x3 (32) -> BN -> ReLU -> maxpool 2 -> conv 3x3 (64) -> BN -> ReLU -> maxpool 2 ->
+    fc 3136->128 -> ReLU -> dropout -> fc 128->num_classes (logits). About 422k parameters
+    and 9 MFLOP per image forward.
     """
     return Sequential([
-        L.Conv2d(1, 32, 3, padding=1, bias=False), L.BatchNorm2d(32), L.ReLU(),
-        L.Conv2d(32, 32, 3, padding=1, bias=False), L.BatchNorm2d(32), L.ReLU(), L.MaxPool2d(2),
+        L.Conv2d(1, 32, 3, padding=1, bias=False), L.BatchNorm2d(32), L.ReLU(), L.MaxPool2d(2),
         L.Conv2d(32, 64, 3, padding=1, bias=False), L.BatchNorm2d(64), L.ReLU(), L.MaxPool2d(2),
         L.Flatten(), L.Linear(64 * 7 * 7, 128), L.ReLU(), L.Dropout(dropout),
         L.Linear(128, num_classes),
