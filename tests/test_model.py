@@ -9,23 +9,7 @@ import cnnkit as ck
 
 
 def lenet():
-    L = ck.layers
-    return ck.Sequential(
-        [
-            L.Conv2d(1, 6, 5, padding=2),
-            L.ReLU(),
-            L.MaxPool2d(2),
-            L.Conv2d(6, 16, 5),
-            L.ReLU(),
-            L.MaxPool2d(2),
-            L.Flatten(),
-            L.Linear(400, 120),
-            L.ReLU(),
-            L.Linear(120, 84),
-            L.ReLU(),
-            L.Linear(84, 10),
-        ]
-    )
+    return ck.models.lenet5()
 
 
 def test_package_surface():

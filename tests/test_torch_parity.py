@@ -156,23 +156,7 @@ def _lenet_pair():
         torch.nn.ReLU(),
         torch.nn.Linear(84, 10),
     )
-    L = ck.layers
-    ours = ck.Sequential(
-        [
-            L.Conv2d(1, 6, 5, padding=2),
-            L.ReLU(),
-            L.MaxPool2d(2),
-            L.Conv2d(6, 16, 5),
-            L.ReLU(),
-            L.MaxPool2d(2),
-            L.Flatten(),
-            L.Linear(400, 120),
-            L.ReLU(),
-            L.Linear(120, 84),
-            L.ReLU(),
-            L.Linear(84, 10),
-        ]
-    )
+    ours = ck.models.lenet5()
     return tm, ours
 
 

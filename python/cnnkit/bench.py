@@ -48,21 +48,8 @@ def build_cnnkit(net: str):
 
     L = ck.layers
     if net == "lenet5":
-        layers = [
-            L.Conv2d(1, 6, 5, padding=2),
-            L.ReLU(),
-            L.MaxPool2d(2),
-            L.Conv2d(6, 16, 5),
-            L.ReLU(),
-            L.MaxPool2d(2),
-            L.Flatten(),
-            L.Linear(400, 120),
-            L.ReLU(),
-            L.Linear(120, 84),
-            L.ReLU(),
-            L.Linear(84, 10),
-        ]
-    elif net == "cifar":
+        return ck.models.lenet5()
+    if net == "cifar":
         layers = [
             L.Conv2d(3, 32, 3, padding=1),
             L.ReLU(),
