@@ -22,6 +22,7 @@ flags=(-std=c++17 -O1 -g -fPIC -fopenmp -DCNNKIT_WITH_CUDA -DCNNKIT_CUDA_EMULATI
        -Wno-unknown-pragmas)
 if [[ -n "${ASAN:-}" ]]; then flags+=(-fsanitize=address -fno-omit-frame-pointer); fi
 pyinc=$(python -m pybind11 --includes)
+version=$(python -c "import re; print(re.search(r'\nversion = \"([^\"]+)\"', open('pyproject.toml').read()).group(1))")
 suffix=$(python -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
 
 # every core source CMakeLists.txt lists (C++ and CUDA), but not the CPU-only stub
@@ -41,7 +42,7 @@ sources+=(tests/cuda_emu/cuda_emu.cpp csrc/bindings/module.cpp)
 compile() {
     local src="$1" obj="$out/obj/$(echo "$1" | tr '/' '_').o" extra=()
     [[ "$src" == *gemm_avx2.cpp ]] && extra+=(-mavx2 -mfma)
-    [[ "$src" == *module.cpp ]] && extra+=($pyinc -DCNNKIT_VERSION=\"emu\")
+    [[ "$src" == *module.cpp ]] && extra+=($pyinc -DCNNKIT_VERSION=\"$version\")
     [[ "$src" == *.cu ]] && extra+=(-x c++)
     [[ "$src" == *cuda_emu.cpp ]] && extra+=(-Wno-clobbered)
     if [[ ! -f "$obj" || "$src" -nt "$obj" || -n "$(find csrc tests/cuda_emu -newer "$obj" -name '*.h' -o -newer "$obj" -name '*.cuh' | head -1)" ]]; then
