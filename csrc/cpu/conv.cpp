@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "cpu/conv_direct.h"
 #include "cpu/kernels.h"
 
 namespace cnnkit {
@@ -147,9 +148,13 @@ void depthwise_backward_weight(float* dw, float* db, const float* dy, const floa
 
 int64_t conv2d_workspace_floats(const ConvGeom& g) {
     if (is_pointwise(g) || is_depthwise(g)) return 0;
-    int64_t nb = images_per_chunk(g);
-    int64_t cols = nb * g.P * g.Q;
-    return g.C * g.R * g.S * cols + g.K * cols;
+    int64_t n = conv_direct::workspace_floats(g);
+    if (!conv_direct::applicable_forward(g) || !conv_direct::applicable_backward_input(g) ||
+        !conv_direct::applicable_backward_weight(g)) {
+        const int64_t cols = images_per_chunk(g) * g.P * g.Q;
+        n = std::max(n, g.C * g.R * g.S * cols + g.K * cols);
+    }
+    return n;
 }
 
 // x is (N,C,H,W), w is (K,C/groups,R,S), b is (K) or null, y is (N,K,P,Q).
@@ -157,6 +162,7 @@ void conv2d_forward(float* y, const float* x, const float* w, const float* b, co
                     float* ws) {
     const int64_t PQ = g.P * g.Q;
     if (is_depthwise(g)) return depthwise_forward(y, x, w, b, g);
+    if (conv_direct::applicable_forward(g)) return conv_direct::forward(y, x, w, b, g, ws);
     if (is_pointwise(g)) {
         for (int64_t n = 0; n < g.N; ++n)
             sgemm(false, false, g.K, PQ, g.C, 1.f, w, g.C, x + n * g.C * PQ, PQ, 0.f,
@@ -207,6 +213,8 @@ void conv2d_backward_input(float* dx, const float* dy, const float* w, const Con
                            float* ws) {
     const int64_t PQ = g.P * g.Q, HW = g.H * g.W;
     if (is_depthwise(g)) return depthwise_backward_input(dx, dy, w, g);
+    if (conv_direct::applicable_backward_input(g))
+        return conv_direct::backward_input(dx, dy, w, g, ws);
     if (is_pointwise(g)) {
         for (int64_t n = 0; n < g.N; ++n)
             sgemm(true, false, g.C, HW, g.K, 1.f, w, g.C, dy + n * g.K * PQ, PQ, 0.f,
@@ -254,6 +262,8 @@ void conv2d_backward_weight(float* dw, float* db, const float* dy, const float* 
             db[k] += static_cast<float>(s);
         }
     }
+    if (conv_direct::applicable_backward_weight(g))
+        return conv_direct::backward_weight(dw, dy, x, g, ws);
     if (is_pointwise(g)) {
         for (int64_t n = 0; n < g.N; ++n)
             sgemm(false, true, g.K, g.C, PQ, 1.f, dy + n * g.K * PQ, PQ, x + n * g.C * PQ, PQ,

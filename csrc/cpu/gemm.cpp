@@ -405,6 +405,8 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
     if (!run_team(p, nt)) run_team(p, 1);  // the runtime gave us fewer threads than asked
 }
 
+bool cpu_simd_enabled() { return use_avx2(); }
+
 const char* sgemm_kernel_name() { return use_avx2() ? "avx2-fma" : "generic"; }
 
 void sgemm_force_generic(bool force) { g_force_generic = force; }

@@ -21,6 +21,10 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
 // Which micro-kernel sgemm uses on this machine: "avx2-fma" or "generic".
 const char* sgemm_kernel_name();
 
+// Whether the AVX2/FMA micro-kernels are in use (CPU support, built with them, not forced off);
+// the direct convolution kernels follow the same switch.
+bool cpu_simd_enabled();
+
 // Force the portable kernel (for tests comparing the two paths); false restores auto-select.
 void sgemm_force_generic(bool force);
 

@@ -1,0 +1,332 @@
+// Direct convolution for stride 1 and one group (layout and contracts in conv_direct.h).
+//
+// Why: im2col writes C*R*S*P*Q floats per image and the GEMM packs them again; for the layers
+// people train here (LeNet, small CIFAR nets) that copying cost more than the arithmetic. Here
+// the micro-kernel reads the padded image in place through a table of tap offsets, so the only
+// copies are the padded image (C*Hp*Wp floats) and, for the weight gradient, a transposed dy.
+//
+// Work split: forward and backward-input run over (image, column block) tasks, each output
+// computed by one thread in a fixed order, so results do not depend on the thread count. The
+// weight gradient sums over images: images are split into a fixed number of groups (from the
+// geometry only), each group accumulates its own partial, and the partials are added in group
+// order, again independent of the thread count.
+#include "cpu/conv_direct.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "cpu/gemm.h"
+
+namespace cnnkit {
+namespace cpu {
+namespace conv_direct {
+
+namespace {
+
+constexpr int64_t kMR = 6;             // output channels per micro-tile (forward)
+constexpr int64_t kNR = 16;            // output columns per micro-tile
+constexpr int64_t kColBlock = 256;     // output columns per forward task (multiple of kNR)
+constexpr int64_t kDepthBlock = 256;   // columns per weight-gradient depth block
+constexpr int64_t kMaxGroups = 16;     // image groups of the weight gradient
+constexpr int64_t kMaxPartials = int64_t(1) << 23;  // floats of weight-gradient partials
+constexpr double kParallelMinMacs = 1 << 18;        // below this, no thread team
+
+int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+
+// Geometry of one direct convolution: input (N,C,H,W) padded to (Hp,Wp), K output channels,
+// R x S taps with dilation, output (P,Q), J = P*Wp output columns per image.
+struct DGeom {
+    int64_t N, C, H, W, K, R, S, ph, pw, dh, dw;
+    int64_t Hp, Wp, P, Q, J, CRS;
+};
+
+DGeom make_dgeom(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
+                 int64_t ph, int64_t pw, int64_t dh, int64_t dw) {
+    DGeom d{N, C, H, W, K, R, S, ph, pw, dh, dw, 0, 0, 0, 0, 0, 0};
+    d.Hp = H + 2 * ph;
+    d.Wp = W + 2 * pw;
+    d.P = d.Hp - dh * (R - 1);
+    d.Q = d.Wp - dw * (S - 1);
+    d.J = d.P * d.Wp;
+    d.CRS = C * R * S;
+    return d;
+}
+
+DGeom forward_dgeom(const ConvGeom& g) {
+    return make_dgeom(g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.pad_h, g.pad_w, g.dil_h, g.dil_w);
+}
+
+// Backward-input as a convolution of dy (K channels, P x Q) producing C channels of H x W.
+DGeom backward_input_dgeom(const ConvGeom& g) {
+    return make_dgeom(g.N, g.K, g.P, g.Q, g.C, g.R, g.S, g.dil_h * (g.R - 1) - g.pad_h,
+                      g.dil_w * (g.S - 1) - g.pad_w, g.dil_h, g.dil_w);
+}
+
+// Floats of the padded image buffer: the kernels read up to 16 columns past the last output
+// column of the last tap, which stays within C*Hp*Wp + kNR (see conv_direct.h).
+int64_t padded_floats(const DGeom& d) { return round_up(d.C * d.Hp * d.Wp + kNR, 16); }
+
+bool geometry_ok(const DGeom& d) {
+    return d.P > 0 && d.Q > 0 && d.ph >= 0 && d.pw >= 0 && padded_floats(d) < INT32_MAX;
+}
+
+bool plain(const ConvGeom& g) {
+    return g.stride_h == 1 && g.stride_w == 1 && g.groups == 1 && !conv_is_pointwise(g) &&
+           g.dil_h >= 1 && g.dil_w >= 1;
+}
+
+int64_t weight_groups(const ConvGeom& g) { return std::min<int64_t>(g.N, kMaxGroups); }
+
+int64_t partial_floats(const ConvGeom& g) {
+    return round_up(g.C * g.R * g.S, kMR) * round_up(g.K, kNR);
+}
+
+// 64-byte aligned per-thread scratch that only grows (no allocation in the steady state).
+class Scratch {
+  public:
+    Scratch() = default;
+    Scratch(const Scratch&) = delete;
+    Scratch& operator=(const Scratch&) = delete;
+    ~Scratch() { std::free(ptr_); }
+    float* get(int64_t floats) {
+        const size_t bytes = static_cast<size_t>(round_up(std::max<int64_t>(floats, 1) * 4, 4096));
+        if (bytes > cap_) {
+            std::free(ptr_);
+            ptr_ = static_cast<float*>(std::aligned_alloc(64, bytes));
+            cap_ = ptr_ ? bytes : 0;
+            if (!ptr_) throw std::bad_alloc();
+        }
+        return ptr_;
+    }
+
+  private:
+    float* ptr_ = nullptr;
+    size_t cap_ = 0;
+};
+
+Scratch& thread_scratch() {
+    thread_local Scratch s;
+    return s;
+}
+
+// ---- portable micro-kernels (same contracts as conv_avx2) -----------------------------------
+
+void fwd_generic(int64_t kc, const float* a, const float* x, const int32_t* off, float* c,
+                 int64_t ldc) {
+    float acc[kMR][kNR] = {};
+    for (int64_t k = 0; k < kc; ++k) {
+        const float* b = x + off[k];
+        const float* ak = a + k * kMR;
+        for (int i = 0; i < kMR; ++i)
+            for (int j = 0; j < kNR; ++j) acc[i][j] += ak[i] * b[j];
+    }
+    for (int i = 0; i < kMR; ++i)
+        for (int j = 0; j < kNR; ++j) c[i * ldc + j] = acc[i][j];
+}
+
+void wgt_generic(int64_t kc, const float* x, const int32_t* off, const float* b, int64_t ldb,
+                 float* c, int64_t ldc) {
+    for (int i = 0; i < kMR; ++i) {
+        const float* xi = x + off[i];
+        float acc[kNR];
+        for (int j = 0; j < kNR; ++j) acc[j] = c[i * ldc + j];
+        for (int64_t k = 0; k < kc; ++k)
+            for (int j = 0; j < kNR; ++j) acc[j] += xi[k] * b[k * ldb + j];
+        for (int j = 0; j < kNR; ++j) c[i * ldc + j] = acc[j];
+    }
+}
+
+FwdKernel fwd_kernel() {
+    return cpu_simd_enabled() && conv_avx2::compiled() ? conv_avx2::fwd_6x16 : fwd_generic;
+}
+WgtKernel wgt_kernel() {
+    return cpu_simd_enabled() && conv_avx2::compiled() ? conv_avx2::wgt_6x16 : wgt_generic;
+}
+
+// ---- pieces ---------------------------------------------------------------------------------
+
+// off[c*R*S + r*S + s] = offset of tap (c, r, s) in the padded image; entries [CRS, rows) are 0
+// (padding rows of a micro-panel read valid memory and are discarded).
+void tap_offsets(int32_t* off, const DGeom& d, int64_t rows) {
+    for (int64_t c = 0; c < d.C; ++c)
+        for (int64_t r = 0; r < d.R; ++r)
+            for (int64_t s = 0; s < d.S; ++s)
+                off[(c * d.R + r) * d.S + s] =
+                    static_cast<int32_t>(c * d.Hp * d.Wp + r * d.dh * d.Wp + s * d.dw);
+    for (int64_t i = d.CRS; i < rows; ++i) off[i] = 0;
+}
+
+// Image n of x into the padded buffer; the border (and the slack after it) is already zero.
+void pad_image(float* xp, const float* x, const DGeom& d, int64_t n) {
+    const float* src = x + n * d.C * d.H * d.W;
+    for (int64_t c = 0; c < d.C; ++c)
+        for (int64_t h = 0; h < d.H; ++h)
+            std::memcpy(xp + (c * d.Hp + h + d.ph) * d.Wp + d.pw, src + (c * d.H + h) * d.W,
+                        sizeof(float) * d.W);
+}
+
+// Packs weights (rows x cols, element (i, k) from `at`) into 6-row panels, k-major.
+template <typename At>
+void pack_weights(float* out, int64_t rows, int64_t cols, At at) {
+    for (int64_t i0 = 0; i0 < rows; i0 += kMR)
+        for (int64_t k = 0; k < cols; ++k)
+            for (int64_t i = 0; i < kMR; ++i)
+                out[i0 * cols + k * kMR + i] = i0 + i < rows ? at(i0 + i, k) : 0.f;
+}
+
+// y (N, K, P, Q) = conv(x, packed weights) + bias over the direct geometry d.
+void run_forward(float* y, const float* x, const float* wpk, const float* bias, const DGeom& d,
+                 const int32_t* off) {
+    const int64_t Kp = round_up(d.K, kMR), PQ = d.P * d.Q;
+    const int64_t jb_size = std::min(kColBlock, round_up(d.J, kNR));
+    const int64_t blocks = (d.J + jb_size - 1) / jb_size, tasks = d.N * blocks;
+    const int64_t xp_floats = padded_floats(d), tile_floats = Kp * jb_size;
+    const FwdKernel kern = fwd_kernel();
+    const double macs = double(d.N) * d.J * Kp * d.CRS;
+    const bool team = !omp_in_parallel() && macs > kParallelMinMacs && tasks > 1;
+#pragma omp parallel if (team)
+    {
+        float* xp = thread_scratch().get(xp_floats + tile_floats);
+        float* tile = xp + xp_floats;
+        std::memset(xp, 0, sizeof(float) * xp_floats);
+        int64_t cur = -1;
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < tasks; ++t) {
+            const int64_t n = t / blocks, j0 = t % blocks * jb_size;
+            const int64_t jn = std::min(jb_size, d.J - j0);
+            if (n != cur) {
+                pad_image(xp, x, d, n);
+                cur = n;
+            }
+            for (int64_t jt = 0; jt < jn; jt += kNR)
+                for (int64_t k0 = 0; k0 < Kp; k0 += kMR)
+                    kern(d.CRS, wpk + k0 * d.CRS, xp + j0 + jt, off, tile + k0 * jb_size + jt,
+                         jb_size);
+            // Valid columns of the block back to (K, P, Q), adding the bias.
+            float* yn = y + n * d.K * PQ;
+            for (int64_t p = j0 / d.Wp; p * d.Wp < j0 + jn; ++p) {
+                const int64_t q0 = std::max<int64_t>(0, j0 - p * d.Wp);
+                const int64_t q1 = std::min(d.Q, j0 + jn - p * d.Wp);
+                if (q1 <= q0) continue;
+                const int64_t src0 = p * d.Wp + q0 - j0;
+                for (int64_t k = 0; k < d.K; ++k) {
+                    const float* src = tile + k * jb_size + src0;
+                    float* dst = yn + k * PQ + p * d.Q + q0;
+                    const float bk = bias ? bias[k] : 0.f;
+                    for (int64_t q = 0; q < q1 - q0; ++q) dst[q] = src[q] + bk;
+                }
+            }
+        }
+    }
+}
+
+}  // namespace
+
+// ---- public ---------------------------------------------------------------------------------
+
+bool applicable_forward(const ConvGeom& g) { return plain(g) && geometry_ok(forward_dgeom(g)); }
+
+bool applicable_backward_input(const ConvGeom& g) {
+    return plain(g) && geometry_ok(backward_input_dgeom(g));
+}
+
+bool applicable_backward_weight(const ConvGeom& g) {
+    return plain(g) && geometry_ok(forward_dgeom(g)) &&
+           weight_groups(g) * partial_floats(g) <= kMaxPartials;
+}
+
+int64_t workspace_floats(const ConvGeom& g) {
+    int64_t n = 0;
+    const int64_t CRS = g.C * g.R * g.S, KRS = g.K * g.R * g.S;
+    if (applicable_forward(g)) n = std::max(n, round_up(CRS, 16) + round_up(g.K, kMR) * CRS);
+    if (applicable_backward_input(g))
+        n = std::max(n, round_up(KRS, 16) + round_up(g.C, kMR) * KRS);
+    if (applicable_backward_weight(g))
+        n = std::max(n, round_up(CRS, 16) + weight_groups(g) * partial_floats(g));
+    return n;
+}
+
+void forward(float* y, const float* x, const float* w, const float* b, const ConvGeom& g,
+             float* ws) {
+    const DGeom d = forward_dgeom(g);
+    int32_t* off = reinterpret_cast<int32_t*>(ws);
+    float* wpk = ws + round_up(d.CRS, 16);
+    tap_offsets(off, d, d.CRS);
+    pack_weights(wpk, g.K, d.CRS, [&](int64_t k, int64_t crs) { return w[k * d.CRS + crs]; });
+    run_forward(y, x, wpk, b, d, off);
+}
+
+void backward_input(float* dx, const float* dy, const float* w, const ConvGeom& g, float* ws) {
+    const DGeom d = backward_input_dgeom(g);
+    const int64_t RS = g.R * g.S, CRS = g.C * RS;
+    int32_t* off = reinterpret_cast<int32_t*>(ws);
+    float* wpk = ws + round_up(d.CRS, 16);
+    tap_offsets(off, d, d.CRS);
+    // Row c, column (k, r, s) of the transposed, flipped filter is w[k, c, R-1-r, S-1-s].
+    pack_weights(wpk, g.C, d.CRS, [&](int64_t c, int64_t krs) {
+        const int64_t k = krs / RS, rs = krs % RS;
+        return w[k * CRS + c * RS + (RS - 1 - rs)];
+    });
+    run_forward(dx, dy, wpk, nullptr, d, off);
+}
+
+void backward_weight(float* dw, const float* dy, const float* x, const ConvGeom& g, float* ws) {
+    const DGeom d = forward_dgeom(g);
+    const int64_t CRSp = round_up(d.CRS, kMR), Kp = round_up(g.K, kNR), PQ = g.P * g.Q;
+    const int64_t groups = weight_groups(g), part_floats = partial_floats(g);
+    int32_t* off = reinterpret_cast<int32_t*>(ws);
+    float* parts = ws + round_up(d.CRS, 16);
+    tap_offsets(off, d, CRSp);
+    const int64_t xp_floats = padded_floats(d), dyt_floats = round_up(d.J * Kp, 16);
+    const WgtKernel kern = wgt_kernel();
+    const double macs = double(g.N) * d.J * Kp * CRSp;
+    const bool team = !omp_in_parallel() && macs > kParallelMinMacs && groups > 1;
+#pragma omp parallel if (team)
+    {
+        float* xp = thread_scratch().get(xp_floats + dyt_floats);
+        float* dyt = xp + xp_floats;
+        // Borders, wrap-around columns (q >= Q) and channel padding stay zero for every image.
+        std::memset(xp, 0, sizeof(float) * (xp_floats + dyt_floats));
+#pragma omp for schedule(static)
+        for (int64_t gi = 0; gi < groups; ++gi) {
+            float* part = parts + gi * part_floats;
+            std::memset(part, 0, sizeof(float) * part_floats);
+            const int64_t n0 = gi * g.N / groups, n1 = (gi + 1) * g.N / groups;
+            for (int64_t n = n0; n < n1; ++n) {
+                pad_image(xp, x, d, n);
+                // dy^T: row j = p*Wp + q holds dy[n, :, p, q] (K floats, padded to Kp).
+                const float* dyn = dy + n * g.K * PQ;
+                for (int64_t k = 0; k < g.K; ++k)
+                    for (int64_t p = 0; p < g.P; ++p) {
+                        const float* src = dyn + k * PQ + p * g.Q;
+                        float* dst = dyt + p * d.Wp * Kp + k;
+                        for (int64_t q = 0; q < g.Q; ++q) dst[q * Kp] = src[q];
+                    }
+                for (int64_t j0 = 0; j0 < d.J; j0 += kDepthBlock) {
+                    const int64_t jn = std::min(kDepthBlock, d.J - j0);
+                    for (int64_t k0 = 0; k0 < Kp; k0 += kNR)
+                        for (int64_t i0 = 0; i0 < CRSp; i0 += kMR)
+                            kern(jn, xp + j0, off + i0, dyt + j0 * Kp + k0, Kp,
+                                 part + i0 * Kp + k0, Kp);
+                }
+            }
+        }
+        // dw[k, crs] += sum over groups (in group order) of part[crs, k].
+#pragma omp for schedule(static)
+        for (int64_t k = 0; k < g.K; ++k)
+            for (int64_t crs = 0; crs < d.CRS; ++crs) {
+                float s = 0.f;
+                for (int64_t gi = 0; gi < groups; ++gi) s += parts[gi * part_floats + crs * Kp + k];
+                dw[k * d.CRS + crs] += s;
+            }
+    }
+}
+
+}  // namespace conv_direct
+}  // namespace cpu
+}  // namespace cnnkit

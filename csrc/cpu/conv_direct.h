@@ -1,0 +1,54 @@
+// Direct ("implicit GEMM") convolution for stride 1 and one group: no column matrix.
+//
+// The image is copied once into a zero-padded buffer xp (C, Hp, Wp). Output pixel (p, q) gets
+// the flat column index j = p * Wp + q, so tap (c, r, s) of every output column reads
+// xp[off[c,r,s] + j] with off = c*Hp*Wp + r*dil_h*Wp + s*dil_w: the GEMM's B operand is the
+// padded image itself, one row offset per tap. Columns with q >= Q (the Wp - Q "wrap-around"
+// columns of each row) are computed and thrown away. Backward-input is the same convolution
+// of the padded dy with the flipped, transposed weights; backward-weight reads xp the same way
+// against a transposed dy.
+#pragma once
+
+#include <cstdint>
+
+#include "core/geometry.h"
+
+namespace cnnkit {
+namespace cpu {
+namespace conv_direct {
+
+// Whether the direct path handles this geometry (stride 1, one group, not 1x1 pointwise).
+bool applicable_forward(const ConvGeom& g);
+bool applicable_backward_input(const ConvGeom& g);
+bool applicable_backward_weight(const ConvGeom& g);
+
+// Floats of caller workspace the three routines need (0 when no routine applies).
+int64_t workspace_floats(const ConvGeom& g);
+
+void forward(float* y, const float* x, const float* w, const float* b, const ConvGeom& g,
+             float* ws);
+void backward_input(float* dx, const float* dy, const float* w, const ConvGeom& g, float* ws);
+// dw accumulated (db is handled by the caller).
+void backward_weight(float* dw, const float* dy, const float* x, const ConvGeom& g, float* ws);
+
+// ---- micro-kernels (AVX2/FMA in conv_avx2.cpp, portable twins in conv_direct.cpp) ---------
+
+// c[i][0:16] = sum_k a[k*6 + i] * x[off[k] + 0:16] for i < 6 (c overwritten, rows ldc apart).
+using FwdKernel = void (*)(int64_t kc, const float* a, const float* x, const int32_t* off,
+                           float* c, int64_t ldc);
+// c[i][0:16] += sum_j x[off[i] + j] * b[j*ldb + 0:16] for i < 6, j < kc.
+using WgtKernel = void (*)(int64_t kc, const float* x, const int32_t* off, const float* b,
+                           int64_t ldb, float* c, int64_t ldc);
+
+}  // namespace conv_direct
+
+namespace conv_avx2 {
+bool compiled();
+void fwd_6x16(int64_t kc, const float* a, const float* x, const int32_t* off, float* c,
+              int64_t ldc);
+void wgt_6x16(int64_t kc, const float* x, const int32_t* off, const float* b, int64_t ldb,
+              float* c, int64_t ldc);
+}  // namespace conv_avx2
+
+}  // namespace cpu
+}  // namespace cnnkit
