@@ -189,6 +189,89 @@ def test_maxpool_default_stride_is_kernel():
     assert ck.AvgPool2d(2).get_config()["stride"] == (2, 2)
 
 
+def _pool2x2_input(kind, shape, rng):
+    N, C, H, W = shape
+    if kind == "distinct":
+        return rng.permutation(N * C * H * W).reshape(shape).astype(np.float32) / 7.0
+    # small integers and signed zeros: many ties inside a window
+    x = rng.integers(-2, 3, shape).astype(np.float32)
+    x[rng.random(shape) < 0.2] = -0.0
+    if kind == "nan":
+        # a NaN at each window position in turn (none every fifth window), sometimes two
+        P, Q = H // 2, W // 2
+        for p in range(P):
+            for q in range(Q):
+                k = (p * Q + q) % 5
+                if k < 4:
+                    x[:, :, 2 * p + k // 2, 2 * q + k % 2] = np.nan
+                if (p + q) % 3 == 0:
+                    x[::2, :, 2 * p + 1, 2 * q + 1] = np.nan
+    elif kind == "neg_inf":
+        x[rng.random(shape) < 0.6] = -np.inf
+        x[:, :, : 2 * (H // 4), : 2 * (W // 4)] = -np.inf  # whole windows of -inf
+    return x
+
+
+# The 2x2 / stride 2 path is vectorised in blocks of 8 and 4 outputs with overlapping or scalar
+# tails, and its backward writes dx directly: rows of 3..20 outputs, odd sizes whose last row or
+# column no window covers, and the exact tie and NaN rules (the first maximum, or the first NaN,
+# in row-major window order wins), compared bit for bit through the raw binding (the Python
+# API refuses NaN input).
+@pytest.mark.parametrize("H,W", [(28, 28), (10, 10), (17, 35), (9, 7), (6, 6), (4, 40), (32, 33)])
+@pytest.mark.parametrize("kind", ["distinct", "ties", "nan", "neg_inf"])
+def test_maxpool2x2_exact(H, W, kind, rng):
+    x = _pool2x2_input(kind, (2, 3, H, W), rng)
+    net = _core.Net([ck.MaxPool2d(2)._native])
+    y = net.forward(x, True)
+    ry, arg = ref.maxpool2d(x, (2, 2), (2, 2), (0, 0))
+    np.testing.assert_array_equal(y, ry.astype(np.float32))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dy.flat[::5] = -0.0  # dx gets 0 + dy at the argmax: +0, as a zero fill then add gives
+    dx = net.backward(dy)
+    rdx = ref.maxpool2d_backward(dy, arg, x.shape).astype(np.float32)
+    np.testing.assert_array_equal(dx.view(np.uint32), rdx.view(np.uint32))
+
+
+# Bit for bit against the same float32 operations in the same order (the general loop's), with
+# signed zeros and subnormals, whose quarter underflows to -0 before the + 0.
+@pytest.mark.parametrize("H,W", [(28, 28), (10, 10), (17, 35), (9, 7), (4, 40)])
+def test_avgpool2x2_exact(H, W, rng):
+    def specials(shape):
+        v = rng.standard_normal(shape).astype(np.float32)
+        tiny = np.array([0.0, -0.0, 1e-45, -1e-45, -3e-45, 1e-38, -1e-38], np.float32)
+        return np.where(rng.random(shape) < 0.3, rng.choice(tiny, shape), v)
+
+    x = specials((2, 3, H, W))
+    layer = ck.AvgPool2d(2)
+    y = layer.forward(x, training=True)
+    P, Q = H // 2, W // 2
+    s = np.zeros((2, 3, P, Q), np.float32)
+    for dh, dw in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        s = s + x[:, :, dh : 2 * P : 2, dw : 2 * Q : 2]
+    np.testing.assert_array_equal(y.view(np.uint32), (s / np.float32(4)).view(np.uint32))
+    dy = specials(y.shape)
+    rdx = np.zeros(x.shape, np.float32)
+    quarter = np.float32(0) + dy / np.float32(4)
+    rdx[:, :, : 2 * P, : 2 * Q] = np.repeat(np.repeat(quarter, 2, 2), 2, 3)
+    np.testing.assert_array_equal(layer.backward(dy).view(np.uint32), rdx.view(np.uint32))
+
+
+def test_pool_and_relu_independent_of_threads(rng):
+    # large enough for the kernels to split across threads
+    x = _pool2x2_input("ties", (8, 32, 28, 28), rng)
+    dy = rng.standard_normal((8, 32, 14, 14)).astype(np.float32)
+    out, before = [], ck.get_num_threads()
+    try:
+        for t in (1, 2):
+            ck.set_num_threads(t)
+            net = _core.Net([ck.ReLU()._native, ck.MaxPool2d(2)._native])
+            out.append((net.forward(x, True), net.backward(dy)))
+    finally:
+        ck.set_num_threads(before)
+    for a, b in zip(out[0], out[1], strict=True):
+        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
 # ---- activations ----------------------------------------------------------------------------
 
 
@@ -222,6 +305,28 @@ def test_sigmoid_tanh_saturate_without_nan():
     for layer in (ck.Sigmoid(), ck.Tanh()):
         y = layer.forward(x)
         assert np.all(np.isfinite(y))
+
+
+# The ReLU family is vectorised with compare-and-select; specials must give exactly what the
+# scalar `x > 0 ? a : b` gives (NaN and -0 are not > 0), for lengths with every tail size.
+@pytest.mark.parametrize("name", ["ReLU", "LeakyReLU"])
+def test_relu_family_exact_on_special_values(name, rng):
+    specials = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45], np.float32)
+    for n in (1, 7, 8, 15, 16, 17, 40, 1003):
+        x, dy = rng.standard_normal((2, n)).astype(np.float32)
+        x = np.where(rng.random(n) < 0.4, rng.choice(specials, n), x)
+        dy = np.where(rng.random(n) < 0.4, rng.choice(specials, n), dy)
+        layer = ck.LeakyReLU(0.2) if name == "LeakyReLU" else ck.ReLU()
+        net = _core.Net([layer._native])
+        y = net.forward(x.reshape(1, n), True).ravel()
+        dx = net.backward(dy.reshape(1, n)).ravel()
+        a = np.float32(0.2 if name == "LeakyReLU" else 0.0)
+        with np.errstate(invalid="ignore"):
+            pos = x > 0
+            ry = np.where(pos, x, a * x if name == "LeakyReLU" else np.float32(0))
+            rdx = np.where(pos, dy, a * dy if name == "LeakyReLU" else np.float32(0))
+        np.testing.assert_array_equal(y.view(np.uint32), ry.astype(np.float32).view(np.uint32))
+        np.testing.assert_array_equal(dx.view(np.uint32), rdx.astype(np.float32).view(np.uint32))
 
 
 # ---- linear / flatten -----------------------------------------------------------------------

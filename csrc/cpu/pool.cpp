@@ -1,51 +1,92 @@
 // Max and average pooling on the CPU (PyTorch semantics: padding, ceil mode, count_include_pad).
+// The 2x2 / stride 2 / no padding case has AVX2 bodies in eltwise_avx2.cpp.
 #include <algorithm>
 #include <cstring>
 #include <limits>
 
+#include "core/runtime.h"
 #include "cpu/kernels.h"
 
 namespace cnnkit {
 namespace cpu {
 
-// x is (N,C,H,W), y and argmax are (N,C,P,Q).
+// ---- interface to eltwise_avx2.cpp (compiled with -mavx2 -mfma) ------------------------------
+
+namespace eltwise_avx2 {
+bool compiled();
+void maxpool2x2_forward_plane(float* y, int32_t* argmax, const float* x, int64_t W, int64_t P,
+                              int64_t Q);
+bool maxpool2x2_backward_plane(float* dx, const float* dy, const int32_t* argmax, int64_t H,
+                               int64_t W, int64_t P, int64_t Q);
+void avgpool2x2_forward_plane(float* y, const float* x, int64_t W, int64_t P, int64_t Q);
+void avgpool2x2_backward_plane(float* dx, const float* dy, int64_t H, int64_t W, int64_t P,
+                               int64_t Q);
+}  // namespace eltwise_avx2
+
 namespace {
 
-// The common 2x2 / stride 2 / no padding case without window bookkeeping (same tie and NaN
-// rules as the general loop: the first maximum in row-major window order wins).
+// Elements a call touches below which OpenMP fork/join costs more than the loop itself.
+constexpr int64_t kParallelMin = 1 << 16;
+
+bool use_avx2() { return eltwise_avx2::compiled() && cpu_has_avx2_fma(); }
+
+// 2x2 windows at stride 2 inside the input: they tile it without overlap, so every input pixel
+// belongs to at most one window and backward can write dx instead of scattering into it.
+bool is_2x2_stride2(const PoolGeom& g) {
+    return g.kh == 2 && g.kw == 2 && g.stride_h == 2 && g.stride_w == 2 && g.pad_h == 0 &&
+           g.pad_w == 0 && 2 * g.P <= g.H && 2 * g.Q <= g.W;
+}
+
+// The 2x2 case without window bookkeeping (same tie and NaN rules as the general loop: the
+// first maximum in row-major window order wins).
+void maxpool2x2_forward_plane(float* yc, int32_t* ac, const float* xc, const PoolGeom& g) {
+    for (int64_t p = 0; p < g.P; ++p) {
+        const float* r0 = xc + 2 * p * g.W;
+        const float* r1 = r0 + g.W;
+        for (int64_t q = 0; q < g.Q; ++q) {
+            const int64_t i0 = 2 * p * g.W + 2 * q;
+            float best = r0[2 * q];
+            int64_t arg = i0;
+            const float c1 = r0[2 * q + 1], c2 = r1[2 * q], c3 = r1[2 * q + 1];
+            if (c1 > best || (c1 != c1 && best == best)) { best = c1; arg = i0 + 1; }
+            if (c2 > best || (c2 != c2 && best == best)) { best = c2; arg = i0 + g.W; }
+            if (c3 > best || (c3 != c3 && best == best)) { best = c3; arg = i0 + g.W + 1; }
+            yc[p * g.Q + q] = best;
+            ac[p * g.Q + q] = static_cast<int32_t>(arg);
+        }
+    }
+}
+
 void maxpool2x2_forward(float* y, int32_t* argmax, const float* x, const PoolGeom& g) {
     const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
-#pragma omp parallel for schedule(static) if (g.N * g.C * PQ > 4096)
+    const bool avx2 = use_avx2();
+#pragma omp parallel for schedule(static) if (g.N * g.C * HW > kParallelMin)
     for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
-        const float* xc = x + nc * HW;
-        float* yc = y + nc * PQ;
-        int32_t* ac = argmax + nc * PQ;
-        for (int64_t p = 0; p < g.P; ++p) {
-            const float* r0 = xc + 2 * p * g.W;
-            const float* r1 = r0 + g.W;
-            for (int64_t q = 0; q < g.Q; ++q) {
-                const int64_t i0 = 2 * p * g.W + 2 * q;
-                float best = r0[2 * q];
-                int64_t arg = i0;
-                const float c1 = r0[2 * q + 1], c2 = r1[2 * q], c3 = r1[2 * q + 1];
-                if (c1 > best || (c1 != c1 && best == best)) { best = c1; arg = i0 + 1; }
-                if (c2 > best || (c2 != c2 && best == best)) { best = c2; arg = i0 + g.W; }
-                if (c3 > best || (c3 != c3 && best == best)) { best = c3; arg = i0 + g.W + 1; }
-                yc[p * g.Q + q] = best;
-                ac[p * g.Q + q] = static_cast<int32_t>(arg);
-            }
-        }
+        if (avx2)
+            eltwise_avx2::maxpool2x2_forward_plane(y + nc * PQ, argmax + nc * PQ, x + nc * HW,
+                                                   g.W, g.P, g.Q);
+        else
+            maxpool2x2_forward_plane(y + nc * PQ, argmax + nc * PQ, x + nc * HW, g);
+    }
+}
+
+// dx (H,W) = 0, then dy scattered onto the argmax of each output (windows may overlap).
+void maxpool_backward_plane(float* dxc, const float* dyc, const int32_t* ac, int64_t HW,
+                            int64_t PQ) {
+    std::memset(dxc, 0, sizeof(float) * HW);
+    for (int64_t i = 0; i < PQ; ++i) {
+        int32_t a = ac[i];
+        if (a >= 0) dxc[a] += dyc[i];
     }
 }
 
 }  // namespace
 
+// x is (N,C,H,W), y and argmax are (N,C,P,Q).
 void maxpool2d_forward(float* y, int32_t* argmax, const float* x, const PoolGeom& g) {
     const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
-    if (g.kh == 2 && g.kw == 2 && g.stride_h == 2 && g.stride_w == 2 && g.pad_h == 0 &&
-        g.pad_w == 0 && 2 * g.P <= g.H && 2 * g.Q <= g.W)
-        return maxpool2x2_forward(y, argmax, x, g);
-#pragma omp parallel for schedule(static)
+    if (is_2x2_stride2(g)) return maxpool2x2_forward(y, argmax, x, g);
+#pragma omp parallel for schedule(static) if (g.N * g.C * PQ * g.kh * g.kw > kParallelMin)
     for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
         const float* xc = x + nc * HW;
         for (int64_t p = 0; p < g.P; ++p) {
@@ -77,21 +118,29 @@ void maxpool2d_forward(float* y, int32_t* argmax, const float* x, const PoolGeom
 // dy, argmax are (N,C,P,Q); dx is (N,C,H,W), overwritten.
 void maxpool2d_backward(float* dx, const float* dy, const int32_t* argmax, const PoolGeom& g) {
     const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
-#pragma omp parallel for schedule(static)
+    // The direct write trusts each argmax to lie in its own window (it does when it comes from
+    // maxpool2d_forward); a plane where one does not is redone by scattering.
+    const bool direct = is_2x2_stride2(g) && g.Q >= 8 && use_avx2();
+#pragma omp parallel for schedule(static) if (g.N * g.C * (HW + PQ) > kParallelMin)
     for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
-        float* dxc = dx + nc * HW;
-        std::memset(dxc, 0, sizeof(float) * HW);
-        for (int64_t i = 0; i < PQ; ++i) {
-            int32_t a = argmax[nc * PQ + i];
-            if (a >= 0) dxc[a] += dy[nc * PQ + i];
-        }
+        if (direct && eltwise_avx2::maxpool2x2_backward_plane(dx + nc * HW, dy + nc * PQ,
+                                                              argmax + nc * PQ, g.H, g.W, g.P,
+                                                              g.Q))
+            continue;
+        maxpool_backward_plane(dx + nc * HW, dy + nc * PQ, argmax + nc * PQ, HW, PQ);
     }
 }
 
 // x is (N,C,H,W), y is (N,C,P,Q).
 void avgpool2d_forward(float* y, const float* x, const PoolGeom& g) {
     const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
-#pragma omp parallel for schedule(static)
+    if (is_2x2_stride2(g) && use_avx2()) {
+#pragma omp parallel for schedule(static) if (g.N * g.C * HW > kParallelMin)
+        for (int64_t nc = 0; nc < g.N * g.C; ++nc)
+            eltwise_avx2::avgpool2x2_forward_plane(y + nc * PQ, x + nc * HW, g.W, g.P, g.Q);
+        return;
+    }
+#pragma omp parallel for schedule(static) if (g.N * g.C * PQ * g.kh * g.kw > kParallelMin)
     for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
         const float* xc = x + nc * HW;
         for (int64_t p = 0; p < g.P; ++p) {
@@ -112,7 +161,14 @@ void avgpool2d_forward(float* y, const float* x, const PoolGeom& g) {
 // dy is (N,C,P,Q); dx is (N,C,H,W), overwritten.
 void avgpool2d_backward(float* dx, const float* dy, const PoolGeom& g) {
     const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
-#pragma omp parallel for schedule(static)
+    if (is_2x2_stride2(g) && use_avx2()) {
+#pragma omp parallel for schedule(static) if (g.N * g.C * HW > kParallelMin)
+        for (int64_t nc = 0; nc < g.N * g.C; ++nc)
+            eltwise_avx2::avgpool2x2_backward_plane(dx + nc * HW, dy + nc * PQ, g.H, g.W, g.P,
+                                                    g.Q);
+        return;
+    }
+#pragma omp parallel for schedule(static) if (g.N * g.C * (HW + PQ * g.kh * g.kw) > kParallelMin)
     for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
         float* dxc = dx + nc * HW;
         std::memset(dxc, 0, sizeof(float) * HW);

@@ -42,6 +42,7 @@ sources+=(tests/cuda_emu/cuda_emu.cpp csrc/bindings/module.cpp)
 compile() {
     local src="$1" obj="$out/obj/$(echo "$1" | tr '/' '_').o" extra=()
     [[ "$src" == *_avx2.cpp ]] && extra+=(-mavx2 -mfma)
+    [[ "$src" == *eltwise_avx2.cpp ]] && extra+=(-ffp-contract=off)
     [[ "$src" == *module.cpp ]] && extra+=($pyinc -DCNNKIT_VERSION=\"$version\")
     [[ "$src" == *.cu ]] && extra+=(-x c++)
     [[ "$src" == *cuda_emu.cpp ]] && extra+=(-Wno-clobbered)
