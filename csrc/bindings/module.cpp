@@ -44,6 +44,21 @@ Tensor to_tensor(const FArray& a) {
     return t;
 }
 
+// The array's memory for the length of one call, without a copy (inputs of forward, backward
+// and the steps, which the Net copies into its own arena anyway).
+Tensor borrow_tensor(const FArray& a) {
+    return Tensor::borrow(const_cast<float*>(a.data()), shape_of(a));
+}
+
+// Hands a CPU tensor to numpy without copying: the array keeps the storage alive.
+py::array_t<float> adopt_numpy(Tensor t) {
+    CNN_CHECK(t.device() == Device::CPU, "adopt_numpy: CPU tensors only");
+    std::vector<py::ssize_t> shape(t.shape().begin(), t.shape().end());
+    auto* owner = new Tensor(std::move(t));
+    py::capsule free_when_done(owner, [](void* p) { delete static_cast<Tensor*>(p); });
+    return py::array_t<float>(shape, owner->data(), free_when_done);
+}
+
 py::array_t<float> to_numpy(const Tensor& t) {
     std::vector<py::ssize_t> shape(t.shape().begin(), t.shape().end());
     py::array_t<float> out(shape);
@@ -521,25 +536,25 @@ PYBIND11_MODULE(_core, m) {
         .def(
             "forward",
             [](nn::Net& n, FArray x, bool training) {
-                Tensor xt = to_tensor(x), y;
+                Tensor xt = borrow_tensor(x), y;
                 {
                     NetLock lock(n);
                     y = n.forward(xt, training).to(Device::CPU);  // copy out of the arena
                 }
-                return to_numpy(y);
+                return adopt_numpy(std::move(y));
             },
             py::arg("x"), py::arg("training") = false)
         .def(
             "backward",
             [](nn::Net& n, FArray dy, bool need_dx) -> py::object {
-                Tensor d = to_tensor(dy), dx;
+                Tensor d = borrow_tensor(dy), dx;
                 {
                     NetLock lock(n);
                     dx = n.backward(d, need_dx);
                     if (need_dx) dx = dx.to(Device::CPU);
                 }
                 if (!need_dx) return py::none();
-                return to_numpy(dx);
+                return adopt_numpy(std::move(dx));
             },
             py::arg("dy"), py::arg("need_dx") = true)
         .def("set_loss", [](nn::Net& n, const std::string& s) { n.set_loss(parse_loss(s)); })
@@ -639,7 +654,7 @@ PYBIND11_MODULE(_core, m) {
         .def(
             "train_step",
             [](nn::Net& n, FArray x, py::array y) {
-                Tensor xt = to_tensor(x);
+                Tensor xt = borrow_tensor(x);
                 CNN_CHECK_ARG(xt.dim() >= 1, "train_step: x must have a batch dimension");
                 Targets t = make_targets(n, y, xt.size(0));
                 const int64_t* lp = t.has_labels ? t.labels.data() : nullptr;
@@ -655,7 +670,7 @@ PYBIND11_MODULE(_core, m) {
         .def(
             "eval_step",
             [](nn::Net& n, FArray x, py::array y) {
-                Tensor xt = to_tensor(x);
+                Tensor xt = borrow_tensor(x);
                 CNN_CHECK_ARG(xt.dim() >= 1, "eval_step: x must have a batch dimension");
                 Targets t = make_targets(n, y, xt.size(0));
                 const int64_t* lp = t.has_labels ? t.labels.data() : nullptr;

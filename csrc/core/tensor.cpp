@@ -23,8 +23,11 @@ Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
     }
 }
 
+Storage::Storage(void* borrowed, size_t bytes)
+    : ptr_(borrowed), bytes_(bytes), device_(Device::CPU), owned_(false) {}
+
 Storage::~Storage() {
-    if (!ptr_) return;
+    if (!ptr_ || !owned_) return;
     if (device_ == Device::CPU) {
         std::free(ptr_);
     } else {
@@ -40,6 +43,15 @@ Storage::~Storage() {
 Tensor::Tensor(const Shape& shape, Device device) : shape_(shape) {
     for (int64_t d : shape) CNN_CHECK_ARG(d >= 0, "negative dimension in shape ", shape_str(shape));
     storage_ = std::make_shared<Storage>(static_cast<size_t>(numel()) * sizeof(float), device);
+}
+
+Tensor Tensor::borrow(float* data, const Shape& shape) {
+    Tensor t;
+    for (int64_t d : shape) CNN_CHECK_ARG(d >= 0, "negative dimension in shape ", shape_str(shape));
+    t.shape_ = shape;
+    t.storage_ = std::make_shared<Storage>(static_cast<void*>(data),
+                                           static_cast<size_t>(t.numel()) * sizeof(float));
+    return t;
 }
 
 Tensor Tensor::zeros(const Shape& shape, Device device) {

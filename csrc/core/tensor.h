@@ -16,6 +16,8 @@ const char* device_name(Device d);
 class Storage {
   public:
     Storage(size_t bytes, Device device);
+    // Borrowed CPU memory (not freed here): the owner keeps it alive while tensors use it.
+    Storage(void* borrowed, size_t bytes);
     ~Storage();
     Storage(const Storage&) = delete;
     Storage& operator=(const Storage&) = delete;
@@ -28,6 +30,7 @@ class Storage {
     void* ptr_ = nullptr;
     size_t bytes_ = 0;
     Device device_;
+    bool owned_ = true;
 };
 
 class Tensor {
@@ -38,6 +41,9 @@ class Tensor {
 
     static Tensor zeros(const Shape& shape, Device device = Device::CPU);
     static Tensor full(const Shape& shape, float value);  // CPU only
+    // A CPU tensor over memory someone else owns (e.g. a numpy array for the length of one
+    // call); no copy. The memory must outlive the tensor and every view of it.
+    static Tensor borrow(float* data, const Shape& shape);
 
     bool defined() const { return storage_ != nullptr; }
     const Shape& shape() const { return shape_; }
