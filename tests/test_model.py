@@ -184,3 +184,38 @@ def test_forward_is_deterministic_across_threads(rng):
     assert np.array_equal(outs[0], outs[1])
     for k in grads[0]:
         assert np.array_equal(grads[0][k], grads[1][k]), k
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        dict(in_channels=3, out_channels=8, kernel_size=3, padding=1),  # direct path, fused pass
+        dict(in_channels=3, out_channels=7, kernel_size=5, padding=2),  # 7 = 6 + 1 output rows
+        dict(in_channels=3, out_channels=8, kernel_size=3, stride=2),  # im2col path + ReLU pass
+        dict(in_channels=4, out_channels=8, kernel_size=3, groups=2, padding=1),
+    ],
+)
+@pytest.mark.parametrize("portable", [False, True], ids=["simd", "portable"])
+def test_conv_relu_fusion_is_bit_identical(conv, portable, rng):
+    # Conv2d -> ReLU runs as one fused pass inside the Net; Conv2d -> Flatten -> ReLU computes
+    # the same function without the fusion. Outputs and every gradient must match exactly.
+    def build(fused: bool):
+        c = ck.Conv2d(**conv)
+        layers = [c, ck.ReLU(), ck.Flatten()] if fused else [c, ck.Flatten(), ck.ReLU()]
+        return ck.Sequential(layers)
+
+    x = rng.standard_normal((3, conv["in_channels"], 11, 11)).astype(np.float32)
+    x[0, 0, :, :] = 0.0  # zero pre-activations where the padding-only taps meet the bias
+    a, b = build(True), build(False)
+    b.load_state_dict(a.state_dict())
+    ck._core.sgemm_force_generic(portable)  # the portable micro-kernels when True
+    try:
+        ya, yb = a.forward(x, training=True), b.forward(x, training=True)
+    finally:
+        ck._core.sgemm_force_generic(False)
+    assert np.array_equal(ya, yb) and (ya >= 0).all() and (ya == 0).any()
+    dy = rng.standard_normal(ya.shape).astype(np.float32)
+    np.testing.assert_array_equal(a.backward(dy), b.backward(dy))
+    for (ka, ga), (kb, gb) in zip(a.grad_dict().items(), b.grad_dict().items(), strict=True):
+        assert ka == kb
+        np.testing.assert_array_equal(ga, gb)

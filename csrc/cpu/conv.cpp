@@ -157,12 +157,13 @@ int64_t conv2d_workspace_floats(const ConvGeom& g) {
     return n;
 }
 
-// x is (N,C,H,W), w is (K,C/groups,R,S), b is (K) or null, y is (N,K,P,Q).
-void conv2d_forward(float* y, const float* x, const float* w, const float* b, const ConvGeom& g,
-                    float* ws) {
+namespace {
+
+// Every forward path but the direct one (which fuses ReLU itself).
+void forward_unfused(float* y, const float* x, const float* w, const float* b, const ConvGeom& g,
+                     float* ws) {
     const int64_t PQ = g.P * g.Q;
     if (is_depthwise(g)) return depthwise_forward(y, x, w, b, g);
-    if (conv_direct::applicable_forward(g)) return conv_direct::forward(y, x, w, b, g, ws);
     if (is_pointwise(g)) {
         for (int64_t n = 0; n < g.N; ++n)
             sgemm(false, false, g.K, PQ, g.C, 1.f, w, g.C, x + n * g.C * PQ, PQ, 0.f,
@@ -206,6 +207,16 @@ void conv2d_forward(float* y, const float* x, const float* w, const float* b, co
                 for (int64_t i = 0; i < PQ; ++i) yk[i] += bk;
             }
     }
+}
+
+}  // namespace
+
+// x is (N,C,H,W), w is (K,C/groups,R,S), b is (K) or null, y is (N,K,P,Q).
+void conv2d_forward(float* y, const float* x, const float* w, const float* b, const ConvGeom& g,
+                    float* ws, bool relu) {
+    if (conv_direct::applicable_forward(g)) return conv_direct::forward(y, x, w, b, g, ws, relu);
+    forward_unfused(y, x, w, b, g, ws);
+    if (relu) activation_forward(y, y, g.N * g.K * g.P * g.Q, Act::ReLU, 0.f);
 }
 
 // dy is (N,K,P,Q), w is (K,C/groups,R,S), dx is (N,C,H,W) (overwritten).

@@ -23,51 +23,55 @@ bool compiled() {
 
 #ifdef CNNKIT_CONV_HAVE_AVX2
 
-// 6 output channels x 16 output columns; B row k is the 16 floats at x + off[k].
-void fwd_6x16(int64_t kc, const float* a, const float* x, const int32_t* off, float* c,
-              int64_t ldc) {
-    __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
-    __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
-    __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
-    __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
-    __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
-    __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+// M (<= 6) output channels x 16 output columns; B row k is the 16 floats at x + off[k]. The
+// A panel keeps its 6-float stride whatever M is (rows past M are never read).
+template <int M>
+void fwd_tile(int64_t kc, const float* a, const float* x, const int32_t* off, float* c,
+              int64_t ldc, const float* bias, bool relu) {
+    __m256 acc0[M], acc1[M];
+    for (int i = 0; i < M; ++i) acc0[i] = acc1[i] = _mm256_setzero_ps();
     for (int64_t k = 0; k < kc; ++k) {
         const float* b = x + off[k];
         const __m256 b0 = _mm256_loadu_ps(b);
         const __m256 b1 = _mm256_loadu_ps(b + 8);
-        __m256 av = _mm256_broadcast_ss(a + 0);
-        c00 = _mm256_fmadd_ps(av, b0, c00);
-        c01 = _mm256_fmadd_ps(av, b1, c01);
-        av = _mm256_broadcast_ss(a + 1);
-        c10 = _mm256_fmadd_ps(av, b0, c10);
-        c11 = _mm256_fmadd_ps(av, b1, c11);
-        av = _mm256_broadcast_ss(a + 2);
-        c20 = _mm256_fmadd_ps(av, b0, c20);
-        c21 = _mm256_fmadd_ps(av, b1, c21);
-        av = _mm256_broadcast_ss(a + 3);
-        c30 = _mm256_fmadd_ps(av, b0, c30);
-        c31 = _mm256_fmadd_ps(av, b1, c31);
-        av = _mm256_broadcast_ss(a + 4);
-        c40 = _mm256_fmadd_ps(av, b0, c40);
-        c41 = _mm256_fmadd_ps(av, b1, c41);
-        av = _mm256_broadcast_ss(a + 5);
-        c50 = _mm256_fmadd_ps(av, b0, c50);
-        c51 = _mm256_fmadd_ps(av, b1, c51);
+#pragma GCC unroll 6
+        for (int i = 0; i < M; ++i) {
+            const __m256 av = _mm256_broadcast_ss(a + i);
+            acc0[i] = _mm256_fmadd_ps(av, b0, acc0[i]);
+            acc1[i] = _mm256_fmadd_ps(av, b1, acc1[i]);
+        }
         a += 6;
     }
-    _mm256_storeu_ps(c, c00);
-    _mm256_storeu_ps(c + 8, c01);
-    _mm256_storeu_ps(c + ldc, c10);
-    _mm256_storeu_ps(c + ldc + 8, c11);
-    _mm256_storeu_ps(c + 2 * ldc, c20);
-    _mm256_storeu_ps(c + 2 * ldc + 8, c21);
-    _mm256_storeu_ps(c + 3 * ldc, c30);
-    _mm256_storeu_ps(c + 3 * ldc + 8, c31);
-    _mm256_storeu_ps(c + 4 * ldc, c40);
-    _mm256_storeu_ps(c + 4 * ldc + 8, c41);
-    _mm256_storeu_ps(c + 5 * ldc, c50);
-    _mm256_storeu_ps(c + 5 * ldc + 8, c51);
+    // Same arithmetic as the portable epilogue: one add for the bias, then max(v, 0), which
+    // (like v > 0 ? v : 0) maps NaN and -0 to +0.
+    const __m256 zero = _mm256_setzero_ps();
+#pragma GCC unroll 6
+    for (int i = 0; i < M; ++i) {
+        __m256 r0 = acc0[i], r1 = acc1[i];
+        if (bias) {
+            const __m256 bv = _mm256_set1_ps(bias[i]);
+            r0 = _mm256_add_ps(r0, bv);
+            r1 = _mm256_add_ps(r1, bv);
+        }
+        if (relu) {
+            r0 = _mm256_max_ps(r0, zero);
+            r1 = _mm256_max_ps(r1, zero);
+        }
+        _mm256_storeu_ps(c + i * ldc, r0);
+        _mm256_storeu_ps(c + i * ldc + 8, r1);
+    }
+}
+
+void fwd_6x16(int rows, int64_t kc, const float* a, const float* x, const int32_t* off,
+              float* c, int64_t ldc, const float* bias, bool relu) {
+    switch (rows) {
+        case 1: return fwd_tile<1>(kc, a, x, off, c, ldc, bias, relu);
+        case 2: return fwd_tile<2>(kc, a, x, off, c, ldc, bias, relu);
+        case 3: return fwd_tile<3>(kc, a, x, off, c, ldc, bias, relu);
+        case 4: return fwd_tile<4>(kc, a, x, off, c, ldc, bias, relu);
+        case 5: return fwd_tile<5>(kc, a, x, off, c, ldc, bias, relu);
+        default: return fwd_tile<6>(kc, a, x, off, c, ldc, bias, relu);
+    }
 }
 
 // 6 taps (rows of dw^T) x 16 output channels; the A element of row i at depth j is
@@ -125,7 +129,8 @@ void wgt_6x16(int64_t kc, const float* x, const int32_t* off, const float* b, in
 
 #else  // never called (compiled() is false), but must link
 
-void fwd_6x16(int64_t, const float*, const float*, const int32_t*, float*, int64_t) {}
+void fwd_6x16(int, int64_t, const float*, const float*, const int32_t*, float*, int64_t,
+              const float*, bool) {}
 void wgt_6x16(int64_t, const float*, const int32_t*, const float*, int64_t, float*, int64_t) {}
 
 #endif

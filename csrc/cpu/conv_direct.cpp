@@ -116,17 +116,20 @@ Scratch& thread_scratch() {
 
 // ---- portable micro-kernels (same contracts as conv_avx2) -----------------------------------
 
-void fwd_generic(int64_t kc, const float* a, const float* x, const int32_t* off, float* c,
-                 int64_t ldc) {
+void fwd_generic(int rows, int64_t kc, const float* a, const float* x, const int32_t* off,
+                 float* c, int64_t ldc, const float* bias, bool relu) {
     float acc[kMR][kNR] = {};
     for (int64_t k = 0; k < kc; ++k) {
         const float* b = x + off[k];
         const float* ak = a + k * kMR;
-        for (int i = 0; i < kMR; ++i)
+        for (int i = 0; i < rows; ++i)
             for (int j = 0; j < kNR; ++j) acc[i][j] += ak[i] * b[j];
     }
-    for (int i = 0; i < kMR; ++i)
-        for (int j = 0; j < kNR; ++j) c[i * ldc + j] = acc[i][j];
+    for (int i = 0; i < rows; ++i)
+        for (int j = 0; j < kNR; ++j) {
+            float v = bias ? acc[i][j] + bias[i] : acc[i][j];
+            c[i * ldc + j] = relu ? (v > 0.f ? v : 0.f) : v;
+        }
 }
 
 void wgt_generic(int64_t kc, const float* x, const int32_t* off, const float* b, int64_t ldb,
@@ -179,15 +182,30 @@ void pack_weights(float* out, int64_t rows, int64_t cols, At at) {
                 out[i0 * cols + k * kMR + i] = i0 + i < rows ? at(i0 + i, k) : 0.f;
 }
 
-// y (N, K, P, Q) = conv(x, packed weights) + bias over the direct geometry d.
-void run_forward(float* y, const float* x, const float* wpk, const float* bias, const DGeom& d,
-                 const int32_t* off) {
+// Output columns are computed 16 at a time. Flat tiles run along j = p*Wp + q straight across
+// the wrap-around columns (best when Q is small, e.g. 10 of Wp = 14); row tiles start at every
+// output row and skip them (best when Q is a multiple of 16). Pick the one with fewer tiles.
+bool row_tiles(const DGeom& d) {
+    return d.P * ((d.Q + kNR - 1) / kNR) <= (d.J + kNR - 1) / kNR;
+}
+
+// y (N, K, P, Q) = act(conv(x, packed weights) + bias) over the direct geometry d.
+void run_forward(float* y, const float* x, const float* wpk, const float* bias, bool relu,
+                 const DGeom& d, const int32_t* off) {
     const int64_t Kp = round_up(d.K, kMR), PQ = d.P * d.Q;
-    const int64_t jb_size = std::min(kColBlock, round_up(d.J, kNR));
-    const int64_t blocks = (d.J + jb_size - 1) / jb_size, tasks = d.N * blocks;
-    const int64_t xp_floats = padded_floats(d), tile_floats = Kp * jb_size;
     const FwdKernel kern = fwd_kernel();
-    const double macs = double(d.N) * d.J * Kp * d.CRS;
+    const double macs = double(d.N) * d.J * d.K * d.CRS;
+    const bool rows_mode = row_tiles(d);
+    // A task is a block of output columns of one image: whole rows in row mode, kColBlock
+    // flat columns otherwise.
+    const int64_t tiles_per_row = (d.Q + kNR - 1) / kNR;
+    const int64_t rows_per_task = std::max<int64_t>(1, kColBlock / (tiles_per_row * kNR));
+    const int64_t jb_size = std::min(kColBlock, round_up(d.J, kNR));
+    const int64_t blocks = rows_mode ? (d.P + rows_per_task - 1) / rows_per_task
+                                     : (d.J + jb_size - 1) / jb_size;
+    const int64_t tasks = d.N * blocks;
+    const int64_t xp_floats = padded_floats(d);
+    const int64_t tile_floats = rows_mode ? kMR * kNR : Kp * jb_size;
     const bool team = !omp_in_parallel() && macs > kParallelMinMacs && tasks > 1;
 #pragma omp parallel if (team)
     {
@@ -197,18 +215,39 @@ void run_forward(float* y, const float* x, const float* wpk, const float* bias, 
         int64_t cur = -1;
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
-            const int64_t n = t / blocks, j0 = t % blocks * jb_size;
-            const int64_t jn = std::min(jb_size, d.J - j0);
+            const int64_t n = t / blocks, blk = t % blocks;
             if (n != cur) {
                 pad_image(xp, x, d, n);
                 cur = n;
             }
-            for (int64_t jt = 0; jt < jn; jt += kNR)
-                for (int64_t k0 = 0; k0 < Kp; k0 += kMR)
-                    kern(d.CRS, wpk + k0 * d.CRS, xp + j0 + jt, off, tile + k0 * jb_size + jt,
-                         jb_size);
-            // Valid columns of the block back to (K, P, Q), adding the bias.
             float* yn = y + n * d.K * PQ;
+            if (rows_mode) {
+                const int64_t p1 = std::min(d.P, (blk + 1) * rows_per_task);
+                for (int64_t p = blk * rows_per_task; p < p1; ++p)
+                    for (int64_t q0 = 0; q0 < d.Q; q0 += kNR) {
+                        const int64_t qn = std::min(kNR, d.Q - q0);
+                        const float* xj = xp + p * d.Wp + q0;
+                        for (int64_t k0 = 0; k0 < d.K; k0 += kMR) {
+                            const int rows = static_cast<int>(std::min(kMR, d.K - k0));
+                            const float* bk = bias ? bias + k0 : nullptr;
+                            float* yk = yn + k0 * PQ + p * d.Q + q0;
+                            if (qn == kNR) {  // a full tile goes straight to y
+                                kern(rows, d.CRS, wpk + k0 * d.CRS, xj, off, yk, PQ, bk, relu);
+                                continue;
+                            }
+                            kern(rows, d.CRS, wpk + k0 * d.CRS, xj, off, tile, kNR, bk, relu);
+                            for (int i = 0; i < rows; ++i)
+                                std::memcpy(yk + i * PQ, tile + i * kNR, sizeof(float) * qn);
+                        }
+                    }
+                continue;
+            }
+            const int64_t j0 = blk * jb_size, jn = std::min(jb_size, d.J - j0);
+            for (int64_t jt = 0; jt < jn; jt += kNR)
+                for (int64_t k0 = 0; k0 < d.K; k0 += kMR)
+                    kern(static_cast<int>(std::min(kMR, d.K - k0)), d.CRS, wpk + k0 * d.CRS,
+                         xp + j0 + jt, off, tile + k0 * jb_size + jt, jb_size, nullptr, false);
+            // Valid columns of the block back to (K, P, Q), adding the bias.
             for (int64_t p = j0 / d.Wp; p * d.Wp < j0 + jn; ++p) {
                 const int64_t q0 = std::max<int64_t>(0, j0 - p * d.Wp);
                 const int64_t q1 = std::min(d.Q, j0 + jn - p * d.Wp);
@@ -218,7 +257,14 @@ void run_forward(float* y, const float* x, const float* wpk, const float* bias, 
                     const float* src = tile + k * jb_size + src0;
                     float* dst = yn + k * PQ + p * d.Q + q0;
                     const float bk = bias ? bias[k] : 0.f;
-                    for (int64_t q = 0; q < q1 - q0; ++q) dst[q] = src[q] + bk;
+                    if (relu) {
+                        for (int64_t q = 0; q < q1 - q0; ++q) {
+                            const float v = src[q] + bk;
+                            dst[q] = v > 0.f ? v : 0.f;
+                        }
+                    } else {
+                        for (int64_t q = 0; q < q1 - q0; ++q) dst[q] = src[q] + bk;
+                    }
                 }
             }
         }
@@ -252,13 +298,13 @@ int64_t workspace_floats(const ConvGeom& g) {
 }
 
 void forward(float* y, const float* x, const float* w, const float* b, const ConvGeom& g,
-             float* ws) {
+             float* ws, bool relu) {
     const DGeom d = forward_dgeom(g);
     int32_t* off = reinterpret_cast<int32_t*>(ws);
     float* wpk = ws + round_up(d.CRS, 16);
     tap_offsets(off, d, d.CRS);
     pack_weights(wpk, g.K, d.CRS, [&](int64_t k, int64_t crs) { return w[k * d.CRS + crs]; });
-    run_forward(y, x, wpk, b, d, off);
+    run_forward(y, x, wpk, b, relu, d, off);
 }
 
 void backward_input(float* dx, const float* dy, const float* w, const ConvGeom& g, float* ws) {
@@ -272,7 +318,7 @@ void backward_input(float* dx, const float* dy, const float* w, const ConvGeom& 
         const int64_t k = krs / RS, rs = krs % RS;
         return w[k * CRS + c * RS + (RS - 1 - rs)];
     });
-    run_forward(dx, dy, wpk, nullptr, d, off);
+    run_forward(dx, dy, wpk, nullptr, false, d, off);
 }
 
 void backward_weight(float* dw, const float* dy, const float* x, const ConvGeom& g, float* ws) {

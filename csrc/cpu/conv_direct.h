@@ -25,17 +25,20 @@ bool applicable_backward_weight(const ConvGeom& g);
 // Floats of caller workspace the three routines need (0 when no routine applies).
 int64_t workspace_floats(const ConvGeom& g);
 
+// relu: y = max(conv + b, 0) in the same pass (the Net fuses Conv2d -> ReLU this way).
 void forward(float* y, const float* x, const float* w, const float* b, const ConvGeom& g,
-             float* ws);
+             float* ws, bool relu);
 void backward_input(float* dx, const float* dy, const float* w, const ConvGeom& g, float* ws);
 // dw accumulated (db is handled by the caller).
 void backward_weight(float* dw, const float* dy, const float* x, const ConvGeom& g, float* ws);
 
 // ---- micro-kernels (AVX2/FMA in conv_avx2.cpp, portable twins in conv_direct.cpp) ---------
 
-// c[i][0:16] = sum_k a[k*6 + i] * x[off[k] + 0:16] for i < 6 (c overwritten, rows ldc apart).
-using FwdKernel = void (*)(int64_t kc, const float* a, const float* x, const int32_t* off,
-                           float* c, int64_t ldc);
+// c[i][0:16] = act(bias[i] + sum_k a[k*6 + i] * x[off[k] + 0:16]) for i < rows (rows <= 6,
+// c overwritten, rows ldc apart); bias may be null; act is ReLU (v > 0 ? v : 0) or identity.
+using FwdKernel = void (*)(int rows, int64_t kc, const float* a, const float* x,
+                           const int32_t* off, float* c, int64_t ldc, const float* bias,
+                           bool relu);
 // c[i][0:16] += sum_j x[off[i] + j] * b[j*ldb + 0:16] for i < 6, j < kc.
 using WgtKernel = void (*)(int64_t kc, const float* x, const int32_t* off, const float* b,
                            int64_t ldb, float* c, int64_t ldc);
@@ -44,8 +47,8 @@ using WgtKernel = void (*)(int64_t kc, const float* x, const int32_t* off, const
 
 namespace conv_avx2 {
 bool compiled();
-void fwd_6x16(int64_t kc, const float* a, const float* x, const int32_t* off, float* c,
-              int64_t ldc);
+void fwd_6x16(int rows, int64_t kc, const float* a, const float* x, const int32_t* off,
+              float* c, int64_t ldc, const float* bias, bool relu);
 void wgt_6x16(int64_t kc, const float* x, const int32_t* off, const float* b, int64_t ldb,
               float* c, int64_t ldc);
 }  // namespace conv_avx2

@@ -25,8 +25,9 @@ void col2im(float* dx, const float* col, int64_t ldc, int64_t C, int64_t H, int6
 // Scratch floats the three conv kernels need for geometry g (caller provides `ws`).
 int64_t conv2d_workspace_floats(const ConvGeom& g);
 // x is (N,C,H,W), w is (K,C/groups,R,S), b is (K) or null, y is (N,K,P,Q).
+// relu: y = max(conv + b, 0), fused into the output pass where the kernel allows (CPU only).
 void conv2d_forward(float* y, const float* x, const float* w, const float* b, const ConvGeom& g,
-                    float* ws);
+                    float* ws, bool relu = false);
 // dy is (N,K,P,Q), w is (K,C/groups,R,S), dx is (N,C,H,W) (overwritten).
 void conv2d_backward_input(float* dx, const float* dy, const float* w, const ConvGeom& g,
                            float* ws);

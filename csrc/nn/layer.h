@@ -47,6 +47,12 @@ class Layer {
 
     // y must already have output_shape(x.shape()).
     void forward(const Tensor& x, Tensor& y, bool training, const Workspace& ws);
+    // forward, then ReLU in place: what the Net runs for a layer directly followed by ReLU
+    // when fuses_relu() (the ReLU layer's output then aliases this layer's output, and its
+    // backward, x > 0 ? dy : 0, reads the rectified values, which are > 0 exactly where the
+    // pre-activation values were).
+    void forward_relu(const Tensor& x, Tensor& y, bool training, const Workspace& ws);
+    virtual bool fuses_relu() const { return false; }
     // x, y: this layer's input and output from the last forward; dx null when not needed.
     void backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor* dx,
                   const Workspace& ws);
@@ -74,6 +80,9 @@ class Layer {
     virtual void forward_impl(const Tensor& x, Tensor& y, bool training, const Workspace& ws) = 0;
     virtual void backward_impl(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor* dx,
                                const Workspace& ws) = 0;
+    // Default: forward_impl then a separate ReLU pass over y.
+    virtual void forward_relu_impl(const Tensor& x, Tensor& y, bool training,
+                                   const Workspace& ws);
     // Throws ValueError "<Type> (layer i): <what>: expected <e>, got <shape>".
     [[noreturn]] void shape_error(const std::string& expected, const Shape& got) const;
     void init_storage();  // allocate standalone params/grads/buffers from the specs

@@ -30,6 +30,20 @@ void Layer::forward(const Tensor& x, Tensor& y, bool training, const Workspace& 
     forward_impl(x, y, training, ws);
 }
 
+void Layer::forward_relu(const Tensor& x, Tensor& y, bool training, const Workspace& ws) {
+    Shape out = output_shape(x.shape());
+    CNN_CHECK(y.shape() == out, label(), ": output buffer ", shape_str(y.shape()), " != ",
+              shape_str(out));
+    CNN_CHECK(ws.floats >= workspace_floats(x.shape()), label(), ": workspace too small");
+    last_training_ = training;
+    forward_relu_impl(x, y, training, ws);
+}
+
+void Layer::forward_relu_impl(const Tensor& x, Tensor& y, bool training, const Workspace& ws) {
+    forward_impl(x, y, training, ws);
+    ops::activation_forward(y, y, cpu::Act::ReLU, 0.f);
+}
+
 void Layer::backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor* dx,
                      const Workspace& ws) {
     CNN_CHECK_ARG(dy.shape() == y.shape(), label(), ": gradient of shape ", shape_str(dy.shape()),
@@ -157,6 +171,11 @@ class Conv2d : public Layer {
     void forward_impl(const Tensor& x, Tensor& y, bool, const Workspace& ws) override {
         ops::conv2d_forward(y, x, params_[0], bias_ ? &params_[1] : nullptr, geom(x.shape()),
                             ws.data);
+    }
+    bool fuses_relu() const override { return true; }
+    void forward_relu_impl(const Tensor& x, Tensor& y, bool, const Workspace& ws) override {
+        ops::conv2d_forward(y, x, params_[0], bias_ ? &params_[1] : nullptr, geom(x.shape()),
+                            ws.data, true);
     }
     void backward_impl(const Tensor& x, const Tensor&, const Tensor& dy, Tensor* dx,
                        const Workspace& ws) override {

@@ -33,6 +33,9 @@ Net::Net(std::vector<LayerPtr> layers) : layers_(std::move(layers)) {
             nb += round_up(shape_numel(s.shape));
         }
     }
+    relu_fused_.assign(layers_.size(), 0);
+    for (size_t i = 0; i + 1 < layers_.size(); ++i)
+        relu_fused_[i] = layers_[i]->fuses_relu() && layers_[i + 1]->type() == "ReLU";
     params_ = Tensor::zeros({np});
     grads_ = Tensor::zeros({np});
     buffers_ = Tensor::zeros({nb});
@@ -122,7 +125,7 @@ void Net::ensure_arena(const std::vector<Shape>& shapes) {
             int64_t per = shape_numel(shapes[i]) / N;
             max_act = std::max(max_act, per * cap);
             // a view layer's output aliases its input: no storage of its own
-            if (i > 0 && layers_[i - 1]->is_view())
+            if (i > 0 && aliases_input(i - 1))
                 act_store_.push_back(Tensor());
             else
                 act_store_.emplace_back(Shape{per * cap}, dev);
@@ -153,9 +156,12 @@ Tensor Net::forward(const Tensor& x, bool training) {
                  ws_store_.defined() ? ws_store_.capacity() : 0};
     if (training) ++rng_counter_;
     for (size_t i = 0; i < layers_.size(); ++i) {
-        if (layers_[i]->is_view()) continue;
+        if (aliases_input(i)) continue;  // a view, or a ReLU run by the layer before it
         layers_[i]->set_rng(rng_seed_, (static_cast<uint64_t>(i) << 40) ^ rng_counter_);
-        layers_[i]->forward(acts_[i], acts_[i + 1], training, ws);
+        if (relu_fused_[i])
+            layers_[i]->forward_relu(acts_[i], acts_[i + 1], training, ws);
+        else
+            layers_[i]->forward(acts_[i], acts_[i + 1], training, ws);
     }
     have_forward_ = true;
     last_training_ = training;

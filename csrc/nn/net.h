@@ -76,6 +76,12 @@ class Net {
                                  Tensor* dout, int64_t* correct);
 
     std::vector<LayerPtr> layers_;
+    // relu_fused_[i]: layer i+1 is a ReLU computed inside layer i's forward (its output
+    // aliases layer i's output); see Layer::forward_relu.
+    std::vector<char> relu_fused_;
+    bool aliases_input(size_t layer) const {
+        return layers_[layer]->is_view() || (layer > 0 && relu_fused_[layer - 1]);
+    }
     Tensor params_, grads_, buffers_;
     int64_t num_params_ = 0;
     std::vector<std::pair<std::string, std::pair<int64_t, Shape>>> param_index_, buffer_index_;

@@ -52,11 +52,12 @@ int64_t conv2d_workspace_floats(const ConvGeom& g, Device device) {
 }
 
 void conv2d_forward(Tensor& y, const Tensor& x, const Tensor& w, const Tensor* b,
-                    const ConvGeom& g, float* ws) {
+                    const ConvGeom& g, float* ws, bool relu) {
     if (common_device("conv2d_forward", {&y, &x, &w, b}) == Device::CUDA) {
         CNN_ON_CUDA(cuda::conv2d_forward(y.data(), x.data(), w.data(), cptr(b), g, ws));
+        if (relu) CNN_ON_CUDA(cuda::activation_forward(y.data(), y.data(), y.numel(), Act::ReLU, 0.f));
     } else {
-        cpu::conv2d_forward(y.data(), x.data(), w.data(), cptr(b), g, ws);
+        cpu::conv2d_forward(y.data(), x.data(), w.data(), cptr(b), g, ws, relu);
     }
 }
 

@@ -14,8 +14,9 @@ using cpu::Act;
 
 // Scratch floats the conv kernels of `device` need for geometry g (the Net's workspace arena).
 int64_t conv2d_workspace_floats(const ConvGeom& g, Device device);
+// relu: y = max(conv + b, 0) (one fused pass on the CPU direct path, a second pass elsewhere).
 void conv2d_forward(Tensor& y, const Tensor& x, const Tensor& w, const Tensor* b,
-                    const ConvGeom& g, float* ws);
+                    const ConvGeom& g, float* ws, bool relu = false);
 void conv2d_backward_input(Tensor& dx, const Tensor& dy, const Tensor& w, const ConvGeom& g,
                            float* ws);
 void conv2d_backward_weight(Tensor& dw, Tensor* db, const Tensor& dy, const Tensor& x,
