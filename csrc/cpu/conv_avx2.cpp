@@ -6,6 +6,8 @@
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
+
+#include "cpu/avx2_util.h"
 #define CNNKIT_CONV_HAVE_AVX2 1
 #endif
 
@@ -127,11 +129,31 @@ void wgt_6x16(int64_t kc, const float* x, const int32_t* off, const float* b, in
     _mm256_storeu_ps(c + 5 * ldc + 8, c51);
 }
 
+// dst[q * ld_dst + k] = src[k * ld_src + q] for k < rows, q < cols, in 8x8 register blocks.
+void transpose(float* dst, int64_t ld_dst, const float* src, int64_t ld_src, int64_t rows,
+               int64_t cols) {
+    int64_t k0 = 0;
+    for (; k0 + 8 <= rows; k0 += 8) {
+        int64_t q0 = 0;
+        for (; q0 + 8 <= cols; q0 += 8) {
+            __m256 r[8];
+            for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + (k0 + i) * ld_src + q0);
+            avx2::transpose8(r);
+            for (int t = 0; t < 8; ++t) _mm256_storeu_ps(dst + (q0 + t) * ld_dst + k0, r[t]);
+        }
+        for (; q0 < cols; ++q0)
+            for (int64_t k = k0; k < k0 + 8; ++k) dst[q0 * ld_dst + k] = src[k * ld_src + q0];
+    }
+    for (int64_t k = k0; k < rows; ++k)
+        for (int64_t q = 0; q < cols; ++q) dst[q * ld_dst + k] = src[k * ld_src + q];
+}
+
 #else  // never called (compiled() is false), but must link
 
 void fwd_6x16(int, int64_t, const float*, const float*, const int32_t*, float*, int64_t,
               const float*, bool) {}
 void wgt_6x16(int64_t, const float*, const int32_t*, const float*, int64_t, float*, int64_t) {}
+void transpose(float*, int64_t, const float*, int64_t, int64_t, int64_t) {}
 
 #endif
 

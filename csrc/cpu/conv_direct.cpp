@@ -330,6 +330,7 @@ void backward_weight(float* dw, const float* dy, const float* x, const ConvGeom&
     tap_offsets(off, d, CRSp);
     const int64_t xp_floats = padded_floats(d), dyt_floats = round_up(d.J * Kp, 16);
     const WgtKernel kern = wgt_kernel();
+    const bool simd = cpu_simd_enabled() && conv_avx2::compiled();
     const double macs = double(g.N) * d.J * Kp * CRSp;
     const bool team = !omp_in_parallel() && macs > kParallelMinMacs && groups > 1;
 #pragma omp parallel if (team)
@@ -347,12 +348,18 @@ void backward_weight(float* dw, const float* dy, const float* x, const ConvGeom&
                 pad_image(xp, x, d, n);
                 // dy^T: row j = p*Wp + q holds dy[n, :, p, q] (K floats, padded to Kp).
                 const float* dyn = dy + n * g.K * PQ;
-                for (int64_t k = 0; k < g.K; ++k)
-                    for (int64_t p = 0; p < g.P; ++p) {
+                for (int64_t p = 0; p < g.P; ++p) {
+                    if (simd) {
+                        conv_avx2::transpose(dyt + p * d.Wp * Kp, Kp, dyn + p * g.Q, PQ, g.K,
+                                             g.Q);
+                        continue;
+                    }
+                    for (int64_t k = 0; k < g.K; ++k) {
                         const float* src = dyn + k * PQ + p * g.Q;
                         float* dst = dyt + p * d.Wp * Kp + k;
                         for (int64_t q = 0; q < g.Q; ++q) dst[q * Kp] = src[q];
                     }
+                }
                 for (int64_t j0 = 0; j0 < d.J; j0 += kDepthBlock) {
                     const int64_t jn = std::min(kDepthBlock, d.J - j0);
                     for (int64_t k0 = 0; k0 < Kp; k0 += kNR)

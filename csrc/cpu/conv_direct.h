@@ -51,6 +51,9 @@ void fwd_6x16(int rows, int64_t kc, const float* a, const float* x, const int32_
               float* c, int64_t ldc, const float* bias, bool relu);
 void wgt_6x16(int64_t kc, const float* x, const int32_t* off, const float* b, int64_t ldb,
               float* c, int64_t ldc);
+// dst[q * ld_dst + k] = src[k * ld_src + q] for k < rows, q < cols.
+void transpose(float* dst, int64_t ld_dst, const float* src, int64_t ld_src, int64_t rows,
+               int64_t cols);
 }  // namespace conv_avx2
 
 }  // namespace cpu

@@ -5,6 +5,8 @@
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
+
+#include "cpu/avx2_util.h"
 #define CNNKIT_GEMM_HAVE_AVX2 1
 #endif
 
@@ -93,26 +95,6 @@ void ukernel_6x16(int64_t kc, const float* a, const float* b, int64_t ldb, float
 
 // ---- packing --------------------------------------------------------------------------------
 
-// In-register 8x8 transpose: r[i][j] -> r[j][i].
-inline void transpose8(__m256 r[8]) {
-    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-    const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-    const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-    const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-    const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-    const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-    const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
-    r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
-    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
-    r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
-    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
-    r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
-    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
-    r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
-}
-
 // Gathers `rows` (<= 8) strided rows, depth [0, kc), into dst[k * dst_stride + 0..width):
 // dst column i = source row i, columns rows..width are zero. width is 6 or 8.
 inline void pack_rows_transposed(const float* src, int64_t ld, int rows, int64_t kc, float* dst,
@@ -122,7 +104,7 @@ inline void pack_rows_transposed(const float* src, int64_t ld, int rows, int64_t
         __m256 r[8];
         for (int i = 0; i < 8; ++i)
             r[i] = i < rows ? _mm256_loadu_ps(src + i * ld + k) : _mm256_setzero_ps();
-        transpose8(r);
+        avx2::transpose8(r);
         for (int t = 0; t < 8; ++t) {
             float* d = dst + (k + t) * dst_stride;
             if (width == 8) {
