@@ -67,9 +67,10 @@ DGeom backward_input_dgeom(const ConvGeom& g) {
                       g.dil_w * (g.S - 1) - g.pad_w, g.dil_h, g.dil_w);
 }
 
-// Floats of the padded image buffer: the kernels read up to 16 columns past the last output
-// column of the last tap, which stays within C*Hp*Wp + kNR (see conv_direct.h).
-int64_t padded_floats(const DGeom& d) { return round_up(d.C * d.Hp * d.Wp + kNR, 16); }
+// Floats of the padded image buffer plus a zero tail the last taps read into: tap (C-1, R-1,
+// S-1) sits at C*Hp*Wp - J + dw*(S-1) and flat tiles run up to 15 columns past J, so reads
+// stay below C*Hp*Wp + dw*(S-1) + kNR, and dw*(S-1) = Wp - Q < Wp.
+int64_t padded_floats(const DGeom& d) { return round_up(d.C * d.Hp * d.Wp + d.Wp + kNR, 16); }
 
 bool geometry_ok(const DGeom& d) {
     return d.P > 0 && d.Q > 0 && d.ph >= 0 && d.pw >= 0 && padded_floats(d) < INT32_MAX;
@@ -94,7 +95,8 @@ class Scratch {
     Scratch& operator=(const Scratch&) = delete;
     ~Scratch() { std::free(ptr_); }
     float* get(int64_t floats) {
-        const size_t bytes = static_cast<size_t>(round_up(std::max<int64_t>(floats, 1) * 4, 4096));
+        // no slack beyond 64-byte rounding, so the sanitizer builds see any over-read
+        const size_t bytes = static_cast<size_t>(round_up(std::max<int64_t>(floats, 1) * 4, 64));
         if (bytes > cap_) {
             std::free(ptr_);
             ptr_ = static_cast<float*>(std::aligned_alloc(64, bytes));
@@ -209,8 +211,9 @@ void run_forward(float* y, const float* x, const float* wpk, const float* bias, 
     const bool team = !omp_in_parallel() && macs > kParallelMinMacs && tasks > 1;
 #pragma omp parallel if (team)
     {
-        float* xp = thread_scratch().get(xp_floats + tile_floats);
-        float* tile = xp + xp_floats;
+        // The padded image goes last in the scratch, so reading past its tail is caught.
+        float* tile = thread_scratch().get(round_up(tile_floats, 16) + xp_floats);
+        float* xp = tile + round_up(tile_floats, 16);
         std::memset(xp, 0, sizeof(float) * xp_floats);
         int64_t cur = -1;
 #pragma omp for schedule(static)
@@ -335,10 +338,10 @@ void backward_weight(float* dw, const float* dy, const float* x, const ConvGeom&
     const bool team = !omp_in_parallel() && macs > kParallelMinMacs && groups > 1;
 #pragma omp parallel if (team)
     {
-        float* xp = thread_scratch().get(xp_floats + dyt_floats);
-        float* dyt = xp + xp_floats;
+        float* dyt = thread_scratch().get(dyt_floats + xp_floats);
+        float* xp = dyt + dyt_floats;
         // Borders, wrap-around columns (q >= Q) and channel padding stay zero for every image.
-        std::memset(xp, 0, sizeof(float) * (xp_floats + dyt_floats));
+        std::memset(dyt, 0, sizeof(float) * (dyt_floats + xp_floats));
 #pragma omp for schedule(static)
         for (int64_t gi = 0; gi < groups; ++gi) {
             float* part = parts + gi * part_floats;
