@@ -76,60 +76,45 @@ void fwd_6x16(int rows, int64_t kc, const float* a, const float* x, const int32_
     }
 }
 
-// 6 taps (rows of dw^T) x 16 output channels; the A element of row i at depth j is
-// x[off[i] + j], B is a packed (kc, 16) slice of dy^T.
-void wgt_6x16(int64_t kc, const float* x, const int32_t* off, const float* b, int64_t ldb,
+// 6 taps (rows of dw^T) x 8*NV output channels; the A element of row i at depth j is
+// x[off[i] + j], B is a (kc, 8*NV) slice of dy^T, ldb apart.
+template <int NV>
+void wgt_tile(int64_t kc, const float* x, const int32_t* off, const float* b, int64_t ldb,
               float* c, int64_t ldc) {
-    const float* x0 = x + off[0];
-    const float* x1 = x + off[1];
-    const float* x2 = x + off[2];
-    const float* x3 = x + off[3];
-    const float* x4 = x + off[4];
-    const float* x5 = x + off[5];
-    __m256 c00 = _mm256_loadu_ps(c), c01 = _mm256_loadu_ps(c + 8);
-    __m256 c10 = _mm256_loadu_ps(c + ldc), c11 = _mm256_loadu_ps(c + ldc + 8);
-    __m256 c20 = _mm256_loadu_ps(c + 2 * ldc), c21 = _mm256_loadu_ps(c + 2 * ldc + 8);
-    __m256 c30 = _mm256_loadu_ps(c + 3 * ldc), c31 = _mm256_loadu_ps(c + 3 * ldc + 8);
-    __m256 c40 = _mm256_loadu_ps(c + 4 * ldc), c41 = _mm256_loadu_ps(c + 4 * ldc + 8);
-    __m256 c50 = _mm256_loadu_ps(c + 5 * ldc), c51 = _mm256_loadu_ps(c + 5 * ldc + 8);
+    const float* xi[6];
+    __m256 acc[6][NV];
+#pragma GCC unroll 6
+    for (int i = 0; i < 6; ++i) {
+        xi[i] = x + off[i];
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v) acc[i][v] = _mm256_loadu_ps(c + i * ldc + 8 * v);
+    }
     for (int64_t j = 0; j < kc; ++j) {
-        const __m256 b0 = _mm256_loadu_ps(b);
-        const __m256 b1 = _mm256_loadu_ps(b + 8);
-        __m256 av = _mm256_broadcast_ss(x0 + j);
-        c00 = _mm256_fmadd_ps(av, b0, c00);
-        c01 = _mm256_fmadd_ps(av, b1, c01);
-        av = _mm256_broadcast_ss(x1 + j);
-        c10 = _mm256_fmadd_ps(av, b0, c10);
-        c11 = _mm256_fmadd_ps(av, b1, c11);
-        av = _mm256_broadcast_ss(x2 + j);
-        c20 = _mm256_fmadd_ps(av, b0, c20);
-        c21 = _mm256_fmadd_ps(av, b1, c21);
-        av = _mm256_broadcast_ss(x3 + j);
-        c30 = _mm256_fmadd_ps(av, b0, c30);
-        c31 = _mm256_fmadd_ps(av, b1, c31);
-        av = _mm256_broadcast_ss(x4 + j);
-        c40 = _mm256_fmadd_ps(av, b0, c40);
-        c41 = _mm256_fmadd_ps(av, b1, c41);
-        av = _mm256_broadcast_ss(x5 + j);
-        c50 = _mm256_fmadd_ps(av, b0, c50);
-        c51 = _mm256_fmadd_ps(av, b1, c51);
+        __m256 bv[NV];
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v) bv[v] = _mm256_loadu_ps(b + 8 * v);
+#pragma GCC unroll 6
+        for (int i = 0; i < 6; ++i) {
+            const __m256 av = _mm256_broadcast_ss(xi[i] + j);
+#pragma GCC unroll 2
+            for (int v = 0; v < NV; ++v) acc[i][v] = _mm256_fmadd_ps(av, bv[v], acc[i][v]);
+        }
         b += ldb;
     }
-    _mm256_storeu_ps(c, c00);
-    _mm256_storeu_ps(c + 8, c01);
-    _mm256_storeu_ps(c + ldc, c10);
-    _mm256_storeu_ps(c + ldc + 8, c11);
-    _mm256_storeu_ps(c + 2 * ldc, c20);
-    _mm256_storeu_ps(c + 2 * ldc + 8, c21);
-    _mm256_storeu_ps(c + 3 * ldc, c30);
-    _mm256_storeu_ps(c + 3 * ldc + 8, c31);
-    _mm256_storeu_ps(c + 4 * ldc, c40);
-    _mm256_storeu_ps(c + 4 * ldc + 8, c41);
-    _mm256_storeu_ps(c + 5 * ldc, c50);
-    _mm256_storeu_ps(c + 5 * ldc + 8, c51);
+#pragma GCC unroll 6
+    for (int i = 0; i < 6; ++i)
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v) _mm256_storeu_ps(c + i * ldc + 8 * v, acc[i][v]);
 }
 
-// dst[q * ld_dst + k] = src[k * ld_src + q] for k < rows, q < cols, in 8x8 register blocks.
+void wgt_6x16(int cols, int64_t kc, const float* x, const int32_t* off, const float* b,
+              int64_t ldb, float* c, int64_t ldc) {
+    if (cols == 8) return wgt_tile<1>(kc, x, off, b, ldb, c, ldc);
+    wgt_tile<2>(kc, x, off, b, ldb, c, ldc);
+}
+
+// dst[q * ld_dst + k] = src[k * ld_src + q] for k < rows, q < cols, in 8x8 register blocks;
+// columns rows..round_up(rows, 8) of dst are set to zero.
 void transpose(float* dst, int64_t ld_dst, const float* src, int64_t ld_src, int64_t rows,
                int64_t cols) {
     int64_t k0 = 0;
@@ -144,15 +129,29 @@ void transpose(float* dst, int64_t ld_dst, const float* src, int64_t ld_src, int
         for (; q0 < cols; ++q0)
             for (int64_t k = k0; k < k0 + 8; ++k) dst[q0 * ld_dst + k] = src[k * ld_src + q0];
     }
-    for (int64_t k = k0; k < rows; ++k)
-        for (int64_t q = 0; q < cols; ++q) dst[q * ld_dst + k] = src[k * ld_src + q];
+    if (k0 == rows) return;
+    // Last rows % 8 rows: zero registers stand in for the missing rows, so dst columns
+    // rows..k0+8 are written as zeros (the caller's row stride leaves room for them).
+    const int tail = static_cast<int>(rows - k0);
+    int64_t q0 = 0;
+    for (; q0 + 8 <= cols; q0 += 8) {
+        __m256 r[8];
+        for (int i = 0; i < 8; ++i)
+            r[i] = i < tail ? _mm256_loadu_ps(src + (k0 + i) * ld_src + q0) : _mm256_setzero_ps();
+        avx2::transpose8(r);
+        for (int t = 0; t < 8; ++t) _mm256_storeu_ps(dst + (q0 + t) * ld_dst + k0, r[t]);
+    }
+    for (; q0 < cols; ++q0)
+        for (int64_t k = k0; k < k0 + 8; ++k)
+            dst[q0 * ld_dst + k] = k < rows ? src[k * ld_src + q0] : 0.f;
 }
 
 #else  // never called (compiled() is false), but must link
 
 void fwd_6x16(int, int64_t, const float*, const float*, const int32_t*, float*, int64_t,
               const float*, bool) {}
-void wgt_6x16(int64_t, const float*, const int32_t*, const float*, int64_t, float*, int64_t) {}
+void wgt_6x16(int, int64_t, const float*, const int32_t*, const float*, int64_t, float*,
+              int64_t) {}
 void transpose(float*, int64_t, const float*, int64_t, int64_t, int64_t) {}
 
 #endif

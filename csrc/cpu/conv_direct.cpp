@@ -83,8 +83,12 @@ bool plain(const ConvGeom& g) {
 
 int64_t weight_groups(const ConvGeom& g) { return std::min<int64_t>(g.N, kMaxGroups); }
 
+// Output channels per weight-gradient micro-tile: 8 for narrow layers (LeNet's conv1 has 6)
+// so fewer zero columns are computed, else 16.
+int64_t wgt_cols(const ConvGeom& g) { return g.K <= 8 ? 8 : kNR; }
+
 int64_t partial_floats(const ConvGeom& g) {
-    return round_up(g.C * g.R * g.S, kMR) * round_up(g.K, kNR);
+    return round_up(g.C * g.R * g.S, kMR) * round_up(g.K, wgt_cols(g));
 }
 
 // 64-byte aligned per-thread scratch that only grows (no allocation in the steady state).
@@ -134,15 +138,15 @@ void fwd_generic(int rows, int64_t kc, const float* a, const float* x, const int
         }
 }
 
-void wgt_generic(int64_t kc, const float* x, const int32_t* off, const float* b, int64_t ldb,
-                 float* c, int64_t ldc) {
+void wgt_generic(int cols, int64_t kc, const float* x, const int32_t* off, const float* b,
+                 int64_t ldb, float* c, int64_t ldc) {
     for (int i = 0; i < kMR; ++i) {
         const float* xi = x + off[i];
         float acc[kNR];
-        for (int j = 0; j < kNR; ++j) acc[j] = c[i * ldc + j];
+        for (int j = 0; j < cols; ++j) acc[j] = c[i * ldc + j];
         for (int64_t k = 0; k < kc; ++k)
-            for (int j = 0; j < kNR; ++j) acc[j] += xi[k] * b[k * ldb + j];
-        for (int j = 0; j < kNR; ++j) c[i * ldc + j] = acc[j];
+            for (int j = 0; j < cols; ++j) acc[j] += xi[k] * b[k * ldb + j];
+        for (int j = 0; j < cols; ++j) c[i * ldc + j] = acc[j];
     }
 }
 
@@ -326,7 +330,8 @@ void backward_input(float* dx, const float* dy, const float* w, const ConvGeom& 
 
 void backward_weight(float* dw, const float* dy, const float* x, const ConvGeom& g, float* ws) {
     const DGeom d = forward_dgeom(g);
-    const int64_t CRSp = round_up(d.CRS, kMR), Kp = round_up(g.K, kNR), PQ = g.P * g.Q;
+    const int64_t cols = wgt_cols(g);
+    const int64_t CRSp = round_up(d.CRS, kMR), Kp = round_up(g.K, cols), PQ = g.P * g.Q;
     const int64_t groups = weight_groups(g), part_floats = partial_floats(g);
     int32_t* off = reinterpret_cast<int32_t*>(ws);
     float* parts = ws + round_up(d.CRS, 16);
@@ -365,10 +370,10 @@ void backward_weight(float* dw, const float* dy, const float* x, const ConvGeom&
                 }
                 for (int64_t j0 = 0; j0 < d.J; j0 += kDepthBlock) {
                     const int64_t jn = std::min(kDepthBlock, d.J - j0);
-                    for (int64_t k0 = 0; k0 < Kp; k0 += kNR)
+                    for (int64_t k0 = 0; k0 < Kp; k0 += cols)
                         for (int64_t i0 = 0; i0 < CRSp; i0 += kMR)
-                            kern(jn, xp + j0, off + i0, dyt + j0 * Kp + k0, Kp,
-                                 part + i0 * Kp + k0, Kp);
+                            kern(static_cast<int>(cols), jn, xp + j0, off + i0,
+                                 dyt + j0 * Kp + k0, Kp, part + i0 * Kp + k0, Kp);
                 }
             }
         }

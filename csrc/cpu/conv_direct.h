@@ -39,9 +39,9 @@ void backward_weight(float* dw, const float* dy, const float* x, const ConvGeom&
 using FwdKernel = void (*)(int rows, int64_t kc, const float* a, const float* x,
                            const int32_t* off, float* c, int64_t ldc, const float* bias,
                            bool relu);
-// c[i][0:16] += sum_j x[off[i] + j] * b[j*ldb + 0:16] for i < 6, j < kc.
-using WgtKernel = void (*)(int64_t kc, const float* x, const int32_t* off, const float* b,
-                           int64_t ldb, float* c, int64_t ldc);
+// c[i][0:cols] += sum_j x[off[i] + j] * b[j*ldb + 0:cols] for i < 6, j < kc; cols is 8 or 16.
+using WgtKernel = void (*)(int cols, int64_t kc, const float* x, const int32_t* off,
+                           const float* b, int64_t ldb, float* c, int64_t ldc);
 
 }  // namespace conv_direct
 
@@ -49,9 +49,10 @@ namespace conv_avx2 {
 bool compiled();
 void fwd_6x16(int rows, int64_t kc, const float* a, const float* x, const int32_t* off,
               float* c, int64_t ldc, const float* bias, bool relu);
-void wgt_6x16(int64_t kc, const float* x, const int32_t* off, const float* b, int64_t ldb,
-              float* c, int64_t ldc);
-// dst[q * ld_dst + k] = src[k * ld_src + q] for k < rows, q < cols.
+void wgt_6x16(int cols, int64_t kc, const float* x, const int32_t* off, const float* b,
+              int64_t ldb, float* c, int64_t ldc);
+// dst[q * ld_dst + k] = src[k * ld_src + q] for k < rows, q < cols; columns
+// rows..round_up(rows, 8) of dst are set to zero.
 void transpose(float* dst, int64_t ld_dst, const float* src, int64_t ld_src, int64_t rows,
                int64_t cols);
 }  // namespace conv_avx2
