@@ -191,6 +191,7 @@ def test_forward_is_deterministic_across_threads(rng):
     [
         dict(in_channels=3, out_channels=8, kernel_size=3, padding=1),  # direct path, fused pass
         dict(in_channels=3, out_channels=7, kernel_size=5, padding=2),  # 7 = 6 + 1 output rows
+        dict(in_channels=32, out_channels=8, kernel_size=3, padding=1),  # 288 taps: 2 blocks
         dict(in_channels=3, out_channels=8, kernel_size=3, stride=2),  # im2col path + ReLU pass
         dict(in_channels=4, out_channels=8, kernel_size=3, groups=2, padding=1),
     ],

@@ -55,7 +55,10 @@ constexpr int64_t kNCSingle = CNNKIT_GEMM_NCS;
 #define CNNKIT_GEMM_DIRECT 24
 #endif
 constexpr int64_t kDirectBRows = CNNKIT_GEMM_DIRECT;
-constexpr int64_t kMinWorkPerThread = 64 * 1024;  // M*N*K below this per thread: fewer threads
+// M*N*K below this per thread: fewer threads. Below it a second thread's fork/join and split
+// edge tiles cost about as much as they save (OpenBLAS stays on one thread up to 256K in all).
+constexpr int64_t kMinWorkPerThread = 256 * 1024;
+constexpr int64_t kL2Bytes = 512 * 1024;  // per core
 
 using UKernel = void (*)(int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
                          int64_t ldc, float alpha, float beta);
@@ -262,6 +265,10 @@ Plan make_plan(const Problem& p, int nt) {
         double cost = double(rows) * cols * p.K / 16.0;
         cost += double(rows) * p.K * ceil_div(cols, nc) + double(cols) * p.K / tm;
         if (tm > 1) cost += 5000.0 * ceil_div(cols, nc) * ceil_div(p.K, p.kc);
+        // Shared B block and the one A block per thread (few rows, long K) overflow L2: every
+        // kc step streams the whole block from L3 for little reuse, between barriers.
+        if (tm > 1 && rows <= kMCMax && (nc + rows) * p.kc * 4 > kL2Bytes)
+            cost += 0.5 * cols * p.K;
 #ifdef CNNKIT_GEMM_FORCE_TN
         if (tn == CNNKIT_GEMM_FORCE_TN) cost = -1e30;
 #endif

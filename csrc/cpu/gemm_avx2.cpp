@@ -95,6 +95,14 @@ void ukernel_6x16(int64_t kc, const float* a, const float* b, int64_t ldb, float
 
 // ---- packing --------------------------------------------------------------------------------
 
+// Mask for _mm256_maskload_ps: lanes [0, n) set (n clamped to [0, 8]); masked-off lanes read
+// as zero and are never touched in memory.
+inline __m256i lane_mask(int64_t n) {
+    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n < 0 ? 0 : n > 8 ? 8 : n)),
+                              idx);
+}
+
 // Gathers `rows` (<= 8) strided rows, depth [0, kc), into dst[k * dst_stride + 0..width):
 // dst column i = source row i, columns rows..width are zero. width is 6 or 8.
 inline void pack_rows_transposed(const float* src, int64_t ld, int rows, int64_t kc, float* dst,
@@ -134,6 +142,7 @@ void pack_a(bool trans, const float* A, int64_t lda, int64_t i0, int64_t mc, int
     }
     // op(A) rows are contiguous in each A row k: walk k outermost so each line is read once.
     const int64_t full = mc / kMR * kMR;
+    const __m256i tail_mask = lane_mask(mc - full);
     for (int64_t k = 0; k < kc; ++k) {
         const float* src = A + (k0 + k) * lda + i0;
         float* dst = out + k * kMR;
@@ -144,8 +153,11 @@ void pack_a(bool trans, const float* A, int64_t lda, int64_t i0, int64_t mc, int
             _mm_storel_epi64(reinterpret_cast<__m128i*>(d + 4), tail);
         }
         if (full < mc) {
+            const __m256 r = _mm256_maskload_ps(src + full, tail_mask);
             float* d = dst + full * kc;
-            for (int i = 0; i < kMR; ++i) d[i] = full + i < mc ? src[full + i] : 0.f;
+            _mm_storeu_ps(d, _mm256_castps256_ps128(r));
+            _mm_storel_epi64(reinterpret_cast<__m128i*>(d + 4),
+                             _mm_castps_si128(_mm256_extractf128_ps(r, 1)));
         }
     }
 }
@@ -167,6 +179,7 @@ void pack_b(bool trans, const float* B, int64_t ldb, int64_t j0, int64_t nc, int
         return;
     }
     const int64_t full = nc / kNR * kNR;
+    const __m256i tail_lo = lane_mask(nc - full), tail_hi = lane_mask(nc - full - 8);
     for (int64_t k = 0; k < kc; ++k) {
         const float* src = B + (k0 + k) * ldb + j0;
         float* dst = out + k * kNR;
@@ -177,7 +190,8 @@ void pack_b(bool trans, const float* B, int64_t ldb, int64_t j0, int64_t nc, int
         }
         if (full < nc) {
             float* d = dst + full * kc;
-            for (int j = 0; j < kNR; ++j) d[j] = full + j < nc ? src[full + j] : 0.f;
+            _mm256_storeu_ps(d, _mm256_maskload_ps(src + full, tail_lo));
+            _mm256_storeu_ps(d + 8, _mm256_maskload_ps(src + full + 8, tail_hi));
         }
     }
 }
