@@ -1,6 +1,8 @@
-// Conv2d on the CPU: im2col batched over a chunk of images + one GEMM per group; backward by
-// GEMM + col2im (input) and GEMM with the column matrix (weight). 1x1 stride-1 convolutions
-// skip im2col; depthwise convolutions (one input channel per group) use a direct kernel.
+// Conv2d on the CPU. Depthwise convolutions (one input channel per group) use direct loops;
+// stride-1 single-group layers use the implicit-GEMM kernels of conv_direct.cpp (no column
+// matrix); 1x1 stride-1 layers are one GEMM per image; everything else (strides, groups) is
+// im2col batched over a chunk of images + one GEMM per group, with backward by GEMM + col2im
+// (input) and GEMM with the column matrix (weight).
 #include <algorithm>
 #include <cstring>
 

@@ -254,7 +254,8 @@ void run_forward(float* y, const float* x, const float* wpk, const float* bias, 
                 for (int64_t k0 = 0; k0 < d.K; k0 += kMR)
                     kern(static_cast<int>(std::min(kMR, d.K - k0)), d.CRS, wpk + k0 * d.CRS,
                          xp + j0 + jt, off, tile + k0 * jb_size + jt, jb_size, nullptr, false);
-            // Valid columns of the block back to (K, P, Q), adding the bias.
+            // Valid columns of the block back to (K, P, Q), adding the bias (and ReLU) as the
+            // row tiles' kernel does.
             for (int64_t p = j0 / d.Wp; p * d.Wp < j0 + jn; ++p) {
                 const int64_t q0 = std::max<int64_t>(0, j0 - p * d.Wp);
                 const int64_t q1 = std::min(d.Q, j0 + jn - p * d.Wp);
@@ -269,8 +270,10 @@ void run_forward(float* y, const float* x, const float* wpk, const float* bias, 
                             const float v = src[q] + bk;
                             dst[q] = v > 0.f ? v : 0.f;
                         }
-                    } else {
+                    } else if (bias) {
                         for (int64_t q = 0; q < q1 - q0; ++q) dst[q] = src[q] + bk;
+                    } else {  // as the row tiles store it (no + 0.f turning -0 into +0)
+                        std::memcpy(dst, src, sizeof(float) * (q1 - q0));
                     }
                 }
             }
