@@ -58,6 +58,24 @@ def make_trainer() -> ck.Trainer:
     return ck.Trainer(model, optimizer=opt, device="cpu", seed=11, lr_scheduler=sched)
 
 
+@pytest.fixture(autouse=True)
+def sigint_delivered():
+    """A runner that starts the tests in the background (`nohup ... &`) hands them SIGINT
+    ignored, and the Trainer leaves an ignored SIGINT ignored; these tests need it delivered
+    like a Ctrl-C, here and in the child processes they start."""
+    prev = signal.getsignal(signal.SIGINT)
+    if prev is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, prev)
+
+
+def sigint_default() -> None:
+    """preexec_fn for children: Python installs its KeyboardInterrupt handler only when it
+    starts with SIGINT at the default disposition."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class SigintAt(callbacks.Callback):
     """Sends a real SIGINT to this process at the end of the given global batches."""
 
@@ -272,7 +290,8 @@ except KeyboardInterrupt:
 def test_sigint_from_another_process(tmp_path):
     ckpt = tmp_path / "child.cnnkit"
     p = subprocess.Popen([sys.executable, "-c", CHILD, str(ckpt)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=script_env())
+                         stderr=subprocess.PIPE, text=True, env=script_env(),
+                         preexec_fn=sigint_default)
     try:
         for line in p.stdout:
             if line.startswith("batch") and int(line.split()[1]) >= 20:
@@ -308,7 +327,8 @@ def test_cnnkit_train_ctrl_c_says_how_to_resume(tmp_path, fake_mnist, capsys):  
             "--val-size", "16", "--batch-size", "16", "--verbose", "0", "--device", "cpu",
             "--threads", "1", "--schedule", "none"]
     p = subprocess.Popen([sys.executable, "-c", CLI_CHILD, *args], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=script_env(HARDENING_SUMS=sums))
+                         stderr=subprocess.PIPE, text=True, env=script_env(HARDENING_SUMS=sums),
+                         preexec_fn=sigint_default)
     ckpt = out / "checkpoint.cnnkit"
     try:
         deadline = time.time() + 60
