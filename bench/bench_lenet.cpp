@@ -18,15 +18,9 @@ using namespace cnnkit::nn;
 
 namespace {
 
-std::shared_ptr<Net> lenet5() {
-    std::vector<LayerPtr> layers = {
-        make_conv2d(1, 6, 5, 5, 1, 1, 2, 2, 1, 1, 1, true), make_activation("ReLU", 0),
-        make_maxpool2d(2, 2, 2, 2, 0, 0, false),
-        make_conv2d(6, 16, 5, 5, 1, 1, 0, 0, 1, 1, 1, true), make_activation("ReLU", 0),
-        make_maxpool2d(2, 2, 2, 2, 0, 0, false), make_flatten(),
-        make_linear(400, 120, true), make_activation("ReLU", 0),
-        make_linear(120, 84, true), make_activation("ReLU", 0), make_linear(84, 10, true)};
-    for (size_t i = 0; i < layers.size(); ++i) layers[i]->reset_parameters(1000 + i);
+// Seeded weights, cross-entropy and SGD with momentum (the step compare_torch.py times).
+std::shared_ptr<Net> training_net(const std::vector<LayerPtr>& layers, uint64_t seed) {
+    for (size_t i = 0; i < layers.size(); ++i) layers[i]->reset_parameters(seed + i);
     auto net = std::make_shared<Net>(layers);
     net->set_loss(LossKind::CrossEntropy);
     OptimizerConfig oc;
@@ -35,6 +29,17 @@ std::shared_ptr<Net> lenet5() {
     oc.momentum = 0.9f;
     net->set_optimizer(std::make_shared<Optimizer>(oc));
     return net;
+}
+
+std::shared_ptr<Net> lenet5() {
+    std::vector<LayerPtr> layers = {
+        make_conv2d(1, 6, 5, 5, 1, 1, 2, 2, 1, 1, 1, true), make_activation("ReLU", 0),
+        make_maxpool2d(2, 2, 2, 2, 0, 0, false),
+        make_conv2d(6, 16, 5, 5, 1, 1, 0, 0, 1, 1, 1, true), make_activation("ReLU", 0),
+        make_maxpool2d(2, 2, 2, 2, 0, 0, false), make_flatten(),
+        make_linear(400, 120, true), make_activation("ReLU", 0),
+        make_linear(120, 84, true), make_activation("ReLU", 0), make_linear(84, 10, true)};
+    return training_net(layers, 1000);
 }
 
 // conv32-conv32-pool-conv64-conv64-pool-fc512-fc10 on 3x32x32, 3x3 convolutions with pad 1.
@@ -48,15 +53,7 @@ std::shared_ptr<Net> cifar_cnn() {
         make_maxpool2d(2, 2, 2, 2, 0, 0, false), make_flatten(),
         make_linear(64 * 8 * 8, 512, true), make_activation("ReLU", 0),
         make_linear(512, 10, true)};
-    for (size_t i = 0; i < layers.size(); ++i) layers[i]->reset_parameters(2000 + i);
-    auto net = std::make_shared<Net>(layers);
-    net->set_loss(LossKind::CrossEntropy);
-    OptimizerConfig oc;
-    oc.kind = "sgd";
-    oc.lr = 0.01f;
-    oc.momentum = 0.9f;
-    net->set_optimizer(std::make_shared<Optimizer>(oc));
-    return net;
+    return training_net(layers, 2000);
 }
 
 template <typename F>

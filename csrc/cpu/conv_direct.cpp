@@ -16,11 +16,10 @@
 
 #include <algorithm>
 #include <climits>
-#include <cstdlib>
 #include <cstring>
-#include <new>
 
 #include "cpu/gemm.h"
+#include "cpu/scratch.h"
 
 namespace cnnkit {
 namespace cpu {
@@ -91,32 +90,8 @@ int64_t partial_floats(const ConvGeom& g) {
     return round_up(g.C * g.R * g.S, kMR) * round_up(g.K, wgt_cols(g));
 }
 
-// 64-byte aligned per-thread scratch that only grows (no allocation in the steady state).
-class Scratch {
-  public:
-    Scratch() = default;
-    Scratch(const Scratch&) = delete;
-    Scratch& operator=(const Scratch&) = delete;
-    ~Scratch() { std::free(ptr_); }
-    float* get(int64_t floats) {
-        // no slack beyond 64-byte rounding, so the sanitizer builds see any over-read
-        const size_t bytes = static_cast<size_t>(round_up(std::max<int64_t>(floats, 1) * 4, 64));
-        if (bytes > cap_) {
-            std::free(ptr_);
-            ptr_ = static_cast<float*>(std::aligned_alloc(64, bytes));
-            cap_ = ptr_ ? bytes : 0;
-            if (!ptr_) throw std::bad_alloc();
-        }
-        return ptr_;
-    }
-
-  private:
-    float* ptr_ = nullptr;
-    size_t cap_ = 0;
-};
-
-Scratch& thread_scratch() {
-    thread_local Scratch s;
+ScratchBuffer& thread_scratch() {
+    thread_local ScratchBuffer s;
     return s;
 }
 

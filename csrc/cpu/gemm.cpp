@@ -7,12 +7,11 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
 #include <cstring>
-#include <new>
 
 #include "core/common.h"
 #include "core/runtime.h"
+#include "cpu/scratch.h"
 
 namespace cnnkit {
 namespace cpu {
@@ -144,34 +143,10 @@ void pack_b(bool trans, const float* B, int64_t ldb, int64_t j0, int64_t nc, int
 
 // ---- per-thread packing buffers -------------------------------------------------------------
 
-// 64-byte aligned scratch that only grows; one per thread, reused across calls.
-class PackBuffer {
-  public:
-    PackBuffer() = default;
-    PackBuffer(const PackBuffer&) = delete;
-    PackBuffer& operator=(const PackBuffer&) = delete;
-    ~PackBuffer() { std::free(ptr_); }
-
-    // Returns nullptr when the allocation fails.
-    float* get(int64_t floats) {
-        const size_t bytes = static_cast<size_t>(round_up(std::max<int64_t>(floats, 1) * 4, 4096));
-        if (bytes > cap_) {
-            std::free(ptr_);
-            ptr_ = static_cast<float*>(std::aligned_alloc(64, bytes));
-            cap_ = ptr_ ? bytes : 0;
-        }
-        return ptr_;
-    }
-
-  private:
-    float* ptr_ = nullptr;
-    size_t cap_ = 0;
-};
-
 // The calling thread's buffer; OpenMP workers use slices of it, so concurrent callers (and
 // nested calls from inside parallel regions) never share one.
-PackBuffer& pack_buffer() {
-    thread_local PackBuffer buf;
+ScratchBuffer& pack_buffer() {
+    thread_local ScratchBuffer buf;
     return buf;
 }
 
@@ -362,7 +337,6 @@ bool run_team(const Problem& p, int nt) {
     const int64_t b_floats = round_up(b_slots * plan.b_floats, 16);
     const int64_t a_floats = round_up(plan.mc * p.kc, 16);
     float* buf = pack_buffer().get(b_floats + nt * a_floats);
-    if (!buf) throw std::bad_alloc();
     float* abuf = buf + b_floats;
     if (nt == 1) {
         run_thread(p, plan, 0, buf, abuf);

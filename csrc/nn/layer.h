@@ -83,6 +83,8 @@ class Layer {
     // Default: forward_impl then a separate ReLU pass over y.
     virtual void forward_relu_impl(const Tensor& x, Tensor& y, bool training,
                                    const Workspace& ws);
+    // Shared by forward and forward_relu: y and the workspace fit x; records `training`.
+    void check_forward(const Tensor& x, const Tensor& y, bool training, const Workspace& ws);
     // Throws ValueError "<Type> (layer i): <what>: expected <e>, got <shape>".
     [[noreturn]] void shape_error(const std::string& expected, const Shape& got) const;
     void init_storage();  // allocate standalone params/grads/buffers from the specs

@@ -21,21 +21,22 @@ void Layer::shape_error(const std::string& expected, const Shape& got) const {
                              shape_str(got)));
 }
 
-void Layer::forward(const Tensor& x, Tensor& y, bool training, const Workspace& ws) {
+void Layer::check_forward(const Tensor& x, const Tensor& y, bool training,
+                          const Workspace& ws) {
     Shape out = output_shape(x.shape());
     CNN_CHECK(y.shape() == out, label(), ": output buffer ", shape_str(y.shape()), " != ",
               shape_str(out));
     CNN_CHECK(ws.floats >= workspace_floats(x.shape()), label(), ": workspace too small");
     last_training_ = training;
+}
+
+void Layer::forward(const Tensor& x, Tensor& y, bool training, const Workspace& ws) {
+    check_forward(x, y, training, ws);
     forward_impl(x, y, training, ws);
 }
 
 void Layer::forward_relu(const Tensor& x, Tensor& y, bool training, const Workspace& ws) {
-    Shape out = output_shape(x.shape());
-    CNN_CHECK(y.shape() == out, label(), ": output buffer ", shape_str(y.shape()), " != ",
-              shape_str(out));
-    CNN_CHECK(ws.floats >= workspace_floats(x.shape()), label(), ": workspace too small");
-    last_training_ = training;
+    check_forward(x, y, training, ws);
     forward_relu_impl(x, y, training, ws);
 }
 
