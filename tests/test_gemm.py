@@ -16,8 +16,9 @@ import cnnkit
 from cnnkit import _core
 
 # Blocking of csrc/cpu/gemm.cpp (micro-tile MR x NR, cache blocks MC, KC, NC): shapes below
-# straddle each boundary.
+# straddle each boundary. K up to KC_SINGLE is one depth block, longer K blocks of at most KC.
 MR, NR, MC, KC, NC = 6, 16, 144, 256, 4080
+KC_SINGLE = 384
 
 TRANS = [(False, False), (True, False), (False, True), (True, True)]
 TRANS_IDS = ["nn", "tn", "nt", "tt"]
@@ -87,6 +88,8 @@ SHAPES = [
     (MR - 1, NR - 1, KC + 1),
     (MR + 1, NR + 1, KC - 1),
     (2 * MR, 2 * NR, 2 * KC + 1),
+    (MR + 1, NR, KC_SINGLE),
+    (MR, NR + 3, KC_SINGLE + 1),
     (MC + 1, 37, 30),
     (2 * MC + 7, 70, 20),
     (13, NC + 5, 3),
