@@ -20,7 +20,7 @@ namespace cpu {
 
 namespace gemm_avx2 {
 bool compiled();
-void ukernel_6x16(int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
+void ukernel_rows(int m, int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
                   int64_t ldc, float alpha, float beta);
 void pack_a(bool trans, const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t k0,
             int64_t kc, float* out);
@@ -64,7 +64,8 @@ constexpr int64_t kDirectBRows = CNNKIT_GEMM_DIRECT;
 constexpr int64_t kMinWorkPerThread = 256 * 1024;
 constexpr int64_t kL2Bytes = 512 * 1024;  // per core
 
-using UKernel = void (*)(int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
+// Rows [0, m) of a micro-tile (1 <= m <= MR, all NR columns).
+using UKernel = void (*)(int m, int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
                          int64_t ldc, float alpha, float beta);
 using PackFn = void (*)(bool trans, const float* X, int64_t ldx, int64_t r0, int64_t rows,
                         int64_t k0, int64_t kc, float* out);
@@ -76,11 +77,12 @@ int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
 // ---- portable micro-kernel ------------------------------------------------------------------
 
-// Same contract as gemm_avx2::ukernel_6x16: c[0:MR, 0:NR] = alpha * a.b + beta * c, where a
-// is a packed kc x MR panel and b holds kc rows of NR floats, ldb apart.
+// Same contract as gemm_avx2::ukernel_rows: c[0:m, 0:NR] = alpha * a.b + beta * c, where a is
+// a packed kc x MR panel and b holds kc rows of NR floats, ldb apart. Computes all MR rows (the
+// packed rows past m are zero) and stores m.
 // Two passes of 8 columns keep the 6x8 accumulators in registers (SSE2 at baseline x86-64);
 // the unroll pragmas make GCC vectorize along j instead of shuffling across rows.
-void ukernel_generic(int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
+void ukernel_generic(int m, int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
                      int64_t ldc, float alpha, float beta) {
     constexpr int kHalf = kNR / 2;
     for (int h = 0; h < 2; ++h) {
@@ -95,7 +97,7 @@ void ukernel_generic(int64_t kc, const float* a, const float* b, int64_t ldb, fl
                 for (int j = 0; j < kHalf; ++j) acc[i][j] += ai * bk[j];
             }
         }
-        for (int i = 0; i < kMR; ++i) {
+        for (int i = 0; i < m; ++i) {
             float* ci = c + i * ldc + h * kHalf;
             if (beta == 0.f) {
                 for (int j = 0; j < kHalf; ++j) ci[j] = alpha * acc[i][j];
@@ -188,15 +190,15 @@ void macro_kernel(UKernel uk, int64_t mc, int64_t nc, int64_t kc, const float* p
         const float* b = edge ? pb.edge : pb.base + jr / kNR * pb.panel_step;
         const int64_t ldb = edge ? kNR : pb.row_step;
         float* c = C + ir * ldc + jr;
-        if (m == kMR && n == kNR) {
-            uk(kc, a, b, ldb, c, ldc, alpha, beta);
+        if (n == kNR) {  // full width: straight into C, m rows
+            uk(static_cast<int>(m), kc, a, b, ldb, c, ldc, alpha, beta);
             return;
         }
-        // Edge tile: same kernel on a full scratch tile, so the arithmetic is identical.
+        // Right edge: same kernel on a full-width scratch tile, so the arithmetic is identical.
         if (beta != 0.f)
             for (int64_t i = 0; i < m; ++i)
                 std::memcpy(tile + i * kNR, c + i * ldc, n * sizeof(float));
-        uk(kc, a, b, ldb, tile, kNR, alpha, beta);
+        uk(static_cast<int>(m), kc, a, b, ldb, tile, kNR, alpha, beta);
         for (int64_t i = 0; i < m; ++i) std::memcpy(c + i * ldc, tile + i * kNR, n * sizeof(float));
     };
     if (pb.in_place) {
@@ -391,7 +393,7 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
     }
     const bool avx2 = use_avx2();
     Problem p{trans_a, trans_b, M, N, K, alpha, beta, A, lda, B, ldb, C, ldc, 0,
-              avx2 ? gemm_avx2::ukernel_6x16 : ukernel_generic,
+              avx2 ? gemm_avx2::ukernel_rows : ukernel_generic,
               avx2 ? gemm_avx2::pack_a : pack_a, avx2 ? gemm_avx2::pack_b : pack_b};
     const int64_t kblocks = K <= kKCSingleMax ? 1 : ceil_div(K, kKCMax);
     p.kc = round_up(ceil_div(K, kblocks), 4);

@@ -1,6 +1,6 @@
-// AVX2/FMA parts of the single-precision GEMM: the 6x16 micro-kernel and the packing routines
-// (same panel layouts and contracts as the portable ones in gemm.cpp). Compiled with
-// -mavx2 -mfma; gemm.cpp only calls in here after cpu_has_avx2_fma().
+// AVX2/FMA parts of the single-precision GEMM: the 6x16 micro-kernel (and its 1-5 row forms) and
+// the packing routines (same panel layouts and contracts as the portable ones in gemm.cpp).
+// Compiled with -mavx2 -mfma; gemm.cpp only calls in here after cpu_has_avx2_fma().
 #include <cstdint>
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -30,43 +30,52 @@ constexpr int kNR = 16;  // micro-tile columns; must match gemm.cpp
 
 // ---- micro-kernel ---------------------------------------------------------------------------
 
-// c[0:6, 0:16] = alpha * (a-panel . b-panel) + beta * c; beta == 0 means c is not read.
-// a: kc x 6 (6 floats per k); b: kc rows of 16 floats, ldb apart (16 when packed).
-void ukernel_6x16(int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
+// c[0:M, 0:16] = alpha * (a-panel . b-panel) + beta * c; beta == 0 means c is not read.
+// a: kc x 6 (6 floats per k, rows past M ignored); b: kc rows of 16 floats, ldb apart (16 when
+// packed). Fewer rows compute only those rows, with the same per-element arithmetic.
+template <int M>
+void ukernel_mx16(int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
                   int64_t ldc, float alpha, float beta) {
-    __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
-    __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
-    __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
-    __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
-    __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
-    __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
-
-    for (int i = 0; i < kMR; ++i) {
+    // Named accumulators (an array of __m256 is kept in memory by GCC); unused rows fold away.
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    for (int i = 0; i < M; ++i) {
         _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + kNR - 1), _MM_HINT_T0);
     }
-    // A plain loop: GCC schedules it well; manual unrolling measured slower.
+    // A plain loop: GCC schedules it well (12 FMAs to 8 loads for M = 6, no spills); manual
+    // unrolling measured slower.
     for (int64_t k = 0; k < kc; ++k) {
         const __m256 b0 = _mm256_loadu_ps(b);
         const __m256 b1 = _mm256_loadu_ps(b + 8);
         __m256 av = _mm256_broadcast_ss(a + 0);
         c00 = _mm256_fmadd_ps(av, b0, c00);
         c01 = _mm256_fmadd_ps(av, b1, c01);
-        av = _mm256_broadcast_ss(a + 1);
-        c10 = _mm256_fmadd_ps(av, b0, c10);
-        c11 = _mm256_fmadd_ps(av, b1, c11);
-        av = _mm256_broadcast_ss(a + 2);
-        c20 = _mm256_fmadd_ps(av, b0, c20);
-        c21 = _mm256_fmadd_ps(av, b1, c21);
-        av = _mm256_broadcast_ss(a + 3);
-        c30 = _mm256_fmadd_ps(av, b0, c30);
-        c31 = _mm256_fmadd_ps(av, b1, c31);
-        av = _mm256_broadcast_ss(a + 4);
-        c40 = _mm256_fmadd_ps(av, b0, c40);
-        c41 = _mm256_fmadd_ps(av, b1, c41);
-        av = _mm256_broadcast_ss(a + 5);
-        c50 = _mm256_fmadd_ps(av, b0, c50);
-        c51 = _mm256_fmadd_ps(av, b1, c51);
+        if constexpr (M > 1) {
+            av = _mm256_broadcast_ss(a + 1);
+            c10 = _mm256_fmadd_ps(av, b0, c10);
+            c11 = _mm256_fmadd_ps(av, b1, c11);
+        }
+        if constexpr (M > 2) {
+            av = _mm256_broadcast_ss(a + 2);
+            c20 = _mm256_fmadd_ps(av, b0, c20);
+            c21 = _mm256_fmadd_ps(av, b1, c21);
+        }
+        if constexpr (M > 3) {
+            av = _mm256_broadcast_ss(a + 3);
+            c30 = _mm256_fmadd_ps(av, b0, c30);
+            c31 = _mm256_fmadd_ps(av, b1, c31);
+        }
+        if constexpr (M > 4) {
+            av = _mm256_broadcast_ss(a + 4);
+            c40 = _mm256_fmadd_ps(av, b0, c40);
+            c41 = _mm256_fmadd_ps(av, b1, c41);
+        }
+        if constexpr (M > 5) {
+            av = _mm256_broadcast_ss(a + 5);
+            c50 = _mm256_fmadd_ps(av, b0, c50);
+            c51 = _mm256_fmadd_ps(av, b1, c51);
+        }
         a += kMR;
         b += ldb;
     }
@@ -86,11 +95,24 @@ void ukernel_6x16(int64_t kc, const float* a, const float* b, int64_t ldb, float
         _mm256_storeu_ps(ci + 8, r1);
     };
     update(c, c00, c01);
-    update(c + ldc, c10, c11);
-    update(c + 2 * ldc, c20, c21);
-    update(c + 3 * ldc, c30, c31);
-    update(c + 4 * ldc, c40, c41);
-    update(c + 5 * ldc, c50, c51);
+    if constexpr (M > 1) update(c + ldc, c10, c11);
+    if constexpr (M > 2) update(c + 2 * ldc, c20, c21);
+    if constexpr (M > 3) update(c + 3 * ldc, c30, c31);
+    if constexpr (M > 4) update(c + 4 * ldc, c40, c41);
+    if constexpr (M > 5) update(c + 5 * ldc, c50, c51);
+}
+
+// Rows m in [1, 6] of a full-width (16-column) tile.
+void ukernel_rows(int m, int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
+                  int64_t ldc, float alpha, float beta) {
+    switch (m) {
+        case 1: return ukernel_mx16<1>(kc, a, b, ldb, c, ldc, alpha, beta);
+        case 2: return ukernel_mx16<2>(kc, a, b, ldb, c, ldc, alpha, beta);
+        case 3: return ukernel_mx16<3>(kc, a, b, ldb, c, ldc, alpha, beta);
+        case 4: return ukernel_mx16<4>(kc, a, b, ldb, c, ldc, alpha, beta);
+        case 5: return ukernel_mx16<5>(kc, a, b, ldb, c, ldc, alpha, beta);
+        default: return ukernel_mx16<6>(kc, a, b, ldb, c, ldc, alpha, beta);
+    }
 }
 
 // ---- packing --------------------------------------------------------------------------------
@@ -198,7 +220,8 @@ void pack_b(bool trans, const float* B, int64_t ldb, int64_t j0, int64_t nc, int
 
 #else  // !CNNKIT_GEMM_HAVE_AVX2: never called (compiled() is false), but must link.
 
-void ukernel_6x16(int64_t, const float*, const float*, int64_t, float*, int64_t, float, float) {}
+void ukernel_rows(int, int64_t, const float*, const float*, int64_t, float*, int64_t, float,
+                  float) {}
 void pack_a(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, float*) {}
 void pack_b(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, float*) {}
 
