@@ -116,6 +116,9 @@ def worker(threads: int, shapes: list, repeats: int, min_seconds: float, cooldow
             t_np.append(_timed_batch(theirs, min_seconds, cooldown))
         flops = 2.0 * m * n * k
         med_ours, med_np = statistics.median(t_ours), statistics.median(t_np)
+        # Median over the alternating pairs of (numpy time / ours): each pair ran within a
+        # second, so a drift in machine speed cancels inside it.
+        paired = statistics.median(tn / to for to, tn in zip(t_ours, t_np, strict=True))
         rows.append(
             {
                 "m": m,
@@ -128,9 +131,7 @@ def worker(threads: int, shapes: list, repeats: int, min_seconds: float, cooldow
                 "ours_gflops": flops / med_ours * 1e-9,
                 "numpy_gflops": flops / med_np * 1e-9,
                 "ratio": med_np / med_ours,
-                # Median over the alternating pairs of (numpy time / ours): each pair ran within
-                # a second, so a drift in machine speed cancels inside it.
-                "ratio_paired": statistics.median(tn / to for to, tn in zip(t_ours, t_np)),
+                "ratio_paired": paired,
                 "max_rel_diff": err,
                 "ours_runs_ms": [t * 1e3 for t in t_ours],
                 "numpy_runs_ms": [t * 1e3 for t in t_np],
