@@ -45,11 +45,11 @@ constexpr int kNR = 16;   // micro-tile columns (B micro-panel width)
 #endif
 constexpr int64_t kKCMax = CNNKIT_GEMM_KC;  // packed depth: A + B micro-panels (KC x 22) in L1
 // K up to this stays one depth block: two short blocks (e.g. 2 x 144 for a 3x3x32 conv) cost a
-// second pass over C and halve the kernel's run between C updates; measured 0.89 -> 0.96 of
-// OpenBLAS at 64x4096x288 on one thread. The B micro-panel (24 KB) + A micro-panel (9 KB) still
+// second pass over C and halve the kernel's run between C updates; measured 0.87-0.89 ->
+// 0.94-0.96 of OpenBLAS at 64x4096x288 on one thread. The B micro-panel (24 KB) + A micro-panel (9 KB) still
 // about fit the 32 KB L1.
 constexpr int64_t kKCSingleMax = 384;
-constexpr int64_t kMCMax = CNNKIT_GEMM_MC;  // A block (MC x KC) in L2
+constexpr int64_t kMCMax = CNNKIT_GEMM_MC;  // A block (MC x KC) packed at a time
 constexpr int64_t kNCMax = CNNKIT_GEMM_NC;  // B block (KC x NC) in L3
 #ifndef CNNKIT_GEMM_NCS
 #define CNNKIT_GEMM_NCS 512
@@ -175,7 +175,7 @@ struct BPanels {
 // Packed B: one A micro-panel (kc x MR, in L1) sweeps all B panels (from L2/L3) before the next,
 // so C is walked along its rows: MR rows of nc contiguous floats, which the hardware prefetchers
 // stream, instead of a 16-column strip down mc rows (one page per row). Measured against the
-// strip order, alternating in one process: 2048^3 on one thread 0.83-0.90 -> 0.93-1.02 of
+// strip order, alternating in one process: 2048^3 on one thread 0.83-0.93 -> 0.93-1.02 of
 // OpenBLAS, on two 0.84-0.89 -> 0.95-0.97; 1024^3 two threads 0.91-0.95 -> 0.96-0.99.
 // B read in place (few A panels, rows ldb apart): each B panel is loaded into L1 once and
 // reused by every A panel, as strided rows are costly to fetch again.
