@@ -46,8 +46,8 @@ constexpr int kNR = 16;   // micro-tile columns (B micro-panel width)
 constexpr int64_t kKCMax = CNNKIT_GEMM_KC;  // packed depth: A + B micro-panels (KC x 22) in L1
 // K up to this stays one depth block: two short blocks (e.g. 2 x 144 for a 3x3x32 conv) cost a
 // second pass over C and halve the kernel's run between C updates; measured 0.87-0.89 ->
-// 0.94-0.96 of OpenBLAS at 64x4096x288 on one thread. The B micro-panel (24 KB) + A micro-panel (9 KB) still
-// about fit the 32 KB L1.
+// 0.94-0.96 of OpenBLAS at 64x4096x288 on one thread. The B micro-panel (24 KB) and the A
+// micro-panel (9 KB) still about fit the 32 KB L1.
 constexpr int64_t kKCSingleMax = 384;
 constexpr int64_t kMCMax = CNNKIT_GEMM_MC;  // A block (MC x KC) packed at a time
 constexpr int64_t kNCMax = CNNKIT_GEMM_NC;  // B block (KC x NC) in L3
