@@ -1,6 +1,12 @@
 // Native benchmark of cnnkit::cpu::sgemm: square and conv-like skinny shapes, checked against a
 // double-precision reference on sampled entries, then timed (median of repeats).
-// Usage: bench_gemm [--threads N] [--repeats R] [--generic] [MxNxK[:op] | N ...]   op: nn|tn|nt
+// Usage: bench_gemm [--threads N] [--repeats R] [--generic] [--blas LIB] [MxNxK[:op] | N ...]
+//        op: nn|tn|nt
+// --blas LIB loads a CBLAS library (e.g. numpy's bundled OpenBLAS, libscipy_openblas64_*.so)
+// and times it against ours in alternating batches in this process: a drift in machine speed
+// then hits both alike, and the median of the per-pair ratios cancels most of it. Leave
+// OMP_PROC_BIND unset with --blas: a bound main thread pins OpenBLAS's threads to its core.
+#include <dlfcn.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -11,6 +17,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/runtime.h"
@@ -60,6 +67,67 @@ std::vector<Shape> default_shapes() {
     return v;
 }
 
+// ---- an external CBLAS, loaded at run time ---------------------------------------------------
+
+// cblas_sgemm with 32-bit (LP64) or 64-bit (ILP64, symbols ending in 64_) integers.
+using Sgemm32 = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int,
+                         float, float*, int);
+using Sgemm64 = void (*)(int, int, int, int64_t, int64_t, int64_t, float, const float*, int64_t,
+                         const float*, int64_t, float, float*, int64_t);
+using SetThreads = void (*)(int);
+
+struct Blas {
+    Sgemm32 sgemm32 = nullptr;
+    Sgemm64 sgemm64 = nullptr;
+    std::string symbol;
+
+    bool loaded() const { return sgemm32 || sgemm64; }
+    // Row-major C = op(A) op(B) (alpha 1, beta 0).
+    void sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+               const float* B, int64_t ldb, float* C) const {
+        constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
+        const int opa = ta ? kTrans : kNoTrans, opb = tb ? kTrans : kNoTrans;
+        if (sgemm64)
+            sgemm64(kRowMajor, opa, opb, M, N, K, 1.f, A, lda, B, ldb, 0.f, C, N);
+        else
+            sgemm32(kRowMajor, opa, opb, static_cast<int>(M), static_cast<int>(N),
+                    static_cast<int>(K), 1.f, A, static_cast<int>(lda), B, static_cast<int>(ldb),
+                    0.f, C, static_cast<int>(N));
+    }
+};
+
+bool load_blas(const char* path, int threads, Blas* blas) {
+    void* lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        std::fprintf(stderr, "cannot load %s: %s\n", path, dlerror());
+        return false;
+    }
+    for (const char* name : {"cblas_sgemm", "scipy_cblas_sgemm64_", "cblas_sgemm64_"}) {
+        void* f = dlsym(lib, name);
+        if (!f) continue;
+        blas->symbol = name;
+        const bool ilp64 = blas->symbol.size() > 3 &&
+                           blas->symbol.compare(blas->symbol.size() - 3, 3, "64_") == 0;
+        if (ilp64)
+            blas->sgemm64 = reinterpret_cast<Sgemm64>(f);
+        else
+            blas->sgemm32 = reinterpret_cast<Sgemm32>(f);
+        break;
+    }
+    if (!blas->loaded()) {
+        std::fprintf(stderr, "%s has no cblas_sgemm\n", path);
+        return false;
+    }
+    for (const char* name : {"openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
+                             "openblas_set_num_threads64_"}) {
+        if (void* f = dlsym(lib, name)) {
+            reinterpret_cast<SetThreads>(f)(threads);
+            break;
+        }
+    }
+    return true;
+}
+
 // ---- one benchmark --------------------------------------------------------------------------
 
 double now_s() {
@@ -67,8 +135,31 @@ double now_s() {
         .count();
 }
 
+// Seconds per call over a batch of at least `seconds`, after an idle pause (OpenBLAS's and
+// OpenMP's idle threads spin for a while after a call and would take the cores from the other
+// library's batch) and one untimed call.
+template <typename F>
+double timed_batch(F&& call, double seconds) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(150));
+    call();
+    const double t0 = now_s();
+    int64_t n = 0;
+    double elapsed = 0;
+    do {
+        call();
+        ++n;
+        elapsed = now_s() - t0;
+    } while (elapsed < seconds);
+    return elapsed / n;
+}
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
 // Returns false when the sampled check fails.
-bool run_one(const Shape& s, int repeats, int threads) {
+bool run_one(const Shape& s, int repeats, int threads, const Blas& blas) {
     const int64_t lda = s.ta ? s.M : s.K, ldb = s.tb ? s.K : s.N;
     std::vector<float> A(s.M * s.K), B(s.K * s.N), C(s.M * s.N);
     std::mt19937 rng(42);
@@ -96,8 +187,34 @@ bool run_one(const Shape& s, int repeats, int threads) {
     }
     const bool ok = worst < 1e-5;
 
-    // Warm up to ~50 ms, then time; at least `repeats` runs, more for tiny shapes (~0.2 s).
     const double flops = 2.0 * s.M * s.N * s.K;
+    if (blas.loaded()) {
+        // Alternating batches of ~0.3 s: ours, theirs, ours, ...
+        std::vector<float> C2(C.size());
+        auto theirs = [&] { blas.sgemm(s.ta, s.tb, s.M, s.N, s.K, A.data(), lda, B.data(), ldb,
+                                       C2.data()); };
+        std::vector<double> t_ours, t_blas, ratio;
+        for (int r = 0; r < repeats; ++r) {
+            t_ours.push_back(timed_batch(call, 0.3));
+            t_blas.push_back(timed_batch(theirs, 0.3));
+            ratio.push_back(t_blas.back() / t_ours.back());
+        }
+        double diff = 0, mag = 0;
+        for (size_t i = 0; i < C.size(); ++i) {
+            diff = std::max(diff, double(std::fabs(C[i] - C2[i])));
+            mag = std::max(mag, double(std::fabs(C2[i])));
+        }
+        std::printf("%5lld x %5lld x %5lld  %s  threads %d  ours %7.1f  blas %7.1f GFLOP/s  "
+                    "ratio %.3f  (median of %d paired; max rel diff %.1e)%s\n",
+                    static_cast<long long>(s.M), static_cast<long long>(s.N),
+                    static_cast<long long>(s.K), op_name(s).c_str(), threads,
+                    flops / median(t_ours) * 1e-9, flops / median(t_blas) * 1e-9,
+                    median(ratio), repeats, diff / (mag + 1e-30), ok ? "" : "  CHECK FAILED");
+        std::fflush(stdout);
+        return ok;
+    }
+
+    // Warm up to ~50 ms, then time; at least `repeats` runs, more for tiny shapes (~0.2 s).
     double t0 = now_s();
     int warm = 0;
     do {
@@ -129,15 +246,18 @@ bool run_one(const Shape& s, int repeats, int threads) {
 
 int main(int argc, char** argv) {
     int threads = omp_get_max_threads(), repeats = 5;
+    const char* blas_path = nullptr;
     std::vector<Shape> shapes;
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
         if ((arg == "--threads" || arg == "--repeats") && i + 1 < argc) {
             (arg == "--threads" ? threads : repeats) = std::max(1, std::atoi(argv[++i]));
+        } else if (arg == "--blas" && i + 1 < argc) {
+            blas_path = argv[++i];
         } else if (arg == "--generic") {
             cnnkit::cpu::sgemm_force_generic(true);
         } else if (arg == "-h" || arg == "--help") {
-            std::printf("usage: %s [--threads N] [--repeats R] [--generic] "
+            std::printf("usage: %s [--threads N] [--repeats R] [--generic] [--blas LIB] "
                         "[MxNxK[:nn|tn|nt] | N ...]\n", argv[0]);
             return 0;
         } else {
@@ -150,10 +270,14 @@ int main(int argc, char** argv) {
         }
     }
     if (shapes.empty()) shapes = default_shapes();
+    // The BLAS first: its thread pool starts before any OpenMP region of ours.
+    Blas blas;
+    if (blas_path && !load_blas(blas_path, threads, &blas)) return 2;
     cnnkit::set_num_threads(threads);
     std::printf("cnnkit sgemm benchmark: kernel %s, cpu [%s], %d thread(s)\n",
                 cnnkit::cpu::sgemm_kernel_name(), cnnkit::cpu_features().c_str(), threads);
     bool ok = true;
-    for (const Shape& s : shapes) ok = run_one(s, repeats, threads) && ok;
+    if (blas.loaded()) std::printf("against %s from %s\n", blas.symbol.c_str(), blas_path);
+    for (const Shape& s : shapes) ok = run_one(s, repeats, threads, blas) && ok;
     return ok ? 0 : 1;
 }
