@@ -4,9 +4,25 @@
 
 #include <immintrin.h>
 
+#include <type_traits>
+
 namespace cnnkit {
 namespace cpu {
 namespace avx2 {
+
+// Calls f(std::integral_constant<int, M>{}) with M = m for m in [1, 5], else M = 6: picks the
+// instantiation of a micro-kernel templated on its row count (1-6 rows of a 6-row tile).
+template <typename F>
+inline void dispatch_rows6(int m, F&& f) {
+    switch (m) {
+        case 1: return f(std::integral_constant<int, 1>{});
+        case 2: return f(std::integral_constant<int, 2>{});
+        case 3: return f(std::integral_constant<int, 3>{});
+        case 4: return f(std::integral_constant<int, 4>{});
+        case 5: return f(std::integral_constant<int, 5>{});
+        default: return f(std::integral_constant<int, 6>{});
+    }
+}
 
 // In-register 8x8 transpose: r[i][j] -> r[j][i].
 inline void transpose8(__m256 r[8]) {

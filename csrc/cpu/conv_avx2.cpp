@@ -66,14 +66,9 @@ void fwd_tile(int64_t kc, const float* a, const float* x, const int32_t* off, fl
 
 void fwd_6x16(int rows, int64_t kc, const float* a, const float* x, const int32_t* off,
               float* c, int64_t ldc, const float* bias, bool relu) {
-    switch (rows) {
-        case 1: return fwd_tile<1>(kc, a, x, off, c, ldc, bias, relu);
-        case 2: return fwd_tile<2>(kc, a, x, off, c, ldc, bias, relu);
-        case 3: return fwd_tile<3>(kc, a, x, off, c, ldc, bias, relu);
-        case 4: return fwd_tile<4>(kc, a, x, off, c, ldc, bias, relu);
-        case 5: return fwd_tile<5>(kc, a, x, off, c, ldc, bias, relu);
-        default: return fwd_tile<6>(kc, a, x, off, c, ldc, bias, relu);
-    }
+    avx2::dispatch_rows6(rows, [&](auto m) {
+        fwd_tile<decltype(m)::value>(kc, a, x, off, c, ldc, bias, relu);
+    });
 }
 
 // 6 taps (rows of dw^T) x 8*NV output channels; the A element of row i at depth j is

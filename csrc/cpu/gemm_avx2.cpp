@@ -36,10 +36,12 @@ constexpr int kNR = 16;  // micro-tile columns; must match gemm.cpp
 template <int M>
 void ukernel_mx16(int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
                   int64_t ldc, float alpha, float beta) {
-    // Named accumulators (an array of __m256 is kept in memory by GCC); unused rows fold away.
-    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    // Two 1-D accumulator arrays with fully unrolled loops stay in registers (as in the direct
+    // conv's fwd_tile); a 2-D array did not.
+    __m256 acc0[M], acc1[M];
+#pragma GCC unroll 6
     for (int i = 0; i < M; ++i) {
+        acc0[i] = acc1[i] = _mm256_setzero_ps();
         _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + kNR - 1), _MM_HINT_T0);
     }
@@ -48,33 +50,11 @@ void ukernel_mx16(int64_t kc, const float* a, const float* b, int64_t ldb, float
     for (int64_t k = 0; k < kc; ++k) {
         const __m256 b0 = _mm256_loadu_ps(b);
         const __m256 b1 = _mm256_loadu_ps(b + 8);
-        __m256 av = _mm256_broadcast_ss(a + 0);
-        c00 = _mm256_fmadd_ps(av, b0, c00);
-        c01 = _mm256_fmadd_ps(av, b1, c01);
-        if constexpr (M > 1) {
-            av = _mm256_broadcast_ss(a + 1);
-            c10 = _mm256_fmadd_ps(av, b0, c10);
-            c11 = _mm256_fmadd_ps(av, b1, c11);
-        }
-        if constexpr (M > 2) {
-            av = _mm256_broadcast_ss(a + 2);
-            c20 = _mm256_fmadd_ps(av, b0, c20);
-            c21 = _mm256_fmadd_ps(av, b1, c21);
-        }
-        if constexpr (M > 3) {
-            av = _mm256_broadcast_ss(a + 3);
-            c30 = _mm256_fmadd_ps(av, b0, c30);
-            c31 = _mm256_fmadd_ps(av, b1, c31);
-        }
-        if constexpr (M > 4) {
-            av = _mm256_broadcast_ss(a + 4);
-            c40 = _mm256_fmadd_ps(av, b0, c40);
-            c41 = _mm256_fmadd_ps(av, b1, c41);
-        }
-        if constexpr (M > 5) {
-            av = _mm256_broadcast_ss(a + 5);
-            c50 = _mm256_fmadd_ps(av, b0, c50);
-            c51 = _mm256_fmadd_ps(av, b1, c51);
+#pragma GCC unroll 6
+        for (int i = 0; i < M; ++i) {
+            const __m256 av = _mm256_broadcast_ss(a + i);
+            acc0[i] = _mm256_fmadd_ps(av, b0, acc0[i]);
+            acc1[i] = _mm256_fmadd_ps(av, b1, acc1[i]);
         }
         a += kMR;
         b += ldb;
@@ -82,9 +62,11 @@ void ukernel_mx16(int64_t kc, const float* a, const float* b, int64_t ldb, float
 
     const __m256 va = _mm256_set1_ps(alpha);
     const __m256 vb = _mm256_set1_ps(beta);
-    const bool read_c = beta != 0.f;
-    auto update = [&](float* ci, __m256 r0, __m256 r1) {
-        if (read_c) {
+#pragma GCC unroll 6
+    for (int i = 0; i < M; ++i) {
+        float* ci = c + i * ldc;
+        __m256 r0 = acc0[i], r1 = acc1[i];
+        if (beta != 0.f) {
             r0 = _mm256_fmadd_ps(va, r0, _mm256_mul_ps(vb, _mm256_loadu_ps(ci)));
             r1 = _mm256_fmadd_ps(va, r1, _mm256_mul_ps(vb, _mm256_loadu_ps(ci + 8)));
         } else {
@@ -93,26 +75,15 @@ void ukernel_mx16(int64_t kc, const float* a, const float* b, int64_t ldb, float
         }
         _mm256_storeu_ps(ci, r0);
         _mm256_storeu_ps(ci + 8, r1);
-    };
-    update(c, c00, c01);
-    if constexpr (M > 1) update(c + ldc, c10, c11);
-    if constexpr (M > 2) update(c + 2 * ldc, c20, c21);
-    if constexpr (M > 3) update(c + 3 * ldc, c30, c31);
-    if constexpr (M > 4) update(c + 4 * ldc, c40, c41);
-    if constexpr (M > 5) update(c + 5 * ldc, c50, c51);
+    }
 }
 
 // Rows m in [1, 6] of a full-width (16-column) tile.
 void ukernel_rows(int m, int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
                   int64_t ldc, float alpha, float beta) {
-    switch (m) {
-        case 1: return ukernel_mx16<1>(kc, a, b, ldb, c, ldc, alpha, beta);
-        case 2: return ukernel_mx16<2>(kc, a, b, ldb, c, ldc, alpha, beta);
-        case 3: return ukernel_mx16<3>(kc, a, b, ldb, c, ldc, alpha, beta);
-        case 4: return ukernel_mx16<4>(kc, a, b, ldb, c, ldc, alpha, beta);
-        case 5: return ukernel_mx16<5>(kc, a, b, ldb, c, ldc, alpha, beta);
-        default: return ukernel_mx16<6>(kc, a, b, ldb, c, ldc, alpha, beta);
-    }
+    avx2::dispatch_rows6(m, [&](auto rows) {
+        ukernel_mx16<decltype(rows)::value>(kc, a, b, ldb, c, ldc, alpha, beta);
+    });
 }
 
 // ---- packing --------------------------------------------------------------------------------
