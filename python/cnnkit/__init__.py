@@ -7,9 +7,10 @@
 
 from __future__ import annotations
 
-from . import _core, callbacks, data, datasets, io, layers, losses, models, optim
-from ._random import manual_seed
-from .io import load, load_model, save
+import sys as _sys
+
+from . import _core, callbacks, data, datasets, layers, losses, models, optim, serialization
+from ._seeding import manual_seed
 from .layers import (
     AvgPool2d,
     BatchNorm2d,
@@ -25,7 +26,13 @@ from .layers import (
     Tanh,
 )
 from .model import Sequential
+from .serialization import load, load_model, save
 from .trainer import History, Trainer
+
+# The file format module is cnnkit.serialization; `cnnkit.io` stays its public name. (No module
+# of ours is called like a standard-library one: run as a script, it would shadow it.)
+io = serialization
+_sys.modules[__name__ + ".io"] = serialization
 
 __version__: str = _core.__version__
 

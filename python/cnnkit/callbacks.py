@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from . import io as _io
 from . import optim as _optim
+from . import serialization as _io
 
 __all__ = [
     "Callback",

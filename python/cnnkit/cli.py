@@ -87,7 +87,8 @@ def _make_optimizer(name: str, lr: float | None, momentum: float, weight_decay: 
 
 
 def _build_model(spec: str):
-    from . import io, models
+    from . import models
+    from . import serialization as io
 
     if spec in models.MODELS:
         return models.MODELS[spec]()
@@ -115,7 +116,8 @@ def _pick_device(device: str) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     import cnnkit as ck
 
-    from . import callbacks, io
+    from . import callbacks
+    from . import serialization as io
 
     if args.threads:
         ck.set_num_threads(args.threads)
@@ -229,7 +231,7 @@ def _report_interrupt(trainer, args: argparse.Namespace, ckpt: str, out: str) ->
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import cnnkit as ck
 
-    from . import io
+    from . import serialization as io
 
     if args.threads:
         ck.set_num_threads(args.threads)
@@ -279,7 +281,7 @@ def _read_image(path: str, invert: str) -> np.ndarray:
 def cmd_predict(args: argparse.Namespace) -> int:
     import cnnkit as ck
 
-    from . import io
+    from . import serialization as io
 
     model = io.load_model(args.model)
     trainer = ck.Trainer(model, loss="cross_entropy", device=_pick_device(args.device))

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ._random import derive_seed
+from ._seeding import derive_seed
 
 __all__ = ["DataLoader", "as_images", "as_labels", "as_targets", "check_labels"]
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._random import next_seed
+from ._seeding import next_seed
 
 __all__ = [
     "Layer",

@@ -32,7 +32,7 @@ def lenet5(pretrained: bool = False, num_classes: int = 10) -> Sequential:
     if pretrained:
         if num_classes != 10:
             raise ValueError("lenet5(pretrained=True) has 10 classes")
-        from .io import load_model
+        from .serialization import load_model
 
         path = os.path.join(PRETRAINED_DIR, "lenet5_mnist.cnnkit")
         if not os.path.exists(path):

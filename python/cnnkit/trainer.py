@@ -27,10 +27,10 @@ from tqdm.std import tqdm
 
 from . import _core
 from . import callbacks as _callbacks
-from . import io as _io
 from . import losses as _losses
 from . import optim as _optim
-from ._random import derive_seed
+from . import serialization as _io
+from ._seeding import derive_seed
 from .data import DataLoader, _is_dataset, as_images, as_labels, as_targets, check_labels
 
 __all__ = ["Trainer", "History"]

@@ -29,7 +29,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from . import _random
+from . import _seeding
 from . import optim as _optim
 from .layers import from_config as _layer_from_config
 
@@ -537,16 +537,16 @@ def _build(ck: Checkpoint) -> Any:
     if needed > available:
         raise CheckpointError(f"{ck.path}: the architecture needs {needed} parameters but the "
                               f"file holds {available}")
-    with _random._lock:
-        saved = dict(_random._state)
+    with _seeding._lock:
+        saved = dict(_seeding._state)
     try:
         layers = [_layer_from_config(e["type"], e["config"]) for e in arch]
         model = Sequential(layers)
     except (ValueError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{ck.path}: cannot build the architecture: {e}") from None
     finally:
-        with _random._lock:
-            _random._state.update(saved)
+        with _seeding._lock:
+            _seeding._state.update(saved)
     weights = _check_weights(ck, model, model_tensors)
     model.load_state_dict(weights)
     return model
