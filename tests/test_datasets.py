@@ -311,7 +311,7 @@ def test_idx_directory_checksum_mismatch(tmp_path: Path, synth: Synthetic) -> No
     assert f"checksum mismatch for {FILES[2]}" in msg
     assert synth.checksums[FILES[2]] in msg and sha256(bad) in msg
     assert FILES[2] not in listing(cache / "mnist")
-    assert not [n for n in listing(cache / "mnist") if n.endswith(".part")]
+    assert not [n for n in listing(cache / "mnist") if n.endswith(".tmp")]
 
 
 @pytest.mark.parametrize("kind", ["magic", "shape", "gzip"])

@@ -52,12 +52,15 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+
+from . import _files
 
 __all__ = [
     "CHECKSUMS",
@@ -162,6 +165,10 @@ _IDX_DTYPES: dict[int, str] = {
 }
 _IDX_CODES: dict[str, int] = {np.dtype(v).str[1:]: k for k, v in _IDX_DTYPES.items()}
 
+#: The most dimensions :func:`read_idx` accepts: numpy 1.x arrays have at most 32 (the IDX
+#: header could declare 255).
+IDX_MAX_NDIM = 32
+
 
 # --------------------------------------------------------------------------------------------
 # Errors
@@ -245,8 +252,11 @@ def read_idx(data: bytes | bytearray | memoryview | PathLike) -> np.ndarray:
         writable when ``data`` is a ``bytearray`` or a path, read-only for ``bytes``.
 
     Raises:
-        IDXFormatError: bad magic number, unknown type code, or a size that does not match the
-            header.
+        IDXFormatError: bad magic number, unknown type code, more dimensions than numpy
+            supports (:data:`IDX_MAX_NDIM`), a shape no array can have, or a size that does not
+            match the header.
+        OSError: `data` is a path that cannot be read, or is not a regular file (a FIFO, a
+            device, a directory: :class:`cnnkit._files.NotARegularFileError`).
     """
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
@@ -263,6 +273,10 @@ def read_idx(data: bytes | bytearray | memoryview | PathLike) -> np.ndarray:
         raise IDXFormatError(f"unknown IDX element type code 0x{code:02x}")
     if ndim == 0:
         raise IDXFormatError("IDX header declares zero dimensions")
+    if ndim > IDX_MAX_NDIM:
+        raise IDXFormatError(
+            f"IDX header declares {ndim} dimensions; at most {IDX_MAX_NDIM} are supported"
+        )
     header = 4 + 4 * ndim
     if len(buf) < header:
         raise IDXFormatError(
@@ -272,6 +286,9 @@ def read_idx(data: bytes | bytearray | memoryview | PathLike) -> np.ndarray:
     shape = struct.unpack(f">{ndim}I", buf[4:header])
     dtype = np.dtype(_IDX_DTYPES[code])
     count = math.prod(shape)
+    # numpy refuses a shape whose non-zero sizes multiply past its limit, even when a size is 0
+    if math.prod(s for s in shape if s) * dtype.itemsize > np.iinfo(np.intp).max:
+        raise IDXFormatError(f"IDX header declares an impossible shape {shape}")
     expected = header + count * dtype.itemsize
     if len(buf) != expected:
         raise IDXFormatError(
@@ -327,19 +344,27 @@ def _decompress(raw: bytes, origin: str) -> bytes:
             out = gz.read(_MAX_FILE_BYTES + 1)
     except EOFError as exc:
         raise _TruncatedGzip(f"{origin}: truncated gzip stream ({exc})") from exc
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, zlib.error) as exc:  # corrupt deflate data: zlib.error
         raise IDXFormatError(f"{origin}: not a valid gzip file ({exc})") from exc
     if len(out) > _MAX_FILE_BYTES:
         raise IDXFormatError(f"{origin}: decompresses to more than {_MAX_FILE_BYTES} bytes")
     return out
 
 
-def _read_maybe_gz(path: Path, origin: str) -> bytes:
-    if path.stat().st_size > _MAX_FILE_BYTES:
-        raise IDXFormatError(f"{origin}: file is larger than {_MAX_FILE_BYTES} bytes")
-    raw = path.read_bytes()
+def _read_file(path: Path) -> bytearray:
+    """A whole regular file of at most _MAX_FILE_BYTES (a FIFO or device is refused with
+    NotARegularFileError, an OSError, before it is opened; it is never waited on)."""
+
+    def too_big(size: int) -> Exception:
+        return IDXFormatError(f"{path}: file is larger than {_MAX_FILE_BYTES} bytes")
+
+    return _files.read_regular(path, _MAX_FILE_BYTES, too_big)
+
+
+def _read_maybe_gz(path: Path, origin: str) -> bytes | bytearray:
+    raw = _read_file(path)
     if path.name.endswith(".gz"):
-        return _decompress(raw, origin)
+        return _decompress(bytes(raw), origin)
     return raw
 
 
@@ -357,34 +382,15 @@ def default_data_dir(data_dir: PathLike | None = None) -> Path:
 
 
 def _atomic_write(path: Path, data: bytes | bytearray) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and os.replace."""
+    """Write ``data`` to ``path`` atomically (cnnkit's one writer: temporary file in the same
+    directory, fsync, os.replace), creating the cache folder first."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; cache files are ordinary data files
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    _files.atomic_write(path, lambda f: f.write(data), what="cnnkit.datasets")
 
 
 def _read_cached(path: Path) -> bytearray:
-    """Read a whole file into a bytearray (so arrays built on it are writable)."""
-    size = path.stat().st_size
-    if size > _MAX_FILE_BYTES:
-        raise IDXFormatError(f"{path}: file is larger than {_MAX_FILE_BYTES} bytes")
-    buf = bytearray(size)
-    with path.open("rb") as f:
-        if f.readinto(buf) != size:
-            raise OSError(f"{path}: short read")
-    return buf
+    """Read a whole cache file into a bytearray (so arrays built on it are writable)."""
+    return _read_file(path)
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from . import _files
 
 __all__ = ["training_curves", "conv_filters", "feature_maps"]
 
@@ -66,28 +67,10 @@ def _check_dir(path: str | os.PathLike[str]) -> str:
 
 
 def _save(fig: Any, path: str) -> str:
-    """Write fig as a PNG to path atomically; returns path."""
-    d = os.path.dirname(os.path.abspath(path))
-    base = os.path.basename(path)
-    while True:
-        tmp = os.path.join(d, f".{base}.{secrets.token_hex(6)}.tmp")
-        try:
-            # 0o666 minus the umask: the file gets the same mode a plain open() would give it.
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            break
-        except FileExistsError:
-            continue
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=_DPI, facecolor="white")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    """Write fig as a PNG to path atomically (cnnkit's one atomic writer); returns path."""
+    return _files.atomic_write(
+        path, lambda fh: fig.savefig(fh, format="png", dpi=_DPI, facecolor="white"),
+        what="cnnkit.plot")
 
 
 def _positive_int(v: Any, name: str, where: str) -> int:

@@ -19,9 +19,6 @@ import json
 import math
 import os
 import struct
-import tempfile
-import threading
-import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,7 +26,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from . import _seeding
+from . import _files, _seeding
 from . import optim as _optim
 from .layers import from_config as _layer_from_config
 
@@ -48,7 +45,8 @@ __all__ = [
 MAGIC = b"CNNKIT01"
 FORMAT_VERSION = 1
 ALIGN = 64  # tensor offsets (and the start of the data section) are multiples of this
-MAX_HEADER_BYTES = 64 << 20
+MAX_HEADER_BYTES = 8 << 20  # docs/file-format.md, reading rule 2, says why 8 MiB
+MAX_INT_DIGITS = 4300  # longest JSON integer read (Python's default int() limit)
 MAX_NDIM = 8
 DTYPES = {"float32": np.dtype("<f4"), "int64": np.dtype("<i8"), "uint8": np.dtype("u1")}
 _PREFIX_MODEL, _PREFIX_OPT = "model/", "optimizer/"
@@ -93,17 +91,36 @@ def _encode(v: Any) -> Any:
 
 
 def _pairs_hook(pairs: list[tuple[str, Any]]) -> Any:
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        dup = sorted({k for k in keys if keys.count(k) > 1})
-        raise CheckpointError(f"duplicate keys {dup} in the header")
+    """One JSON object: refuse duplicate keys (in time linear in the number of keys) and
+    decode {"$float": ...}."""
     d = dict(pairs)
-    if keys == ["$float"]:
+    if len(d) != len(pairs):
+        seen: set[str] = set()
+        for dup, _ in pairs:
+            if dup in seen:
+                break
+            seen.add(dup)
+        raise CheckpointError(f"duplicate key {_short(dup)} in the header "
+                              f"({len(pairs) - len(d)} repeated keys in one object)")
+    if len(d) == 1 and "$float" in d:
         special = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
-        if d["$float"] not in special:
-            raise CheckpointError(f"bad special float {d['$float']!r} in the header")
-        return special[d["$float"]]
+        v = d["$float"]
+        if not isinstance(v, str) or v not in special:
+            raise CheckpointError(f"bad special float {_short(v)} in the header")
+        return special[v]
     return d
+
+
+def _few(names: list[str], n: int = 5) -> str:
+    """The first `n` names, and how many more (messages stay short for any file)."""
+    more = f" and {len(names) - n} more" if len(names) > n else ""
+    return "[" + ", ".join(_short(k) for k in names[:n]) + "]" + more
+
+
+def _short(v: Any, limit: int = 60) -> str:
+    """repr(v) cut to `limit` characters, for messages about values read from a file."""
+    r = repr(v)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
 def _no_constants(name: str) -> Any:
@@ -145,75 +162,9 @@ def _write_payload(f: IO[bytes], prefix: bytes, tensors: Iterable[np.ndarray]) -
         f.write(b"\0" * _pad(a.nbytes))
 
 
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _temp_prefix(name: str, pid: int | None = None) -> str:
-    """Temporary files of a save to `name` are ``.<name>.<pid>.<random>.tmp``."""
-    return f".{name}.{os.getpid() if pid is None else pid}."
-
-
-_STALE_TEMP_AGE = 60.0  # seconds without a write before another save may remove a temp file
-_active_temp: set[str] = set()  # temporary files this process is writing now
-_active_lock = threading.Lock()
-
-
-def _writer_gone(pid: int, path: str) -> bool:
-    """True when no process can still be writing the temp file `path` of writer `pid`."""
-    if pid == os.getpid():
-        with _active_lock:
-            return path not in _active_temp  # ours, left by a failed or forked-off save
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # e.g. PermissionError: the process exists, owned by someone else
-        return False
-    return False
-
-
-def _remove_stale_temp_files(directory: str, name: str) -> None:
-    """Delete temporary files that an earlier save to `name` left behind when its process was
-    killed (SIGKILL, power loss). Only files of exactly our pattern, untouched for
-    _STALE_TEMP_AGE seconds, whose writer process is gone; best effort (errors are ignored).
-    The age guard protects a live writer that this process cannot see (another PID namespace,
-    another host on a shared file system)."""
-    head = "." + name + "."
-    try:
-        entries = os.listdir(directory)
-    except OSError:
-        return
-    now = time.time()
-    for entry in entries:
-        if not (entry.startswith(head) and entry.endswith(".tmp")):
-            continue
-        parts = entry[len(head) : -len(".tmp")].split(".")
-        if len(parts) != 2 or not parts[0].isdigit() or not parts[1]:
-            continue
-        full = os.path.join(directory, entry)
-        try:
-            if now - os.lstat(full).st_mtime < _STALE_TEMP_AGE:
-                continue
-            if _writer_gone(int(parts[0]), full):
-                os.unlink(full)
-        except OSError:
-            pass
-
-
 def _write_file(path: str | os.PathLike, kind: str, meta: dict[str, Any],
                 tensors: dict[str, np.ndarray]) -> None:
     """Atomically write a cnnkit file (temp file in the same directory, fsync, rename)."""
-    path = os.fspath(path)
     arrays = {}
     for name, a in tensors.items():
         a = np.asarray(a)
@@ -228,34 +179,12 @@ def _write_file(path: str | os.PathLike, kind: str, meta: dict[str, Any],
               "data_nbytes": data_nbytes, "data_crc32": crc, "meta": _encode(meta)}
     hb = json.dumps(header, allow_nan=False, separators=(",", ":")).encode("utf-8")
     hb += b" " * _pad(16 + len(hb))
+    if len(hb) > MAX_HEADER_BYTES:  # the reader would refuse it: never write such a file
+        raise ValueError(f"save: the header would be {len(hb)} bytes; the format allows at "
+                         f"most {MAX_HEADER_BYTES} ({len(entries)} tensors)")
     prefix = MAGIC + struct.pack("<Q", len(hb)) + hb
-
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"save: directory {directory!r} does not exist")
-    mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644
-    _remove_stale_temp_files(directory, os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(os.path.basename(path)), suffix=".tmp",
-                               dir=directory)
-    with _active_lock:
-        _active_temp.add(tmp)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_payload(f, prefix, arrays.values())
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    finally:
-        with _active_lock:
-            _active_temp.discard(tmp)
-    _fsync_dir(directory)
+    # _write_payload is looked up at call time (tests replace it to simulate failures)
+    _files.atomic_write(path, lambda f: _write_payload(f, prefix, arrays.values()))
 
 
 def _model_payload(model: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -317,18 +246,47 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def read(path: str | os.PathLike) -> Checkpoint:
-    """Read and fully check a cnnkit file; raises CheckpointError when anything is wrong."""
-    path = os.fspath(path)
+def _parse_int(text: str) -> int:
+    """JSON integers of at most MAX_INT_DIGITS digits: converting a longer digit string
+    costs time quadratic in its length (whatever sys.set_int_max_str_digits allows)."""
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise CheckpointError(f"an integer of {len(text)} digits in the header (at most "
+                              f"{MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _parse_header(hb: bytes, where: str) -> Any:
+    """The JSON header, in time and memory linear in its size; CheckpointError otherwise."""
     try:
-        f = open(path, "rb")  # noqa: SIM115
+        text = hb.decode("utf-8")
+        return json.loads(text, object_pairs_hook=_pairs_hook, parse_constant=_no_constants,
+                          parse_int=_parse_int)
+    except CheckpointError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError: ValueError
+        why = "nested too deeply" if isinstance(e, RecursionError) else _short(str(e), 200)
+        raise CheckpointError(f"{where}: the header is not valid JSON ({why})") from None
+    except MemoryError:
+        raise CheckpointError(f"{where}: the header ({len(hb)} bytes) does not fit in "
+                              "memory") from None
+
+
+def read(path: str | os.PathLike) -> Checkpoint:
+    """Read and fully check a cnnkit file; raises CheckpointError when anything is wrong
+    (FileNotFoundError when there is no such file)."""
+    path = os.fspath(path)
+    where = f"{path}"
+    try:
+        f = _files.open_regular(path)
     except FileNotFoundError:
         raise
-    except OSError as e:
+    except _files.NotARegularFileError as e:  # never opened, so never waited on
+        raise CheckpointError(f"{path}: cannot open: not a regular file ({e.kind}); a cnnkit "
+                              "file must be a regular file") from None
+    except OSError as e:  # no permission, ...
         raise CheckpointError(f"{path}: cannot open: {e}") from None
     with f:
         size = os.fstat(f.fileno()).st_size
-        where = f"{path}"
         if size < 16:
             raise CheckpointError(f"{where}: not a cnnkit file ({size} bytes; too short)")
         head = f.read(16)
@@ -342,18 +300,13 @@ def read(path: str | os.PathLike) -> Checkpoint:
         if hlen < 2 or hlen > size - 16 or hlen > MAX_HEADER_BYTES:
             raise CheckpointError(
                 f"{where}: header length {hlen} is impossible for a file of {size} bytes "
-                "(truncated or corrupted)"
+                f"(truncated or corrupted; the format allows at most {MAX_HEADER_BYTES})"
             )
         hb = f.read(hlen)
         if len(hb) != hlen:
             raise CheckpointError(f"{where}: truncated header")
-        try:
-            header = json.loads(hb.decode("utf-8"), object_pairs_hook=_pairs_hook,
-                                parse_constant=_no_constants)
-        except CheckpointError as e:
-            raise CheckpointError(f"{where}: {e}") from None
-        except (UnicodeDecodeError, ValueError, RecursionError) as e:
-            raise CheckpointError(f"{where}: the header is not valid JSON ({e})") from None
+        header = _parse_header(hb, where)
+        del hb
         entries, data_nbytes, crc, kind, meta = _check_header(header, size - 16 - hlen, where)
         data = f.read(data_nbytes)
         if len(data) != data_nbytes:
@@ -368,17 +321,23 @@ def read(path: str | os.PathLike) -> Checkpoint:
     return Checkpoint(path, kind, meta, tensors)
 
 
+_MAX_ARRAY_BYTES = int(np.iinfo(np.intp).max)  # numpy's limit on one array (zero-size too)
+
+
 def _check_header(h: Any, data_size: int,
                   where: str) -> tuple[dict[str, Any], int, int, str, dict[str, Any]]:
+    """The container part of the header (reading rules 3-5); returns (tensor entries,
+    data_nbytes, data_crc32, kind, meta). Linear in the number of entries, plus a sort."""
     if not isinstance(h, dict):
         raise CheckpointError(f"{where}: the header is not a JSON object")
     if h.get("format") != "cnnkit":
-        raise CheckpointError(f"{where}: not a cnnkit file (format {h.get('format')!r})")
-    if h.get("version") != FORMAT_VERSION:
-        raise CheckpointError(f"{where}: unsupported format version {h.get('version')!r}")
+        raise CheckpointError(f"{where}: not a cnnkit file (format {_short(h.get('format'))})")
+    if not _is_int(h.get("version")) or h["version"] != FORMAT_VERSION:
+        raise CheckpointError(f"{where}: unsupported format version {_short(h.get('version'))}")
     kind = h.get("kind")
-    if kind not in ("model", "trainer"):
-        raise CheckpointError(f"{where}: unknown kind {kind!r} (expected 'model' or 'trainer')")
+    if not isinstance(kind, str) or kind not in ("model", "trainer"):
+        raise CheckpointError(f"{where}: unknown kind {_short(kind)} (expected 'model' or "
+                              "'trainer')")
     meta, entries = h.get("meta"), h.get("tensors")
     if not isinstance(meta, dict) or not isinstance(entries, dict):
         raise CheckpointError(f"{where}: the header needs 'meta' and 'tensors' objects")
@@ -386,41 +345,51 @@ def _check_header(h: Any, data_size: int,
     if not _is_int(data_nbytes) or data_nbytes != data_size:
         raise CheckpointError(
             f"{where}: the data section has {data_size} bytes but the header declares "
-            f"{data_nbytes!r} (truncated or corrupted)"
+            f"{_short(data_nbytes)} (truncated or corrupted)"
         )
     if not _is_int(crc) or not 0 <= crc < 2**32:
-        raise CheckpointError(f"{where}: bad data_crc32 {crc!r}")
+        raise CheckpointError(f"{where}: bad data_crc32 {_short(crc)}")
     spans = []
     for name, e in entries.items():
         if not name or not isinstance(e, dict):
-            raise CheckpointError(f"{where}: bad tensor entry {name!r}")
-        if set(e) != {"dtype", "shape", "offset", "nbytes"}:
-            raise CheckpointError(f"{where}: tensor {name!r} needs exactly dtype, shape, offset, "
-                                  f"nbytes; got {sorted(e)}")
-        if not isinstance(e["dtype"], str) or e["dtype"] not in DTYPES:
-            raise CheckpointError(f"{where}: tensor {name!r} has dtype {e['dtype']!r} "
+            raise CheckpointError(f"{where}: bad tensor entry {_short(name)}")
+        tn = _short(name)
+        if len(e) != 4 or set(e) != {"dtype", "shape", "offset", "nbytes"}:
+            raise CheckpointError(f"{where}: tensor {tn} needs exactly dtype, shape, offset, "
+                                  f"nbytes; got {_short(sorted(e))}")
+        dtype = e["dtype"]
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise CheckpointError(f"{where}: tensor {tn} has dtype {_short(dtype)} "
                                   f"(allowed: {sorted(DTYPES)})")
+        itemsize = DTYPES[dtype].itemsize
         shape = e["shape"]
         if not isinstance(shape, list) or len(shape) > MAX_NDIM or not all(
                 _is_int(s) and s >= 0 for s in shape):
-            raise CheckpointError(f"{where}: tensor {name!r} has a bad shape {shape!r}")
+            raise CheckpointError(f"{where}: tensor {tn} has a bad shape {_short(shape)} (at "
+                                  f"most {MAX_NDIM} non-negative ints)")
+        # numpy refuses a shape whose non-zero sizes multiply past its limit, even when
+        # another size is 0; the product of all sizes is checked against nbytes below
+        if math.prod(s for s in shape if s) * itemsize > _MAX_ARRAY_BYTES:
+            raise CheckpointError(f"{where}: tensor {tn} has an impossible shape "
+                                  f"{_short(shape)}")
         off, nb = e["offset"], e["nbytes"]
         if not (_is_int(off) and _is_int(nb) and off >= 0 and nb >= 0):
-            raise CheckpointError(f"{where}: tensor {name!r} has a bad offset/nbytes")
-        want = math.prod(shape) * DTYPES[e["dtype"]].itemsize
+            raise CheckpointError(f"{where}: tensor {tn} has a bad offset/nbytes "
+                                  f"({_short(off)}, {_short(nb)})")
+        want = math.prod(shape) * itemsize
         if nb != want:
-            raise CheckpointError(f"{where}: tensor {name!r} declares {nb} bytes but its shape "
-                                  f"{shape} and dtype need {want}")
+            raise CheckpointError(f"{where}: tensor {tn} declares {_short(nb)} bytes but its "
+                                  f"shape {shape} and dtype need {want}")
         if off + nb > data_size:
-            raise CheckpointError(f"{where}: tensor {name!r} lies outside the file "
+            raise CheckpointError(f"{where}: tensor {tn} lies outside the file "
                                   "(truncated or corrupted)")
-        if off % DTYPES[e["dtype"]].itemsize:
-            raise CheckpointError(f"{where}: tensor {name!r} is misaligned")
+        if off % itemsize:
+            raise CheckpointError(f"{where}: tensor {tn} is misaligned")
         spans.append((off, off + nb, name))
     spans.sort()
     for (_, end, a), (start, _, b) in zip(spans, spans[1:], strict=False):
         if start < end:
-            raise CheckpointError(f"{where}: tensors {a!r} and {b!r} overlap")
+            raise CheckpointError(f"{where}: tensors {_short(a)} and {_short(b)} overlap")
     return entries, data_nbytes, crc, kind, meta
 
 
@@ -559,7 +528,7 @@ def _check_weights(ck: Checkpoint, model: Any,
     extra = [k for k in model_tensors if k not in own]
     if missing or extra:
         raise CheckpointError(f"{ck.path}: weights do not match the architecture: missing "
-                              f"{missing}, unexpected {extra}")
+                              f"{_few(missing)}, unexpected {_few(extra)}")
     for k, v in own.items():
         a = model_tensors[k]
         if a.dtype != np.float32 or a.shape != v.shape:
@@ -665,10 +634,10 @@ def _trainer_state(ck: Checkpoint) -> _TrainerState:
     if not isinstance(t, dict):
         raise CheckpointError(f"{p}: meta.trainer is missing")
     if t.get("loss") not in ("cross_entropy", "mse"):
-        raise CheckpointError(f"{p}: unknown loss {t.get('loss')!r}")
+        raise CheckpointError(f"{p}: unknown loss {_short(t.get('loss'))}")
     metrics = t.get("metrics")
     if not isinstance(metrics, list) or not all(m == "accuracy" for m in metrics):
-        raise CheckpointError(f"{p}: bad metrics {metrics!r}")
+        raise CheckpointError(f"{p}: bad metrics {_short(metrics)}")
     for k in ("seed", "epoch"):
         if not _is_int(t.get(k)) or t[k] < 0:
             raise CheckpointError(f"{p}: trainer.{k} must be a non-negative int")
@@ -697,16 +666,16 @@ def _trainer_state(ck: Checkpoint) -> _TrainerState:
         names = opt.get("buffers")
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names) \
                 or sorted(names) != sorted(opt_tensors):
-            raise CheckpointError(f"{p}: optimizer buffers {names!r} do not match the tensors "
-                                  f"{sorted(opt_tensors)}")
+            raise CheckpointError(f"{p}: optimizer buffers {_short(names)} do not match the "
+                                  f"tensors {_few(sorted(opt_tensors))}")
         if names and sorted(names) != sorted(scratch.state_names()):
             raise CheckpointError(f"{p}: a {scratch.kind} optimizer has buffers "
-                                  f"{scratch.state_names()}, the file has {names}")
+                                  f"{scratch.state_names()}, the file has {_short(names)}")
         flat = opt.get("flat_size")
         for k, a in opt_tensors.items():
             if a.dtype != np.float32 or a.ndim != 1 or a.shape[0] != flat:
-                raise CheckpointError(f"{p}: optimizer buffer '{k}' must be float32 "
-                                      f"({flat},), got {a.dtype} {a.shape}")
+                raise CheckpointError(f"{p}: optimizer buffer {_short(k)} must be float32 "
+                                      f"({_short(flat)},), got {a.dtype} {a.shape}")
         if not _is_int(opt.get("step")) or not 0 <= opt["step"] <= _MAX_INT:
             raise CheckpointError(f"{p}: optimizer step must be a non-negative int")
         if not _is_int(flat) or not 0 <= flat <= _MAX_INT:
