@@ -35,7 +35,7 @@ import cnnkit as ck
             (2, 3, 5, 5),
             r"BatchNorm2d.*\(N, 4, H, W\), got \(2, 3, 5, 5\)",
         ),
-        (lambda: ck.Flatten(), (5,), r"Flatten.*at least 2 dimensions"),
+        (lambda: ck.Flatten(), (5,), r"x must be \(N, C, H, W\), \(N, H, W\) or \(N, features\)"),
     ],
 )
 def test_wrong_input_shapes(make, shape, pattern):

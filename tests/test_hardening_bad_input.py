@@ -214,7 +214,7 @@ CASES: list[Case] = [
     Case("batchnorm-one-value", lambda c: ck.BatchNorm2d(2).forward(np.ones((1, 2, 1, 1)), True),
          V, r"more than 1 value per channel"),
     Case("flatten-rank-1", lambda c: ck.Flatten().forward(np.zeros(5)), V,
-         r"Flatten.*at least 2 dimensions"),
+         r"x must be \(N, C, H, W\), \(N, H, W\) or \(N, features\), got shape \(5,\)"),
     Case("forward-scalar", lambda c: ck.ReLU().forward(np.float32(3)), V, r"non-empty batch"),
     Case("backward-before-forward", lambda c: ck.Linear(3, 2).backward(np.zeros((1, 2))), V,
          r"call forward first"),

@@ -129,9 +129,13 @@ def test_varying_batch_sizes_reuse_buffers(rng):
 
 
 def test_predict_batches(rng):
+    """predict runs in batches and returns probabilities: the softmax of forward's logits."""
     m = lenet()
     x = rng.random((37, 1, 28, 28)).astype(np.float32)
-    assert np.allclose(m.predict(x, batch_size=8), m.forward(x), atol=1e-6)
+    z = m.forward(x).astype(np.float64)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    assert np.allclose(m.predict(x, batch_size=8), p, atol=1e-6)
 
 
 def test_summary_lists_layers_shapes_params():

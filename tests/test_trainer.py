@@ -290,11 +290,13 @@ def test_divergence_stops_training_and_says_why(capsys):
 
 
 def test_reduce_lr_on_plateau_callback():
+    """One plateau rule, PyTorch's: reduce after MORE than `patience` epochs without
+    improvement (the callback drives cnnkit.optim.ReduceLROnPlateau)."""
     x, y = small_data(64)
     trainer = small_trainer(lr=0.1)
     red = cb.ReduceLROnPlateau(monitor="score", factor=0.5, patience=1, min_lr=0.02)
-    hist = trainer.fit(x, y, epochs=6, verbose=0, callbacks=[scripted([1.0] * 6), red])
-    assert hist.history["lr"] == pytest.approx([0.1, 0.1, 0.05, 0.025, 0.02, 0.02])
+    hist = trainer.fit(x, y, epochs=8, verbose=0, callbacks=[scripted([1.0] * 8), red])
+    assert hist.history["lr"] == pytest.approx([0.1, 0.1, 0.1, 0.05, 0.05, 0.025, 0.025, 0.02])
     assert trainer.optimizer.lr == pytest.approx(0.02)
     with pytest.raises(ValueError, match="factor"):
         cb.ReduceLROnPlateau(factor=1.0)

@@ -25,6 +25,7 @@ import numpy as np
 
 from . import optim as _optim
 from . import serialization as _io
+from ._checks import positive_int
 
 __all__ = [
     "Callback",
@@ -150,12 +151,6 @@ def _monitored(logs: Logs | None, monitor: str, where: str) -> float:
     return float(logs[monitor])
 
 
-def _check_int(v: Any, name: str, where: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-        raise ValueError(f"{where}: {name} must be a non-negative int, got {v!r}")
-    return int(v)
-
-
 def _check_float(v: Any, name: str, where: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
             or not math.isfinite(float(v)):
@@ -192,7 +187,7 @@ class EarlyStopping(Callback):
         self.monitor = str(monitor)
         self.mode = _monitor_mode(self.monitor, mode, w)
         self.min_delta = abs(_check_float(min_delta, "min_delta", w))
-        self.patience = _check_int(patience, "patience", w)
+        self.patience = positive_int(patience, "patience", w, allow_zero=True)
         self.restore_best_weights = bool(restore_best_weights)
         self.baseline = None if baseline is None else _check_float(baseline, "baseline", w)
         self.verbose = int(verbose)
@@ -322,9 +317,14 @@ class TerminateOnNaN(Callback):
 
 
 class ReduceLROnPlateau(Callback):
-    """Multiply the lr by `factor` when `monitor` has not improved for `patience` epochs
-    (Keras semantics: improvement means beating the best by `min_delta`; after a reduction
-    wait `cooldown` epochs; never go below `min_lr`)."""
+    """Multiply the lr by `factor` when `monitor` has stopped improving: the Keras interface
+    over the one plateau rule, :class:`cnnkit.optim.ReduceLROnPlateau` (PyTorch's).
+
+    An epoch improves when it beats the best value by more than `min_delta` (torch's
+    ``threshold`` with ``threshold_mode="abs"``). After more than `patience` epochs in a row
+    without improvement, lr = max(lr * factor, min_lr); then `cooldown` epochs are not
+    counted. ``mode="auto"``: max for names ending in ``acc``/``accuracy``, else min.
+    """
 
     def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10,
                  mode: str = "auto", min_delta: float = 1e-4, cooldown: int = 0,
@@ -335,46 +335,46 @@ class ReduceLROnPlateau(Callback):
         self.factor = _check_float(factor, "factor", w)
         if not 0.0 <= self.factor < 1.0:
             raise ValueError(f"{w}: factor must be in [0, 1) (it multiplies the lr), got {factor}")
-        self.patience = _check_int(patience, "patience", w)
+        self.patience = positive_int(patience, "patience", w, allow_zero=True)
         self.mode = _monitor_mode(self.monitor, mode, w)
         self.min_delta = abs(_check_float(min_delta, "min_delta", w))
-        self.cooldown = _check_int(cooldown, "cooldown", w)
+        self.cooldown = positive_int(cooldown, "cooldown", w, allow_zero=True)
         self.min_lr = _check_float(min_lr, "min_lr", w)
+        if self.min_lr < 0:
+            raise ValueError(f"{w}: min_lr must be >= 0, got {min_lr}")
         self.verbose = int(verbose)
-        self._reset()
+        self.rule: _optim.ReduceLROnPlateau | None = None  # made in on_train_begin
 
-    def _reset(self) -> None:
-        self.best = math.inf if self.mode == "min" else -math.inf
-        self.wait = 0
-        self.cooldown_counter = 0
+    # The rule's counters, under the Keras names.
+    @property
+    def best(self) -> float:
+        return self.rule.best if self.rule is not None else (
+            math.inf if self.mode == "min" else -math.inf)
 
-    def _better(self, a: float) -> bool:
-        if self.mode == "min":
-            return a < self.best - self.min_delta
-        return a > self.best + self.min_delta
+    @property
+    def wait(self) -> int:
+        return self.rule.num_bad_epochs if self.rule is not None else 0
+
+    @property
+    def cooldown_counter(self) -> int:
+        return self.rule.cooldown_counter if self.rule is not None else 0
 
     def on_train_begin(self, logs: Logs | None = None) -> None:
-        self._reset()
+        opt = _require_optimizer(self.trainer, "ReduceLROnPlateau")
+        self.rule = _optim.ReduceLROnPlateau(
+            opt, mode=self.mode, factor=self.factor, patience=self.patience,
+            threshold=self.min_delta, threshold_mode="abs", cooldown=self.cooldown,
+            min_lr=self.min_lr)  # fmt: skip
 
     def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
-        opt = _require_optimizer(self.trainer, "ReduceLROnPlateau")
+        if self.rule is None or self.rule.optimizer is not self.trainer.optimizer:
+            self.on_train_begin()
         current = _monitored(logs, self.monitor, "ReduceLROnPlateau")
-        if self.cooldown_counter > 0:
-            self.cooldown_counter -= 1
-            self.wait = 0
-        if self._better(current):
-            self.best = current
-            self.wait = 0
-        elif self.cooldown_counter == 0:
-            self.wait += 1
-            if self.wait >= self.patience:
-                old = opt.lr
-                if old > self.min_lr:
-                    opt.lr = max(old * self.factor, self.min_lr)
-                    if self.verbose > 0:
-                        print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing lr to {opt.lr:.4g}")
-                    self.cooldown_counter = self.cooldown
-                    self.wait = 0
+        old = self.rule.optimizer.lr
+        self.rule.step(current)
+        if self.verbose > 0 and self.rule.optimizer.lr < old:
+            print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing lr to "
+                  f"{self.rule.optimizer.lr:.4g}")
 
 
 class CSVLogger(Callback):

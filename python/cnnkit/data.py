@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import positive_int, to_numpy
 from ._seeding import derive_seed
 
-__all__ = ["DataLoader", "as_images", "as_labels", "as_targets", "check_labels"]
+__all__ = ["DataLoader", "as_input", "as_images", "as_labels", "as_targets", "check_labels"]
 
 Batch = tuple[np.ndarray, Any]
 Transform = Callable[[np.ndarray, Any], tuple[np.ndarray, Any]]
@@ -30,34 +31,43 @@ Transform = Callable[[np.ndarray, Any], tuple[np.ndarray, Any]]
 # ---------------------------------------------------------------------------------------------
 
 
-def _to_numpy(v: Any) -> np.ndarray:
-    if hasattr(v, "detach") and hasattr(v, "cpu"):  # a PyTorch tensor
-        v = v.detach().cpu().numpy()
-    return np.asarray(v)
+def as_input(x: Any, where: str = "x", name: str = "x", *, model: Any = None) -> np.ndarray:
+    """Model input as contiguous float32: the one conversion behind every entry point
+    (Sequential.forward/predict/__call__, Layer.forward, Trainer.fit/evaluate/predict,
+    DataLoader).
 
+    - numpy arrays, nested lists and PyTorch tensors (detached, copied to the CPU) are taken;
+    - uint8 images are scaled to [0, 1]; every other numeric dtype becomes float32 with its
+      values unchanged;
+    - a 3-D array (N, H, W) becomes (N, 1, H, W) when `model` takes 4-D input with one
+      channel (or any channel count: a pooling layer first); without a model (a DataLoader,
+      which does not know it) every 3-D array is taken as (N, H, W) images;
+    - with a model that takes C channels, a 4-D (N, H, W, C) array is refused as NHWC (with
+      the transpose that fixes it).
 
-def as_images(x: Any, where: str = "x", name: str = "x") -> np.ndarray:
-    """Model input as contiguous float32.
-
-    uint8 images are scaled to [0, 1]; a 3-D array (N, H, W) becomes (N, 1, H, W); 2-D
-    (N, features) and 4-D (N, C, H, W) are kept. Raises ValueError for empty, non-numeric,
-    1-D or >4-D input and for NaN/Inf (naming the first bad sample).
+    Raises ValueError for non-numeric or empty input, for anything but (N, C, H, W),
+    (N, H, W) or (N, features), and for NaN/Inf (naming the first bad sample).
     """
     try:
-        a = _to_numpy(x)
+        a = to_numpy(x)
     except Exception as e:  # ragged lists and the like
         raise ValueError(f"{where}: {name} is not an array: {e}") from None
     if a.dtype == object or a.dtype.kind not in "biuf":
         raise ValueError(f"{where}: {name} must be numeric, got dtype {a.dtype}")
-    if a.ndim < 2 or a.ndim > 4:
+    if a.ndim == 0:
+        raise ValueError(f"{where}: {name} is a scalar; expected a non-empty batch (N, ...)")
+    if not 2 <= a.ndim <= 4:
         raise ValueError(
             f"{where}: {name} must be (N, C, H, W), (N, H, W) or (N, features), got shape "
             f"{a.shape}"
         )
     if a.shape[0] == 0:
-        raise ValueError(f"{where}: {name} is empty (shape {a.shape})")
+        raise ValueError(f"{where}: {name} is empty (shape {a.shape}); expected a non-empty batch")
     if a.size == 0:
         raise ValueError(f"{where}: {name} has a zero-sized dimension (shape {a.shape})")
+    spec = model._input_spec() if model is not None else (4, None)
+    if a.ndim == 4 and spec is not None and spec[1] is not None:
+        _check_not_nhwc(a.shape, spec[1], where, name, x)
     if a.dtype == np.uint8:
         a = a.astype(np.float32) * np.float32(1.0 / 255.0)
     else:
@@ -72,9 +82,25 @@ def as_images(x: Any, where: str = "x", name: str = "x") -> np.ndarray:
                     f"{where}: {name} contains NaN or Inf ({int((~finite).sum())} bad samples, "
                     f"first at index {i})"
                 )
-    if a.ndim == 3:
+    if a.ndim == 3 and spec is not None and spec[0] == 4 and spec[1] in (None, 1):
         a = a[:, None, :, :]
     return np.ascontiguousarray(a)
+
+
+as_images = as_input  # the earlier name
+
+
+def _check_not_nhwc(shape: tuple[int, ...], channels: int, where: str, name: str,
+                    x: Any) -> None:
+    """ValueError when a 4-D shape has the model's channel count last instead of in dim 1."""
+    if shape[1] == channels or shape[3] != channels:
+        return
+    fix = "x.transpose(0, 3, 1, 2)"
+    torch_fix = " (a torch tensor: x.permute(0, 3, 1, 2))" if hasattr(x, "permute") else ""
+    raise ValueError(
+        f"{where}: {name} has shape {tuple(shape)} but the model takes (N, {channels}, H, W): "
+        f"it looks like NHWC; transpose to NCHW with {fix}{torch_fix}"
+    )
 
 
 def as_labels(y: Any, where: str = "y", num_classes: int | None = None) -> np.ndarray:
@@ -85,7 +111,7 @@ def as_labels(y: Any, where: str = "y", num_classes: int | None = None) -> np.nd
     `num_classes`, for labels outside [0, num_classes).
     """
     try:
-        a = _to_numpy(y)
+        a = to_numpy(y)
     except Exception as e:
         raise ValueError(f"{where}: y is not an array: {e}") from None
     if a.dtype == object or a.dtype.kind not in "biuf":
@@ -141,7 +167,7 @@ def as_targets(y: Any, where: str = "y", shape: tuple[int, ...] | None = None) -
     """Regression targets (for the mse loss) as float32, checked for NaN/Inf and, with
     `shape`, against the model's per-sample output shape ((N,) is taken as (N, 1))."""
     try:
-        a = np.ascontiguousarray(_to_numpy(y), dtype=np.float32)
+        a = np.ascontiguousarray(to_numpy(y), dtype=np.float32)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: targets must be numeric: {e}") from None
     if a.ndim == 0:
@@ -203,11 +229,8 @@ class DataLoader:
         transform: Transform | None = None,
     ) -> None:
         where = "DataLoader"
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-                or batch_size < 1:
-            raise ValueError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"{where}: seed must be a non-negative integer, got {seed!r}")
+        batch_size = positive_int(batch_size, "batch_size", where)
+        seed = positive_int(seed, "seed", where, allow_zero=True)
         if transform is not None and not callable(transform):
             raise ValueError(f"{where}: transform must be callable, got {transform!r}")
         self.batch_size = int(batch_size)
@@ -228,10 +251,10 @@ class DataLoader:
             if n == 0:
                 raise ValueError(f"{where}: the dataset is empty")
         else:
-            self.x = as_images(x, where)
+            self.x = as_input(x, where)
             n = self.x.shape[0]
             if y is not None:
-                ya = _to_numpy(y)
+                ya = to_numpy(y)
                 if ya.ndim == 0:
                     raise ValueError(f"{where}: y must have one entry per sample, got a scalar")
                 if ya.shape[0] != n:
@@ -298,10 +321,10 @@ class DataLoader:
         for i in ids:
             item = self.dataset[int(i)]
             if isinstance(item, (tuple, list)) and len(item) == 2:
-                xs.append(_to_numpy(item[0]))
-                ys.append(_to_numpy(item[1]))
+                xs.append(to_numpy(item[0]))
+                ys.append(to_numpy(item[1]))
             else:
-                xs.append(_to_numpy(item))
+                xs.append(to_numpy(item))
         try:
             xb = np.stack(xs)
         except ValueError as e:
@@ -309,7 +332,7 @@ class DataLoader:
         if ys and len(ys) != len(xs):
             raise ValueError("DataLoader: some dataset items have labels and some do not")
         yb = np.stack(ys) if ys else None
-        return as_images(xb, "DataLoader", "dataset batch"), yb
+        return as_input(xb, "DataLoader", "dataset batch"), yb
 
     def __repr__(self) -> str:
         src = type(self.dataset).__name__ if self.dataset is not None else f"x{self.x.shape}"

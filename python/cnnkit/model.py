@@ -13,30 +13,21 @@ from typing import Any
 import numpy as np
 
 from . import _core
+from ._checks import parse_device, positive_int, to_numpy
+from .data import as_input
 from .layers import Layer
 
 __all__ = ["Sequential"]
 
 
-def _as_numpy(v: Any) -> np.ndarray:
-    """numpy view of an array-like, including PyTorch tensors (detached, moved to the CPU)."""
-    if hasattr(v, "detach") and hasattr(v, "cpu"):
-        v = v.detach().cpu().numpy()
-    return np.asarray(v)
-
-
-def _as_input(x: Any, where: str, name: str = "x") -> np.ndarray:
-    """float32 C-contiguous; ValueError for non-numeric dtypes and for NaN/Inf (naming the
-    first bad sample)."""
+def _as_values(v: Any, where: str, name: str) -> np.ndarray:
+    """float32 C-contiguous values (a gradient, not an image: no scaling); ValueError for
+    non-numeric dtypes and for NaN/Inf (naming the first bad sample)."""
     try:
-        a = _as_numpy(x)
+        a = to_numpy(v)
     except Exception as e:  # ragged lists and the like
         raise ValueError(f"{where}: {name} is not an array: {e}") from None
-    if a.dtype == object or not (
-        np.issubdtype(a.dtype, np.floating)
-        or np.issubdtype(a.dtype, np.integer)
-        or a.dtype == np.bool_
-    ):
+    if a.dtype == object or a.dtype.kind not in "biuf":
         raise ValueError(f"{where}: expected a numeric array, got dtype {a.dtype}")
     with np.errstate(over="ignore"):  # values too large for float32 become inf: caught below
         a = np.require(a, dtype=np.float32, requirements="C")
@@ -49,11 +40,57 @@ def _as_input(x: Any, where: str, name: str = "x") -> np.ndarray:
     return a
 
 
+def _softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of logits (N, C), stable (max subtracted), computed in float64."""
+    z = z.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite logits give NaN rows
+        z -= z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+    return z.astype(np.float32)
+
+
+def _predictions(out: np.ndarray, loss: str | None) -> np.ndarray:
+    """What ``predict`` returns for model outputs `out`: class probabilities (a softmax of the
+    logits) for a classifier — an (N, C) output, C >= 2, of a model not trained with mse —
+    and the outputs as they are otherwise."""
+    if loss != "mse" and out.ndim == 2 and out.shape[1] >= 2:
+        return _softmax(out)
+    return out
+
+
+def _keeps_shape(layer: Layer) -> bool:
+    """True for element-wise layers (the output has the input's shape, whatever its rank)."""
+    try:
+        return all(tuple(layer.output_shape(s)) == tuple(s) for s in ((2, 3), (2, 3, 4, 5)))
+    except Exception:  # the layer refuses one of the ranks
+        return False
+
+
+def _input_spec(layers: list[Layer]) -> tuple[int, int | None] | None:
+    """(4, channels) when the first layer that is not element-wise takes 4-D NCHW input
+    (channels None when any count will do, as for pooling); None otherwise."""
+    for layer in layers:
+        if _keeps_shape(layer):
+            continue
+        if not layer.type.endswith("2d"):
+            return None
+        cfg = layer.get_config()
+        ch = cfg.get("in_channels", cfg.get("num_features"))
+        ok = isinstance(ch, (int, np.integer)) and not isinstance(ch, bool)
+        return 4, (int(ch) if ok else None)
+    return None
+
+
 class Sequential:
     """A model made of layers applied in order.
 
     >>> model = Sequential([Conv2d(1, 6, 5), ReLU(), MaxPool2d(2), Flatten(), Linear(864, 10)])
-    >>> y = model.forward(x)            # x: (N, 1, 28, 28) float32 -> (N, 10)
+    >>> logits = model.forward(x)       # x: (N, 1, 28, 28) or (N, 28, 28); uint8 -> [0, 1]
+    >>> proba = model.predict(x)        # (N, 10) class probabilities (softmax of the logits)
+
+    Each layer object sits at one position: the same object twice is refused (create a new
+    layer; weights are not shared between positions).
     """
 
     def __init__(self, layers: Iterable[Layer] = (), *, _solo: bool = False) -> None:
@@ -66,35 +103,54 @@ class Sequential:
         self._solo = _solo
         self._device = "cpu"
         self._input_shape: tuple[int, ...] | None = None
-        for layer in layers:
-            self._append(layer)
+        self._spec: tuple[int, int | None] | None = None
+        self._loss: str | None = None  # set by a Trainer: decides what predict returns
+        self._fitting: Any = None  # the Trainer whose fit is running on this model
+        self._append(list(layers), "Sequential")
         self._build()
 
     # -- structure ----------------------------------------------------------------------
-    def _append(self, layer: Layer) -> None:
-        if not isinstance(layer, Layer):
-            raise ValueError(
-                f"Sequential: layer {len(self.layers)} is not a cnnkit layer: {layer!r}"
-            )
-        if layer._owner is not None and layer._owner is not self:
-            raise ValueError(f"Sequential: {layer!r} already belongs to another model")
-        if not self._solo:
-            if layer._solo is not None:
-                layer._solo = None
-            layer._owner = self
-        self.layers.append(layer)
+    def _append(self, new: list[Layer], where: str) -> None:
+        """Check every new layer first (nothing is taken over on error), then own them."""
+        at = {id(layer): i for i, layer in enumerate(self.layers)}
+        for k, layer in enumerate(new):
+            i = len(self.layers) + k
+            if not isinstance(layer, Layer):
+                raise ValueError(f"{where}: layer {i} is not a cnnkit layer: {layer!r}")
+            if id(layer) in at:
+                raise ValueError(
+                    f"{where}: layer {i} is the same {layer.type} object as layer "
+                    f"{at[id(layer)]}; a layer object can sit at one position only (weights are "
+                    f"not shared between positions). Create a new layer for position {i}, "
+                    f"e.g. {layer!r}"
+                )
+            if layer._owner is not None and layer._owner is not self:
+                raise ValueError(f"{where}: {layer!r} already belongs to another model")
+            at[id(layer)] = i
+        for layer in new:
+            if not self._solo:
+                if layer._solo is not None:
+                    layer._solo = None
+                layer._owner = self
+            self.layers.append(layer)
 
     def _build(self) -> None:
         # Binding copies each layer's current values into the new flat buffers.
         self._net = _core.Net([layer._native for layer in self.layers])
         if self._device != "cpu":
             self._net.to(self._device)
+        self._spec = _input_spec(self.layers)
+
+    def _input_spec(self) -> tuple[int, int | None] | None:
+        """(4, channels) when the model takes NCHW images (channels None: any), else None;
+        decides the (N, H, W) and NHWC handling of :func:`cnnkit.data.as_input`."""
+        return self._spec
 
     def add(self, layer: Layer) -> Sequential:
         """Append a layer (Keras style); returns the model."""
         if self._net is not None and self._net.has_optimizer():
             raise ValueError("Sequential.add: cannot change a model that is being trained")
-        self._append(layer)
+        self._append([layer], "Sequential.add")
         self._build()
         return self
 
@@ -117,30 +173,25 @@ class Sequential:
         return self._net.device
 
     def to(self, device: str) -> Sequential:
-        """Move parameters to "cpu" or "cuda" (explicit copy); returns the model."""
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"Sequential.to: unknown device {device!r} (expected 'cpu' or 'cuda')")
-        if device == "cuda" and not _core.cuda_available():
-            raise RuntimeError(
-                "Sequential.to('cuda'): no CUDA device is available"
-                + ("" if _core.built_with_cuda() else " (cnnkit was built without CUDA)")
-            )
+        """Move parameters to "cpu", "cuda" (or "cuda:0"), or "auto" (CUDA when available);
+        an explicit copy. Returns the model."""
+        device = parse_device(device, "Sequential.to")
         self._net.to(device)
         self._device = device
         return self
 
     # -- compute ------------------------------------------------------------------------
     def forward(self, x: Any, training: bool = False) -> np.ndarray:
-        """Run the model. x: (N, C, H, W) (or (N, features)) -> output as float32 numpy.
+        """Run the model: x (N, C, H, W) (or (N, features)) -> the raw outputs (logits for a
+        classifier) as float32 numpy.
 
-        Non-float32 or non-contiguous input is converted. training=True uses batch
-        statistics in BatchNorm and drops units in Dropout, and keeps what backward needs.
+        The input is converted as everywhere in cnnkit (:func:`cnnkit.data.as_input`): uint8
+        images are scaled to [0, 1], (N, H, W) is taken as (N, 1, H, W) when the model wants
+        one channel, other dtypes become float32 unchanged, torch tensors are accepted.
+        training=True uses batch statistics in BatchNorm and drops units in Dropout, and
+        keeps what backward needs.
         """
-        xa = _as_input(x, "Sequential.forward")
-        if xa.ndim == 0 or xa.shape[0] == 0:
-            raise ValueError(
-                f"Sequential.forward: expected a non-empty batch, got shape {xa.shape}"
-            )
+        xa = as_input(x, "Sequential.forward", model=self)
         out = self._net.forward(xa, bool(training))
         self._input_shape = tuple(xa.shape[1:])
         return out
@@ -150,22 +201,23 @@ class Sequential:
     def backward(self, dy: Any) -> np.ndarray:
         """Back-propagate dL/d(output) of the last forward; ACCUMULATES parameter gradients
         (see grad_dict) and returns dL/dx."""
-        return self._net.backward(_as_input(dy, "Sequential.backward", "dy"), True)
+        return self._net.backward(_as_values(dy, "Sequential.backward", "dy"), True)
 
     def predict(self, x: Any, batch_size: int = 256) -> np.ndarray:
-        """Inference in batches (eval mode); returns the stacked outputs."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-                or batch_size <= 0:
-            raise ValueError(
-                f"Sequential.predict: batch_size must be a positive int, got {batch_size!r}"
-            )
-        xa = _as_input(x, "Sequential.predict")
+        """Inference in batches, in eval mode, as Keras' ``predict``: class probabilities
+        (N, C) for a classifier, the raw outputs otherwise.
+
+        The probabilities are a stable softmax of the logits that :meth:`forward` returns.
+        A model counts as a classifier when its output is (N, C) with C >= 2, unless a
+        :class:`cnnkit.Trainer` was made for it with ``loss="mse"`` (then predict returns
+        the outputs as they are). The input is converted as for :meth:`forward`.
+        """
+        batch_size = positive_int(batch_size, "batch_size", "Sequential.predict")
+        xa = as_input(x, "Sequential.predict", model=self)
         outs = [
             self._net.forward(xa[i : i + batch_size], False) for i in range(0, len(xa), batch_size)
         ]
-        if not outs:
-            raise ValueError("Sequential.predict: empty input")
-        return np.concatenate(outs, axis=0)
+        return _predictions(np.concatenate(outs, axis=0), self._loss)
 
     # -- parameters ---------------------------------------------------------------------
     def state_dict(self) -> OrderedDict[str, np.ndarray]:
@@ -200,7 +252,7 @@ class Sequential:
         for k, v in incoming.items():
             if k not in own:
                 continue
-            a = _as_numpy(v)
+            a = to_numpy(v)
             if a.dtype == object or a.dtype.kind not in "biuf":
                 raise ValueError(
                     f"load_state_dict: '{k}' must be a numeric array, got dtype {a.dtype}"

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import positive_int
+
 __all__ = [
     "Optimizer",
     "SGD",
@@ -523,18 +525,11 @@ class LRScheduler:
             raise ValueError(f"{where}: last_epoch must be a non-negative int, got {le!r}")
 
 
-def _positive_int(v: Any, name: str, where: str, allow_zero: bool = False) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if allow_zero else 1):
-        what = "a non-negative" if allow_zero else "a positive"
-        raise ValueError(f"{where}: {name} must be {what} int, got {v!r}")
-    return int(v)
-
-
 class StepLR(LRScheduler):
     """lr = base_lr * gamma ** (epoch // step_size)."""
 
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1) -> None:
-        self.step_size = _positive_int(step_size, "step_size", "StepLR")
+        self.step_size = positive_int(step_size, "step_size", "StepLR")
         self.gamma = _number(gamma, "gamma", "StepLR")
         super().__init__(optimizer)
 
@@ -549,7 +544,7 @@ class CosineAnnealingLR(LRScheduler):
     """lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2."""
 
     def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0) -> None:  # noqa: N803
-        self.T_max = _positive_int(T_max, "T_max", "CosineAnnealingLR")
+        self.T_max = positive_int(T_max, "T_max", "CosineAnnealingLR")
         self.eta_min = _number(eta_min, "eta_min", "CosineAnnealingLR")
         super().__init__(optimizer)
 
@@ -578,9 +573,9 @@ class ReduceLROnPlateau(LRScheduler):
             raise ValueError(f"{w}: threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
         self.mode, self.threshold_mode = mode, threshold_mode
         self.factor = _number(factor, "factor", w, hi=1.0, hi_open=True)
-        self.patience = _positive_int(patience, "patience", w, allow_zero=True)
+        self.patience = positive_int(patience, "patience", w, allow_zero=True)
         self.threshold = _number(threshold, "threshold", w)
-        self.cooldown = _positive_int(cooldown, "cooldown", w, allow_zero=True)
+        self.cooldown = positive_int(cooldown, "cooldown", w, allow_zero=True)
         self.min_lr = _number(min_lr, "min_lr", w)
         self.eps = _number(eps, "eps", w)
         if not isinstance(optimizer, Optimizer):
@@ -641,8 +636,8 @@ class ReduceLROnPlateau(LRScheduler):
         if isinstance(best, bool) or not isinstance(best, (int, float)) or math.isnan(best):
             raise ValueError(f"{where}: best must be a number, got {best!r}")
         nb, cc = state.get("num_bad_epochs"), state.get("cooldown_counter")
-        _positive_int(nb, "num_bad_epochs", where, allow_zero=True)
-        _positive_int(cc, "cooldown_counter", where, allow_zero=True)
+        positive_int(nb, "num_bad_epochs", where, allow_zero=True)
+        positive_int(cc, "cooldown_counter", where, allow_zero=True)
         self.best, self.num_bad_epochs, self.cooldown_counter = float(best), int(nb), int(cc)
         super().load_state_dict(state)
 
@@ -661,7 +656,7 @@ class LinearWarmup(LRScheduler):
     def __init__(self, optimizer: Optimizer, warmup_steps: int, start_factor: float = 1.0 / 3,
                  after: LRScheduler | None = None) -> None:
         w = "LinearWarmup"
-        self.warmup_steps = _positive_int(warmup_steps, "warmup_steps", w, allow_zero=True)
+        self.warmup_steps = positive_int(warmup_steps, "warmup_steps", w, allow_zero=True)
         self.start_factor = _number(start_factor, "start_factor", w, lo=0.0, lo_open=True,
                                     hi=1.0)
         if after is not None:

@@ -25,13 +25,14 @@ from typing import Any
 import numpy as np
 from tqdm.std import tqdm
 
-from . import _core
 from . import callbacks as _callbacks
 from . import losses as _losses
 from . import optim as _optim
 from . import serialization as _io
+from ._checks import parse_device, positive_int, to_numpy
 from ._seeding import derive_seed
-from .data import DataLoader, _is_dataset, as_images, as_labels, as_targets, check_labels
+from .data import DataLoader, _is_dataset, as_input, as_labels, as_targets, check_labels
+from .model import _predictions
 
 __all__ = ["Trainer", "History"]
 
@@ -119,21 +120,8 @@ class History:
         return f"History(epochs={len(self.epoch)}, keys={sorted(self.history)})"
 
 
-def _positive_int(v: Any, name: str, where: str, allow_zero: bool = False) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if allow_zero else 1):
-        what = "a non-negative" if allow_zero else "a positive"
-        raise ValueError(f"{where}: {name} must be {what} integer, got {v!r}")
-    return int(v)
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of logits (N, C), stable (max subtracted), computed in float64."""
-    z = z.astype(np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):  # non-finite logits give NaN rows
-        z -= z.max(axis=1, keepdims=True)
-        np.exp(z, out=z)
-        z /= z.sum(axis=1, keepdims=True)
-    return z.astype(np.float32)
+# Held while checking and marking a model as being fitted (two Trainers, one model).
+_FITTING_LOCK = threading.Lock()
 
 
 class _Progress:
@@ -204,8 +192,9 @@ class Trainer:
             for evaluate/predict only.
         metrics: ("accuracy",) or () — the loss is always reported. Accuracy needs
             cross_entropy.
-        device: "auto" (CUDA when available), "cpu" or "cuda".
-        seed: drives the data shuffling and the Dropout masks.
+        device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:0".
+        seed: drives the data shuffling and the Dropout masks (the initial weights come
+            from ``cnnkit.manual_seed``, called before the model is built).
         lr_scheduler: an optional :mod:`cnnkit.optim` schedule of `optimizer`, stepped by
             fit and saved in checkpoints.
     """
@@ -225,11 +214,12 @@ class Trainer:
             raise ValueError(f"Trainer: unsupported loss {self.loss.name!r} "
                              "(expected 'cross_entropy' or 'mse')")
         self.metrics = self._check_metrics(metrics)
-        self.seed = _positive_int(seed, "seed", "Trainer", allow_zero=True)
-        self.device = self._resolve_device(device)
+        self.seed = positive_int(seed, "seed", "Trainer", allow_zero=True)
+        self.device = parse_device(device, "Trainer")
         if model.device != self.device:
             model.to(self.device)
         model._net.set_loss(self.loss.name)
+        model._loss = self.loss.name  # Sequential.predict: probabilities unless mse
         model._net.set_rng(derive_seed(self.seed, _DROPOUT_STREAM), 0)
         self.optimizer: _optim.Optimizer | None = None
         if optimizer is not None:
@@ -247,6 +237,9 @@ class Trainer:
         self.stop_reason: str | None = None
         self.last_checkpoint: str | None = None  # written when fit was interrupted
         self._progress: _Progress | None = None  # position inside an unfinished epoch
+        self._fit_lock = threading.Lock()  # held while fit runs: a second fit is refused
+        self._fit_thread: int | None = None  # the thread running fit
+        self._epoch_keys: list[str] = []  # the keys fit logs per epoch (CSVLogger's header)
 
     # -- configuration ------------------------------------------------------------------------
     def _check_metrics(self, metrics: Sequence[str]) -> tuple[str, ...]:
@@ -264,22 +257,6 @@ class Trainer:
                 return ()
             raise ValueError("Trainer: the 'accuracy' metric needs the cross_entropy loss")
         return tuple(dict.fromkeys(out))
-
-    @staticmethod
-    def _resolve_device(device: str) -> str:
-        if device == "auto":
-            return "cuda" if _core.cuda_available() else "cpu"
-        if device in ("cuda", "cuda:0"):
-            if not _core.cuda_available():
-                why = "" if _core.built_with_cuda() else " (cnnkit was built without CUDA)"
-                raise RuntimeError(
-                    f"Trainer: device='cuda' but no CUDA device is available{why}; use "
-                    "device='cpu' or 'auto'"
-                )
-            return "cuda"
-        if device == "cpu":
-            return "cpu"
-        raise ValueError(f"Trainer: unknown device {device!r} (expected 'auto', 'cpu' or 'cuda')")
 
     def _set_scheduler(self, sched: _optim.LRScheduler) -> None:
         if not isinstance(sched, _optim.LRScheduler):
@@ -318,10 +295,10 @@ class Trainer:
         return as_targets(y, where, out_shape)
 
     def _prep_arrays(self, x: Any, y: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
-        xa = as_images(x, where)
+        xa = as_input(x, where, model=self.model)
         if y is None:
             raise ValueError(f"{where}: y is required when x is an array")
-        ya_raw = np.asarray(y) if not hasattr(y, "detach") else y.detach().cpu().numpy()
+        ya_raw = to_numpy(y)
         if ya_raw.ndim == 0:
             raise ValueError(f"{where}: y must have one entry per sample, got a scalar")
         if ya_raw.shape[0] != xa.shape[0]:
@@ -350,7 +327,7 @@ class Trainer:
     def _batch(self, xb: Any, yb: Any, loader: DataLoader, where: str) -> tuple[np.ndarray, Any]:
         if getattr(loader, "_checked", False):
             return xb, yb
-        xb = as_images(xb, where)
+        xb = as_input(xb, where, model=self.model)
         if yb is None:
             raise ValueError(f"{where}: the data has no labels/targets")
         out = self._output_shape(tuple(xb.shape[1:]), where)
@@ -411,22 +388,58 @@ class Trainer:
         where it stopped, and the History so far is returned. Resuming (``resume_from`` or
         ``cnnkit.load(path).fit(...)``, same data and batch_size) skips the batches already
         done and continues bit-identically. A second Ctrl-C raises KeyboardInterrupt at once.
+
+        One fit at a time: a second ``fit`` on this Trainer while one runs (another thread, or
+        a callback) raises RuntimeError at once, as does a fit of the same model by another
+        Trainer. ``evaluate`` and ``predict`` may be called from other threads meanwhile:
+        they run between two updates and see the weights of that moment.
         """
+        if not self._fit_lock.acquire(blocking=False):
+            raise RuntimeError(
+                "fit: this Trainer is already fitting (in another thread, or fit was called "
+                "from one of its callbacks); wait for that fit to return"
+            )
+        model = self.model
+        try:
+            with _FITTING_LOCK:
+                if model._fitting is not None:
+                    raise RuntimeError(
+                        "fit: the model is already being trained by another Trainer; one "
+                        "model trains in one fit at a time"
+                    )
+                model._fitting = self
+            self._fit_thread = threading.get_ident()
+            try:
+                return self._fit(x, y, epochs, batch_size, validation_data, validation_split,
+                                 shuffle, callbacks, verbose, initial_epoch, resume_from,
+                                 lr_scheduler, checkpoint_path)
+            finally:
+                model._fitting = None
+                self._fit_thread = None
+        finally:
+            self._fit_lock.release()
+
+    def _fit(self, x: Any, y: Any, epochs: int, batch_size: int, validation_data: Any,
+             validation_split: float, shuffle: bool,
+             callbacks: Sequence[_callbacks.Callback] | None, verbose: int,
+             initial_epoch: int | None, resume_from: str | None,
+             lr_scheduler: _optim.LRScheduler | None,
+             checkpoint_path: str | os.PathLike | None) -> History:
         where = "fit"
         if self.optimizer is None:
             raise ValueError(
                 "fit: the trainer has no optimizer; create it with e.g. "
                 "Trainer(model, optimizer=cnnkit.optim.Adam(lr=1e-3)) (or optimizer='adam')"
             )
-        epochs = _positive_int(epochs, "epochs", where, allow_zero=True)
-        batch_size = _positive_int(batch_size, "batch_size", where)
+        epochs = positive_int(epochs, "epochs", where, allow_zero=True)
+        batch_size = positive_int(batch_size, "batch_size", where)
         if verbose not in (0, 1, 2):
             raise ValueError(f"fit: verbose must be 0, 1 or 2, got {verbose!r}")
         if isinstance(validation_split, bool) or not isinstance(
                 validation_split, (int, float, np.floating)) or not 0 <= validation_split < 1:
             raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split!r}")
         if initial_epoch is not None:
-            initial_epoch = _positive_int(initial_epoch, "initial_epoch", where, allow_zero=True)
+            initial_epoch = positive_int(initial_epoch, "initial_epoch", where, allow_zero=True)
         cb_list = _callbacks.CallbackList(list(callbacks or []))  # checks the types
         if lr_scheduler is not None and not isinstance(lr_scheduler, _optim.LRScheduler):
             raise ValueError(f"fit: lr_scheduler must be a cnnkit.optim schedule, got "
@@ -719,7 +732,7 @@ class Trainer:
     def evaluate(self, x: Any, y: Any = None, batch_size: int = 256,
                  verbose: int = 0) -> dict[str, float]:
         """Mean loss (and accuracy) over (x, y) in eval mode: {"loss", "accuracy"}."""
-        batch_size = _positive_int(batch_size, "batch_size", "evaluate")
+        batch_size = positive_int(batch_size, "batch_size", "evaluate")
         loader = self._loader(x, y, batch_size, False, "evaluate")
         t0 = time.perf_counter()
         out = self._evaluate_loader(loader, "evaluate")
@@ -729,26 +742,27 @@ class Trainer:
         return out
 
     def predict(self, x: Any, batch_size: int = 256) -> np.ndarray:
-        """Outputs for x in eval mode: class probabilities (N, C) (a stable softmax of the
-        logits) for cross_entropy, raw outputs for mse. x: an array, a dataset, or a
-        DataLoader (iterated as it is: use shuffle=False to keep the sample order)."""
-        batch_size = _positive_int(batch_size, "batch_size", "predict")
+        """Outputs for x in eval mode, as :meth:`cnnkit.Sequential.predict`: class
+        probabilities (N, C) (a stable softmax of the logits) for cross_entropy, raw outputs
+        for mse. x: an array, a dataset, or a DataLoader (iterated as it is: use
+        shuffle=False to keep the sample order). Safe to call from another thread while
+        ``fit`` runs (it sees the weights between two updates)."""
+        batch_size = positive_int(batch_size, "batch_size", "predict")
         net = self.model._net
         outs = []
         if isinstance(x, DataLoader) or _is_dataset(x):
             loader = x if isinstance(x, DataLoader) else DataLoader(x, batch_size=batch_size)
             loader.set_epoch(0)
             for xb, _ in loader:
-                xb = as_images(xb, "predict")
+                xb = as_input(xb, "predict", model=self.model)
                 self._output_shape(tuple(xb.shape[1:]), "predict")
                 outs.append(net.forward(xb, False))
         else:
-            xa = as_images(x, "predict")
+            xa = as_input(x, "predict", model=self.model)
             self._output_shape(tuple(xa.shape[1:]), "predict")
             for i in range(0, len(xa), batch_size):
                 outs.append(net.forward(xa[i : i + batch_size], False))
-        out = np.concatenate(outs, axis=0)
-        return _softmax(out) if self.loss.name == "cross_entropy" else out
+        return _predictions(np.concatenate(outs, axis=0), self.loss.name)
 
     def predict_classes(self, x: Any, batch_size: int = 256) -> np.ndarray:
         """Predicted class indices (N,) int64 (argmax of the outputs)."""
@@ -762,7 +776,11 @@ class Trainer:
 
     def load_checkpoint(self, path: str) -> None:
         """Restore weights, optimizer state, schedule, RNG, epoch and history from a trainer
-        checkpoint; the file is fully checked first (CheckpointError), nothing half-loads."""
+        checkpoint; the file is fully checked first (CheckpointError), nothing half-loads.
+        Refused (RuntimeError) from another thread while this Trainer is fitting."""
+        if self._fit_thread is not None and self._fit_thread != threading.get_ident():
+            raise RuntimeError("load_checkpoint: this Trainer is fitting in another thread; "
+                               "wait for fit to return")
         _io.restore_trainer(self, path)
 
     def __repr__(self) -> str:
