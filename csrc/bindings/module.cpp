@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <functional>
 #include <random>
@@ -15,6 +16,7 @@
 #include "cpu/kernels.h"
 #include "nn/layer.h"
 #include "nn/net.h"
+#include "nn/schema.h"
 #include "ops/ops.h"
 #ifdef CNNKIT_WITH_CUDA
 #include "cuda/kernels.h"
@@ -159,6 +161,150 @@ py::dict named_to_dict(const std::vector<std::pair<std::string, Tensor>>& v) {
 
 }  // namespace
 
+// ---- layer arguments: Python values <-> nn::Arg, checked against the schema ----------------
+
+namespace {
+
+std::string short_repr(const py::handle& v) {
+    std::string r = py::repr(v).cast<std::string>();
+    return r.size() > 60 ? r.substr(0, 57) + "..." : r;
+}
+
+bool is_bool(const py::handle& v) {
+    if (PyBool_Check(v.ptr())) return true;
+    // numpy.bool_ without importing numpy here
+    return std::string(Py_TYPE(v.ptr())->tp_name) == "numpy.bool";
+}
+
+bool is_intlike(const py::handle& v) {
+    return !is_bool(v) && !PyFloat_Check(v.ptr()) && PyIndex_Check(v.ptr());
+}
+
+// An int of any Python size -> int64; `ok` false when it does not fit.
+int64_t to_int64(const py::handle& v, bool& ok) {
+    py::object idx = py::reinterpret_steal<py::object>(PyNumber_Index(v.ptr()));
+    if (!idx) throw py::error_already_set();
+    int overflow = 0;
+    long long r = PyLong_AsLongLongAndOverflow(idx.ptr(), &overflow);
+    ok = overflow == 0;
+    return ok ? static_cast<int64_t>(r) : 0;
+}
+
+nn::Arg arg_from_py(const nn::LayerSchema& sc, const nn::ArgSpec& spec, const py::handle& v) {
+    const std::string where = str_cat(sc.type, ": ", spec.name);
+    auto range_fail = [&]() -> nn::Arg {
+        throw ValueError(str_cat(where, " is out of range, got ", short_repr(v)));
+    };
+    if (v.is_none()) {
+        if (spec.nullable) return nn::Arg::null(spec.kind);
+        throw ValueError(str_cat(where, " must not be None"));
+    }
+    bool ok = true;
+    switch (spec.kind) {
+        case nn::ArgKind::Int: {
+            if (!is_intlike(v)) throw ValueError(str_cat(where, " must be an int, got ", short_repr(v)));
+            int64_t x = to_int64(v, ok);
+            return ok ? nn::Arg::integer(x) : range_fail();
+        }
+        case nn::ArgKind::Pair: {
+            if (py::isinstance<py::str>(v) && !spec.choices.empty()) {
+                nn::Arg a = nn::Arg::pair(0, 0);
+                a.s = v.cast<std::string>();
+                return a;
+            }
+            if (is_intlike(v)) {
+                int64_t x = to_int64(v, ok);
+                return ok ? nn::Arg::pair(x, x) : range_fail();
+            }
+            if ((py::isinstance<py::tuple>(v) || py::isinstance<py::list>(v)) && py::len(v) == 2) {
+                py::sequence seq = py::reinterpret_borrow<py::sequence>(v);
+                if (is_intlike(seq[0]) && is_intlike(seq[1])) {
+                    bool ok2 = true;
+                    int64_t a = to_int64(seq[0], ok), b = to_int64(seq[1], ok2);
+                    return ok && ok2 ? nn::Arg::pair(a, b) : range_fail();
+                }
+            }
+            std::string strs;
+            for (const auto& c : spec.choices) strs += (strs.empty() ? " or '" : ", '") + c + "'";
+            throw ValueError(str_cat(where, " must be an int or a pair of ints", strs, ", got ",
+                                     short_repr(v)));
+        }
+        case nn::ArgKind::Float: {
+            const bool number = !is_bool(v) && !py::isinstance<py::str>(v) &&
+                                !py::isinstance<py::bytes>(v) && !PyComplex_Check(v.ptr()) &&
+                                (PyFloat_Check(v.ptr()) || PyIndex_Check(v.ptr()) ||
+                                 (Py_TYPE(v.ptr())->tp_as_number &&
+                                  Py_TYPE(v.ptr())->tp_as_number->nb_float));
+            double x = 0;
+            if (number) {
+                PyObject* f = PyNumber_Float(v.ptr());
+                if (!f) {
+                    PyErr_Clear();
+                } else {
+                    x = PyFloat_AsDouble(f);
+                    Py_DECREF(f);
+                }
+            }
+            if (!number || !std::isfinite(x))
+                throw ValueError(str_cat(where, " must be a number, got ", short_repr(v)));
+            return nn::Arg::number(x);
+        }
+        case nn::ArgKind::Bool:
+            if (!is_bool(v)) throw ValueError(str_cat(where, " must be True or False, got ", short_repr(v)));
+            return nn::Arg::boolean(PyObject_IsTrue(v.ptr()) == 1);
+        case nn::ArgKind::Choice:
+            if (!py::isinstance<py::str>(v))
+                throw ValueError(str_cat(where, " must be a string, got ", short_repr(v)));
+            return nn::Arg::choice(v.cast<std::string>());
+    }
+    throw ValueError(where);
+}
+
+nn::Args args_from_py(const nn::LayerSchema& sc, const py::dict& given) {
+    nn::Args out;
+    for (auto item : given) {
+        if (!py::isinstance<py::str>(item.first))
+            throw ValueError(str_cat(sc.type, ": argument names must be strings, got ",
+                                     short_repr(item.first)));
+        const std::string name = item.first.cast<std::string>();
+        const nn::ArgSpec* spec = nullptr;
+        for (const nn::ArgSpec& a : sc.args)
+            if (a.name == name) spec = &a;
+        if (!spec) {
+            out[name] = nn::Arg();  // complete_args names it as unknown
+            continue;
+        }
+        out[name] = arg_from_py(sc, *spec, item.second);
+    }
+    return out;
+}
+
+py::object arg_to_py(const nn::Arg& a) {
+    if (a.none) return py::none();
+    switch (a.kind) {
+        case nn::ArgKind::Int: return py::int_(a.i[0]);
+        case nn::ArgKind::Pair:
+            if (!a.s.empty()) return py::str(a.s);
+            return py::make_tuple(a.i[0], a.i[1]);
+        case nn::ArgKind::Float: return py::float_(a.f);
+        case nn::ArgKind::Bool: return py::bool_(a.i[0] != 0);
+        case nn::ArgKind::Choice: return py::str(a.s);
+    }
+    return py::none();
+}
+
+// In the schema's argument order (the order get_config() and the files list them).
+py::dict args_to_py(const nn::LayerSchema& sc, const nn::Args& args) {
+    py::dict d;
+    for (const nn::ArgSpec& spec : sc.args) {
+        auto it = args.find(spec.name);
+        if (it != args.end()) d[py::str(spec.name)] = arg_to_py(it->second);
+    }
+    return d;
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_core, m) {
     m.doc() = "cnnkit native core (C++/OpenMP CPU kernels, optional CUDA)";
     m.attr("__version__") = CNNKIT_VERSION;
@@ -170,6 +316,8 @@ PYBIND11_MODULE(_core, m) {
             PyErr_SetString(PyExc_ValueError, e.what());
         } catch (const RuntimeError& e) {
             PyErr_SetString(PyExc_RuntimeError, e.what());
+        } catch (const OutOfMemory& e) {
+            PyErr_SetString(PyExc_MemoryError, e.what());
         }
     });
 
@@ -433,6 +581,7 @@ PYBIND11_MODULE(_core, m) {
     py::class_<nn::Layer, nn::LayerPtr>(m, "Layer")
         .def_property_readonly("type", &nn::Layer::type)
         .def("config", &nn::Layer::config)
+        .def("args", [](nn::Layer& l) { return args_to_py(l.schema(), l.args()); })
         .def("output_shape", &nn::Layer::output_shape)
         .def("reset_parameters", &nn::Layer::reset_parameters, py::arg("seed"))
         .def("param_names",
@@ -447,21 +596,51 @@ PYBIND11_MODULE(_core, m) {
             return n;
         });
 
-    m.def("conv2d", &nn::make_conv2d, py::arg("in_channels"), py::arg("out_channels"),
-          py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"),
-          py::arg("dh"), py::arg("dw"), py::arg("groups"), py::arg("bias"));
-    m.def("maxpool2d", &nn::make_maxpool2d, py::arg("kh"), py::arg("kw"), py::arg("sh"),
-          py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("ceil_mode"));
-    m.def("avgpool2d", &nn::make_avgpool2d, py::arg("kh"), py::arg("kw"), py::arg("sh"),
-          py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("ceil_mode"),
-          py::arg("count_include_pad"));
-    m.def("activation", &nn::make_activation, py::arg("kind"), py::arg("negative_slope") = 0.f);
-    m.def("linear", &nn::make_linear, py::arg("in_features"), py::arg("out_features"),
-          py::arg("bias"));
-    m.def("flatten", &nn::make_flatten);
-    m.def("dropout", &nn::make_dropout, py::arg("p"));
-    m.def("batchnorm2d", &nn::make_batchnorm2d, py::arg("num_features"), py::arg("eps"),
-          py::arg("momentum"), py::arg("affine"), py::arg("track_running_stats"));
+    // The layer schema, generically: every layer is built by make_layer(type, {arg: value}).
+    m.def("layer_schemas", [] {
+        py::list out;
+        for (const nn::LayerSchema& sc : nn::layer_schemas()) {
+            py::list args;
+            for (const nn::ArgSpec& a : sc.args) {
+                py::dict d;
+                d["name"] = a.name;
+                d["kind"] = nn::arg_kind_name(a.kind);
+                d["required"] = a.required;
+                d["nullable"] = a.nullable;
+                d["default"] = a.required ? py::none()
+                               : a.nullable ? py::none()
+                                            : arg_to_py(a.def);
+                d["range"] = py::make_tuple(a.lo, a.hi, a.lo_open, a.hi_open);
+                d["choices"] = a.choices;
+                args.append(d);
+            }
+            py::dict d;
+            d["type"] = sc.type;
+            d["args"] = args;
+            out.append(d);
+        }
+        return out;
+    });
+    m.def(
+        "make_layer",
+        [](const std::string& type, const py::dict& given) {
+            return nn::make_layer(type, args_from_py(nn::layer_schema(type), given));
+        },
+        py::arg("type"), py::arg("args"));
+    // Complete arguments and parameter/buffer shapes for a configuration, sizes checked,
+    // nothing allocated: what the file loader sizes and validates files with.
+    m.def(
+        "layer_state_specs",
+        [](const std::string& type, const py::dict& given) {
+            const nn::LayerSchema& sc = nn::layer_schema(type);
+            nn::Args args = nn::complete_args(sc, args_from_py(sc, given));
+            int64_t total = 0;
+            std::vector<nn::ParamSpec> specs = nn::checked_state_specs(sc, args, &total);
+            py::list shapes;
+            for (const nn::ParamSpec& p : specs) shapes.append(py::make_tuple(p.name, p.shape));
+            return py::make_tuple(args_to_py(sc, args), shapes, total);
+        },
+        py::arg("type"), py::arg("args"));
 
     // ---- Net ------------------------------------------------------------------------------
     py::class_<nn::Net, std::shared_ptr<nn::Net>>(m, "Net")

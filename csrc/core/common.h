@@ -28,6 +28,12 @@ class RuntimeError : public std::runtime_error {
     explicit RuntimeError(const std::string& msg) : std::runtime_error(msg) {}
 };
 
+// An allocation the machine cannot satisfy: maps to Python MemoryError.
+class OutOfMemory : public std::runtime_error {
+  public:
+    explicit OutOfMemory(const std::string& msg) : std::runtime_error(msg) {}
+};
+
 using Shape = std::vector<int64_t>;
 
 inline std::string shape_str(const Shape& s) {
@@ -39,11 +45,6 @@ inline std::string shape_str(const Shape& s) {
     return os.str();
 }
 
-inline int64_t shape_numel(const Shape& s) {
-    int64_t n = 1;
-    for (int64_t d : s) n *= d;
-    return n;
-}
 
 namespace detail {
 inline void append(std::ostringstream&) {}
@@ -62,6 +63,8 @@ std::string str_cat(const Args&... args) {
 }
 
 }  // namespace cnnkit
+
+#include "core/checked.h"  // shape_numel and the other checked size arithmetic
 
 // Throws cnnkit::ValueError with the message (user error: shapes, arguments).
 #define CNN_CHECK_ARG(cond, ...)                                                        \

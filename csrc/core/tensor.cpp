@@ -14,10 +14,13 @@ const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
 // ---- Storage ------------------------------------------------------------------------------
 
 Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
+    CNN_CHECK_ARG(bytes <= static_cast<size_t>(kMaxBytes), "cannot allocate ", bytes, " bytes");
     size_t n = bytes == 0 ? 64 : (bytes + 63) / 64 * 64;
     if (device == Device::CPU) {
         ptr_ = std::aligned_alloc(64, n);
-        if (!ptr_) throw RuntimeError(str_cat("out of memory: could not allocate ", n, " bytes on the CPU"));
+        if (!ptr_)
+            throw OutOfMemory(str_cat("out of memory: could not allocate ", n,
+                                      " bytes on the CPU"));
     } else {
         ptr_ = cuda::malloc_device(n);
     }
@@ -41,8 +44,9 @@ Storage::~Storage() {
 // ---- Tensor -------------------------------------------------------------------------------
 
 Tensor::Tensor(const Shape& shape, Device device) : shape_(shape) {
-    for (int64_t d : shape) CNN_CHECK_ARG(d >= 0, "negative dimension in shape ", shape_str(shape));
-    storage_ = std::make_shared<Storage>(static_cast<size_t>(numel()) * sizeof(float), device);
+    const int64_t bytes = checked_bytes(checked_numel(shape, "tensor"), sizeof(float),
+                                        str_cat("tensor of shape ", shape_str(shape)));
+    storage_ = std::make_shared<Storage>(static_cast<size_t>(bytes), device);
 }
 
 Tensor Tensor::borrow(float* data, const Shape& shape) {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "nn/args.h"
 
 namespace cnnkit {
 namespace nn {
@@ -22,6 +23,8 @@ struct ParamSpec {
 };
 
 // Scratch memory handed to a layer for one call (im2col columns and the like).
+struct LayerSchema;
+
 struct Workspace {
     float* data = nullptr;
     int64_t floats = 0;
@@ -33,7 +36,7 @@ class Layer {
 
     // Type name as the user wrote it ("Conv2d") and the position-based name set by the Net
     // ("3"), used in every error message.
-    virtual std::string type() const = 0;
+    std::string type() const;
     std::string label() const;
     void set_index(int64_t i) { index_ = i; }
 
@@ -57,9 +60,15 @@ class Layer {
     void backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor* dx,
                   const Workspace& ws);
 
-    // Parameters (trainable) and buffers (running statistics), in state_dict order.
-    virtual std::vector<ParamSpec> param_specs() const { return {}; }
-    virtual std::vector<ParamSpec> buffer_specs() const { return {}; }
+    // The schema this layer was built from (nn/schema.h) and its complete arguments; called
+    // once by make_layer, which then allocates the parameters from the schema's shapes.
+    void set_schema(const LayerSchema* schema, const Args& args);
+    const LayerSchema& schema() const;
+    const Args& args() const { return args_; }
+    // Parameters (trainable) and buffers (running statistics), in state_dict order: the
+    // schema's shapes for this layer's arguments.
+    std::vector<ParamSpec> param_specs() const;
+    std::vector<ParamSpec> buffer_specs() const;
     std::vector<Tensor>& params() { return params_; }
     std::vector<Tensor>& grads() { return grads_; }
     std::vector<Tensor>& buffers() { return buffers_; }
@@ -87,9 +96,13 @@ class Layer {
     void check_forward(const Tensor& x, const Tensor& y, bool training, const Workspace& ws);
     // Throws ValueError "<Type> (layer i): <what>: expected <e>, got <shape>".
     [[noreturn]] void shape_error(const std::string& expected, const Shape& got) const;
+    // ValueError when a window over a padded axis has extents that do not fit in 64 bits.
+    void check_extent(int64_t in, int64_t k, int64_t pad, int64_t dil) const;
     void init_storage();  // allocate standalone params/grads/buffers from the specs
 
     std::vector<Tensor> params_, grads_, buffers_;
+    const LayerSchema* schema_ = nullptr;
+    Args args_;
     int64_t index_ = -1;
     uint64_t rng_seed_ = 0, rng_stream_ = 0;
     bool last_training_ = false;
@@ -97,8 +110,11 @@ class Layer {
 
 using LayerPtr = std::shared_ptr<Layer>;
 
-// ---- factories (configuration validated here; ValueError on bad hyper-parameters) -----------
+// ---- factories ------------------------------------------------------------------------------
+// Every layer is built by nn::make_layer(type, args) (nn/schema.h). These typed shortcuts are
+// for native code (benchmarks, native tests) and go through it.
 
+LayerPtr make_layer(const std::string& type, const Args& given);
 LayerPtr make_conv2d(int64_t in_channels, int64_t out_channels, int64_t kh, int64_t kw,
                      int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
                      int64_t groups, bool bias);

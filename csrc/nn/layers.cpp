@@ -5,12 +5,34 @@
 
 #include "core/rng.h"
 #include "nn/layer.h"
+#include "nn/schema.h"
 #include "ops/ops.h"
 
 namespace cnnkit {
 namespace nn {
 
 // ---- Layer base -----------------------------------------------------------------------------
+
+std::string Layer::type() const { return schema_ ? schema_->type : std::string("Layer"); }
+
+void Layer::set_schema(const LayerSchema* schema, const Args& args) {
+    schema_ = schema;
+    args_ = args;
+    init_storage();
+}
+
+const LayerSchema& Layer::schema() const {
+    CNN_CHECK(schema_ != nullptr, "layer built without a schema");
+    return *schema_;
+}
+
+std::vector<ParamSpec> Layer::param_specs() const {
+    return schema_ && schema_->params ? schema_->params(args_) : std::vector<ParamSpec>{};
+}
+
+std::vector<ParamSpec> Layer::buffer_specs() const {
+    return schema_ && schema_->buffers ? schema_->buffers(args_) : std::vector<ParamSpec>{};
+}
 
 std::string Layer::label() const {
     return index_ >= 0 ? str_cat(type(), " (layer ", index_, ")") : type();
@@ -119,29 +141,35 @@ void expect_nchw(const Layer& l, const Shape& in, int64_t channels, const char* 
 
 }  // namespace
 
+// A window of k taps dilated by `dil` over an axis of `in` padded by `pad` on both sides: the
+// padded extent and the window must fit comfortably in int64 (so every index the kernels
+// compute does), else the output shape is not computable.
+void Layer::check_extent(int64_t in, int64_t k, int64_t pad, int64_t dil) const {
+    const __int128 padded = (__int128)in + 2 * (__int128)pad;
+    const __int128 window = (__int128)dil * ((__int128)k - 1) + 1;
+    if (padded > kMaxBytes || window > kMaxBytes)
+        throw ValueError(str_cat(label(), ": input extent ", in, " with padding ", pad,
+                                 " and window ", k, " (dilation ", dil,
+                                 ") gives sizes that do not fit in 64 bits"));
+}
+
 // ---- Conv2d ---------------------------------------------------------------------------------
 
 class Conv2d : public Layer {
   public:
-    Conv2d(int64_t C, int64_t K, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
-           int64_t pw, int64_t dh, int64_t dw, int64_t groups, bool bias)
-        : C_(C), K_(K), R_(kh), S_(kw), sh_(sh), sw_(sw), ph_(ph), pw_(pw), dh_(dh), dw_(dw),
-          groups_(groups), bias_(bias) {
-        init_storage();
-    }
-    std::string type() const override { return "Conv2d"; }
+    explicit Conv2d(const Args& a)
+        : C_(arg_int(a, "in_channels")), K_(arg_int(a, "out_channels")),
+          R_(arg_pair(a, "kernel_size").first), S_(arg_pair(a, "kernel_size").second),
+          sh_(arg_pair(a, "stride").first), sw_(arg_pair(a, "stride").second),
+          ph_(arg_pair(a, "padding").first), pw_(arg_pair(a, "padding").second),
+          dh_(arg_pair(a, "dilation").first), dw_(arg_pair(a, "dilation").second),
+          groups_(arg_int(a, "groups")), bias_(arg_bool(a, "bias")) {}
     std::string config() const override {
         return str_cat(C_, ", ", K_, ", kernel_size=(", R_, ", ", S_, "), stride=(", sh_, ", ",
                        sw_, "), padding=(", ph_, ", ", pw_, ")",
                        dh_ != 1 || dw_ != 1 ? str_cat(", dilation=(", dh_, ", ", dw_, ")") : "",
                        groups_ != 1 ? str_cat(", groups=", groups_) : "",
                        bias_ ? "" : ", bias=False");
-    }
-    std::vector<ParamSpec> param_specs() const override {
-        const int64_t fan_in = C_ / groups_ * R_ * S_;
-        std::vector<ParamSpec> s{{"weight", {K_, C_ / groups_, R_, S_}, Init::KaimingUniform, fan_in}};
-        if (bias_) s.push_back({"bias", {K_}, Init::FanInUniform, fan_in});
-        return s;
     }
     ConvGeom geom(const Shape& in) const {
         ConvGeom g;
@@ -161,6 +189,8 @@ class Conv2d : public Layer {
   protected:
     Shape output_shape_impl(const Shape& in) const override {
         expect_nchw(*this, in, C_, "C", [this](const std::string& e, const Shape& s) { shape_error(e, s); });
+        check_extent(in[2], R_, ph_, dh_);
+        check_extent(in[3], S_, pw_, dw_);
         ConvGeom g = geom(in);
         if (g.P <= 0 || g.Q <= 0)
             throw ValueError(str_cat(label(), ": input spatial size (", in[2], ", ", in[3],
@@ -194,11 +224,12 @@ class Conv2d : public Layer {
 
 class Pool2d : public Layer {
   public:
-    Pool2d(bool is_max, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
-           bool ceil_mode, bool count_include_pad)
-        : max_(is_max), kh_(kh), kw_(kw), sh_(sh), sw_(sw), ph_(ph), pw_(pw), ceil_(ceil_mode),
-          cip_(count_include_pad) {}
-    std::string type() const override { return max_ ? "MaxPool2d" : "AvgPool2d"; }
+    Pool2d(bool is_max, const Args& a)
+        : max_(is_max), kh_(arg_pair(a, "kernel_size").first),
+          kw_(arg_pair(a, "kernel_size").second), sh_(arg_pair(a, "stride").first),
+          sw_(arg_pair(a, "stride").second), ph_(arg_pair(a, "padding").first),
+          pw_(arg_pair(a, "padding").second), ceil_(arg_bool(a, "ceil_mode")),
+          cip_(is_max || arg_bool(a, "count_include_pad")) {}
     std::string config() const override {
         return str_cat("kernel_size=(", kh_, ", ", kw_, "), stride=(", sh_, ", ", sw_,
                        "), padding=(", ph_, ", ", pw_, ")", ceil_ ? ", ceil_mode=True" : "");
@@ -216,6 +247,8 @@ class Pool2d : public Layer {
   protected:
     Shape output_shape_impl(const Shape& in) const override {
         expect_nchw(*this, in, 0, "C", [this](const std::string& e, const Shape& s) { shape_error(e, s); });
+        check_extent(in[2], kh_, ph_, 1);
+        check_extent(in[3], kw_, pw_, 1);
         PoolGeom g = geom(in);
         if (g.P <= 0 || g.Q <= 0)
             throw ValueError(str_cat(label(), ": input spatial size (", in[2], ", ", in[3],
@@ -257,9 +290,7 @@ class Pool2d : public Layer {
 
 class Activation : public Layer {
   public:
-    Activation(cpu::Act act, float alpha, std::string name)
-        : act_(act), alpha_(alpha), name_(std::move(name)) {}
-    std::string type() const override { return name_; }
+    Activation(cpu::Act act, float alpha) : act_(act), alpha_(alpha) {}
     std::string config() const override {
         return act_ == cpu::Act::LeakyReLU ? str_cat("negative_slope=", alpha_) : "";
     }
@@ -280,22 +311,17 @@ class Activation : public Layer {
   private:
     cpu::Act act_;
     float alpha_;
-    std::string name_;
 };
 
 // ---- Linear ---------------------------------------------------------------------------------
 
 class Linear : public Layer {
   public:
-    Linear(int64_t in, int64_t out, bool bias) : I_(in), O_(out), bias_(bias) { init_storage(); }
-    std::string type() const override { return "Linear"; }
+    explicit Linear(const Args& a)
+        : I_(arg_int(a, "in_features")), O_(arg_int(a, "out_features")),
+          bias_(arg_bool(a, "bias")) {}
     std::string config() const override {
         return str_cat("in_features=", I_, ", out_features=", O_, bias_ ? "" : ", bias=False");
-    }
-    std::vector<ParamSpec> param_specs() const override {
-        std::vector<ParamSpec> s{{"weight", {O_, I_}, Init::KaimingUniform, I_}};
-        if (bias_) s.push_back({"bias", {O_}, Init::FanInUniform, I_});
-        return s;
     }
 
   protected:
@@ -320,14 +346,12 @@ class Linear : public Layer {
 
 class Flatten : public Layer {
   public:
-    std::string type() const override { return "Flatten"; }
     bool is_view() const override { return true; }
 
   protected:
     Shape output_shape_impl(const Shape& in) const override {
         if (in.size() < 2) shape_error("(N, ...) with at least 2 dimensions", in);
-        int64_t f = 1;
-        for (size_t i = 1; i < in.size(); ++i) f *= in[i];
+        const int64_t f = checked_numel(Shape(in.begin() + 1, in.end()), label());
         return {in[0], f};
     }
     void forward_impl(const Tensor& x, Tensor& y, bool, const Workspace&) override {
@@ -343,8 +367,7 @@ class Flatten : public Layer {
 
 class Dropout : public Layer {
   public:
-    explicit Dropout(float p) : p_(p) {}
-    std::string type() const override { return "Dropout"; }
+    explicit Dropout(const Args& a) : p_(static_cast<float>(arg_float(a, "p"))) {}
     std::string config() const override { return str_cat("p=", p_); }
 
   protected:
@@ -381,23 +404,13 @@ class Dropout : public Layer {
 
 class BatchNorm2d : public Layer {
   public:
-    BatchNorm2d(int64_t C, float eps, float momentum, bool affine, bool track)
-        : C_(C), eps_(eps), momentum_(momentum), affine_(affine), track_(track),
-          save_mean_({C}), save_invstd_({C}) {
-        init_storage();
-    }
-    std::string type() const override { return "BatchNorm2d"; }
+    explicit BatchNorm2d(const Args& a)
+        : C_(arg_int(a, "num_features")), eps_(static_cast<float>(arg_float(a, "eps"))),
+          momentum_(static_cast<float>(arg_float(a, "momentum"))), affine_(arg_bool(a, "affine")),
+          track_(arg_bool(a, "track_running_stats")), save_mean_({C_}), save_invstd_({C_}) {}
     std::string config() const override {
         return str_cat(C_, ", eps=", eps_, ", momentum=", momentum_,
                        affine_ ? "" : ", affine=False");
-    }
-    std::vector<ParamSpec> param_specs() const override {
-        if (!affine_) return {};
-        return {{"weight", {C_}, Init::Ones, 0}, {"bias", {C_}, Init::Zeros, 0}};
-    }
-    std::vector<ParamSpec> buffer_specs() const override {
-        if (!track_) return {};
-        return {{"running_mean", {C_}, Init::Zeros, 0}, {"running_var", {C_}, Init::Ones, 0}};
     }
 
   protected:
@@ -444,77 +457,188 @@ class BatchNorm2d : public Layer {
     bool batch_stats_ = false;
 };
 
-// ---- factories ------------------------------------------------------------------------------
+// ---- schemas ---------------------------------------------------------------------------------
+
+namespace {
+
+// Pooling windows: padding at most half the window (PyTorch), stride defaulting to the window.
+void normalize_pool(const char* type, Args& a) {
+    auto k = arg_pair(a, "kernel_size");
+    if (a["stride"].none) a["stride"] = Arg::pair(k.first, k.second);
+    auto p = arg_pair(a, "padding");
+    CNN_CHECK_ARG(2 * p.first <= k.first && 2 * p.second <= k.second, type,
+                  ": padding must be between 0 and half the kernel size, got (", p.first, ", ",
+                  p.second, ") for kernel (", k.first, ", ", k.second, ")");
+    mul_size(k.first, k.second, str_cat(type, ": kernel_size"));  // the average's divisor
+}
+
+std::vector<ArgSpec> pool_args() {
+    ArgSpec stride = pair_arg("stride", 1, 1);
+    stride.nullable = true;
+    return {pair_req("kernel_size", 1), stride, pair_arg("padding", 0, 0),
+            bool_arg("ceil_mode", false)};
+}
+
+LayerSchema activation_schema(const char* type, cpu::Act act) {
+    LayerSchema s(type);
+    s.make = [act](const Args&) { return std::make_shared<Activation>(act, 0.f); };
+    return s;
+}
+
+Args one(const char* name, Arg v) { return Args{{name, v}}; }
+
+}  // namespace
+
+LayerSchema schema_Conv2d() {
+    LayerSchema s("Conv2d");
+    s.args = {int_req("in_channels", 1), int_req("out_channels", 1), pair_req("kernel_size", 1),
+              pair_arg("stride", 1, 1), pair_arg("padding", 0, 0), pair_arg("dilation", 1, 1),
+              int_arg("groups", 1, 1), bool_arg("bias", true)};
+    s.normalize = [](Args& a) {
+        const int64_t C = arg_int(a, "in_channels"), K = arg_int(a, "out_channels"),
+                      g = arg_int(a, "groups");
+        CNN_CHECK_ARG(C % g == 0 && K % g == 0, "Conv2d: in_channels (", C,
+                      ") and out_channels (", K, ") must both be divisible by groups (", g, ")");
+    };
+    s.params = [](const Args& a) {
+        const int64_t C = arg_int(a, "in_channels"), K = arg_int(a, "out_channels"),
+                      g = arg_int(a, "groups");
+        auto k = arg_pair(a, "kernel_size");
+        const int64_t fan_in =
+            mul_size(mul_size(C / g, k.first, "Conv2d: fan-in"), k.second, "Conv2d: fan-in");
+        std::vector<ParamSpec> p{{"weight", {K, C / g, k.first, k.second}, Init::KaimingUniform,
+                                  fan_in}};
+        if (arg_bool(a, "bias")) p.push_back({"bias", {K}, Init::FanInUniform, fan_in});
+        return p;
+    };
+    s.make = [](const Args& a) { return std::make_shared<Conv2d>(a); };
+    return s;
+}
+
+LayerSchema schema_MaxPool2d() {
+    LayerSchema s("MaxPool2d");
+    s.args = pool_args();
+    s.normalize = [](Args& a) { normalize_pool("MaxPool2d", a); };
+    s.make = [](const Args& a) { return std::make_shared<Pool2d>(true, a); };
+    return s;
+}
+
+LayerSchema schema_AvgPool2d() {
+    LayerSchema s("AvgPool2d");
+    s.args = pool_args();
+    s.args.push_back(bool_arg("count_include_pad", true));
+    s.normalize = [](Args& a) { normalize_pool("AvgPool2d", a); };
+    s.make = [](const Args& a) { return std::make_shared<Pool2d>(false, a); };
+    return s;
+}
+
+LayerSchema schema_ReLU() { return activation_schema("ReLU", cpu::Act::ReLU); }
+LayerSchema schema_Sigmoid() { return activation_schema("Sigmoid", cpu::Act::Sigmoid); }
+LayerSchema schema_Tanh() { return activation_schema("Tanh", cpu::Act::Tanh); }
+
+LayerSchema schema_LeakyReLU() {
+    LayerSchema s("LeakyReLU");
+    s.args = {float_arg("negative_slope", 0.01, -3.4e38, 3.4e38)};
+    s.make = [](const Args& a) {
+        return std::make_shared<Activation>(cpu::Act::LeakyReLU,
+                                            static_cast<float>(arg_float(a, "negative_slope")));
+    };
+    return s;
+}
+
+LayerSchema schema_Linear() {
+    LayerSchema s("Linear");
+    s.args = {int_req("in_features", 1), int_req("out_features", 1), bool_arg("bias", true)};
+    s.params = [](const Args& a) {
+        const int64_t I = arg_int(a, "in_features"), O = arg_int(a, "out_features");
+        std::vector<ParamSpec> p{{"weight", {O, I}, Init::KaimingUniform, I}};
+        if (arg_bool(a, "bias")) p.push_back({"bias", {O}, Init::FanInUniform, I});
+        return p;
+    };
+    s.make = [](const Args& a) { return std::make_shared<Linear>(a); };
+    return s;
+}
+
+LayerSchema schema_Flatten() {
+    LayerSchema s("Flatten");
+    s.make = [](const Args&) { return std::make_shared<Flatten>(); };
+    return s;
+}
+
+LayerSchema schema_Dropout() {
+    LayerSchema s("Dropout");
+    s.args = {float_arg("p", 0.5, 0.0, 1.0, false, true)};
+    s.make = [](const Args& a) { return std::make_shared<Dropout>(a); };
+    return s;
+}
+
+LayerSchema schema_BatchNorm2d() {
+    LayerSchema s("BatchNorm2d");
+    s.args = {int_req("num_features", 1), float_arg("eps", 1e-5, 0.0, 3.4e38, true),
+              float_arg("momentum", 0.1, 0.0, 1.0), bool_arg("affine", true),
+              bool_arg("track_running_stats", true)};
+    s.params = [](const Args& a) {
+        const int64_t C = arg_int(a, "num_features");
+        if (!arg_bool(a, "affine")) return std::vector<ParamSpec>{};
+        return std::vector<ParamSpec>{{"weight", {C}, Init::Ones, 0},
+                                      {"bias", {C}, Init::Zeros, 0}};
+    };
+    s.buffers = [](const Args& a) {
+        const int64_t C = arg_int(a, "num_features");
+        if (!arg_bool(a, "track_running_stats")) return std::vector<ParamSpec>{};
+        return std::vector<ParamSpec>{{"running_mean", {C}, Init::Zeros, 0},
+                                      {"running_var", {C}, Init::Ones, 0}};
+    };
+    s.make = [](const Args& a) { return std::make_shared<BatchNorm2d>(a); };
+    return s;
+}
+
+// ---- typed shortcuts for native code ----------------------------------------------------------
 
 LayerPtr make_conv2d(int64_t C, int64_t K, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
                      int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups, bool bias) {
-    CNN_CHECK_ARG(C > 0 && K > 0, "Conv2d: in_channels and out_channels must be positive, got ",
-                  C, " and ", K);
-    CNN_CHECK_ARG(kh > 0 && kw > 0, "Conv2d: kernel_size must be positive, got (", kh, ", ", kw, ")");
-    CNN_CHECK_ARG(sh > 0 && sw > 0, "Conv2d: stride must be positive, got (", sh, ", ", sw, ")");
-    CNN_CHECK_ARG(ph >= 0 && pw >= 0, "Conv2d: padding must be >= 0, got (", ph, ", ", pw, ")");
-    CNN_CHECK_ARG(dh > 0 && dw > 0, "Conv2d: dilation must be positive, got (", dh, ", ", dw, ")");
-    CNN_CHECK_ARG(groups > 0 && C % groups == 0 && K % groups == 0,
-                  "Conv2d: in_channels (", C, ") and out_channels (", K,
-                  ") must both be divisible by groups (", groups, ")");
-    return std::make_shared<Conv2d>(C, K, kh, kw, sh, sw, ph, pw, dh, dw, groups, bias);
-}
-
-static void check_pool(const char* name, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
-                       int64_t ph, int64_t pw) {
-    CNN_CHECK_ARG(kh > 0 && kw > 0, name, ": kernel_size must be positive, got (", kh, ", ", kw, ")");
-    CNN_CHECK_ARG(sh > 0 && sw > 0, name, ": stride must be positive, got (", sh, ", ", sw, ")");
-    CNN_CHECK_ARG(ph >= 0 && pw >= 0 && 2 * ph <= kh && 2 * pw <= kw, name,
-                  ": padding must be between 0 and half the kernel size, got (", ph, ", ", pw,
-                  ") for kernel (", kh, ", ", kw, ")");
+    return make_layer("Conv2d", {{"in_channels", Arg::integer(C)}, {"out_channels", Arg::integer(K)},
+                                 {"kernel_size", Arg::pair(kh, kw)}, {"stride", Arg::pair(sh, sw)},
+                                 {"padding", Arg::pair(ph, pw)}, {"dilation", Arg::pair(dh, dw)},
+                                 {"groups", Arg::integer(groups)}, {"bias", Arg::boolean(bias)}});
 }
 
 LayerPtr make_maxpool2d(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
                         bool ceil_mode) {
-    check_pool("MaxPool2d", kh, kw, sh, sw, ph, pw);
-    return std::make_shared<Pool2d>(true, kh, kw, sh, sw, ph, pw, ceil_mode, true);
+    return make_layer("MaxPool2d", {{"kernel_size", Arg::pair(kh, kw)}, {"stride", Arg::pair(sh, sw)},
+                                    {"padding", Arg::pair(ph, pw)},
+                                    {"ceil_mode", Arg::boolean(ceil_mode)}});
 }
 
 LayerPtr make_avgpool2d(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
                         bool ceil_mode, bool count_include_pad) {
-    check_pool("AvgPool2d", kh, kw, sh, sw, ph, pw);
-    return std::make_shared<Pool2d>(false, kh, kw, sh, sw, ph, pw, ceil_mode, count_include_pad);
+    return make_layer("AvgPool2d", {{"kernel_size", Arg::pair(kh, kw)}, {"stride", Arg::pair(sh, sw)},
+                                    {"padding", Arg::pair(ph, pw)},
+                                    {"ceil_mode", Arg::boolean(ceil_mode)},
+                                    {"count_include_pad", Arg::boolean(count_include_pad)}});
 }
 
 LayerPtr make_activation(const std::string& kind, float negative_slope) {
-    if (kind == "ReLU") return std::make_shared<Activation>(cpu::Act::ReLU, 0.f, kind);
-    if (kind == "LeakyReLU") {
-        CNN_CHECK_ARG(std::isfinite(negative_slope), "LeakyReLU: negative_slope must be finite");
-        return std::make_shared<Activation>(cpu::Act::LeakyReLU, negative_slope, kind);
-    }
-    if (kind == "Sigmoid") return std::make_shared<Activation>(cpu::Act::Sigmoid, 0.f, kind);
-    if (kind == "Tanh") return std::make_shared<Activation>(cpu::Act::Tanh, 0.f, kind);
-    throw ValueError(str_cat("unknown activation '", kind,
-                             "' (expected ReLU, LeakyReLU, Sigmoid or Tanh)"));
+    if (kind == "LeakyReLU") return make_layer(kind, one("negative_slope", Arg::number(negative_slope)));
+    return make_layer(kind, {});
 }
 
 LayerPtr make_linear(int64_t in_features, int64_t out_features, bool bias) {
-    CNN_CHECK_ARG(in_features > 0 && out_features > 0,
-                  "Linear: in_features and out_features must be positive, got ", in_features,
-                  " and ", out_features);
-    return std::make_shared<Linear>(in_features, out_features, bias);
+    return make_layer("Linear", {{"in_features", Arg::integer(in_features)},
+                                 {"out_features", Arg::integer(out_features)},
+                                 {"bias", Arg::boolean(bias)}});
 }
 
-LayerPtr make_flatten() { return std::make_shared<Flatten>(); }
+LayerPtr make_flatten() { return make_layer("Flatten", {}); }
 
-LayerPtr make_dropout(float p) {
-    CNN_CHECK_ARG(p >= 0.f && p < 1.f, "Dropout: p must be in [0, 1), got ", p);
-    return std::make_shared<Dropout>(p);
-}
+LayerPtr make_dropout(float p) { return make_layer("Dropout", one("p", Arg::number(p))); }
 
 LayerPtr make_batchnorm2d(int64_t num_features, float eps, float momentum, bool affine,
                           bool track_running_stats) {
-    CNN_CHECK_ARG(num_features > 0, "BatchNorm2d: num_features must be positive, got ",
-                  num_features);
-    CNN_CHECK_ARG(eps > 0.f, "BatchNorm2d: eps must be positive, got ", eps);
-    CNN_CHECK_ARG(momentum >= 0.f && momentum <= 1.f, "BatchNorm2d: momentum must be in [0, 1], got ",
-                  momentum);
-    return std::make_shared<BatchNorm2d>(num_features, eps, momentum, affine, track_running_stats);
+    return make_layer("BatchNorm2d", {{"num_features", Arg::integer(num_features)},
+                                      {"eps", Arg::number(eps)}, {"momentum", Arg::number(momentum)},
+                                      {"affine", Arg::boolean(affine)},
+                                      {"track_running_stats", Arg::boolean(track_running_stats)}});
 }
 
 }  // namespace nn

@@ -30,45 +30,25 @@ __all__ = [
 ]
 
 
-def _pair(v: Any, name: str, layer: str) -> tuple[int, int]:
-    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-        return int(v), int(v)
-    if (
-        isinstance(v, (tuple, list))
-        and len(v) == 2
-        and all(isinstance(e, (int, np.integer)) and not isinstance(e, bool) for e in v)
-    ):
-        return int(v[0]), int(v[1])
-    raise ValueError(f"{layer}: {name} must be an int or a pair of ints, got {v!r}")
-
-
-def _int(v: Any, name: str, layer: str) -> int:
-    """An int argument (not a bool, float or string: int(2.7) or int("3") would pass)."""
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise ValueError(f"{layer}: {name} must be an int, got {v!r}")
-    if abs(int(v)) > 2**62:
-        raise ValueError(f"{layer}: {name} is out of range, got {v!r}")
-    return int(v)
-
-
-def _float(v: Any, name: str, layer: str) -> float:
-    """A finite float argument (the native layer checks the range)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(float(v)):
-        raise ValueError(f"{layer}: {name} must be a number, got {v!r}")
-    return float(v)
-
-
 class Layer:
-    """Base class: holds the native layer and its constructor arguments (for saving)."""
+    """Base class of every layer: a thin facade over a native layer built from the layer
+    schema (``_core.make_layer(type, args)``), which checks the arguments (kinds, ranges, sizes)
+    for the constructors and the file loader alike.
 
-    def __init__(self, native: Any, **config: Any) -> None:
-        self._native = native
-        self._config = config
+    ``name``: an optional name for the layer (graph models use it for parameter keys).
+    """
+
+    def __init__(self, *, name: str | None = None, **args: Any) -> None:
+        if name is not None and (not isinstance(name, str) or not name or "." in name):
+            raise ValueError(f"{self.type}: name must be a non-empty string without '.', "
+                             f"got {name!r}")
+        self._native = _core.make_layer(self.type, args)
+        self._config = dict(self._native.args())  # complete, normalised (pairs as tuples)
+        self.name = name
         self._owner = None  # the Sequential this layer belongs to, if any
         self._solo = None  # a private one-layer model for standalone use
-        if native.param_names():
-            native.reset_parameters(next_seed())
+        if self._native.param_names():
+            self._native.reset_parameters(next_seed())
 
     # -- introspection ------------------------------------------------------------------
     @property
@@ -83,8 +63,10 @@ class Layer:
         return tuple(self._native.output_shape(list(input_shape)))
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self._config.items())
-        return f"{self.type}({args})"
+        args = [f"{k}={v!r}" for k, v in self._config.items()]
+        if self.name is not None:
+            args.append(f"name={self.name!r}")
+        return f"{self.type}({', '.join(args)})"
 
     # -- standalone use -----------------------------------------------------------------
     def _model(self):
@@ -126,135 +108,78 @@ class Conv2d(Layer):
     P = (H + 2*pad - dilation*(kh-1) - 1) // stride + 1 (same for Q).
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] = 0,
-        dilation: int | tuple[int, int] = 1,
-        groups: int = 1,
-        bias: bool = True,
-    ) -> None:
-        in_channels = _int(in_channels, "in_channels", "Conv2d")
-        out_channels = _int(out_channels, "out_channels", "Conv2d")
-        groups = _int(groups, "groups", "Conv2d")
-        k = _pair(kernel_size, "kernel_size", "Conv2d")
-        s = _pair(stride, "stride", "Conv2d")
-        p = _pair(padding, "padding", "Conv2d")
-        d = _pair(dilation, "dilation", "Conv2d")
-        native = _core.conv2d(in_channels, out_channels, *k, *s, *p, *d, groups, bool(bias))
-        super().__init__(
-            native,
-            in_channels=int(in_channels),
-            out_channels=int(out_channels),
-            kernel_size=k,
-            stride=s,
-            padding=p,
-            dilation=d,
-            groups=int(groups),
-            bias=bool(bias),
-        )
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
+                 dilation: int | tuple[int, int] = 1, groups: int = 1, bias: bool = True, *,
+                 name: str | None = None) -> None:
+        super().__init__(in_channels=in_channels, out_channels=out_channels,
+                         kernel_size=kernel_size, stride=stride, padding=padding,
+                         dilation=dilation, groups=groups, bias=bias, name=name)
 
 
 class MaxPool2d(Layer):
     """Max pooling over (kh, kw) windows; stride defaults to kernel_size (PyTorch)."""
 
-    def __init__(
-        self,
-        kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] | None = None,
-        padding: int | tuple[int, int] = 0,
-        ceil_mode: bool = False,
-    ) -> None:
-        k = _pair(kernel_size, "kernel_size", "MaxPool2d")
-        s = k if stride is None else _pair(stride, "stride", "MaxPool2d")
-        p = _pair(padding, "padding", "MaxPool2d")
-        super().__init__(
-            _core.maxpool2d(*k, *s, *p, bool(ceil_mode)),
-            kernel_size=k,
-            stride=s,
-            padding=p,
-            ceil_mode=bool(ceil_mode),
-        )
+    def __init__(self, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] | None = None, padding: int | tuple[int, int] = 0,
+                 ceil_mode: bool = False, *, name: str | None = None) -> None:
+        super().__init__(kernel_size=kernel_size, stride=stride, padding=padding,
+                         ceil_mode=ceil_mode, name=name)
 
 
 class AvgPool2d(Layer):
     """Average pooling; stride defaults to kernel_size, count_include_pad=True (PyTorch)."""
 
-    def __init__(
-        self,
-        kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] | None = None,
-        padding: int | tuple[int, int] = 0,
-        ceil_mode: bool = False,
-        count_include_pad: bool = True,
-    ) -> None:
-        k = _pair(kernel_size, "kernel_size", "AvgPool2d")
-        s = k if stride is None else _pair(stride, "stride", "AvgPool2d")
-        p = _pair(padding, "padding", "AvgPool2d")
-        super().__init__(
-            _core.avgpool2d(*k, *s, *p, bool(ceil_mode), bool(count_include_pad)),
-            kernel_size=k,
-            stride=s,
-            padding=p,
-            ceil_mode=bool(ceil_mode),
-            count_include_pad=bool(count_include_pad),
-        )
+    def __init__(self, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] | None = None, padding: int | tuple[int, int] = 0,
+                 ceil_mode: bool = False, count_include_pad: bool = True, *,
+                 name: str | None = None) -> None:
+        super().__init__(kernel_size=kernel_size, stride=stride, padding=padding,
+                         ceil_mode=ceil_mode, count_include_pad=count_include_pad, name=name)
 
 
 class ReLU(Layer):
     """max(x, 0), element-wise; any shape."""
 
-    def __init__(self) -> None:
-        super().__init__(_core.activation("ReLU"))
+    def __init__(self, *, name: str | None = None) -> None:
+        super().__init__(name=name)
 
 
 class LeakyReLU(Layer):
     """x if x > 0 else negative_slope * x."""
 
-    def __init__(self, negative_slope: float = 0.01) -> None:
-        negative_slope = _float(negative_slope, "negative_slope", "LeakyReLU")
-        super().__init__(
-            _core.activation("LeakyReLU", negative_slope),
-            negative_slope=negative_slope,
-        )
+    def __init__(self, negative_slope: float = 0.01, *, name: str | None = None) -> None:
+        super().__init__(negative_slope=negative_slope, name=name)
 
 
 class Sigmoid(Layer):
     """1 / (1 + exp(-x)), element-wise."""
 
-    def __init__(self) -> None:
-        super().__init__(_core.activation("Sigmoid"))
+    def __init__(self, *, name: str | None = None) -> None:
+        super().__init__(name=name)
 
 
 class Tanh(Layer):
     """tanh(x), element-wise."""
 
-    def __init__(self) -> None:
-        super().__init__(_core.activation("Tanh"))
+    def __init__(self, *, name: str | None = None) -> None:
+        super().__init__(name=name)
 
 
 class Linear(Layer):
     """Fully connected: x (N, in_features) -> x @ weight.T + bias, weight (out, in)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
-        in_features = _int(in_features, "in_features", "Linear")
-        out_features = _int(out_features, "out_features", "Linear")
-        super().__init__(
-            _core.linear(in_features, out_features, bool(bias)),
-            in_features=in_features,
-            out_features=out_features,
-            bias=bool(bias),
-        )
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 name: str | None = None) -> None:
+        super().__init__(in_features=in_features, out_features=out_features, bias=bias,
+                         name=name)
 
 
 class Flatten(Layer):
     """(N, d1, d2, ...) -> (N, d1*d2*...)."""
 
-    def __init__(self) -> None:
-        super().__init__(_core.flatten())
+    def __init__(self, *, name: str | None = None) -> None:
+        super().__init__(name=name)
 
 
 class Dropout(Layer):
@@ -263,39 +188,18 @@ class Dropout(Layer):
     The mask comes from a counter-based RNG: the same seed gives the same mask.
     """
 
-    def __init__(self, p: float = 0.5) -> None:
-        p = _float(p, "p", "Dropout")
-        super().__init__(_core.dropout(p), p=p)
+    def __init__(self, p: float = 0.5, *, name: str | None = None) -> None:
+        super().__init__(p=p, name=name)
 
 
 class BatchNorm2d(Layer):
     """Per-channel batch normalisation of (N, C, H, W) with running statistics (PyTorch)."""
 
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-    ) -> None:
-        num_features = _int(num_features, "num_features", "BatchNorm2d")
-        eps = _float(eps, "eps", "BatchNorm2d")
-        momentum = _float(momentum, "momentum", "BatchNorm2d")
-        super().__init__(
-            _core.batchnorm2d(
-                num_features,
-                eps,
-                momentum,
-                bool(affine),
-                bool(track_running_stats),
-            ),
-            num_features=num_features,
-            eps=eps,
-            momentum=momentum,
-            affine=bool(affine),
-            track_running_stats=bool(track_running_stats),
-        )
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, *,
+                 name: str | None = None) -> None:
+        super().__init__(num_features=num_features, eps=eps, momentum=momentum, affine=affine,
+                         track_running_stats=track_running_stats, name=name)
 
 
 LAYER_TYPES: dict[str, type[Layer]] = {
@@ -316,9 +220,21 @@ LAYER_TYPES: dict[str, type[Layer]] = {
 }
 
 
-def from_config(type_name: str, config: dict) -> Layer:
-    """Rebuild a layer from its type name and get_config() (used by cnnkit.load)."""
+def schemas() -> dict[str, dict]:
+    """The native layer schema: {type: {"args": [{name, kind, required, nullable, default,
+    range, choices}]}} for every layer type."""
+    return {d["type"]: d for d in _core.layer_schemas()}
+
+
+def from_config(type_name: str, config: dict, name: str | None = None) -> Layer:
+    """Rebuild a layer from its type name and get_config() (used by cnnkit.load). The
+    arguments go to the native schema as they are (no Python signature in between), so a file
+    is checked exactly as a constructor call is."""
     if type_name not in LAYER_TYPES:
-        raise ValueError(f"unknown layer type {type_name!r}")
-    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
-    return LAYER_TYPES[type_name](**cfg)
+        raise ValueError(f"unknown layer type {type_name!r} (known: {sorted(LAYER_TYPES)})")
+    if not isinstance(config, dict):
+        raise ValueError(f"{type_name}: config must be a dict, got {type(config).__name__}")
+    cls = LAYER_TYPES[type_name]
+    layer = cls.__new__(cls)
+    Layer.__init__(layer, name=name, **config)
+    return layer
