@@ -654,6 +654,7 @@ PYBIND11_MODULE(_core, m) {
             n.to(dev);
         })
         .def("shapes", &nn::Net::shapes, py::arg("input_shape"))
+        .def("input_shape", &nn::Net::input_shape)
         .def("state_dict",
              [](nn::Net& n) {
                  py::dict d = named_to_dict(snapshot(n, &nn::Net::named_params));

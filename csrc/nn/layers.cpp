@@ -150,7 +150,7 @@ void Layer::check_extent(int64_t in, int64_t k, int64_t pad, int64_t dil) const 
     if (padded > kMaxBytes || window > kMaxBytes)
         throw ValueError(str_cat(label(), ": input extent ", in, " with padding ", pad,
                                  " and window ", k, " (dilation ", dil,
-                                 ") gives sizes that do not fit in 64 bits"));
+                                 ") gives sizes that do not fit in a 64-bit size"));
 }
 
 // ---- Conv2d ---------------------------------------------------------------------------------

@@ -25,12 +25,12 @@ Net::Net(std::vector<LayerPtr> layers) : layers_(std::move(layers)) {
         layers_[i]->set_index(static_cast<int64_t>(i));
         for (const ParamSpec& s : layers_[i]->param_specs()) {
             param_index_.push_back({str_cat(i, ".", s.name), {np, s.shape}});
-            num_params_ += shape_numel(s.shape);
-            np += round_up(shape_numel(s.shape));
+            num_params_ = add_size(num_params_, shape_numel(s.shape), "Sequential: parameters");
+            np = add_size(np, round_up(shape_numel(s.shape)), "Sequential: parameters");
         }
         for (const ParamSpec& s : layers_[i]->buffer_specs()) {
             buffer_index_.push_back({str_cat(i, ".", s.name), {nb, s.shape}});
-            nb += round_up(shape_numel(s.shape));
+            nb = add_size(nb, round_up(shape_numel(s.shape)), "Sequential: buffers");
         }
     }
     relu_fused_.assign(layers_.size(), 0);
@@ -108,7 +108,12 @@ std::vector<Shape> Net::shapes(const Shape& in) const {
     std::vector<Shape> s{in};
     CNN_CHECK_ARG(!in.empty() && in[0] > 0, "Sequential: expected a non-empty batch, got input ",
                   shape_str(in));
-    for (const auto& l : layers_) s.push_back(l->output_shape(s.back()));
+    checked_numel(in, "Sequential: input");
+    for (const auto& l : layers_) {
+        s.push_back(l->output_shape(s.back()));
+        checked_bytes(checked_numel(s.back(), str_cat(l->label(), ": output")), sizeof(float),
+                      str_cat(l->label(), ": output of shape ", shape_str(s.back())));
+    }
     return s;
 }
 
@@ -122,13 +127,14 @@ void Net::ensure_arena(const std::vector<Shape>& shapes) {
         act_store_.clear();
         int64_t max_act = 0;
         for (size_t i = 0; i < shapes.size(); ++i) {
-            int64_t per = shape_numel(shapes[i]) / N;
-            max_act = std::max(max_act, per * cap);
+            const int64_t per = shape_numel(shapes[i]) / N;
+            const int64_t total = mul_size(per, cap, "Sequential: activation buffer");
+            max_act = std::max(max_act, total);
             // a view layer's output aliases its input: no storage of its own
             if (i > 0 && aliases_input(i - 1))
                 act_store_.push_back(Tensor());
             else
-                act_store_.emplace_back(Shape{per * cap}, dev);
+                act_store_.emplace_back(Shape{total}, dev);
         }
         grad_store_[0] = Tensor({max_act}, dev);
         grad_store_[1] = Tensor({max_act}, dev);

@@ -31,6 +31,8 @@ class Net {
 
     // Shapes of every activation for input shape `in` (validates; errors name the layer).
     std::vector<Shape> shapes(const Shape& in) const;
+    // Per-sample input shape of the last forward ((C, H, W)); empty before the first.
+    const Shape& input_shape() const { return arena_sample_; }
 
     // state_dict order: "<i>.weight", "<i>.bias", "<i>.running_mean", ...
     std::vector<std::pair<std::string, Tensor>> named_params();

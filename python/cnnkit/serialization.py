@@ -26,6 +26,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from . import _architecture as _arch
 from . import _files, _seeding
 from . import optim as _optim
 from .layers import from_config as _layer_from_config
@@ -191,6 +192,9 @@ def _model_payload(model: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     from . import __version__
 
     meta = {"cnnkit_version": __version__, "architecture": model.get_config()}
+    shape = model._net.input_shape()  # per-sample shape of the last batch, when there was one
+    if shape:
+        meta["input_shape"] = [int(d) for d in shape]
     tensors = {_PREFIX_MODEL + k: v for k, v in model.state_dict().items()}
     return meta, tensors
 
@@ -398,167 +402,81 @@ def _check_header(h: Any, data_size: int,
 # ---------------------------------------------------------------------------------------------
 
 
-def _norm(v: Any) -> Any:
-    """Config values as JSON gives them back (tuples -> lists)."""
-    return json.loads(json.dumps(_encode(v)))
-
-
-def _architecture(ck: Checkpoint) -> list[dict[str, Any]]:
-    arch = ck.meta.get("architecture")
-    if not isinstance(arch, list) or not all(
-        isinstance(e, dict) and set(e) == {"type", "config"} and isinstance(e["type"], str)
-        and isinstance(e["config"], dict) for e in arch
-    ):
-        raise CheckpointError(f"{ck.path}: meta.architecture must be a list of "
-                              "{type, config} objects")
-    return arch
-
-
-# The type of every constructor argument of every layer (missing keys take the defaults).
-_CONFIG_TYPES: dict[str, dict[str, str]] = {
-    "Conv2d": {"in_channels": "int", "out_channels": "int", "kernel_size": "pair",
-               "stride": "pair", "padding": "pair", "dilation": "pair", "groups": "int",
-               "bias": "bool"},
-    "MaxPool2d": {"kernel_size": "pair", "stride": "pair", "padding": "pair", "ceil_mode": "bool"},
-    "AvgPool2d": {"kernel_size": "pair", "stride": "pair", "padding": "pair", "ceil_mode": "bool",
-                  "count_include_pad": "bool"},
-    "ReLU": {}, "Sigmoid": {}, "Tanh": {}, "Flatten": {},
-    "LeakyReLU": {"negative_slope": "float"},
-    "Linear": {"in_features": "int", "out_features": "int", "bias": "bool"},
-    "Dropout": {"p": "float"},
-    "BatchNorm2d": {"num_features": "int", "eps": "float", "momentum": "float", "affine": "bool",
-                    "track_running_stats": "bool"},
-}  # fmt: skip
 _MAX_INT = 2**62  # any larger size or index is corrupt (and would overflow the native int64)
 
 
-def _check_layer_config(i: int, entry: dict[str, Any]) -> None:
-    """Types of a layer's config (the constructors would coerce "3" or 2.7 silently)."""
-    t, c = entry["type"], entry["config"]
-    types = _CONFIG_TYPES.get(t)
-    if types is None:
-        raise CheckpointError(f"layer {i}: unknown layer type {t!r}, cannot build the "
-                              f"architecture (known: {sorted(_CONFIG_TYPES)})")
-    for k, v in c.items():
-        kind = types.get(k)
-        if kind is None:
-            raise CheckpointError(f"layer {i} ({t}): unknown argument {k!r}")
-        if kind == "int":
-            ok = _is_int(v) and abs(v) <= _MAX_INT
-        elif kind == "pair":
-            vs = v if isinstance(v, list) and len(v) == 2 else [v]
-            ok = all(_is_int(x) and abs(x) <= _MAX_INT for x in vs) and not isinstance(v, dict)
-        elif kind == "float":
-            ok = _finite_float(v) is not None
-        else:
-            ok = isinstance(v, bool)
-        if not ok:
-            what = {"int": "an int", "pair": "an int or a pair of ints",
-                    "float": "a finite number", "bool": "true or false"}[kind]
-            raise CheckpointError(f"layer {i} ({t}): {k} must be {what}, got {v!r:.60}")
+def _specs(ck: Checkpoint) -> list[dict[str, Any]]:
+    """The file's architecture checked against the layer schema (nothing built yet)."""
+    try:
+        return _arch.layer_specs(ck.meta.get("architecture"))
+    except _arch.ArchitectureError as e:
+        raise CheckpointError(f"{ck.path}: {e}") from None
 
 
-def _floats_needed(entry: dict[str, Any]) -> int:
-    """Number of parameter/buffer floats a layer config allocates (before building it)."""
-    t, c = entry["type"], entry["config"]
+def _model_tensors(ck: Checkpoint) -> dict[str, np.ndarray]:
+    return {k[len(_PREFIX_MODEL):]: v for k, v in ck.tensors.items()
+            if k.startswith(_PREFIX_MODEL)}
 
-    def ints(*names: str) -> list[int]:
-        out = []
-        for n in names:
-            v = c.get(n)
-            vs = v if isinstance(v, list) else [v]
-            if not vs or not all(_is_int(x) and x > 0 for x in vs):
-                raise CheckpointError(f"layer {t}: {n} must be positive integers, got {v!r}")
-            out.extend(vs)
-        return out
 
-    if t == "Conv2d":
-        cin, cout, g = ints("in_channels", "out_channels", "groups")
-        kh, kw = (ints("kernel_size") * 2)[:2]
-        if cin % g:
-            raise CheckpointError(f"layer Conv2d: groups {g} does not divide {cin}")
-        return cout * (cin // g) * kh * kw + cout
-    if t == "Linear":
-        cin, cout = ints("in_features", "out_features")
-        return cin * cout + cout
-    if t == "BatchNorm2d":
-        (nf,) = ints("num_features")
-        return 4 * nf
-    return 0  # the other layers have no parameters
+def _check_weights(ck: Checkpoint, expected: dict[str, tuple[int, ...]],
+                   model_tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The file's tensors are exactly the ones the architecture needs (names, float32, shapes,
+    finite values): checked before the model is built, so nothing is allocated for a file that
+    does not hold its weights."""
+    missing = [k for k in expected if k not in model_tensors]
+    extra = [k for k in model_tensors if k not in expected]
+    if missing or extra:
+        raise CheckpointError(f"{ck.path}: weights do not match the architecture: missing "
+                              f"{_few(missing)}, unexpected {_few(extra)}")
+    for k, shape in expected.items():
+        a = model_tensors[k]
+        if a.dtype != np.float32 or a.shape != shape:
+            raise CheckpointError(f"{ck.path}: '{k}' is {a.dtype} {a.shape}, the model needs "
+                                  f"float32 {shape}")
+        if not np.all(np.isfinite(a)):
+            raise CheckpointError(f"{ck.path}: '{k}' contains NaN or Inf")
+    return {k: model_tensors[k] for k in expected}
 
 
 def _build(ck: Checkpoint) -> Any:
     """A Sequential built from the file's architecture and loaded with its weights.
 
-    Everything is checked first; building does not consume the global init seed stream."""
+    Everything is checked first -- the arguments by the layer schema, the weights against the
+    shapes it implies, the activations for the recorded (or a plausible) input -- and building
+    does not consume the global init seed stream."""
     from .model import Sequential
 
-    arch = _architecture(ck)
-    model_tensors = {k[len(_PREFIX_MODEL):]: v for k, v in ck.tensors.items()
-                     if k.startswith(_PREFIX_MODEL)}
-    available = sum(int(v.size) for v in model_tensors.values())
-    try:
-        for i, e in enumerate(arch):
-            _check_layer_config(i, e)
-        needed = sum(_floats_needed(e) for e in arch)
-    except CheckpointError as e:
-        raise CheckpointError(f"{ck.path}: {e}") from None
-    if needed > available:
-        raise CheckpointError(f"{ck.path}: the architecture needs {needed} parameters but the "
-                              f"file holds {available}")
+    specs = _specs(ck)
+    weights = _check_weights(ck, _arch.expected_tensors(specs), _model_tensors(ck))
     with _seeding._lock:
         saved = dict(_seeding._state)
     try:
-        layers = [_layer_from_config(e["type"], e["config"]) for e in arch]
+        layers = [_layer_from_config(e["type"], e["config"], e["name"]) for e in specs]
         model = Sequential(layers)
-    except (ValueError, TypeError, RuntimeError) as e:
+        _arch.check_runs(model._net, specs, ck.meta.get("input_shape"))
+    except _arch.ArchitectureError as e:
+        raise CheckpointError(f"{ck.path}: {e}") from None
+    except (ValueError, TypeError, RuntimeError, MemoryError) as e:
         raise CheckpointError(f"{ck.path}: cannot build the architecture: {e}") from None
     finally:
         with _seeding._lock:
             _seeding._state.update(saved)
-    weights = _check_weights(ck, model, model_tensors)
     model.load_state_dict(weights)
     return model
 
 
-def _check_weights(ck: Checkpoint, model: Any,
-                   model_tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    own = model.state_dict()
-    missing = [k for k in own if k not in model_tensors]
-    extra = [k for k in model_tensors if k not in own]
-    if missing or extra:
-        raise CheckpointError(f"{ck.path}: weights do not match the architecture: missing "
-                              f"{_few(missing)}, unexpected {_few(extra)}")
-    for k, v in own.items():
-        a = model_tensors[k]
-        if a.dtype != np.float32 or a.shape != v.shape:
-            raise CheckpointError(f"{ck.path}: '{k}' is {a.dtype} {a.shape}, the model needs "
-                                  f"float32 {v.shape}")
-        if not np.all(np.isfinite(a)):
-            raise CheckpointError(f"{ck.path}: '{k}' contains NaN or Inf")
-    return {k: model_tensors[k] for k in own}
-
-
 def _check_same_architecture(ck: Checkpoint, model: Any) -> dict[str, np.ndarray]:
-    arch = _architecture(ck)
-    try:
-        for i, e in enumerate(arch):
-            _check_layer_config(i, e)
-    except CheckpointError as e:
-        raise CheckpointError(f"{ck.path}: {e}") from None
-    mine = _norm(model.get_config())
-    if _norm(arch) != mine:
-        if len(arch) != len(mine):
-            why = f"{len(arch)} layers in the file, {len(mine)} in the model"
-        else:
-            i = next(i for i, (a, b) in enumerate(zip(_norm(arch), mine, strict=True))
-                     if a != b)
-            why = f"layer {i} is {arch[i]['type']}{arch[i]['config']} in the file but " \
-                  f"{mine[i]['type']}{mine[i]['config']} in the model"
-        raise CheckpointError(f"{ck.path}: the architecture differs from the model's: {why}")
-    tensors = {k[len(_PREFIX_MODEL):]: v for k, v in ck.tensors.items()
-               if k.startswith(_PREFIX_MODEL)}
-    return _check_weights(ck, model, tensors)
+    specs = _specs(ck)
+    mine = model.get_config()
+    if len(specs) != len(mine):
+        raise CheckpointError(f"{ck.path}: the architecture differs from the model's: "
+                              f"{len(specs)} layers in the file, {len(mine)} in the model")
+    for i, (a, b) in enumerate(zip(specs, mine, strict=True)):
+        if a["type"] != b["type"] or not _arch.same_config(a["config"], b["config"]):
+            raise CheckpointError(f"{ck.path}: the architecture differs from the model's: layer "
+                                  f"{i} is {a['type']}{a['config']} in the file but "
+                                  f"{b['type']}{b['config']} in the model")
+    return _check_weights(ck, _arch.expected_tensors(specs), _model_tensors(ck))
 
 
 # ---------------------------------------------------------------------------------------------
