@@ -378,7 +378,15 @@ class ReduceLROnPlateau(Callback):
 
 
 class CSVLogger(Callback):
-    """Write one CSV row per epoch: ``epoch`` then the epoch logs in sorted order."""
+    """Write one CSV row per epoch: ``epoch`` then the epoch logs in sorted order.
+
+    Each row is flushed to disk (``fsync``) as its epoch ends, so the file is complete up to
+    the last finished epoch whatever stops the run (Ctrl-C, a crash, a kill). The file
+    mirrors the trainer's history: a fit on a trainer that already has epochs (a resumed
+    checkpoint, an earlier fit) first writes the rows of those epochs, so after a resume the
+    file holds the whole run. A run stopped before its first epoch ends leaves the header.
+    With ``append=True`` rows are added to an existing file instead (no second header).
+    """
 
     def __init__(self, filename: str | os.PathLike, separator: str = ",",
                  append: bool = False) -> None:
@@ -389,6 +397,7 @@ class CSVLogger(Callback):
         self._file: Any = None
         self._writer: Any = None
         self._keys: list[str] | None = None
+        self._header_done = False
 
     def on_train_begin(self, logs: Logs | None = None) -> None:
         has_rows = (self.append and os.path.exists(self.filename)
@@ -397,20 +406,46 @@ class CSVLogger(Callback):
         self._writer = csv.writer(self._file, delimiter=self.sep, lineterminator="\n")
         self._keys = None
         self._header_done = has_rows
+        past = getattr(self.trainer, "history", None)
+        if not self.append and past is not None and len(past.epoch) > 0:
+            self._header(sorted(past.history))
+            for i, epoch in enumerate(past.epoch):
+                self._row(epoch, {k: v[i] for k, v in past.history.items()})
+            self._sync()
+
+    def _header(self, keys: list[str]) -> None:
+        self._keys = keys
+        if not self._header_done:
+            self._writer.writerow(["epoch", *keys])
+            self._header_done = True
+
+    def _row(self, epoch: int, logs: Logs) -> None:
+        self._writer.writerow([epoch, *(_csv_value(logs.get(k, "")) for k in self._keys)])
+
+    def _sync(self) -> None:
+        self._file.flush()
+        try:
+            os.fsync(self._file.fileno())
+        except OSError:  # not every file system syncs (pipes, some network mounts)
+            pass
 
     def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
         logs = logs or {}
         if self._keys is None:
-            self._keys = sorted(logs)
-            if not self._header_done:
-                self._writer.writerow(["epoch", *self._keys])
-        self._writer.writerow([epoch, *(_csv_value(logs.get(k, "")) for k in self._keys)])
-        self._file.flush()
+            self._header(sorted(logs))
+        self._row(epoch, logs)
+        self._sync()
 
     def on_train_end(self, logs: Logs | None = None) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._file is None:
+            return
+        if not self._header_done:  # no epoch finished: the header of the keys fit logs
+            keys = list(getattr(self.trainer, "_epoch_keys", None) or [])
+            if keys:
+                self._header(sorted(keys))
+                self._sync()
+        self._file.close()
+        self._file = None
 
 
 def _csv_value(v: Any) -> str:

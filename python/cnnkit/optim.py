@@ -501,11 +501,19 @@ class LRScheduler:
                 "interval": self.interval}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict` and set the optimizer's lr accordingly."""
+        """Restore from :meth:`state_dict` and set the optimizer's lr accordingly.
+
+        The position (``last_epoch``) always comes from `state`. When this schedule's own
+        plan differs from the saved one (another ``T_max``, ``step_size``, ...: a schedule
+        made anew to extend a finished run), the lr follows this schedule's plan from that
+        position; with the same plan, the saved lr is restored exactly.
+        """
         self._check_state(state)
         self.base_lr = float(state["base_lr"])
         self.last_epoch = int(state["last_epoch"])
         self._last_lr = float(state["last_lr"])
+        if state.get("config") != self.get_config():
+            self._last_lr = self._closed_form(self.last_epoch)  # re-planned
         self.interval = str(state.get("interval", self.interval))
         self._apply()
 
@@ -589,6 +597,9 @@ class ReduceLROnPlateau(LRScheduler):
         self.best = math.inf if mode == "min" else -math.inf
         self.num_bad_epochs = 0
         self.cooldown_counter = 0
+
+    def _closed_form(self, epoch: int) -> float:
+        return self._last_lr  # the lr is state (the reductions so far), not a plan
 
     def is_better(self, a: float, best: float) -> bool:
         rel = self.threshold_mode == "rel"

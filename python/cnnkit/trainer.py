@@ -208,6 +208,9 @@ class Trainer:
         if not isinstance(model, Sequential):
             raise ValueError(f"Trainer: model must be a cnnkit.Sequential, got "
                              f"{type(model).__name__}")
+        if model._fitting is not None:
+            raise RuntimeError("Trainer: the model is already being trained by a Trainer's "
+                               "fit; wait for that fit to return")
         self.model = model
         self.loss = _losses.get(loss)
         if self.loss.name not in ("cross_entropy", "mse"):
@@ -503,6 +506,9 @@ class Trainer:
         if self.lr_scheduler is not None and not any(s is self.lr_scheduler for s in stepped):
             cb_list.callbacks.insert(0, _callbacks.SchedulerCallback(self.lr_scheduler))
         cb_list.set_trainer(self)
+        acc = ["accuracy"] if "accuracy" in self.metrics else []
+        val = ["val_loss"] + (["val_accuracy"] if acc else []) if val_loader is not None else []
+        self._epoch_keys = ["loss", *acc, *val, "lr", "time", "images_per_sec"]
         self.stop_training = False
         self.diverged = False
         self.interrupted = False
