@@ -5,8 +5,9 @@ single conv layer, with 1 and 2 threads.
 Each measurement runs in its own subprocess (the two libraries bring their own OpenMP
 runtimes), cnnkit and PyTorch alternate, and the table reports the median of --repeats runs.
 
-    python bench/compare_torch.py --threads 1 2 --repeats 5 --json bench/results/compare_torch.json
-    cnnkit bench --threads 1 2            (the same, from the command line)
+    cnnkit bench --threads 1 2 --repeats 5 --json bench/results/compare_torch.json
+    python -m cnnkit.bench ...            (the same)
+    python bench/compare_torch.py ...     (the same)
 """
 
 from __future__ import annotations
@@ -22,12 +23,17 @@ import time
 
 import numpy as np
 
+from .cli import _positive_float, _positive_int
+
 # name -> (input shape per image, builder key)
 NETS = {
     "lenet5": (1, 28, 28),
     "cifar": (3, 32, 32),
     "conv": (32, 32, 32),
 }
+
+# infer and forward time the same thing (inference, no gradients); both names stay in results.
+MODES = ("train", "infer", "forward", "fwdbwd")
 
 CASES = [
     # (net, mode, batch)
@@ -183,61 +189,82 @@ def worker(lib: str, net: str, mode: str, batch: int, threads: int, seconds: flo
     return {"images_per_sec": n * batch / dt, "ms_per_step": 1000 * dt / n, "steps": n}
 
 
-def run_worker(lib, net, mode, batch, threads, seconds) -> dict:
+def run_worker(lib: str, net: str, mode: str, batch: int, threads: int, seconds: float) -> dict:
+    """One measurement in a fresh interpreter, started as a module (``python -m cnnkit.bench``,
+    never as a script: a script's directory would go first on sys.path)."""
     env = dict(os.environ)
     env.update(
         OMP_NUM_THREADS=str(threads),
         OMP_PROC_BIND="close",
         OMP_PLACES="cores",
         MKL_NUM_THREADS=str(threads),
+        PYTHONSAFEPATH="1",  # nor the current directory (Python 3.11+)
     )
-    cmd = [
-        sys.executable,
-        __file__,
-        "--worker",
-        lib,
-        net,
-        mode,
-        str(batch),
-        str(threads),
-        str(seconds),
-    ]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    cmd = [sys.executable, "-m", "cnnkit.bench", "--worker", lib, net, mode, str(batch),
+           str(threads), str(seconds)]  # fmt: skip
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        lines = out.stderr.strip().splitlines() or [f"exit status {out.returncode}"]
+        raise RuntimeError(f"the {lib} worker for {net}:{mode}:{batch} with {threads} thread(s) "
+                           f"failed: {lines[-1]}")  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "--worker":
-        lib, net, mode, batch, threads, seconds = argv[1:7]
-        print(json.dumps(worker(lib, net, mode, int(batch), int(threads), float(seconds))))
-        return
-    ap = argparse.ArgumentParser(
-        prog="cnnkit bench",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--seconds", type=float, default=2.0, help="timed seconds per run")
-    ap.add_argument("--cases", nargs="*", help="subset, e.g. lenet5:train:64")
-    ap.add_argument("--json", help="write the table as JSON here")
-    args = ap.parse_args(argv)
+# ---- command line -------------------------------------------------------------------------
+
+
+def _case(text: str) -> tuple[str, str, int]:
+    """argparse type: NET:MODE:BATCH, e.g. lenet5:train:64."""
+    parts = text.split(":")
+    if len(parts) != 3 or parts[0] not in NETS or parts[1] not in MODES:
+        raise argparse.ArgumentTypeError(
+            f"expected NET:MODE:BATCH with NET one of {', '.join(NETS)} and MODE one of "
+            f"{', '.join(MODES)}, got {text!r}"
+        )
+    return parts[0], parts[1], _positive_int(parts[2])
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of ``cnnkit bench`` and ``bench/compare_torch.py`` (one definition)."""
+    ap.add_argument("--threads", type=_positive_int, nargs="+", default=[1, 2], metavar="N",
+                    help="thread counts to measure, each in its own run (default: 1 2)")
+    ap.add_argument("--repeats", type=_positive_int, default=5,
+                    help="runs per library and configuration; the table shows the median "
+                         "(default: 5)")
+    ap.add_argument("--seconds", type=_positive_float, default=2.0,
+                    help="timed seconds per run, after 3 warm-up steps; at least 3 timed steps "
+                         "run whatever this says (default: 2.0)")
+    ap.add_argument("--cases", type=_case, nargs="+", default=None, metavar="NET:MODE:BATCH",
+                    help="what to measure instead of the default table, e.g. lenet5:train:64 "
+                         f"(NET: {', '.join(NETS)}; MODE: {', '.join(MODES)})")
+    ap.add_argument("--json", default=None, metavar="FILE",
+                    help="also write the table, with every run, as JSON to FILE")
+
+
+def build_parser(prog: str = "cnnkit bench") -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    return ap
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure and print the table; returns the exit status (1 without PyTorch). A worker that
+    fails raises RuntimeError with its last line of error output."""
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError:
-        sys.exit("compare_torch: PyTorch is not installed (pip install torch)")
+        print("cnnkit bench: PyTorch is not installed (pip install torch); it is what cnnkit "
+              "is compared with", file=sys.stderr)  # fmt: skip
+        return 1
     import cnnkit
 
-    cases = CASES
-    if args.cases:
-        want = {tuple(c.split(":")) for c in args.cases}
-        cases = [c for c in CASES if (c[0], c[1], str(c[2])) in want]
+    cases = [tuple(c) for c in args.cases] if args.cases else CASES
     rows = []
     print(
         f"cnnkit {cnnkit.__version__} vs torch {torch.__version__}; "
         f"{platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cpus; median of {args.repeats} x {args.seconds:.1f} s runs"
+        f"{os.cpu_count()} cpus; median of {args.repeats} x {args.seconds:g} s runs"
     )
     header = (
         f"{'net':8} {'mode':8} {'batch':>5} {'thr':>3} "
@@ -280,12 +307,31 @@ def main(argv: list[str] | None = None) -> None:
                     "torch": torch.__version__,
                     "date": time.strftime("%Y-%m-%d"),
                     "repeats": args.repeats,
+                    "seconds": args.seconds,
                     "rows": rows,
                 },
                 f,
                 indent=1,
             )
+    return 0
+
+
+def main(argv: list[str] | None = None, prog: str = "cnnkit bench") -> int:
+    """``python -m cnnkit.bench [options]`` (the same as ``cnnkit bench``); returns the exit
+    status. ``--worker LIB NET MODE BATCH THREADS SECONDS`` is the internal one-measurement
+    form that run_worker starts."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--worker":
+        lib, net, mode, batch, threads, seconds = argv[1:7]
+        print(json.dumps(worker(lib, net, mode, int(batch), int(threads), float(seconds))))
+        return 0
+    args = build_parser(prog).parse_args(argv)
+    try:
+        return run(args)
+    except RuntimeError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

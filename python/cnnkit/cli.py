@@ -3,8 +3,12 @@
 cnnkit train --epochs 2                   # LeNet-5 on MNIST, best device
 cnnkit train --dataset fashion-mnist --model fashion_cnn --epochs 15
 cnnkit evaluate runs/mnist-lenet5/model.cnnkit --dataset mnist
-cnnkit predict runs/mnist-lenet5/model.cnnkit digit.png
+cnnkit predict runs/mnist-lenet5/model.cnnkit digit.png batch.npy
 cnnkit info
+cnnkit bench --threads 1 2
+
+Errors (a missing, corrupt or special file, unusable data, no memory) are one line on stderr
+and a non-zero exit status; CNNKIT_DEBUG=1 shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -14,10 +18,14 @@ import json
 import math
 import os
 import shlex
+import stat
 import sys
 import time
+import warnings
 
 import numpy as np
+
+from ._checks import DEVICES, parse_device
 
 DATASETS = ("mnist", "fashion-mnist")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad")
@@ -66,6 +74,55 @@ def _nonneg_float(text: str) -> float:
     return _number(text, False)
 
 
+# ---- files ------------------------------------------------------------------------------------
+
+
+def _special_kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words."""
+    for is_kind, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                          (stat.S_ISSOCK, "a socket")):  # fmt: skip
+        if is_kind(mode):
+            return name
+    return "not a regular file"
+
+
+def _check_regular_file(path: str, what: str) -> None:
+    """Refuse `path` unless it is a regular file (or a link to one), before anything opens it:
+    open() on a FIFO waits for a writer forever, a device can stream without end, and opening
+    some devices has side effects. OSError (with the path) when it does not exist."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path}: the {what} is {_special_kind(st.st_mode)}, not a regular file")
+
+
+def _open_regular(path: str, what: str):
+    """`path` opened for reading (binary), refused unless it is a regular file. The check runs
+    before the open and again on the opened descriptor (the open does not block: O_NONBLOCK),
+    so a file swapped for a FIFO in between is refused too."""
+    _check_regular_file(path, what)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"{path}: the {what} is {_special_kind(mode)}, not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception's message on one line (multi-line messages are joined)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    out = lines[0]
+    for ln in lines[1:]:
+        out += (" " if out.endswith(":") else "; ") + ln
+    return out
+
+
 
 def _load_dataset(name: str, data_dir: str | None):
     from . import datasets
@@ -86,13 +143,20 @@ def _make_optimizer(name: str, lr: float | None, momentum: float, weight_decay: 
     return cls(lr=lr, weight_decay=weight_decay) if name != "adamw" else cls(lr=lr)
 
 
+def _model_names() -> list[str]:
+    from . import models
+
+    return sorted(models.MODELS)
+
+
 def _build_model(spec: str):
     from . import models
     from . import serialization as io
 
     if spec in models.MODELS:
         return models.MODELS[spec]()
-    if os.path.exists(spec):
+    if os.path.lexists(spec):
+        _check_regular_file(spec, "model file")
         return io.load_model(spec)
     raise SystemExit(
         f"cnnkit: --model must be one of {sorted(models.MODELS)} or a model file; got {spec!r}"
@@ -100,14 +164,7 @@ def _build_model(spec: str):
 
 
 def _pick_device(device: str) -> str:
-    import cnnkit
-
-    if device == "auto":
-        return "cuda" if cnnkit.cuda_available() else "cpu"
-    if device == "cuda" and not cnnkit.cuda_available():
-        why = "no CUDA device is present" if cnnkit.built_with_cuda() else "built without CUDA"
-        raise SystemExit(f"cnnkit: --device cuda requested but {why}; use --device cpu")
-    return device
+    return parse_device(device, "--device")  # the package's one device parser
 
 
 # ---- commands ---------------------------------------------------------------------------------
@@ -122,6 +179,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.threads:
         ck.set_num_threads(args.threads)
     device = _pick_device(args.device)
+    if args.resume:  # before the dataset: a wrong path fails at once
+        _check_regular_file(args.resume, "checkpoint")
+    elif args.model not in _model_names() and os.path.lexists(args.model):
+        _check_regular_file(args.model, "model file")
     (x_train, y_train), (x_test, y_test) = _load_dataset(args.dataset, args.data_dir)
     n_val = args.val_size
     if not 0 <= n_val < len(x_train):
@@ -144,17 +205,29 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer = ck.Trainer(model, loss="cross_entropy", optimizer=opt, metrics=["accuracy"],
                              device=device, seed=args.seed)  # fmt: skip
     cbs = [callbacks.ModelCheckpoint(ckpt), callbacks.CSVLogger(os.path.join(out, "history.csv"))]
-    if args.schedule == "cosine":
+    # The schedule is planned over --epochs. Resuming, a new schedule takes over the
+    # checkpoint's position, so a finished run extended to more epochs continues on the new
+    # plan (cosine over the new total) instead of at the old plan's final lr.
+    schedule = args.schedule
+    if schedule is None:  # a new run: cosine; resuming: the checkpoint's kind
+        kinds = {"CosineAnnealingLR": "cosine", "StepLR": "step"}
+        schedule = kinds.get(type(trainer.lr_scheduler).__name__, "keep") if args.resume \
+            else "cosine"
+    if schedule == "cosine":
         from . import optim
 
         sched = optim.CosineAnnealingLR(trainer.optimizer, T_max=args.epochs)
         cbs.append(callbacks.SchedulerCallback(sched, per="epoch"))
-    elif args.schedule == "step":
+    elif schedule == "step":
         from . import optim
 
         step = max(1, args.epochs // 3)
         cbs.append(callbacks.SchedulerCallback(
             optim.StepLR(trainer.optimizer, step_size=step, gamma=0.1), per="epoch"))  # fmt: skip
+    elif schedule == "none" and trainer.lr_scheduler is not None:
+        # a resumed run told to drop its schedule: a constant lr, the run's base lr
+        trainer.lr_scheduler, trainer._scheduler_restored = None, False
+        trainer.optimizer.lr = trainer.optimizer.initial_lr or trainer.optimizer.lr
 
     print(f"cnnkit {ck.__version__}: training {args.model} on {args.dataset} "
           f"({len(x_fit)} train / {n_val} validation images), device={device}, "
@@ -162,8 +235,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     history = trainer.fit(
         x_fit, y_fit, epochs=args.epochs, batch_size=args.batch_size, validation_data=val,
-        callbacks=cbs, verbose=args.verbose, resume_from=args.resume, checkpoint_path=ckpt,
-    )  # fmt: skip
+        callbacks=cbs, verbose=args.verbose, checkpoint_path=ckpt,
+    )  # fmt: skip  (a --resume checkpoint is loaded above)
     train_time = time.perf_counter() - t0
     if trainer.interrupted:
         return _report_interrupt(trainer, args, ckpt, out)
@@ -182,12 +255,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     io.save(trainer.model, model_path)
     h = history.history
     epochs_run = len(h.get("loss", []))
+    # One time and the throughput derived from it: the median over epochs of an epoch's
+    # training steps, and the epoch's images divided by that time.
     times = h.get("time") or [train_time / max(epochs_run, 1)]
-    ips = h.get("images_per_sec") or [len(x_fit) * epochs_run / train_time]
+    seconds_per_epoch = float(np.median(times))
     summary = {
         "dataset": args.dataset, "model": args.model, "epochs": epochs_run,
         "test_loss": test["loss"], "test_accuracy": test["accuracy"],
-        "seconds_per_epoch": float(np.median(times)), "images_per_sec": float(np.median(ips)),
+        "seconds_per_epoch": seconds_per_epoch, "images_per_epoch": len(x_fit),
+        "images_per_sec": len(x_fit) / seconds_per_epoch if seconds_per_epoch > 0 else 0.0,
+        "timing": "seconds_per_epoch: median over epochs of the time one epoch's training steps "
+                  "take (batch preparation, forward, loss, backward, update), without "
+                  "validation, testing or file writes; images_per_sec = images_per_epoch / "
+                  "seconds_per_epoch; fit_seconds: the whole fit, validation and checkpoints "
+                  "included",
+        "fit_seconds": train_time,
         "device": device, "threads": ck.get_num_threads(),
     }  # fmt: skip
     with open(os.path.join(out, "summary.json"), "w") as f:
@@ -200,7 +282,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ImportError:
         curves = None
     print(f"test accuracy: {100 * test['accuracy']:.2f}%  (loss {test['loss']:.4f})")
-    print(f"time per epoch: {summary['seconds_per_epoch']:.1f} s, "
+    print(f"time per epoch (training steps): {summary['seconds_per_epoch']:.1f} s, "
           f"{summary['images_per_sec']:.0f} images/s")  # fmt: skip
     print(
         f"saved: {model_path}"
@@ -235,6 +317,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.threads:
         ck.set_num_threads(args.threads)
+    _check_regular_file(args.model, "model file")
     model = io.load_model(args.model)
     _, (x_test, y_test) = _load_dataset(args.dataset, args.data_dir)
     trainer = ck.Trainer(model, loss="cross_entropy", device=_pick_device(args.device))
@@ -246,36 +329,102 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_image(path: str, invert: str) -> np.ndarray:
-    """One image as (1, 28, 28) float32 in [0, 1], white digit on black like MNIST."""
-    if path.endswith(".npy"):
-        try:
-            a = np.load(path, allow_pickle=False)
-        except (ValueError, EOFError) as e:  # e.g. an object array (pickled): refused
-            raise SystemExit(f"cnnkit: {path}: cannot read the array: {e}") from None
+_NPY_MAGIC = b"\x93NUMPY"
+_SIDE = 28  # the models' input: 28x28 grey images
+
+
+def _image_count(path: str, shape: tuple[int, ...]) -> int:
+    """N for an array of shape (28, 28), (N, 28, 28) or (N, 1, 28, 28); ValueError otherwise."""
+    hw = (_SIDE, _SIDE)
+    if len(shape) == 2 and shape == hw:
+        n = 1
+    elif (len(shape) == 3 and shape[1:] == hw) or (len(shape) == 4 and shape[1:] == (1, *hw)):
+        n = shape[0]
     else:
+        raise ValueError(f"{path}: expected a 28x28 image, got shape {tuple(shape)} (a .npy "
+                         "may also hold a batch (N, 28, 28) or (N, 1, 28, 28))")  # fmt: skip
+    if n == 0:
+        raise ValueError(f"{path}: holds no images (shape {tuple(shape)})")
+    return n
+
+
+def _read_npy(f, path: str) -> np.ndarray:
+    """The array of an .npy file, checked before its data is read: numeric dtype (object
+    arrays, i.e. pickles, are refused), a 28x28 image or a batch of them, and as many data
+    bytes as the header promises."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = fmt.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+    except ValueError as e:
+        raise ValueError(f"{path}: not a readable .npy file: {_one_line(e)}") from None
+    if dtype.hasobject:
+        raise ValueError(f"{path}: holds Python objects (pickled data); cnnkit reads only "
+                         "numeric arrays")  # fmt: skip
+    if dtype.kind not in "biuf" or dtype.fields is not None:
+        raise ValueError(f"{path}: expected a numeric image, got dtype {dtype}")
+    n = _image_count(path, shape)
+    nbytes = n * _SIDE * _SIDE * dtype.itemsize
+    left = os.fstat(f.fileno()).st_size - f.tell()
+    if left < nbytes:
+        raise ValueError(f"{path}: truncated: the header promises {nbytes} bytes of data, the "
+                         f"file holds {left}")  # fmt: skip
+    a = np.frombuffer(f.read(nbytes), dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    return a.reshape(n, _SIDE, _SIDE)
+
+
+def _read_picture(f, path: str) -> np.ndarray:
+    """A PNG/JPEG/... as (1, 28, 28) uint8 grey levels (resized to 28x28)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ValueError(f'{path}: reading PNG/JPEG needs Pillow: pip install "cnnkit[image]" '
+                         "(or give the images as a .npy array)") from None  # fmt: skip
+    bilinear = getattr(Image, "Resampling", Image).BILINEAR
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # huge: refused
         try:
-            from PIL import Image
-        except ImportError as e:
-            raise SystemExit(
-                'cnnkit: reading PNG/JPEG needs Pillow: pip install "cnnkit[image]"'
-            ) from e
-        with Image.open(path) as im:
-            a = np.asarray(im.convert("L").resize((28, 28), Image.BILINEAR))
-    if a.dtype == object or a.dtype.kind not in "biuf":
-        raise SystemExit(f"cnnkit: {path}: expected a numeric image, got dtype {a.dtype}")
-    a = np.asarray(a, dtype=np.float32)
-    if not np.isfinite(a).all():
-        raise SystemExit(f"cnnkit: {path}: the image contains NaN or Inf")
-    if a.ndim == 3 and a.shape[0] == 1:
-        a = a[0]
-    if a.ndim != 2 or a.shape != (28, 28):
-        raise SystemExit(f"cnnkit: {path}: expected a 28x28 image, got shape {a.shape}")
-    if a.max() > 1.0:
-        a = a / 255.0
-    if invert == "yes" or (invert == "auto" and a.mean() > 0.5):
-        a = 1.0 - a  # dark digit on a light background -> MNIST polarity
+            with Image.open(f) as im:
+                a = np.asarray(im.convert("L").resize((_SIDE, _SIDE), bilinear))
+        except MemoryError:
+            raise
+        except Exception as e:  # the decoders raise many types for malformed files
+            raise ValueError(f"{path}: cannot read the image: {_one_line(e)}") from None
     return a[None]
+
+
+def _read_images(path: str, invert: str) -> np.ndarray:
+    """The images of one input file as (N, 1, 28, 28) float32 in [0, 1], white digits on
+    black like MNIST. An .npy (recognised by its content) holds one 28x28 image or a batch
+    (N, 28, 28) / (N, 1, 28, 28); anything else is read as a picture by Pillow. ValueError or
+    OSError, naming the file, when it cannot be used."""
+    with _open_regular(path, "input") as f:
+        is_npy = f.read(len(_NPY_MAGIC)) == _NPY_MAGIC
+        f.seek(0)
+        if is_npy:
+            a = _read_npy(f, path)
+        elif path.lower().endswith(".npy"):
+            raise ValueError(f"{path}: not an .npy file (no NumPy header)")
+        else:
+            a = _read_picture(f, path)
+    uint8 = a.dtype == np.uint8
+    with np.errstate(over="ignore", invalid="ignore"):  # too large for float32 -> inf
+        a = a.astype(np.float32)
+    finite = np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+    if not finite.all():
+        which = "the image" if len(a) == 1 else f"image {int(np.argmin(finite))}"
+        raise ValueError(f"{path}: {which} contains NaN or Inf")
+    if uint8 or a.max() > 1.0:
+        a = a / np.float32(255.0)
+    if invert != "no":  # dark digits on a light background -> MNIST polarity
+        flip = np.full(len(a), True) if invert == "yes" else a.mean(axis=(1, 2)) > 0.5
+        a[flip] = 1.0 - a[flip]
+    return a[:, None]
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -283,14 +432,33 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from . import serialization as io
 
+    _check_regular_file(args.model, "model file")
     model = io.load_model(args.model)
     trainer = ck.Trainer(model, loss="cross_entropy", device=_pick_device(args.device))
-    x = np.stack([_read_image(p, args.invert) for p in args.images])
-    probs = trainer.predict(x)
-    for path, p in zip(args.images, probs, strict=True):
-        top = np.argsort(p)[::-1][: args.top]
-        alts = ", ".join(f"{k}: {100 * p[k]:.1f}%" for k in top)
-        print(f"{path}: {int(top[0])}  ({alts})")
+    names: list[str] = []
+    batches: list[np.ndarray] = []
+    failed = 0
+    for path in args.images:  # a file that cannot be used is reported, and the rest go on
+        try:
+            x = _read_images(path, args.invert)
+        except (OSError, ValueError, MemoryError) as e:
+            if isinstance(e, MemoryError):
+                e = MemoryError(f"{path}: out of memory reading it")
+            print(f"cnnkit: error: {_one_line(e)}", file=sys.stderr)
+            failed += 1
+            continue
+        names += [path] if len(x) == 1 else [f"{path}[{i}]" for i in range(len(x))]
+        batches.append(x)
+    if batches:
+        probs = trainer.predict(np.concatenate(batches))
+        for name, p in zip(names, probs, strict=True):
+            top = np.argsort(p)[::-1][: args.top]
+            alts = ", ".join(f"{k}: {100 * p[k]:.1f}%" for k in top)
+            print(f"{name}: {int(top[0])}  ({alts})")
+    if failed:
+        print(f"cnnkit: {failed} of {len(args.images)} input files could not be read",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -317,78 +485,118 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
-    bench.main(args.rest)
-    return 0
+    return bench.run(args)
 
 
 # ---- parser -------------------------------------------------------------------------------------
 
 
+DEVICE_HELP = ("where to run: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or "
+               "cuda:0 (default: auto)")
+THREADS_HELP = "OpenMP threads for the CPU kernels (default: the OpenMP default)"
+DATA_DIR_HELP = "directory of the dataset cache (default: see docs/datasets.md)"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__, bench
+
     p = argparse.ArgumentParser(prog="cnnkit", description="Train and run CNNs with cnnkit.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"cnnkit {__version__}",
+                   help="print the version and exit")
+    sub = p.add_subparsers(dest="command", required=True, metavar="command",
+                           help="train, evaluate, predict, info or bench ('cnnkit COMMAND -h' "
+                                "for its options)")  # fmt: skip
 
     t = sub.add_parser("train", help="train a model on MNIST or Fashion-MNIST")
-    t.add_argument("--dataset", choices=DATASETS, default="mnist")
-    t.add_argument("--model", default="lenet5", help="lenet5, fashion_cnn or a model file")
-    t.add_argument("--epochs", type=_positive_int, default=10)
-    t.add_argument("--batch-size", type=_positive_int, default=64)
+    t.add_argument("--dataset", choices=DATASETS, default="mnist",
+                   help="dataset to train on (default: mnist)")
+    t.add_argument("--model", default="lenet5",
+                   help="lenet5, fashion_cnn or a model file to start from (default: lenet5)")
+    t.add_argument("--epochs", type=_positive_int, default=10,
+                   help="epochs to train (default: 10)")
+    t.add_argument("--batch-size", type=_positive_int, default=64,
+                   help="images per training step (default: 64)")
     t.add_argument("--lr", type=_positive_float, default=None,
-                   help="default: 1e-3 (adam), 0.05 (sgd)")
-    t.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-    t.add_argument("--momentum", type=_nonneg_float, default=0.9, help="for sgd")
-    t.add_argument("--weight-decay", type=_nonneg_float, default=0.0)
-    t.add_argument("--schedule", choices=("cosine", "step", "none"), default="cosine")
-    t.add_argument("--val-size", type=_nonneg_int, default=5000, help="training images held out")
-    t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    t.add_argument("--threads", type=_positive_int, default=None)
-    t.add_argument("--seed", type=_nonneg_int, default=0)
-    t.add_argument("--out", default=None, help="output directory (default runs/DATASET-MODEL)")
-    t.add_argument("--resume", default=None, help="continue from a checkpoint file")
-    t.add_argument("--data-dir", default=None)
-    t.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1)
+                   help="learning rate (default: 1e-3 for adam, adamw and rmsprop, 0.05 for sgd, "
+                        "1e-2 for adagrad)")
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
+                   help="optimizer (default: adam)")
+    t.add_argument("--momentum", type=_nonneg_float, default=0.9,
+                   help="momentum, for sgd (default: 0.9)")
+    t.add_argument("--weight-decay", type=_nonneg_float, default=0.0,
+                   help="L2 weight decay (decoupled for adamw) (default: 0)")
+    t.add_argument("--schedule", choices=("cosine", "step", "none"), default=None,
+                   help="learning-rate schedule planned over --epochs (default: cosine; with "
+                        "--resume, the checkpoint's kind, re-planned over the new --epochs)")
+    t.add_argument("--val-size", type=_nonneg_int, default=5000,
+                   help="training images held out for validation (default: 5000)")
+    t.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
+    t.add_argument("--threads", type=_positive_int, default=None, help=THREADS_HELP)
+    t.add_argument("--seed", type=_nonneg_int, default=0,
+                   help="seed of the weights, shuffling and dropout (default: 0)")
+    t.add_argument("--out", default=None, help="output directory (default: runs/DATASET-MODEL)")
+    t.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                   help="continue from a checkpoint file (e.g. OUT/checkpoint.cnnkit)")
+    t.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    t.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
+                   help="0: quiet, 1: progress bar, 2: one line per epoch (default: 1)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="test accuracy of a saved model")
-    e.add_argument("model")
-    e.add_argument("--dataset", choices=DATASETS, default="mnist")
-    e.add_argument("--batch-size", type=_positive_int, default=512)
-    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    e.add_argument("--threads", type=_positive_int, default=None)
-    e.add_argument("--data-dir", default=None)
+    e.add_argument("model", help="a model file (or a training checkpoint)")
+    e.add_argument("--dataset", choices=DATASETS, default="mnist",
+                   help="whose test set to use (default: mnist)")
+    e.add_argument("--batch-size", type=_positive_int, default=512,
+                   help="images per forward pass (default: 512)")
+    e.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
+    e.add_argument("--threads", type=_positive_int, default=None, help=THREADS_HELP)
+    e.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="classify 28x28 images (PNG/JPEG or .npy)")
-    pr.add_argument("model")
-    pr.add_argument("images", nargs="+")
-    pr.add_argument("--top", type=_positive_int, default=3)
-    pr.add_argument("--invert", choices=("auto", "yes", "no"), default="auto")
-    pr.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    pr.add_argument("model", help="a model file (or a training checkpoint)")
+    pr.add_argument("images", nargs="+",
+                    help="image files (PNG/JPEG with Pillow) or .npy arrays: one 28x28 image or "
+                         "a batch (N, 28, 28) or (N, 1, 28, 28); uint8 or values in [0, 1]")
+    pr.add_argument("--top", type=_positive_int, default=3,
+                    help="classes to list per image, most likely first (default: 3)")
+    pr.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
+                    help="make digits white on black as in MNIST: auto inverts an image whose "
+                         "mean is above one half (default: auto)")
+    pr.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
     pr.set_defaults(func=cmd_predict)
 
     i = sub.add_parser("info", help="version, build flags, CPU features, CUDA devices")
     i.set_defaults(func=cmd_info)
 
-    b = sub.add_parser("bench", help="compare with PyTorch (needs torch)", add_help=False)
-    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b = sub.add_parser("bench", help="compare with PyTorch (needs torch)",
+                       description=bench.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_arguments(b)
     b.set_defaults(func=cmd_bench)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run a command; returns the exit status. Bad arguments exit 2 (argparse); bad input
-    (missing or corrupt files, unusable data, ...) prints ``cnnkit: error: ...`` and returns 1
-    (set CNNKIT_DEBUG=1 for the traceback); Ctrl-C returns 130."""
+    (missing, corrupt or special files, unusable data, no memory, a dataset that cannot be
+    obtained, ...) prints one line ``cnnkit: error: ...`` and returns 1 (set CNNKIT_DEBUG=1 for
+    the traceback); Ctrl-C returns 130."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("\ncnnkit: interrupted", file=sys.stderr)
         return 130
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, MemoryError) as e:
+        # CheckpointError, the datasets' IDXFormatError / ChecksumError /
+        # DatasetUnavailableError and the native core's errors are among these.
         if os.environ.get("CNNKIT_DEBUG"):
             raise
-        print(f"cnnkit: error: {e}", file=sys.stderr)
+        msg = _one_line(e)
+        if isinstance(e, MemoryError):
+            msg = "out of memory" + (f": {msg}" if msg != type(e).__name__ else "")
+        print(f"cnnkit: error: {msg}", file=sys.stderr)
         return 1
 
 
