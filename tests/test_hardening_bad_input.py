@@ -586,7 +586,8 @@ CASES: list[Case] = [
         "bad.cnnkit", b"CNNKIT01" + b"\xff" * 40))), CliFailed,
          r"exit 1.*bad.cnnkit: header length"),
     Case("cli-train-device-cuda-no-gpu", _no_gpu(lambda c: run_cli(c, *train_args(
-        c, "--device", "cuda"))), CliFailed, r"--device cuda requested but"),
+        c, "--device", "cuda"))), CliFailed,
+         r"--device: device='cuda' but no CUDA device is available"),
     Case("cli-train-no-data", lambda c: run_cli(c, "train", "--data-dir", c.path("nodata"),
                                                 "--epochs", "1", "--out", c.path("r")),
          CliFailed, r"exit 1.*MNIST.*(unavailable|could not|no source)"),
