@@ -19,6 +19,7 @@ import json
 import math
 import os
 import struct
+import sys
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -263,8 +264,12 @@ def _parse_header(hb: bytes, where: str) -> Any:
     """The JSON header, in time and memory linear in its size; CheckpointError otherwise."""
     try:
         text = hb.decode("utf-8")
+        # json's own int parsing is fast and bounded by Python's digit limit when that is at
+        # most ours; otherwise (e.g. sys.set_int_max_str_digits(0)) every integer is checked
+        limit = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 0
+        ints = None if 0 < limit <= MAX_INT_DIGITS else _parse_int
         return json.loads(text, object_pairs_hook=_pairs_hook, parse_constant=_no_constants,
-                          parse_int=_parse_int)
+                          parse_int=ints)
     except CheckpointError as e:
         raise CheckpointError(f"{where}: {e}") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError: ValueError
@@ -326,6 +331,7 @@ def read(path: str | os.PathLike) -> Checkpoint:
 
 
 _MAX_ARRAY_BYTES = int(np.iinfo(np.intp).max)  # numpy's limit on one array (zero-size too)
+_ENTRY_KEYS = {"dtype", "shape", "offset", "nbytes"}
 
 
 def _check_header(h: Any, data_size: int,
@@ -357,38 +363,37 @@ def _check_header(h: Any, data_size: int,
     for name, e in entries.items():
         if not name or not isinstance(e, dict):
             raise CheckpointError(f"{where}: bad tensor entry {_short(name)}")
-        tn = _short(name)
-        if len(e) != 4 or set(e) != {"dtype", "shape", "offset", "nbytes"}:
-            raise CheckpointError(f"{where}: tensor {tn} needs exactly dtype, shape, offset, "
-                                  f"nbytes; got {_short(sorted(e))}")
+        if e.keys() != _ENTRY_KEYS:
+            raise CheckpointError(f"{where}: tensor {_short(name)} needs exactly dtype, shape, "
+                                  f"offset, nbytes; got {_short(sorted(e))}")
         dtype = e["dtype"]
         if not isinstance(dtype, str) or dtype not in DTYPES:
-            raise CheckpointError(f"{where}: tensor {tn} has dtype {_short(dtype)} "
+            raise CheckpointError(f"{where}: tensor {_short(name)} has dtype {_short(dtype)} "
                                   f"(allowed: {sorted(DTYPES)})")
         itemsize = DTYPES[dtype].itemsize
         shape = e["shape"]
         if not isinstance(shape, list) or len(shape) > MAX_NDIM or not all(
                 _is_int(s) and s >= 0 for s in shape):
-            raise CheckpointError(f"{where}: tensor {tn} has a bad shape {_short(shape)} (at "
-                                  f"most {MAX_NDIM} non-negative ints)")
+            raise CheckpointError(f"{where}: tensor {_short(name)} has a bad shape "
+                                  f"{_short(shape)} (at most {MAX_NDIM} non-negative ints)")
         # numpy refuses a shape whose non-zero sizes multiply past its limit, even when
         # another size is 0; the product of all sizes is checked against nbytes below
         if math.prod(s for s in shape if s) * itemsize > _MAX_ARRAY_BYTES:
-            raise CheckpointError(f"{where}: tensor {tn} has an impossible shape "
+            raise CheckpointError(f"{where}: tensor {_short(name)} has an impossible shape "
                                   f"{_short(shape)}")
         off, nb = e["offset"], e["nbytes"]
         if not (_is_int(off) and _is_int(nb) and off >= 0 and nb >= 0):
-            raise CheckpointError(f"{where}: tensor {tn} has a bad offset/nbytes "
+            raise CheckpointError(f"{where}: tensor {_short(name)} has a bad offset/nbytes "
                                   f"({_short(off)}, {_short(nb)})")
         want = math.prod(shape) * itemsize
         if nb != want:
-            raise CheckpointError(f"{where}: tensor {tn} declares {_short(nb)} bytes but its "
-                                  f"shape {shape} and dtype need {want}")
+            raise CheckpointError(f"{where}: tensor {_short(name)} declares {_short(nb)} bytes "
+                                  f"but its shape {shape} and dtype need {want}")
         if off + nb > data_size:
-            raise CheckpointError(f"{where}: tensor {tn} lies outside the file "
+            raise CheckpointError(f"{where}: tensor {_short(name)} lies outside the file "
                                   "(truncated or corrupted)")
         if off % itemsize:
-            raise CheckpointError(f"{where}: tensor {tn} is misaligned")
+            raise CheckpointError(f"{where}: tensor {_short(name)} is misaligned")
         spans.append((off, off + nb, name))
     spans.sort()
     for (_, end, a), (start, _, b) in zip(spans, spans[1:], strict=False):
