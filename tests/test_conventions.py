@@ -545,3 +545,14 @@ def test_evaluate_and_predict_from_another_thread_during_fit_change_nothing():
     assert t.history.history["loss"] == alone.history.history["loss"]
     for k, v in alone.model.state_dict().items():
         assert np.array_equal(t.model.state_dict()[k], v), k
+
+
+def test_losses_and_manual_seed_use_the_same_conversions():
+    torch = pytest.importorskip("torch")
+    logits = torch.zeros(2, 3, requires_grad=True)  # np.asarray alone refuses this tensor
+    assert ck.losses.CrossEntropyLoss()(logits, torch.tensor([0, 1])) == pytest.approx(
+        math.log(3))
+    assert ck.losses.MSELoss()(torch.ones(2, 2, requires_grad=True), np.ones((2, 2))) == 0.0
+    ck.manual_seed(np.int64(3))
+    with pytest.raises(ValueError, match=r"manual_seed: seed must be a non-negative integer"):
+        ck.manual_seed(True)

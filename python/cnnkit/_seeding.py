@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import threading
 
+from ._checks import positive_int
+
 _MASK = (1 << 64) - 1
 _lock = threading.Lock()
 _state = {"seed": 0, "counter": 0}
@@ -22,8 +24,7 @@ def _splitmix64(x: int) -> int:
 
 def manual_seed(seed: int) -> None:
     """Seed the initialisation of every layer created from now on."""
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"manual_seed: seed must be a non-negative int, got {seed!r}")
+    seed = positive_int(seed, "seed", "manual_seed", allow_zero=True)
     with _lock:
         _state["seed"] = seed & _MASK
         _state["counter"] = 0

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
+from ._checks import to_numpy
 
 __all__ = ["Loss", "CrossEntropyLoss", "MSELoss", "get"]
 
@@ -30,7 +31,7 @@ class Loss:
 
 
 def _labels(y: Any, where: str) -> np.ndarray:
-    a = np.asarray(y)
+    a = to_numpy(y)
     if a.dtype.kind not in "iub":
         if a.dtype.kind == "f" and np.all(np.isfinite(a)) and np.all(a == np.round(a)):
             a = a.astype(np.int64)
@@ -41,7 +42,7 @@ def _labels(y: Any, where: str) -> np.ndarray:
 
 def _values(v: Any, where: str, name: str) -> np.ndarray:
     """float32 C-contiguous; ValueError for non-numeric dtypes and NaN/Inf."""
-    a = np.asarray(v)
+    a = to_numpy(v)
     if a.dtype == object or a.dtype.kind not in "biuf":
         raise ValueError(f"{where}: {name} must be a numeric array, got dtype {a.dtype}")
     with np.errstate(over="ignore"):
