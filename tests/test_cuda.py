@@ -564,6 +564,34 @@ def test_wrong_input_on_a_cuda_model_is_a_clear_error(rng):
         model._net.train_step(rng.random((2, 1, 28, 28), dtype=np.float32), np.array([0, 10]))
 
 
+def test_an_overflowing_update_is_refused_on_the_gpu_too():
+    """The CPU's promise on every device: an update that would make a parameter non-finite is
+    not applied (loss (1e18)^2 is finite, lr * gradient overflows float32)."""
+    m = ck.Sequential([ck.Linear(1, 1)])
+    m.load_state_dict({"0.weight": np.ones((1, 1), np.float32),
+                       "0.bias": np.zeros(1, np.float32)})
+    t = ck.Trainer(m, loss="mse", optimizer=ck.optim.SGD(lr=1e6), device="cuda")
+    x = np.full((4, 1), 1e18, np.float32)
+    t.fit(x, np.zeros((4, 1), np.float32), epochs=2, batch_size=4, verbose=0)
+    assert t.diverged
+    sd = m.state_dict()
+    np.testing.assert_array_equal(sd["0.weight"], np.ones((1, 1), np.float32))
+    np.testing.assert_array_equal(sd["0.bias"], np.zeros(1, np.float32))
+
+
+def test_a_good_update_is_applied_on_the_gpu(rng):
+    x, y = digits(rng, 8)
+    ck.manual_seed(0)
+    cpu = lenet()
+    ck.manual_seed(0)
+    gpu = lenet().to("cuda")
+    for m, dev in ((cpu, "cpu"), (gpu, "cuda")):
+        ck.Trainer(m, optimizer=ck.optim.SGD(lr=0.1), device=dev, seed=1).fit(
+            x, y, epochs=1, batch_size=8, verbose=0, shuffle=False)
+    for k, v in cpu.state_dict().items():
+        assert_parity(gpu.state_dict()[k], v, k)
+
+
 # ---- benchmark bindings (what bench/gpu_bench.py uses) ------------------------------------------
 
 

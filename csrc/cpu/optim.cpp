@@ -79,5 +79,12 @@ void rmsprop_step(float* w, float* sq, float* buf, const float* g, int64_t n, fl
     }
 }
 
+int64_t count_nonfinite(const float* x, int64_t n) {
+    int64_t bad = 0;
+#pragma omp parallel for reduction(+ : bad) schedule(static) if (n > (1 << 16))
+    for (int64_t i = 0; i < n; ++i) bad += std::isfinite(x[i]) ? 0 : 1;
+    return bad;
+}
+
 }  // namespace cpu
 }  // namespace cnnkit

@@ -87,6 +87,8 @@ double softmax_cross_entropy(float* dlogits, int64_t* correct, const float* logi
 double mse_loss(float* dpred, const float* pred, const float* target, int64_t n);
 
 // ---- optimizer updates (optim.cu): the formulas of cpu/optim.cpp ---------------------------
+// x (n): how many elements are NaN or +-Inf (the train step's guard against a bad update).
+int64_t count_nonfinite(const float* x, int64_t n);
 void sgd_step(float* w, float* buf, const float* g, int64_t n, float lr, float momentum,
               float dampening, float weight_decay, bool nesterov, bool first_step);
 void adam_step(float* w, float* m, float* v, const float* g, int64_t n, float lr, float beta1,

@@ -1,6 +1,7 @@
 // Optimizer updates on the GPU over the flat parameter/gradient buffers (the twins of
 // cpu/optim.cpp): the same formulas, written the same way, one fused element-wise kernel each.
 // Step-dependent scalars (bias corrections, decayed lr) are computed on the host as on the CPU.
+#include <algorithm>
 #include <cmath>
 
 #include "cuda/common.cuh"
@@ -75,6 +76,32 @@ __global__ void rmsprop_kernel(float* __restrict__ w, float* __restrict__ sq,
     }
 }
 
+constexpr int kCountBlock = 256;
+constexpr int64_t kCountMaxBlocks = 256;
+
+// Per-block counts of non-finite elements (as doubles: exact far beyond any buffer size), then
+// one block sums them: a fixed-shape reduction, as loss.cu's.
+__global__ void __launch_bounds__(kCountBlock)
+    count_nonfinite_kernel(double* __restrict__ partial, const float* __restrict__ x, int64_t n) {
+    __shared__ double sm[kCountBlock];
+    double c = 0.0;
+    CNN_GRID_LOOP(i, n) {
+        const float v = x[i];
+        c += v - v == 0.f ? 0.0 : 1.0;  // NaN - NaN and Inf - Inf are NaN: false exactly then
+    }
+    c = block_sum<kCountBlock>(c, sm);
+    if (threadIdx.x == 0) partial[blockIdx.x] = c;
+}
+
+__global__ void __launch_bounds__(kCountBlock)
+    sum_counts_kernel(double* __restrict__ out, const double* __restrict__ partial, int64_t G) {
+    __shared__ double sm[kCountBlock];
+    double s = 0.0;
+    for (int64_t i = threadIdx.x; i < G; i += kCountBlock) s += partial[i];
+    s = block_sum<kCountBlock>(s, sm);
+    if (threadIdx.x == 0) *out = s;
+}
+
 }  // namespace
 
 // w, buf, g are (n).
@@ -107,6 +134,21 @@ void rmsprop_step(float* w, float* sq, float* buf, const float* g, int64_t n, fl
                   float alpha, float eps, float weight_decay, float momentum) {
     CNN_LAUNCH(dim3(grid_for(n, kBlock)), dim3(kBlock), rmsprop_kernel, w, sq, buf, g, n, lr,
                alpha, eps, weight_decay, momentum);
+}
+
+// x (n) on the device; only the count comes back.
+int64_t count_nonfinite(const float* x, int64_t n) {
+    if (n == 0) return 0;
+    const int64_t G = std::min<int64_t>(kCountMaxBlocks, ceil_div(n, kCountBlock));
+    DeviceBuffer partial(static_cast<size_t>(G) * sizeof(double));
+    DeviceBuffer out(sizeof(double));
+    CNN_LAUNCH(dim3(static_cast<unsigned>(G)), dim3(kCountBlock), count_nonfinite_kernel,
+               partial.as<double>(), x, n);
+    CNN_LAUNCH(dim3(1), dim3(kCountBlock), sum_counts_kernel, out.as<double>(),
+               partial.as<const double>(), G);
+    double host = 0;
+    cuda::memcpy(&host, out.as<void>(), sizeof(double), 1);  // waits for the stream
+    return static_cast<int64_t>(host);
 }
 
 }  // namespace cuda

@@ -237,21 +237,15 @@ StepResult Net::train_step(const Tensor& x, const int64_t* labels, const Tensor*
     r.loss = loss_forward_backward(out, labels, target, &dout, &r.correct);
     if (!std::isfinite(r.loss)) return r;  // caller reports divergence; no update applied
     backward(dout, false);
-    if (params_.device() != Device::CPU) {
-        opt_->step(params_, grads_);
-        return r;
-    }
     // A finite loss can still overflow the update (huge lr or gradients): keep the previous
-    // parameters and refuse the step, reported to the caller as an infinite loss.
-    if (!backup_.defined() || backup_.numel() != params_.numel()) backup_ = Tensor(params_.shape());
+    // parameters and refuse the step, reported to the caller as an infinite loss. On every
+    // device: the backup and the check stay on the parameters' device.
+    if (!backup_.defined() || backup_.numel() != params_.numel() ||
+        backup_.device() != params_.device())
+        backup_ = Tensor(params_.shape(), params_.device());
     backup_.copy_from(params_);
     opt_->step(params_, grads_);
-    const float* p = params_.data();
-    const int64_t n = params_.numel();
-    int finite = 1;
-#pragma omp parallel for reduction(& : finite) schedule(static) if (n > (1 << 16))
-    for (int64_t i = 0; i < n; ++i) finite &= std::isfinite(p[i]) ? 1 : 0;
-    if (!finite) {
+    if (!ops::all_finite(params_)) {
         params_.copy_from(backup_);
         r.loss = std::numeric_limits<double>::infinity();
     }

@@ -66,7 +66,7 @@ Arg Arg::null(ArgKind k) {
 // ---- spec helpers ---------------------------------------------------------------------------
 
 ArgSpec int_req(const std::string& name, double lo, double hi) {
-    ArgSpec s{name, ArgKind::Int, Arg::integer(0)};
+    ArgSpec s(name, ArgKind::Int, Arg::integer(0));
     s.required = true;
     s.lo = lo;
     s.hi = hi;
@@ -79,7 +79,7 @@ ArgSpec int_arg(const std::string& name, int64_t def, double lo, double hi) {
     return s;
 }
 ArgSpec pair_req(const std::string& name, double lo, double hi) {
-    ArgSpec s{name, ArgKind::Pair, Arg::pair(0, 0)};
+    ArgSpec s(name, ArgKind::Pair, Arg::pair(0, 0));
     s.required = true;
     s.lo = lo;
     s.hi = hi;
@@ -93,7 +93,7 @@ ArgSpec pair_arg(const std::string& name, int64_t def, double lo, double hi) {
 }
 ArgSpec float_arg(const std::string& name, double def, double lo, double hi, bool lo_open,
                   bool hi_open) {
-    ArgSpec s{name, ArgKind::Float, Arg::number(def)};
+    ArgSpec s(name, ArgKind::Float, Arg::number(def));
     s.lo = lo;
     s.hi = hi;
     s.lo_open = lo_open;
@@ -101,11 +101,11 @@ ArgSpec float_arg(const std::string& name, double def, double lo, double hi, boo
     return s;
 }
 ArgSpec bool_arg(const std::string& name, bool def) {
-    return ArgSpec{name, ArgKind::Bool, Arg::boolean(def)};
+    return ArgSpec(name, ArgKind::Bool, Arg::boolean(def));
 }
 ArgSpec choice_arg(const std::string& name, const std::string& def,
                    std::vector<std::string> choices) {
-    ArgSpec s{name, ArgKind::Choice, Arg::choice(def)};
+    ArgSpec s(name, ArgKind::Choice, Arg::choice(def));
     s.choices = std::move(choices);
     return s;
 }

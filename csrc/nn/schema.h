@@ -18,6 +18,7 @@ namespace nn {
 
 
 struct ArgSpec {
+    ArgSpec(std::string n, ArgKind k, Arg d) : name(std::move(n)), kind(k), def(std::move(d)) {}
     std::string name;
     ArgKind kind;
     Arg def;                           // the default (unused when required)

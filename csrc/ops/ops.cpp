@@ -257,6 +257,16 @@ double mse_loss(Tensor* dpred, const Tensor& pred, const Tensor& target) {
 
 // ---- optimizer updates ----------------------------------------------------------------------
 
+bool all_finite(const Tensor& t) {
+    int64_t bad = 0;
+    if (t.device() == Device::CUDA) {
+        CNN_ON_CUDA(bad = cuda::count_nonfinite(t.data(), t.numel()));
+    } else {
+        bad = cpu::count_nonfinite(t.data(), t.numel());
+    }
+    return bad == 0;
+}
+
 void sgd_step(Tensor& w, Tensor& buf, const Tensor& g, float lr, float momentum, float dampening,
               float weight_decay, bool nesterov, bool first_step) {
     if (common_device("sgd_step", {&w, &buf, &g}) == Device::CUDA) {

@@ -56,6 +56,8 @@ double softmax_cross_entropy(Tensor* dlogits, int64_t* correct, const Tensor& lo
 double mse_loss(Tensor* dpred, const Tensor& pred, const Tensor& target);
 
 // ---- optimizer updates over flat buffers (w, state, g on one device) -------------------------
+// True when every element of t is finite (on t's device; only the count crosses).
+bool all_finite(const Tensor& t);
 void sgd_step(Tensor& w, Tensor& buf, const Tensor& g, float lr, float momentum, float dampening,
               float weight_decay, bool nesterov, bool first_step);
 void adam_step(Tensor& w, Tensor& m, Tensor& v, const Tensor& g, float lr, float beta1,

@@ -69,7 +69,14 @@ mv "$out/pkg/_core$suffix" "$out/pkg/cnnkit/"
 echo "== running the tests against the emulated CUDA kernels"
 args=("$@")
 [[ ${#args[@]} -eq 0 ]] && args=(tests/test_cuda.py -q)
-export PYTHONPATH="$out/pkg${PYTHONPATH:+:$PYTHONPATH}"
+# An editable install of cnnkit puts an import hook ahead of PYTHONPATH: drop it in the test
+# process, so that `import cnnkit` finds the emulated package.
+mkdir -p "$out/site"
+cat > "$out/site/sitecustomize.py" <<'PYEOF'
+import sys
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__]
+PYEOF
+export PYTHONPATH="$out/site:$out/pkg${PYTHONPATH:+:$PYTHONPATH}"
 export CNNKIT_CUDA_EMULATED=1
 if [[ -n "${ASAN:-}" ]]; then
     # libstdc++ too, or the __cxa_throw interceptor finds no real function and aborts on throw
