@@ -203,7 +203,7 @@ class DataLoader:
 
     Args:
         x: images (N, C, H, W) / (N, H, W) / (N, features), uint8 or float (prepared by
-            :func:`as_images`), or a dataset: any object with ``__len__`` and
+            :func:`as_input`), or a dataset: any object with ``__len__`` and
             ``__getitem__(i)`` returning ``(x_i, y_i)`` (or just ``x_i``) — for data that
             does not fit one array. Dataset batches are stacked and prepared per batch.
         y: labels or targets (N, ...) for array input, kept as given; None for a dataset.
