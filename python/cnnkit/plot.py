@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from . import _files
+from ._checks import positive_int
 
 __all__ = ["training_curves", "conv_filters", "feature_maps"]
 
@@ -73,10 +74,7 @@ def _save(fig: Any, path: str) -> str:
         what="cnnkit.plot")
 
 
-def _positive_int(v: Any, name: str, where: str) -> int:
-    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"{where}: {name} must be a positive int, got {v!r}")
-    return int(v)
+_positive_int = positive_int  # the package's one integer check
 
 
 def _unit(a: np.ndarray) -> np.ndarray:
