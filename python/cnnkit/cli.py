@@ -286,7 +286,7 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"{summary['images_per_sec']:.0f} images/s")  # fmt: skip
     print(
         f"saved: {model_path}"
-        + (f", {curves}" if curves else " (pip install matplotlib for curves)")
+        + (f", {curves}" if curves else ' (no curves.png: pip install matplotlib)')
     )
     return 0
 
