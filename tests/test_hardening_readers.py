@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -137,9 +136,10 @@ for construct in sys.argv[2:]:
 
 CONSTRUCTS = ["duplicate-keys", "tensor-entries", "empty-objects", "long-integers",
               "one-huge-integer", "long-string", "deep-nesting"]
-# A complexity guard, not a benchmark: each load takes 0.1-3 s on a busy 2-core machine; the
-# quadratic duplicate-key check took 25 s for 30,000 keys (and would take hours for these).
-WORST_CASE_LIMIT_S = 30.0
+# A complexity guard, not a benchmark: each load takes 0.01-4 s on a busy 2-core machine (16 s
+# with both cores taken by other work); the quadratic duplicate-key check took 25 s for 30,000
+# keys, and would take hours for the million keys of this header.
+WORST_CASE_LIMIT_S = 60.0
 
 
 def test_worst_case_headers_of_the_largest_size_load_in_linear_time(tmp_path: Path) -> None:
@@ -664,9 +664,7 @@ def test_fuzz_corpus_replays_clean(target: str) -> None:
         pytest.importorskip("PIL")
     files = sorted((FUZZ / "corpus" / target).iterdir())
     assert files, f"no seed files for {target}"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # as under the fuzzer: warnings are not findings
-        n = fuzz_targets.replay(target, files)
+    n = fuzz_targets.replay(target, files)  # warnings are ignored, as under the fuzzer
     assert n == len(files)
 
 

@@ -6,7 +6,8 @@
 # an input that runs longer than 10 s (a hang), or memory above 2 GB. The input is kept in
 # $FUZZ_OUT (default: a temporary folder, printed); replay it with
 #   python tests/fuzz/fuzz.py TARGET --replay FILE
-# The corpus grows in a temporary copy; the committed seeds are not changed. Needs atheris.
+# The corpus grows in a temporary folder (FUZZ_KEEP=1 keeps it); the committed seeds are not
+# changed. Needs atheris (pip install atheris).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 target=${1:?usage: run.sh TARGET SECONDS [libFuzzer flags]}
@@ -40,7 +41,7 @@ seeds=$(find "$here/corpus/$target" -type f | wc -l)
 if [ $rc -eq 0 ]; then
   echo "FUZZ $target: ${runs:-?} executions in ${took} s, cov ${cov:-?} ft ${ft:-?}," \
        "corpus $seeds seeds -> ${corp:-?} inputs, no finding"
-  rm -rf "$work"
+  if [ -n "${FUZZ_KEEP:-}" ]; then echo "FUZZ $target: corpus kept in $work/corpus"; else rm -rf "$work"; fi
 else
   tail -60 "$log"
   echo "FUZZ $target: FAILED (exit $rc after ${took} s); the input is in $out, the log in $log"
