@@ -361,7 +361,9 @@ def _read_npy(f, path: str) -> np.ndarray:
             shape, fortran, dtype = fmt.read_array_header_2_0(f)
         else:
             raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
-    except ValueError as e:
+    except MemoryError:
+        raise
+    except Exception as e:  # numpy's header parser also raises SyntaxError, TokenError, ...
         raise ValueError(f"{path}: not a readable .npy file: {_one_line(e)}") from None
     if dtype.hasobject:
         raise ValueError(f"{path}: holds Python objects (pickled data); cnnkit reads only "
