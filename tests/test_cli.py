@@ -260,8 +260,9 @@ def test_predict_png_and_keeps_going_past_bad_files(tmp_path, digits):
     assert len(err.splitlines()) == 4
 
 
-def _npy_header(shape, descr="<f4") -> bytes:
-    h = repr({"descr": descr, "fortran_order": False, "shape": tuple(shape)}).encode()
+def _npy_header(shape, descr="<f4", text: bytes | None = None) -> bytes:
+    h = text if text is not None else repr({"descr": descr, "fortran_order": False,
+                                             "shape": tuple(shape)}).encode()
     h += b" " * (63 - (10 + len(h)) % 64) + b"\n"
     return b"\x93NUMPY\x01\x00" + len(h).to_bytes(2, "little") + h
 
@@ -271,6 +272,8 @@ BAD_INPUTS = {
     "empty.npy": (b"", "not an .npy file"),
     "text.npy": (b"hello", "not an .npy file"),
     "garbage-header.npy": (b"\x93NUMPY\x01\x00\x10\x00{'descr': 1}    \n", "not a readable .npy"),
+    "unclosed-header.npy": (_npy_header((), text=b"{'descr': '<f4', 'shape': (28, 28"),
+                            "not a readable .npy"),  # numpy's tokenizer: TokenError
     "truncated.npy": (_npy_header((28, 28)) + b"\0" * 100, "truncated"),
     "huge-shape.npy": (_npy_header((10**15, 28, 28)), "truncated"),
     "object.npy": (lambda p: np.save(p, np.array([None] * 784, dtype=object).reshape(28, 28),
