@@ -605,3 +605,74 @@ def test_benchmark_bindings_run(rng):
     x, y = digits(rng, 8)
     ms = model._net.time_train_step(x, y, 2)
     assert len(ms) == 2 and all(t > 0 for t in ms)
+
+
+# ---- layers on the schema: activations, softmax, adaptive pooling, dropout2d, bn1d, upsample ----
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: ck.ELU(0.7), ck.SiLU, ck.GELU, lambda: ck.GELU("tanh"), ck.ReLU6, ck.Hardswish,
+     lambda: ck.Softmax(1), ck.Identity],
+    ids=["elu", "silu", "gelu", "gelu_tanh", "relu6", "hardswish", "softmax", "identity"],
+)
+def test_new_elementwise_layer_parity(make, rng):
+    cpu, gpu = twin(make)
+    x = (rng.standard_normal((3, 5, 6, 7)) * 4).astype(np.float32)
+    x[0, 0, 0, :4] = [0.0, 6.0, -3.0, 3.0]
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    yc, dxc, _ = fwd_bwd(cpu, x, dy)
+    yg, dxg, _ = fwd_bwd(gpu, x, dy)
+    assert_parity(yg, yc, "forward", rtol=1e-6)
+    assert_parity(dxg, dxc, "backward", rtol=1e-5)
+
+
+@pytest.mark.parametrize("make", [ck.AdaptiveAvgPool2d, ck.AdaptiveMaxPool2d])
+@pytest.mark.parametrize("H,W,P,Q", [(7, 5, 3, 2), (4, 4, 4, 4), (3, 5, 7, 8), (9, 9, 1, 1)])
+def test_adaptive_pool_bit_identical_to_cpu(make, H, W, P, Q, rng):
+    cpu, gpu = twin(lambda: make((P, Q)))
+    x = rng.standard_normal((2, 3, H, W)).astype(np.float32)
+    dy = rng.standard_normal((2, 3, P, Q)).astype(np.float32)
+    yc, dxc, _ = fwd_bwd(cpu, x, dy)
+    yg, dxg, _ = fwd_bwd(gpu, x, dy)
+    np.testing.assert_array_equal(yg, yc)
+    np.testing.assert_array_equal(dxg, dxc)
+
+
+@pytest.mark.parametrize("kw", [{"scale_factor": 2.0}, {"scale_factor": 1.5},
+                                {"scale_factor": 0.5}, {"size": (5, 9)}])
+def test_upsample_bit_identical_to_cpu(kw, rng):
+    cpu, gpu = twin(lambda: ck.Upsample(**kw))
+    x = rng.standard_normal((2, 3, 6, 5)).astype(np.float32)
+    dy = rng.standard_normal(ck.Upsample(**kw).output_shape(x.shape)).astype(np.float32)
+    yc, dxc, _ = fwd_bwd(cpu, x, dy)
+    yg, dxg, _ = fwd_bwd(gpu, x, dy)
+    np.testing.assert_array_equal(yg, yc)
+    np.testing.assert_array_equal(dxg, dxc)
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_dropout2d_masks_bit_identical_to_cpu(p, rng):
+    cpu, gpu = twin(lambda: ck.Dropout2d(p))
+    for m in (cpu, gpu):
+        m._net.set_rng(99, 3)
+    x = rng.standard_normal((3, 5, 4, 3)).astype(np.float32) + 3.0
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    for _ in range(2):
+        yc, dxc, _ = fwd_bwd(cpu, x, dy)
+        yg, dxg, _ = fwd_bwd(gpu, x, dy)
+        np.testing.assert_array_equal(yg, yc)
+        np.testing.assert_array_equal(dxg, dxc)
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (3, 4, 5)])
+def test_batchnorm1d_parity(shape, rng):
+    cpu, gpu = twin(lambda: ck.BatchNorm1d(shape[1]))
+    x = rng.standard_normal(shape).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    yc, dxc, gc = fwd_bwd(cpu, x, dy)
+    yg, dxg, gg = fwd_bwd(gpu, x, dy)
+    assert_parity(yg, yc, "bn1d forward", rtol=1e-5)
+    assert_parity(dxg, dxc, "bn1d backward", rtol=1e-4)
+    for k in gc:
+        assert_parity(gg[k], gc[k], f"bn1d grad {k}", rtol=1e-4)

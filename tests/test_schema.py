@@ -31,6 +31,18 @@ BASE = {
     "Flatten": ({}, (2, 3, 3)),
     "Dropout": ({}, (3, 4)),
     "BatchNorm2d": ({"num_features": 2}, (2, 3, 3)),
+    "ELU": ({}, (3, 4)),
+    "SiLU": ({}, (3, 4)),
+    "GELU": ({}, (3, 4)),
+    "ReLU6": ({}, (3, 4)),
+    "Hardswish": ({}, (3, 4)),
+    "Identity": ({}, (3, 4)),
+    "Softmax": ({}, (3, 4)),
+    "AdaptiveAvgPool2d": ({"output_size": 2}, (2, 5, 5)),
+    "AdaptiveMaxPool2d": ({"output_size": 2}, (2, 5, 5)),
+    "Dropout2d": ({}, (2, 3, 3)),
+    "BatchNorm1d": ({"num_features": 2}, (2, 3)),
+    "Upsample": ({"scale_factor": 2.0}, (2, 3, 3)),
 }
 
 
@@ -66,7 +78,7 @@ def test_every_option_combination_round_trips(t, tmp_path, rng):
         layer = layers.from_config(t, {**base, **flags})
         model = ck.Sequential([layer])
         x = rng.standard_normal((4, *sample)).astype(np.float32)
-        if t == "BatchNorm2d":
+        if t in ("BatchNorm2d", "BatchNorm1d"):
             model.forward(x, training=True)  # running statistics away from their init
         y = model.forward(x)
         p = tmp_path / f"{t}.cnnkit"

@@ -1,10 +1,12 @@
-// Element-wise activations on the CPU: ReLU, LeakyReLU, Sigmoid, Tanh (forward and backward).
+// Element-wise activations on the CPU: ReLU, LeakyReLU, Sigmoid, Tanh, ELU, SiLU, GELU (exact and
+// tanh), ReLU6, Hardswish (forward and backward).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
 #include "core/runtime.h"
+#include "cpu/act_math.h"
 #include "cpu/kernels.h"
 
 namespace cnnkit {
@@ -112,6 +114,15 @@ void activation_forward(float* y, const float* x, int64_t n, Act act, float alph
 #pragma omp parallel for schedule(static) if (n > kParallelMin)
             for (int64_t i = 0; i < n; ++i) y[i] = std::tanh(x[i]);
             break;
+        case Act::ELU:
+        case Act::SiLU:
+        case Act::GELU:
+        case Act::GELUTanh:
+        case Act::ReLU6:
+        case Act::Hardswish:
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
+            for (int64_t i = 0; i < n; ++i) y[i] = act_value(act, x[i], alpha);
+            break;
     }
 }
 
@@ -147,6 +158,15 @@ void activation_backward(float* dx, const float* dy, const float* x, const float
         case Act::Tanh:
 #pragma omp parallel for simd schedule(static) if (n > kParallelMin)
             for (int64_t i = 0; i < n; ++i) dx[i] = dy[i] * (1.f - y[i] * y[i]);
+            break;
+        case Act::ELU:
+        case Act::SiLU:
+        case Act::GELU:
+        case Act::GELUTanh:
+        case Act::ReLU6:
+        case Act::Hardswish:
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
+            for (int64_t i = 0; i < n; ++i) dx[i] = act_grad(act, dy[i], x[i], alpha);
             break;
     }
 }

@@ -44,12 +44,46 @@ void avgpool2d_forward(float* y, const float* x, const PoolGeom& g);
 void avgpool2d_backward(float* dx, const float* dy, const PoolGeom& g);
 
 // ---- activations ------------------------------------------------------------------------
-enum class Act { Identity = 0, ReLU = 1, LeakyReLU = 2, Sigmoid = 3, Tanh = 4 };
+// ELU uses alpha; GELU is the exact erf form, GELUTanh torch's approximate="tanh".
+enum class Act {
+    Identity = 0, ReLU = 1, LeakyReLU = 2, Sigmoid = 3, Tanh = 4,
+    ELU = 5, SiLU = 6, GELU = 7, GELUTanh = 8, ReLU6 = 9, Hardswish = 10
+};
 // y, x are (n); y may alias x.
 void activation_forward(float* y, const float* x, int64_t n, Act act, float alpha);
-// dx = dy * f'(.) using x (ReLU/LeakyReLU) or y (Sigmoid/Tanh); dx may alias dy.
+// dx = dy * f'(.) using x (ReLU/LeakyReLU and the new ones) or y (Sigmoid/Tanh); dx may alias dy.
 void activation_backward(float* dx, const float* dy, const float* x, const float* y, int64_t n,
                          Act act, float alpha);
+
+// ---- softmax (softmax.cpp) ----------------------------------------------------------------
+// x, y are (outer, C, inner): softmax over C for each (outer, inner), max-subtracted.
+void softmax_forward(float* y, const float* x, int64_t outer, int64_t C, int64_t inner);
+// dx = y * (dy - sum_c dy*y) (overwritten); y is the forward output.
+void softmax_backward(float* dx, const float* dy, const float* y, int64_t outer, int64_t C,
+                      int64_t inner);
+
+// ---- adaptive pooling (adaptive_pool.cpp) -------------------------------------------------
+// x is (NC,H,W), y is (NC,P,Q); bin (i,j) covers rows [floor(iH/P), ceil((i+1)H/P)) and the
+// same for columns (PyTorch). argmax (NC,P,Q) holds the flat h*W+w index of each max.
+void adaptive_avgpool2d_forward(float* y, const float* x, int64_t NC, int64_t H, int64_t W,
+                                int64_t P, int64_t Q);
+// dx (NC,H,W) overwritten: each pixel gathers dy/area of the bins that cover it.
+void adaptive_avgpool2d_backward(float* dx, const float* dy, int64_t NC, int64_t H, int64_t W,
+                                 int64_t P, int64_t Q);
+void adaptive_maxpool2d_forward(float* y, int32_t* argmax, const float* x, int64_t NC, int64_t H,
+                                int64_t W, int64_t P, int64_t Q);
+// dx (NC,H,W) overwritten: each pixel gathers dy of the bins whose argmax it is.
+void adaptive_maxpool2d_backward(float* dx, const float* dy, const int32_t* argmax, int64_t NC,
+                                 int64_t H, int64_t W, int64_t P, int64_t Q);
+
+// ---- nearest upsampling (upsample.cpp) ----------------------------------------------------
+// x is (NC,H,W), y is (NC,P,Q); source row of output row p is min(floor(p*sh), H-1) with
+// sh = float(1/scale_factor) (PyTorch's nearest), columns alike.
+void upsample_nearest2d_forward(float* y, const float* x, int64_t NC, int64_t H, int64_t W,
+                                int64_t P, int64_t Q, float sh, float sw);
+// dx (NC,H,W) overwritten: each pixel gathers the dy entries copied from it.
+void upsample_nearest2d_backward(float* dx, const float* dy, int64_t NC, int64_t H, int64_t W,
+                                 int64_t P, int64_t Q, float sh, float sw);
 
 // ---- linear -----------------------------------------------------------------------------
 // x is (N,I), w is (O,I), b is (O) or null, y is (N,O).
@@ -79,6 +113,10 @@ void batchnorm_backward(float* dx, float* dgamma, float* dbeta, const float* dy,
 void dropout_forward(float* y, float* mask, const float* x, int64_t n, float p, uint64_t seed,
                      uint64_t stream);
 void dropout_backward(float* dx, const float* dy, const float* mask, int64_t n);
+// Whole channels: x, y are (NC, HW), mask (NC) drawn as dropout_forward's over NC elements.
+void dropout2d_forward(float* y, float* mask, const float* x, int64_t NC, int64_t HW, float p,
+                       uint64_t seed, uint64_t stream);
+void dropout2d_backward(float* dx, const float* dy, const float* mask, int64_t NC, int64_t HW);
 
 // ---- losses -----------------------------------------------------------------------------
 // logits (N,C), labels (N) in [0,C). Returns mean loss; *correct = count of argmax == label.

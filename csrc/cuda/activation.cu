@@ -1,6 +1,8 @@
 // Element-wise activations and the linear layer on the GPU (the twins of cpu/activation.cpp):
-// ReLU, LeakyReLU, Sigmoid, Tanh forward/backward; linear = GEMM + bias, and its backward with
+// ReLU, LeakyReLU, Sigmoid, Tanh, and ELU, SiLU, GELU, ReLU6, Hardswish (cpu/act_math.h)
+// forward/backward; linear = GEMM + bias, and its backward with
 // the bias gradient summed per output in batch order (no atomics).
+#include "cpu/act_math.h"
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
 
@@ -24,6 +26,7 @@ __global__ void activation_forward_kernel(float* y, const float* x, int64_t n, A
                 r = v >= 0.f ? 1.f / (1.f + expf(-v)) : expf(v) / (1.f + expf(v));
                 break;
             case Act::Tanh: r = tanhf(v); break;
+            default: r = act_value(act, v, alpha); break;
         }
         y[i] = r;
     }
@@ -40,6 +43,7 @@ __global__ void activation_backward_kernel(float* dx, const float* dy, const flo
             case Act::LeakyReLU: r = x[i] > 0.f ? d : alpha * d; break;
             case Act::Sigmoid: r = d * y[i] * (1.f - y[i]); break;
             case Act::Tanh: r = d * (1.f - y[i] * y[i]); break;
+            default: r = act_grad(act, d, x[i], alpha); break;
         }
         dx[i] = r;
     }

@@ -80,6 +80,32 @@ void dropout_forward(float* y, float* mask, const float* x, int64_t n, float p, 
                      uint64_t stream);
 void dropout_backward(float* dx, const float* dy, const float* mask, int64_t n);
 
+// Dropout2d: x, y (NC,HW), mask (NC): dropout_forward's mask over NC elements.
+void dropout2d_forward(float* y, float* mask, const float* x, int64_t NC, int64_t HW, float p,
+                       uint64_t seed, uint64_t stream);
+void dropout2d_backward(float* dx, const float* dy, const float* mask, int64_t NC, int64_t HW);
+
+// ---- softmax (softmax.cu): x, y, dx, dy are (outer, C, inner) ----------------------------
+void softmax_forward(float* y, const float* x, int64_t outer, int64_t C, int64_t inner);
+void softmax_backward(float* dx, const float* dy, const float* y, int64_t outer, int64_t C,
+                      int64_t inner);
+
+// ---- adaptive pooling (adaptive_pool.cu): x, dx (NC,H,W), y, dy, argmax (NC,P,Q) ----------
+void adaptive_avgpool2d_forward(float* y, const float* x, int64_t NC, int64_t H, int64_t W,
+                                int64_t P, int64_t Q);
+void adaptive_avgpool2d_backward(float* dx, const float* dy, int64_t NC, int64_t H, int64_t W,
+                                 int64_t P, int64_t Q);
+void adaptive_maxpool2d_forward(float* y, int32_t* argmax, const float* x, int64_t NC, int64_t H,
+                                int64_t W, int64_t P, int64_t Q);
+void adaptive_maxpool2d_backward(float* dx, const float* dy, const int32_t* argmax, int64_t NC,
+                                 int64_t H, int64_t W, int64_t P, int64_t Q);
+
+// ---- nearest upsampling (upsample.cu): x, dx (NC,H,W), y, dy (NC,P,Q) ----------------------
+void upsample_nearest2d_forward(float* y, const float* x, int64_t NC, int64_t H, int64_t W,
+                                int64_t P, int64_t Q, float sh, float sw);
+void upsample_nearest2d_backward(float* dx, const float* dy, int64_t NC, int64_t H, int64_t W,
+                                 int64_t P, int64_t Q, float sh, float sw);
+
 // ---- losses (loss.cu): reduced on the device in a fixed order; the scalars are copied back -
 // logits (N,C), labels (N) on the device. Returns the mean loss; *correct (host) the hits.
 double softmax_cross_entropy(float* dlogits, int64_t* correct, const float* logits,

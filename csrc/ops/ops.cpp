@@ -227,6 +227,126 @@ void dropout_backward(Tensor& dx, const Tensor& dy, const Tensor& mask) {
     }
 }
 
+void dropout2d_forward(Tensor& y, Tensor& mask, const Tensor& x, float p, uint64_t seed,
+                       uint64_t stream) {
+    const int64_t NC = x.size(0) * x.size(1), HW = spatial(x);
+    CNN_CHECK(mask.numel() == NC, "dropout2d_forward: mask has the wrong size");
+    if (common_device("dropout2d_forward", {&y, &mask, &x}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::dropout2d_forward(y.data(), mask.data(), x.data(), NC, HW, p, seed,
+                                            stream));
+    } else {
+        cpu::dropout2d_forward(y.data(), mask.data(), x.data(), NC, HW, p, seed, stream);
+    }
+}
+
+void dropout2d_backward(Tensor& dx, const Tensor& dy, const Tensor& mask) {
+    const int64_t NC = dy.size(0) * dy.size(1), HW = spatial(dy);
+    if (common_device("dropout2d_backward", {&dx, &dy, &mask}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::dropout2d_backward(dx.data(), dy.data(), mask.data(), NC, HW));
+    } else {
+        cpu::dropout2d_backward(dx.data(), dy.data(), mask.data(), NC, HW);
+    }
+}
+
+// ---- softmax, adaptive pooling, upsampling ----------------------------------------------------
+
+namespace {
+// (outer, C, inner) of x around axis dim.
+void split_axis(const Tensor& x, int64_t dim, int64_t& outer, int64_t& C, int64_t& inner) {
+    outer = 1;
+    inner = 1;
+    for (int64_t i = 0; i < dim; ++i) outer *= x.size(i);
+    C = x.size(dim);
+    for (int64_t i = dim + 1; i < x.dim(); ++i) inner *= x.size(i);
+}
+}  // namespace
+
+void softmax_forward(Tensor& y, const Tensor& x, int64_t dim) {
+    int64_t o, C, in;
+    split_axis(x, dim, o, C, in);
+    if (common_device("softmax_forward", {&y, &x}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::softmax_forward(y.data(), x.data(), o, C, in));
+    } else {
+        cpu::softmax_forward(y.data(), x.data(), o, C, in);
+    }
+}
+
+void softmax_backward(Tensor& dx, const Tensor& dy, const Tensor& y, int64_t dim) {
+    int64_t o, C, in;
+    split_axis(y, dim, o, C, in);
+    if (common_device("softmax_backward", {&dx, &dy, &y}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::softmax_backward(dx.data(), dy.data(), y.data(), o, C, in));
+    } else {
+        cpu::softmax_backward(dx.data(), dy.data(), y.data(), o, C, in);
+    }
+}
+
+void adaptive_avgpool2d_forward(Tensor& y, const Tensor& x) {
+    const int64_t NC = x.size(0) * x.size(1);
+    if (common_device("adaptive_avgpool2d_forward", {&y, &x}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::adaptive_avgpool2d_forward(y.data(), x.data(), NC, x.size(2), x.size(3),
+                                                     y.size(2), y.size(3)));
+    } else {
+        cpu::adaptive_avgpool2d_forward(y.data(), x.data(), NC, x.size(2), x.size(3), y.size(2),
+                                        y.size(3));
+    }
+}
+
+void adaptive_avgpool2d_backward(Tensor& dx, const Tensor& dy) {
+    const int64_t NC = dx.size(0) * dx.size(1);
+    if (common_device("adaptive_avgpool2d_backward", {&dx, &dy}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::adaptive_avgpool2d_backward(dx.data(), dy.data(), NC, dx.size(2),
+                                                      dx.size(3), dy.size(2), dy.size(3)));
+    } else {
+        cpu::adaptive_avgpool2d_backward(dx.data(), dy.data(), NC, dx.size(2), dx.size(3),
+                                         dy.size(2), dy.size(3));
+    }
+}
+
+void adaptive_maxpool2d_forward(Tensor& y, int32_t* argmax, const Tensor& x) {
+    const int64_t NC = x.size(0) * x.size(1);
+    if (common_device("adaptive_maxpool2d_forward", {&y, &x}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::adaptive_maxpool2d_forward(y.data(), argmax, x.data(), NC, x.size(2),
+                                                     x.size(3), y.size(2), y.size(3)));
+    } else {
+        cpu::adaptive_maxpool2d_forward(y.data(), argmax, x.data(), NC, x.size(2), x.size(3),
+                                        y.size(2), y.size(3));
+    }
+}
+
+void adaptive_maxpool2d_backward(Tensor& dx, const Tensor& dy, const int32_t* argmax) {
+    const int64_t NC = dx.size(0) * dx.size(1);
+    if (common_device("adaptive_maxpool2d_backward", {&dx, &dy}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::adaptive_maxpool2d_backward(dx.data(), dy.data(), argmax, NC, dx.size(2),
+                                                      dx.size(3), dy.size(2), dy.size(3)));
+    } else {
+        cpu::adaptive_maxpool2d_backward(dx.data(), dy.data(), argmax, NC, dx.size(2), dx.size(3),
+                                         dy.size(2), dy.size(3));
+    }
+}
+
+void upsample_nearest2d_forward(Tensor& y, const Tensor& x, float sh, float sw) {
+    const int64_t NC = x.size(0) * x.size(1);
+    if (common_device("upsample_nearest2d_forward", {&y, &x}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::upsample_nearest2d_forward(y.data(), x.data(), NC, x.size(2), x.size(3),
+                                                     y.size(2), y.size(3), sh, sw));
+    } else {
+        cpu::upsample_nearest2d_forward(y.data(), x.data(), NC, x.size(2), x.size(3), y.size(2),
+                                        y.size(3), sh, sw);
+    }
+}
+
+void upsample_nearest2d_backward(Tensor& dx, const Tensor& dy, float sh, float sw) {
+    const int64_t NC = dx.size(0) * dx.size(1);
+    if (common_device("upsample_nearest2d_backward", {&dx, &dy}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::upsample_nearest2d_backward(dx.data(), dy.data(), NC, dx.size(2),
+                                                      dx.size(3), dy.size(2), dy.size(3), sh, sw));
+    } else {
+        cpu::upsample_nearest2d_backward(dx.data(), dy.data(), NC, dx.size(2), dx.size(3),
+                                         dy.size(2), dy.size(3), sh, sw);
+    }
+}
+
 // ---- losses ---------------------------------------------------------------------------------
 
 double softmax_cross_entropy(Tensor* dlogits, int64_t* correct, const Tensor& logits,

@@ -48,6 +48,24 @@ void batchnorm_backward(Tensor* dx, Tensor* dgamma, Tensor* dbeta, const Tensor&
 void dropout_forward(Tensor& y, Tensor& mask, const Tensor& x, float p, uint64_t seed,
                      uint64_t stream);
 void dropout_backward(Tensor& dx, const Tensor& dy, const Tensor& mask);
+// Dropout2d: x (N,C,...), mask (N*C): one keep/drop per channel.
+void dropout2d_forward(Tensor& y, Tensor& mask, const Tensor& x, float p, uint64_t seed,
+                       uint64_t stream);
+void dropout2d_backward(Tensor& dx, const Tensor& dy, const Tensor& mask);
+
+// Softmax over axis `dim` (0 <= dim < x.dim()); backward from the forward output y.
+void softmax_forward(Tensor& y, const Tensor& x, int64_t dim);
+void softmax_backward(Tensor& dx, const Tensor& dy, const Tensor& y, int64_t dim);
+
+// x, dx (N,C,H,W); y, dy (N,C,P,Q): sizes from the tensors. argmax (N,C,P,Q) int32 on their device.
+void adaptive_avgpool2d_forward(Tensor& y, const Tensor& x);
+void adaptive_avgpool2d_backward(Tensor& dx, const Tensor& dy);
+void adaptive_maxpool2d_forward(Tensor& y, int32_t* argmax, const Tensor& x);
+void adaptive_maxpool2d_backward(Tensor& dx, const Tensor& dy, const int32_t* argmax);
+
+// sh, sw: float(1/scale_factor) per axis (cpu/kernels.h).
+void upsample_nearest2d_forward(Tensor& y, const Tensor& x, float sh, float sw);
+void upsample_nearest2d_backward(Tensor& dx, const Tensor& dy, float sh, float sw);
 
 // logits (N,C) and dlogits (N,C) or null on one device; labels (N) on the host (copied to the
 // GPU for CUDA tensors). Returns the mean loss; *correct gets the argmax hits.

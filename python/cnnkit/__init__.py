@@ -12,18 +12,30 @@ import sys as _sys
 from . import _core, callbacks, data, datasets, layers, losses, models, optim, serialization
 from ._seeding import manual_seed
 from .layers import (
+    ELU,
+    GELU,
+    AdaptiveAvgPool2d,
+    AdaptiveMaxPool2d,
     AvgPool2d,
+    BatchNorm1d,
     BatchNorm2d,
     Conv2d,
     Dropout,
+    Dropout2d,
     Flatten,
+    Hardswish,
+    Identity,
     Layer,
     LeakyReLU,
     Linear,
     MaxPool2d,
     ReLU,
+    ReLU6,
     Sigmoid,
+    SiLU,
+    Softmax,
     Tanh,
+    Upsample,
 )
 from .model import Sequential
 from .serialization import load, load_model, save
@@ -64,5 +76,6 @@ __all__ = [
     "manual_seed", "layers", "losses", "models", "optim", "callbacks", "data", "datasets", "io",
     "Sequential", "Trainer", "History", "save", "load", "load_model",
     "Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Linear",
-    "Flatten", "Dropout", "BatchNorm2d",
+    "Flatten", "Dropout", "BatchNorm2d", "ELU", "SiLU", "GELU", "ReLU6", "Hardswish", "Identity",
+    "Softmax", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Dropout2d", "BatchNorm1d", "Upsample",
 ]  # fmt: skip

@@ -27,6 +27,18 @@ __all__ = [
     "Flatten",
     "Dropout",
     "BatchNorm2d",
+    "ELU",
+    "SiLU",
+    "GELU",
+    "ReLU6",
+    "Hardswish",
+    "Identity",
+    "Softmax",
+    "AdaptiveAvgPool2d",
+    "AdaptiveMaxPool2d",
+    "Dropout2d",
+    "BatchNorm1d",
+    "Upsample",
 ]
 
 
@@ -202,6 +214,113 @@ class BatchNorm2d(Layer):
                          track_running_stats=track_running_stats, name=name)
 
 
+class ELU(Layer):
+    """x if x > 0 else alpha * (exp(x) - 1), element-wise; any shape."""
+
+    def __init__(self, alpha: float = 1.0, *, name: str | None = None) -> None:
+        super().__init__(alpha=alpha, name=name)
+
+
+class SiLU(Layer):
+    """x * sigmoid(x) (swish), element-wise; any shape."""
+
+    def __init__(self, *, name: str | None = None) -> None:
+        super().__init__(name=name)
+
+
+class GELU(Layer):
+    """x * Phi(x), element-wise; any shape. approximate="tanh" uses PyTorch's tanh form
+    0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+
+    def __init__(self, approximate: str = "none", *, name: str | None = None) -> None:
+        super().__init__(approximate=approximate, name=name)
+
+
+class ReLU6(Layer):
+    """min(max(x, 0), 6), element-wise; any shape."""
+
+    def __init__(self, *, name: str | None = None) -> None:
+        super().__init__(name=name)
+
+
+class Hardswish(Layer):
+    """x * relu6(x + 3) / 6, element-wise; any shape."""
+
+    def __init__(self, *, name: str | None = None) -> None:
+        super().__init__(name=name)
+
+
+class Identity(Layer):
+    """y = x, any shape (a view: no copy, no memory)."""
+
+    def __init__(self, *, name: str | None = None) -> None:
+        super().__init__(name=name)
+
+
+class Softmax(Layer):
+    """exp(x) / sum(exp(x)) along ``dim`` (max-subtracted, stable); x (N, C) or (N, C, H, W),
+    y the same shape."""
+
+    def __init__(self, dim: int = 1, *, name: str | None = None) -> None:
+        super().__init__(dim=dim, name=name)
+
+
+def _adaptive_size(output_size: Any) -> Any:
+    """PyTorch's None entries ("keep the input's size") are stored as 0."""
+    if isinstance(output_size, (tuple, list)):
+        return tuple(0 if v is None else v for v in output_size)
+    return output_size
+
+
+class AdaptiveAvgPool2d(Layer):
+    """Average over PyTorch's adaptive bins: x (N, C, H, W) -> y (N, C, P, Q) with
+    (P, Q) = output_size (an int or a pair; None or 0 in a pair keeps that input size).
+    Bin i covers rows [floor(i*H/P), ceil((i+1)*H/P)), columns alike."""
+
+    def __init__(self, output_size: int | tuple[int | None, int | None], *,
+                 name: str | None = None) -> None:
+        super().__init__(output_size=_adaptive_size(output_size), name=name)
+
+
+class AdaptiveMaxPool2d(Layer):
+    """Maximum over PyTorch's adaptive bins: x (N, C, H, W) -> y (N, C, P, Q) with
+    (P, Q) = output_size (an int or a pair; None or 0 in a pair keeps that input size)."""
+
+    def __init__(self, output_size: int | tuple[int | None, int | None], *,
+                 name: str | None = None) -> None:
+        super().__init__(output_size=_adaptive_size(output_size), name=name)
+
+
+class Dropout2d(Layer):
+    """Zeroes whole channels of x (N, C, H, W) with probability p while training and scales
+    the rest by 1/(1-p); one counter-based draw per (n, c), so the same seed gives the same mask."""
+
+    def __init__(self, p: float = 0.5, *, name: str | None = None) -> None:
+        super().__init__(p=p, name=name)
+
+
+class BatchNorm1d(Layer):
+    """Per-feature batch normalisation of (N, C) or (N, C, L) with running statistics
+    (PyTorch)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, *,
+                 name: str | None = None) -> None:
+        super().__init__(num_features=num_features, eps=eps, momentum=momentum, affine=affine,
+                         track_running_stats=track_running_stats, name=name)
+
+
+class Upsample(Layer):
+    """Nearest-neighbour upsampling: x (N, C, H, W) -> y (N, C, P, Q) with (P, Q) = size, or
+    (floor(H * scale_factor), floor(W * scale_factor)); give exactly one. Output row p reads
+    input row min(floor(p * s), H - 1), s = 1/scale_factor (or H/P), as PyTorch's "nearest"."""
+
+    def __init__(self, size: int | tuple[int, int] | None = None,
+                 scale_factor: float | None = None, mode: str = "nearest", *,
+                 name: str | None = None) -> None:
+        super().__init__(size=size, scale_factor=scale_factor, mode=mode, name=name)
+
+
 LAYER_TYPES: dict[str, type[Layer]] = {
     cls.__name__: cls
     for cls in (
@@ -216,6 +335,18 @@ LAYER_TYPES: dict[str, type[Layer]] = {
         Flatten,
         Dropout,
         BatchNorm2d,
+        ELU,
+        SiLU,
+        GELU,
+        ReLU6,
+        Hardswish,
+        Identity,
+        Softmax,
+        AdaptiveAvgPool2d,
+        AdaptiveMaxPool2d,
+        Dropout2d,
+        BatchNorm1d,
+        Upsample,
     )
 }
 

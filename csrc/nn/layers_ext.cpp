@@ -1,0 +1,420 @@
+// Layers of the PyTorch zoo beyond the first eleven: the activations ELU, SiLU, GELU, ReLU6,
+// Hardswish (the activation kernel family), Identity, Softmax, AdaptiveAvgPool2d,
+// AdaptiveMaxPool2d, Dropout2d, BatchNorm1d (the BatchNorm kernels over (N, C, L)) and
+// Upsample (nearest). Each is a class plus its schema; docs/architecture.md says how to add one.
+#include <cmath>
+#include <limits>
+
+#include "nn/layer.h"
+#include "nn/schema.h"
+#include "ops/ops.h"
+
+namespace cnnkit {
+namespace nn {
+
+namespace {
+
+// ---- element-wise activations -----------------------------------------------------------------
+
+class ElementwiseAct : public Layer {
+  public:
+    ElementwiseAct(cpu::Act act, float alpha, std::string config)
+        : act_(act), alpha_(alpha), config_(std::move(config)) {}
+    std::string config() const override { return config_; }
+
+  protected:
+    Shape output_shape_impl(const Shape& in) const override {
+        if (in.empty()) shape_error("(N, ...)", in);
+        return in;
+    }
+    void forward_impl(const Tensor& x, Tensor& y, bool, const Workspace&) override {
+        ops::activation_forward(y, x, act_, alpha_);
+    }
+    void backward_impl(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor* dx,
+                       const Workspace&) override {
+        if (dx) ops::activation_backward(*dx, dy, x, y, act_, alpha_);
+    }
+
+  private:
+    cpu::Act act_;
+    float alpha_;
+    std::string config_;
+};
+
+LayerSchema plain_act(const char* type, cpu::Act act) {
+    LayerSchema s(type);
+    s.make = [act](const Args&) { return std::make_shared<ElementwiseAct>(act, 0.f, ""); };
+    return s;
+}
+
+// ---- Identity ---------------------------------------------------------------------------------
+
+class Identity : public Layer {
+  public:
+    bool is_view() const override { return true; }
+
+  protected:
+    Shape output_shape_impl(const Shape& in) const override {
+        if (in.empty()) shape_error("(N, ...)", in);
+        return in;
+    }
+    void forward_impl(const Tensor& x, Tensor& y, bool, const Workspace&) override {
+        if (y.data() != x.data()) y.copy_from(x);
+    }
+    void backward_impl(const Tensor&, const Tensor&, const Tensor& dy, Tensor* dx,
+                       const Workspace&) override {
+        if (dx && dx->data() != dy.data()) dx->copy_from(dy);
+    }
+};
+
+// ---- Softmax ----------------------------------------------------------------------------------
+
+class Softmax : public Layer {
+  public:
+    explicit Softmax(const Args& a) : dim_(arg_int(a, "dim")) {}
+    std::string config() const override { return str_cat("dim=", dim_); }
+
+  protected:
+    int64_t axis(const Shape& in) const {
+        const int64_t r = static_cast<int64_t>(in.size());
+        if (r < 1 || dim_ < -r || dim_ >= r)
+            throw ValueError(str_cat(label(), ": dim ", dim_, " is out of range for input of shape ",
+                                     shape_str(in), " (", r, " dimensions)"));
+        return dim_ < 0 ? dim_ + r : dim_;
+    }
+    Shape output_shape_impl(const Shape& in) const override {
+        if (in.size() < 2) shape_error("(N, C, ...)", in);
+        axis(in);
+        return in;
+    }
+    void forward_impl(const Tensor& x, Tensor& y, bool, const Workspace&) override {
+        ops::softmax_forward(y, x, axis(x.shape()));
+    }
+    void backward_impl(const Tensor&, const Tensor& y, const Tensor& dy, Tensor* dx,
+                       const Workspace&) override {
+        if (dx) ops::softmax_backward(*dx, dy, y, axis(y.shape()));
+    }
+
+  private:
+    int64_t dim_;
+};
+
+// ---- adaptive pooling -------------------------------------------------------------------------
+
+class AdaptivePool2d : public Layer {
+  public:
+    AdaptivePool2d(bool is_max, const Args& a)
+        : max_(is_max), oh_(arg_pair(a, "output_size").first),
+          ow_(arg_pair(a, "output_size").second) {}
+    std::string config() const override {
+        auto v = [](int64_t o) { return o == 0 ? std::string("None") : std::to_string(o); };
+        return str_cat("output_size=(", v(oh_), ", ", v(ow_), ")");
+    }
+
+  protected:
+    Shape output_shape_impl(const Shape& in) const override {
+        if (in.size() != 4) shape_error("(N, C, H, W)", in);
+        if (in[2] < 1 || in[3] < 1)
+            throw ValueError(str_cat(label(), ": input spatial size (", in[2], ", ", in[3],
+                                     ") must be at least 1, got input ", shape_str(in)));
+        // argmax indices are int32 (as MaxPool2d's); the bin-edge products i*H fit in int64
+        if (max_ && mul_size(in[2], in[3], label()) > std::numeric_limits<int32_t>::max())
+            throw ValueError(str_cat(label(), ": input plane ", in[2], " x ", in[3],
+                                     " has more than 2^31 - 1 elements"));
+        const int64_t P = oh_ == 0 ? in[2] : oh_, Q = ow_ == 0 ? in[3] : ow_;
+        mul_size(P, in[2], label());
+        mul_size(Q, in[3], label());
+        Shape out{in[0], in[1], P, Q};
+        checked_numel(out, str_cat(label(), ": output"));
+        return out;
+    }
+    void forward_impl(const Tensor& x, Tensor& y, bool, const Workspace&) override {
+        if (max_) {
+            if (!argmax_.defined() || argmax_.capacity() < y.numel() ||
+                argmax_.device() != x.device())
+                argmax_ = Tensor({y.numel()}, x.device());
+            ops::adaptive_maxpool2d_forward(y, argmax_ptr(), x);
+        } else {
+            ops::adaptive_avgpool2d_forward(y, x);
+        }
+    }
+    void backward_impl(const Tensor&, const Tensor&, const Tensor& dy, Tensor* dx,
+                       const Workspace&) override {
+        if (!dx) return;
+        if (max_)
+            ops::adaptive_maxpool2d_backward(*dx, dy, argmax_ptr());
+        else
+            ops::adaptive_avgpool2d_backward(*dx, dy);
+    }
+
+  private:
+    bool max_;
+    int64_t oh_, ow_;  // 0: the input's size (PyTorch's None)
+    int32_t* argmax_ptr() const { return reinterpret_cast<int32_t*>(argmax_.data()); }
+    Tensor argmax_;  // int32 indices in float32 storage, kept for backward
+};
+
+// ---- Dropout2d --------------------------------------------------------------------------------
+
+class Dropout2d : public Layer {
+  public:
+    explicit Dropout2d(const Args& a) : p_(static_cast<float>(arg_float(a, "p"))) {}
+    std::string config() const override { return str_cat("p=", p_); }
+
+  protected:
+    Shape output_shape_impl(const Shape& in) const override {
+        if (in.size() != 4) shape_error("(N, C, H, W)", in);
+        return in;
+    }
+    void forward_impl(const Tensor& x, Tensor& y, bool training, const Workspace&) override {
+        if (!training || p_ == 0.f) {
+            if (y.data() != x.data()) y.copy_from(x);
+            return;
+        }
+        const int64_t NC = x.size(0) * x.size(1);
+        if (!mask_.defined() || mask_.capacity() < NC || mask_.device() != x.device())
+            mask_ = Tensor({NC}, x.device());
+        Tensor m = mask_.view({NC});
+        ops::dropout2d_forward(y, m, x, p_, rng_seed_, rng_stream_);
+    }
+    void backward_impl(const Tensor& x, const Tensor&, const Tensor& dy, Tensor* dx,
+                       const Workspace&) override {
+        if (!dx) return;
+        if (!last_training_ || p_ == 0.f) {
+            if (dx->data() != dy.data()) dx->copy_from(dy);
+            return;
+        }
+        ops::dropout2d_backward(*dx, dy, mask_.view({x.size(0) * x.size(1)}));
+    }
+
+  private:
+    float p_;
+    Tensor mask_;  // (N*C): 0 or 1/(1-p) per channel
+};
+
+// ---- BatchNorm1d ------------------------------------------------------------------------------
+
+// The BatchNorm2d kernels over (N, C, L) (L = 1 for (N, C)): the ops take the spatial extent
+// as the product of the dimensions after C.
+class BatchNorm1d : public Layer {
+  public:
+    explicit BatchNorm1d(const Args& a)
+        : C_(arg_int(a, "num_features")), eps_(static_cast<float>(arg_float(a, "eps"))),
+          momentum_(static_cast<float>(arg_float(a, "momentum"))), affine_(arg_bool(a, "affine")),
+          track_(arg_bool(a, "track_running_stats")), save_mean_({C_}), save_invstd_({C_}) {}
+    std::string config() const override {
+        return str_cat(C_, ", eps=", eps_, ", momentum=", momentum_,
+                       affine_ ? "" : ", affine=False");
+    }
+
+  protected:
+    Shape output_shape_impl(const Shape& in) const override {
+        if ((in.size() != 2 && in.size() != 3) || in[1] != C_)
+            shape_error(str_cat("(N, ", C_, ") or (N, ", C_, ", L)"), in);
+        return in;
+    }
+    void forward_impl(const Tensor& x, Tensor& y, bool training, const Workspace&) override {
+        const Tensor* gamma = affine_ ? &params_[0] : nullptr;
+        const Tensor* beta = affine_ ? &params_[1] : nullptr;
+        if (save_mean_.device() != x.device()) {
+            save_mean_ = Tensor({C_}, x.device());
+            save_invstd_ = Tensor({C_}, x.device());
+        }
+        if (training || !track_) {
+            const int64_t per_channel = x.numel() / C_;
+            CNN_CHECK_ARG(per_channel > 1, label(),
+                          ": expected more than 1 value per channel when training, got input ",
+                          shape_str(x.shape()));
+            ops::batchnorm_forward_train(y, save_mean_, save_invstd_,
+                                         track_ && training ? &buffers_[0] : nullptr,
+                                         track_ && training ? &buffers_[1] : nullptr, x, gamma,
+                                         beta, momentum_, eps_);
+            batch_stats_ = true;
+        } else {
+            ops::batchnorm_forward_eval(y, x, gamma, beta, buffers_[0], buffers_[1], eps_);
+            batch_stats_ = false;
+        }
+    }
+    void backward_impl(const Tensor& x, const Tensor&, const Tensor& dy, Tensor* dx,
+                       const Workspace&) override {
+        CNN_CHECK_ARG(batch_stats_, label(),
+                      ": backward after an eval-mode forward is not supported; call forward "
+                      "with training=True first");
+        ops::batchnorm_backward(dx, affine_ ? &grads_[0] : nullptr,
+                                affine_ ? &grads_[1] : nullptr, dy, x, save_mean_, save_invstd_,
+                                affine_ ? &params_[0] : nullptr);
+    }
+
+  private:
+    int64_t C_;
+    float eps_, momentum_;
+    bool affine_, track_;
+    Tensor save_mean_, save_invstd_;
+    bool batch_stats_ = false;
+};
+
+// ---- Upsample ---------------------------------------------------------------------------------
+
+class Upsample : public Layer {
+  public:
+    explicit Upsample(const Args& a) {
+        const Arg& size = a.at("size");
+        if (!size.none) {
+            oh_ = size.i[0];
+            ow_ = size.i[1];
+        } else {
+            scale_ = arg_float(a, "scale_factor");
+        }
+    }
+    std::string config() const override {
+        return oh_ > 0 ? str_cat("size=(", oh_, ", ", ow_, ")")
+                       : str_cat("scale_factor=", scale_, ", mode='nearest'");
+    }
+
+  protected:
+    // Output extent along an axis of `in` (PyTorch: floor(in * scale_factor)).
+    int64_t out_size(int64_t in, int64_t fixed) const {
+        if (fixed > 0) return fixed;
+        const double o = std::floor(static_cast<double>(in) * scale_);
+        if (!(o < 4.0e18))
+            throw ValueError(str_cat(label(), ": output size ", in, " x ", scale_,
+                                     " does not fit in a 64-bit size"));
+        return static_cast<int64_t>(o);
+    }
+    // float(1/scale_factor) given a scale, else in/out (PyTorch's nearest).
+    float src_scale(int64_t in, int64_t out) const {
+        return oh_ > 0 ? static_cast<float>(in) / static_cast<float>(out)
+                       : static_cast<float>(1.0 / scale_);
+    }
+    Shape output_shape_impl(const Shape& in) const override {
+        if (in.size() != 4) shape_error("(N, C, H, W)", in);
+        const int64_t P = out_size(in[2], oh_), Q = out_size(in[3], ow_);
+        if (P < 1 || Q < 1 || in[2] < 1 || in[3] < 1)
+            throw ValueError(str_cat(label(), ": input ", shape_str(in), " gives an empty output (",
+                                     P, ", ", Q, ")"));
+        Shape out{in[0], in[1], P, Q};
+        checked_numel(out, str_cat(label(), ": output"));
+        return out;
+    }
+    void forward_impl(const Tensor& x, Tensor& y, bool, const Workspace&) override {
+        ops::upsample_nearest2d_forward(y, x, src_scale(x.size(2), y.size(2)),
+                                        src_scale(x.size(3), y.size(3)));
+    }
+    void backward_impl(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor* dx,
+                       const Workspace&) override {
+        if (dx)
+            ops::upsample_nearest2d_backward(*dx, dy, src_scale(x.size(2), y.size(2)),
+                                             src_scale(x.size(3), y.size(3)));
+    }
+
+  private:
+    int64_t oh_ = 0, ow_ = 0;  // size, when given
+    double scale_ = 0;         // scale_factor, otherwise
+};
+
+std::vector<ParamSpec> batchnorm_params(const Args& a) {
+    const int64_t C = arg_int(a, "num_features");
+    if (!arg_bool(a, "affine")) return {};
+    return {{"weight", {C}, Init::Ones, 0}, {"bias", {C}, Init::Zeros, 0}};
+}
+
+std::vector<ParamSpec> batchnorm_buffers(const Args& a) {
+    const int64_t C = arg_int(a, "num_features");
+    if (!arg_bool(a, "track_running_stats")) return {};
+    return {{"running_mean", {C}, Init::Zeros, 0}, {"running_var", {C}, Init::Ones, 0}};
+}
+
+}  // namespace
+
+// ---- schemas ----------------------------------------------------------------------------------
+
+LayerSchema schema_ELU() {
+    LayerSchema s("ELU");
+    s.args = {float_arg("alpha", 1.0, -3.4e38, 3.4e38)};
+    s.make = [](const Args& a) {
+        const float alpha = static_cast<float>(arg_float(a, "alpha"));
+        return std::make_shared<ElementwiseAct>(cpu::Act::ELU, alpha, str_cat("alpha=", alpha));
+    };
+    return s;
+}
+
+LayerSchema schema_SiLU() { return plain_act("SiLU", cpu::Act::SiLU); }
+LayerSchema schema_ReLU6() { return plain_act("ReLU6", cpu::Act::ReLU6); }
+LayerSchema schema_Hardswish() { return plain_act("Hardswish", cpu::Act::Hardswish); }
+
+LayerSchema schema_GELU() {
+    LayerSchema s("GELU");
+    s.args = {choice_arg("approximate", "none", {"none", "tanh"})};
+    s.make = [](const Args& a) {
+        const bool tanh = arg_str(a, "approximate") == "tanh";
+        return std::make_shared<ElementwiseAct>(tanh ? cpu::Act::GELUTanh : cpu::Act::GELU, 0.f,
+                                                tanh ? "approximate='tanh'" : "");
+    };
+    return s;
+}
+
+LayerSchema schema_Identity() {
+    LayerSchema s("Identity");
+    s.make = [](const Args&) { return std::make_shared<Identity>(); };
+    return s;
+}
+
+LayerSchema schema_Softmax() {
+    LayerSchema s("Softmax");
+    s.args = {int_arg("dim", 1, -64, 63)};
+    s.make = [](const Args& a) { return std::make_shared<Softmax>(a); };
+    return s;
+}
+
+// output_size: an int or a pair; 0 in either entry (None in Python) keeps the input's size.
+LayerSchema schema_AdaptiveAvgPool2d() {
+    LayerSchema s("AdaptiveAvgPool2d");
+    s.args = {pair_req("output_size", 0)};
+    s.make = [](const Args& a) { return std::make_shared<AdaptivePool2d>(false, a); };
+    return s;
+}
+
+LayerSchema schema_AdaptiveMaxPool2d() {
+    LayerSchema s("AdaptiveMaxPool2d");
+    s.args = {pair_req("output_size", 0)};
+    s.make = [](const Args& a) { return std::make_shared<AdaptivePool2d>(true, a); };
+    return s;
+}
+
+LayerSchema schema_Dropout2d() {
+    LayerSchema s("Dropout2d");
+    s.args = {float_arg("p", 0.5, 0.0, 1.0, false, true)};
+    s.make = [](const Args& a) { return std::make_shared<Dropout2d>(a); };
+    return s;
+}
+
+LayerSchema schema_BatchNorm1d() {
+    LayerSchema s("BatchNorm1d");
+    s.args = {int_req("num_features", 1), float_arg("eps", 1e-5, 0.0, 3.4e38, true),
+              float_arg("momentum", 0.1, 0.0, 1.0), bool_arg("affine", true),
+              bool_arg("track_running_stats", true)};
+    s.params = batchnorm_params;
+    s.buffers = batchnorm_buffers;
+    s.make = [](const Args& a) { return std::make_shared<BatchNorm1d>(a); };
+    return s;
+}
+
+// Upsample(size=None, scale_factor=None, mode="nearest"): exactly one of size, scale_factor.
+LayerSchema schema_Upsample() {
+    LayerSchema s("Upsample");
+    ArgSpec size = pair_arg("size", 1, 1);
+    size.nullable = true;
+    ArgSpec scale = float_arg("scale_factor", 1.0, 0.0, 1.0e6, true);
+    scale.nullable = true;
+    s.args = {size, scale, choice_arg("mode", "nearest", {"nearest"})};
+    s.normalize = [](Args& a) {
+        const bool has_size = !a["size"].none, has_scale = !a["scale_factor"].none;
+        CNN_CHECK_ARG(has_size != has_scale, "Upsample: give exactly one of size and scale_factor",
+                      has_size ? " (both were given)" : " (neither was given)");
+    };
+    s.make = [](const Args& a) { return std::make_shared<Upsample>(a); };
+    return s;
+}
+
+}  // namespace nn
+}  // namespace cnnkit
