@@ -583,6 +583,8 @@ PYBIND11_MODULE(_core, m) {
         .def("config", &nn::Layer::config)
         .def("args", [](nn::Layer& l) { return args_to_py(l.schema(), l.args()); })
         .def("output_shape", &nn::Layer::output_shape)
+        .def("output_shape_n", &nn::Layer::output_shape_n)
+        .def_property_readonly("arity", &nn::Layer::arity)
         .def("reset_parameters", &nn::Layer::reset_parameters, py::arg("seed"))
         .def("param_names",
              [](nn::Layer& l) {
@@ -645,6 +647,11 @@ PYBIND11_MODULE(_core, m) {
     // ---- Net ------------------------------------------------------------------------------
     py::class_<nn::Net, std::shared_ptr<nn::Net>>(m, "Net")
         .def(py::init<std::vector<nn::LayerPtr>>(), py::arg("layers"))
+        .def(py::init<std::vector<nn::LayerPtr>, std::vector<std::vector<int64_t>>,
+                      std::vector<std::string>, int64_t>(),
+             py::arg("layers"), py::arg("inputs"), py::arg("names"), py::arg("output"))
+        .def_property_readonly("is_chain", &nn::Net::is_chain)
+        .def("activation_bytes", &nn::Net::activation_bytes)
         .def_property_readonly("num_params", &nn::Net::num_params)
         .def_property_readonly("device",
                                [](nn::Net& n) { return std::string(device_name(n.device())); })

@@ -108,6 +108,13 @@ void batchnorm_backward(float* dx, float* dgamma, float* dbeta, const float* dy,
                         const float* save_mean, const float* save_invstd, const float* gamma,
                         int64_t N, int64_t C, int64_t HW);
 
+// ---- merging activations (merge.*): graph nodes Add and Concat ------------------------------
+// y (n) += x (n).
+void add_into(float* y, const float* x, int64_t n);
+// dst[o * dst_stride + j] = src[o * src_stride + j] for o < outer, j < len.
+void copy_blocks(float* dst, const float* src, int64_t outer, int64_t len, int64_t dst_stride,
+                 int64_t src_stride);
+
 // ---- dropout ----------------------------------------------------------------------------
 // mask[i] = 1/(1-p) when kept else 0, from philox(seed, stream, i); y = x * mask.
 void dropout_forward(float* y, float* mask, const float* x, int64_t n, float p, uint64_t seed,

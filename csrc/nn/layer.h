@@ -65,6 +65,18 @@ class Layer {
     void set_schema(const LayerSchema* schema, const Args& args);
     const LayerSchema& schema() const;
     const Args& args() const { return args_; }
+    // Graph nodes with several inputs (Add, Concat): arity() is 1 for ordinary layers, 0 for
+    // "two or more". The _n forms take every input; for one-input layers they are forward,
+    // backward and output_shape.
+    virtual int arity() const { return 1; }
+    Shape output_shape_n(const std::vector<Shape>& in) const;
+    void forward_n(const std::vector<Tensor>& xs, Tensor& y, bool training, const Workspace& ws);
+    // dxs[k] null: that input needs no gradient.
+    void backward_n(const std::vector<Tensor>& xs, const Tensor& y, const Tensor& dy,
+                    const std::vector<Tensor*>& dxs, const Workspace& ws);
+    // Name used in error messages instead of "layer i" (a graph node's dotted path).
+    void set_name(const std::string& name) { name_ = name; }
+
     // Parameters (trainable) and buffers (running statistics), in state_dict order: the
     // schema's shapes for this layer's arguments.
     std::vector<ParamSpec> param_specs() const;
@@ -89,6 +101,11 @@ class Layer {
     virtual void forward_impl(const Tensor& x, Tensor& y, bool training, const Workspace& ws) = 0;
     virtual void backward_impl(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor* dx,
                                const Workspace& ws) = 0;
+    virtual Shape output_shape_n_impl(const std::vector<Shape>& in) const;
+    virtual void forward_n_impl(const std::vector<Tensor>& xs, Tensor& y, bool training,
+                                const Workspace& ws);
+    virtual void backward_n_impl(const std::vector<Tensor>& xs, const Tensor& y, const Tensor& dy,
+                                 const std::vector<Tensor*>& dxs, const Workspace& ws);
     // Default: forward_impl then a separate ReLU pass over y.
     virtual void forward_relu_impl(const Tensor& x, Tensor& y, bool training,
                                    const Workspace& ws);
@@ -104,6 +121,7 @@ class Layer {
     const LayerSchema* schema_ = nullptr;
     Args args_;
     int64_t index_ = -1;
+    std::string name_;
     uint64_t rng_seed_ = 0, rng_stream_ = 0;
     bool last_training_ = false;
 };

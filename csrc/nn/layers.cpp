@@ -35,7 +35,49 @@ std::vector<ParamSpec> Layer::buffer_specs() const {
 }
 
 std::string Layer::label() const {
+    if (!name_.empty()) return str_cat(type(), " (", name_, ")");
     return index_ >= 0 ? str_cat(type(), " (layer ", index_, ")") : type();
+}
+
+Shape Layer::output_shape_n(const std::vector<Shape>& in) const {
+    if (arity() == 1) {
+        CNN_CHECK_ARG(in.size() == 1, label(), ": takes one input, got ", in.size());
+        return output_shape(in[0]);
+    }
+    CNN_CHECK_ARG(in.size() >= 2, label(), ": takes a list of two or more inputs, got ", in.size());
+    return output_shape_n_impl(in);
+}
+
+Shape Layer::output_shape_n_impl(const std::vector<Shape>& in) const { return output_shape(in[0]); }
+
+void Layer::forward_n(const std::vector<Tensor>& xs, Tensor& y, bool training,
+                      const Workspace& ws) {
+    if (arity() == 1) return forward(xs.at(0), y, training, ws);
+    std::vector<Shape> shapes;
+    for (const Tensor& x : xs) shapes.push_back(x.shape());
+    CNN_CHECK(y.shape() == output_shape_n(shapes), label(), ": output buffer ",
+              shape_str(y.shape()));
+    last_training_ = training;
+    forward_n_impl(xs, y, training, ws);
+}
+
+void Layer::forward_n_impl(const std::vector<Tensor>& xs, Tensor& y, bool training,
+                           const Workspace& ws) {
+    forward_impl(xs[0], y, training, ws);
+}
+
+void Layer::backward_n(const std::vector<Tensor>& xs, const Tensor& y, const Tensor& dy,
+                       const std::vector<Tensor*>& dxs, const Workspace& ws) {
+    if (arity() == 1) return backward(xs.at(0), y, dy, dxs.at(0), ws);
+    CNN_CHECK_ARG(dy.shape() == y.shape(), label(), ": gradient of shape ", shape_str(dy.shape()),
+                  " does not match the output shape ", shape_str(y.shape()));
+    CNN_CHECK(dxs.size() == xs.size(), label(), ": one gradient per input");
+    backward_n_impl(xs, y, dy, dxs, ws);
+}
+
+void Layer::backward_n_impl(const std::vector<Tensor>& xs, const Tensor& y, const Tensor& dy,
+                            const std::vector<Tensor*>& dxs, const Workspace& ws) {
+    backward_impl(xs[0], y, dy, dxs[0], ws);
 }
 
 void Layer::shape_error(const std::string& expected, const Shape& got) const {

@@ -19,23 +19,79 @@ int64_t round_up(int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 // ---- construction ---------------------------------------------------------------------------
 
 Net::Net(std::vector<LayerPtr> layers) : layers_(std::move(layers)) {
+    for (size_t i = 0; i < layers_.size(); ++i) inputs_.push_back({static_cast<int64_t>(i)});
+    init({});
+}
+
+Net::Net(std::vector<LayerPtr> layers, std::vector<std::vector<int64_t>> inputs,
+         std::vector<std::string> names, int64_t output)
+    : layers_(std::move(layers)), inputs_(std::move(inputs)) {
+    const int64_t L = static_cast<int64_t>(layers_.size());
+    CNN_CHECK_ARG(static_cast<int64_t>(inputs_.size()) == L && (names.empty() ||
+                  static_cast<int64_t>(names.size()) == L),
+                  "Model: one input list (and one name) per node");
+    CNN_CHECK_ARG(L > 0 && output == L, "Model: the output must be the last node's value");
+    std::vector<int64_t> uses(L + 1, 0);
+    for (int64_t i = 0; i < L; ++i) {
+        CNN_CHECK_ARG(layers_[i] != nullptr, "Model: node ", i, " is None");
+        const auto& in = inputs_[i];
+        const int ar = layers_[i]->arity();
+        CNN_CHECK_ARG(ar == 1 ? in.size() == 1 : in.size() >= 2, layers_[i]->type(), " (node ", i,
+                      "): takes ", ar == 1 ? "one input" : "two or more inputs", ", got ",
+                      in.size());
+        for (int64_t v : in) {
+            CNN_CHECK_ARG(v >= 0 && v <= i, "Model: node ", i, " reads value ", v,
+                          ", which is not computed before it");
+            ++uses[v];
+        }
+    }
+    for (int64_t v = 0; v < L; ++v)
+        CNN_CHECK_ARG(uses[v] > 0, "Model: ", v == 0 ? std::string("the input") :
+                      str_cat("the output of node ", v - 1), " is never used");
+    init(std::move(names));
+}
+
+void Net::init(std::vector<std::string> names) {
+    const size_t L = layers_.size();
+    output_ = static_cast<int64_t>(L);
+    chain_ = true;
+    for (size_t i = 0; i < L; ++i)
+        chain_ = chain_ && inputs_[i].size() == 1 && inputs_[i][0] == static_cast<int64_t>(i);
     int64_t np = 0, nb = 0;
-    for (size_t i = 0; i < layers_.size(); ++i) {
+    for (size_t i = 0; i < L; ++i) {
         CNN_CHECK_ARG(layers_[i] != nullptr, "Sequential: layer ", i, " is None");
-        layers_[i]->set_index(static_cast<int64_t>(i));
+        const std::string prefix = names.empty() || names[i].empty() ? std::to_string(i) : names[i];
+        if (names.empty())
+            layers_[i]->set_index(static_cast<int64_t>(i));
+        else
+            layers_[i]->set_name(prefix);
         for (const ParamSpec& s : layers_[i]->param_specs()) {
-            param_index_.push_back({str_cat(i, ".", s.name), {np, s.shape}});
+            param_index_.push_back({str_cat(prefix, ".", s.name), {np, s.shape}});
             num_params_ = add_size(num_params_, shape_numel(s.shape), "Sequential: parameters");
             np = add_size(np, round_up(shape_numel(s.shape)), "Sequential: parameters");
         }
         for (const ParamSpec& s : layers_[i]->buffer_specs()) {
-            buffer_index_.push_back({str_cat(i, ".", s.name), {nb, s.shape}});
+            buffer_index_.push_back({str_cat(prefix, ".", s.name), {nb, s.shape}});
             nb = add_size(nb, round_up(shape_numel(s.shape)), "Sequential: buffers");
         }
     }
-    relu_fused_.assign(layers_.size(), 0);
-    for (size_t i = 0; i + 1 < layers_.size(); ++i)
-        relu_fused_[i] = layers_[i]->fuses_relu() && layers_[i + 1]->type() == "ReLU";
+    // relu_fused_[i]: node i runs the ReLU that alone reads its output (chains: node i + 1)
+    relu_fused_.assign(L, 0);
+    fused_relu_.assign(L, -1);
+    std::vector<int64_t> consumers(L + 1, 0), only(L + 1, -1);
+    for (size_t j = 0; j < L; ++j)
+        for (int64_t v : inputs_[j]) {
+            ++consumers[v];
+            only[v] = static_cast<int64_t>(j);
+        }
+    for (size_t i = 0; i < L; ++i) {
+        const int64_t v = static_cast<int64_t>(i) + 1, j = only[v];
+        if (v == output_ || consumers[v] != 1 || !layers_[i]->fuses_relu()) continue;
+        if (layers_[j]->type() != "ReLU" || inputs_[j].size() != 1) continue;
+        if (chain_ && j != static_cast<int64_t>(i) + 1) continue;
+        relu_fused_[i] = 1;
+        fused_relu_[i] = j;
+    }
     params_ = Tensor::zeros({np});
     grads_ = Tensor::zeros({np});
     buffers_ = Tensor::zeros({nb});
@@ -77,6 +133,10 @@ void Net::to(Device device) {
     }
     arena_n_ = 0;  // re-allocate activations on the new device
     act_store_.clear();
+    pool_.clear();
+    grad_pool_.clear();
+    scratch_ = Tensor();
+    arena_sample_.clear();
     have_forward_ = false;
     if (opt_) {
         for (Tensor& s : opt_->state()) s = s.to(device);
@@ -109,8 +169,15 @@ std::vector<Shape> Net::shapes(const Shape& in) const {
     CNN_CHECK_ARG(!in.empty() && in[0] > 0, "Sequential: expected a non-empty batch, got input ",
                   shape_str(in));
     checked_numel(in, "Sequential: input");
-    for (const auto& l : layers_) {
-        s.push_back(l->output_shape(s.back()));
+    for (size_t i = 0; i < layers_.size(); ++i) {
+        const auto& l = layers_[i];
+        if (inputs_[i].size() == 1) {
+            s.push_back(l->output_shape(s[inputs_[i][0]]));
+        } else {
+            std::vector<Shape> ins;
+            for (int64_t v : inputs_[i]) ins.push_back(s[v]);
+            s.push_back(l->output_shape_n(ins));
+        }
         checked_bytes(checked_numel(s.back(), str_cat(l->label(), ": output")), sizeof(float),
                       str_cat(l->label(), ": output of shape ", shape_str(s.back())));
     }
@@ -155,6 +222,7 @@ void Net::ensure_arena(const std::vector<Shape>& shapes) {
 // ---- forward / backward ---------------------------------------------------------------------
 
 Tensor Net::forward(const Tensor& x, bool training) {
+    if (!chain_) return forward_graph(x, training);
     std::vector<Shape> s = shapes(x.shape());
     ensure_arena(s);
     acts_[0].copy_from(x);
@@ -175,6 +243,7 @@ Tensor Net::forward(const Tensor& x, bool training) {
 }
 
 Tensor Net::backward(const Tensor& dy, bool need_dx) {
+    if (!chain_) return backward_graph(dy, need_dx);
     CNN_CHECK_ARG(have_forward_, "Sequential.backward: call forward first");
     CNN_CHECK_ARG(dy.shape() == act_shapes_.back(), "Sequential.backward: expected a gradient of ",
                   "shape ", shape_str(act_shapes_.back()), " (the last output), got ",

@@ -21,9 +21,20 @@ struct StepResult {
     int64_t correct = 0;  // cross-entropy only
 };
 
+// A model: layers as the nodes of a DAG in topological order. Value 0 is the input, node i
+// computes value i + 1 from the values inputs[i] (ids <= i); value `output` is the result.
+// Sequential is the chain inputs[i] = {i}, run by the chain code (ping-pong gradients); any
+// other graph by the graph code (net_graph.cpp). Parameter names are "<names[i]>.<param>".
 class Net {
   public:
     explicit Net(std::vector<LayerPtr> layers);
+    Net(std::vector<LayerPtr> layers, std::vector<std::vector<int64_t>> inputs,
+        std::vector<std::string> names, int64_t output);
+    bool is_chain() const { return chain_; }
+    const std::vector<std::vector<int64_t>>& node_inputs() const { return inputs_; }
+    // Bytes of activation storage the last forward's plan uses (graphs: planned from
+    // liveness in eval mode; every value kept when training, for backward).
+    int64_t activation_bytes() const { return act_bytes_; }
 
     const std::vector<LayerPtr>& layers() const { return layers_; }
     Device device() const { return params_.device(); }
@@ -73,7 +84,13 @@ class Net {
     std::mutex& mutex() { return mu_; }
 
   private:
+    void init(std::vector<std::string> names);
+    void bind_storage();
     void ensure_arena(const std::vector<Shape>& shapes);
+    // the graph forms (net_graph.cpp)
+    void plan_graph(const std::vector<Shape>& shapes, bool training);
+    Tensor forward_graph(const Tensor& x, bool training);
+    Tensor backward_graph(const Tensor& dy, bool need_dx);
     double loss_forward_backward(const Tensor& out, const int64_t* labels, const Tensor* target,
                                  Tensor* dout, int64_t* correct);
 
@@ -81,6 +98,7 @@ class Net {
     // relu_fused_[i]: layer i+1 is a ReLU computed inside layer i's forward (its output
     // aliases layer i's output); see Layer::forward_relu.
     std::vector<char> relu_fused_;
+    std::vector<int64_t> fused_relu_;  // node -> the ReLU node it runs, or -1
     bool aliases_input(size_t layer) const {
         return layers_[layer]->is_view() || (layer > 0 && relu_fused_[layer - 1]);
     }
@@ -97,6 +115,19 @@ class Net {
     Tensor ws_store_;
     Tensor backup_;  // parameters before the last update (to refuse an overflowing step)
     bool have_forward_ = false, last_training_ = false;
+
+    // graph structure and its storage plan (unused for chains)
+    std::vector<std::vector<int64_t>> inputs_;
+    int64_t output_ = 0;
+    bool chain_ = true;
+    std::vector<int64_t> root_;    // value -> the value whose storage it uses (views, fused ReLU)
+    std::vector<char> skip_;       // node computed by another (fused ReLU) or a view
+    std::vector<int64_t> buf_of_;  // value (root) -> pool buffer
+    std::vector<Tensor> pool_, grad_pool_;
+    std::vector<Tensor> gvals_;    // gradient of each value (backward_graph)
+    Tensor scratch_;
+    bool plan_training_ = false;
+    int64_t act_bytes_ = 0;
 
     LossKind loss_ = LossKind::None;
     std::shared_ptr<Optimizer> opt_;

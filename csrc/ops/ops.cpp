@@ -209,6 +209,49 @@ void batchnorm_backward(Tensor* dx, Tensor* dgamma, Tensor* dbeta, const Tensor&
     }
 }
 
+void add_into(Tensor& y, const Tensor& x) {
+    CNN_CHECK(y.numel() == x.numel(), "add_into: ", shape_str(y.shape()), " += ",
+              shape_str(x.shape()));
+    if (common_device("add_into", {&y, &x}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::add_into(y.data(), x.data(), y.numel()));
+    } else {
+        cpu::add_into(y.data(), x.data(), y.numel());
+    }
+}
+
+namespace {
+// (outer, this tensor's extent along dim, inner) of x and the extent along dim of the whole
+int64_t prod(const Shape& s, size_t a, size_t b) {
+    int64_t p = 1;
+    for (size_t i = a; i < b; ++i) p *= s[i];
+    return p;
+}
+void concat_copy(Tensor& dst, const Tensor& src, const Tensor& part, const Tensor& whole,
+                 int64_t dim, int64_t offset, bool forward) {
+    const Shape& ps = part.shape();
+    const Shape& ws = whole.shape();
+    const size_t d = static_cast<size_t>(dim);
+    const int64_t outer = prod(ps, 0, d), inner = prod(ps, d + 1, ps.size());
+    const int64_t len = ps[d] * inner, wlen = ws[d] * inner, off = offset * inner;
+    float* out = dst.data() + (forward ? off : 0);
+    const float* in = src.data() + (forward ? 0 : off);
+    const int64_t dst_stride = forward ? wlen : len, src_stride = forward ? len : wlen;
+    if (common_device("concat", {&dst, &src}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::copy_blocks(out, in, outer, len, dst_stride, src_stride));
+    } else {
+        cpu::copy_blocks(out, in, outer, len, dst_stride, src_stride);
+    }
+}
+}  // namespace
+
+void concat_forward(Tensor& y, const Tensor& x, int64_t dim, int64_t offset) {
+    concat_copy(y, x, x, y, dim, offset, true);
+}
+
+void concat_backward(Tensor& dx, const Tensor& dy, int64_t dim, int64_t offset) {
+    concat_copy(dx, dy, dx, dy, dim, offset, false);
+}
+
 void dropout_forward(Tensor& y, Tensor& mask, const Tensor& x, float p, uint64_t seed,
                      uint64_t stream) {
     if (common_device("dropout_forward", {&y, &mask, &x}) == Device::CUDA) {

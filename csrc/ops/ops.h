@@ -45,6 +45,13 @@ void batchnorm_backward(Tensor* dx, Tensor* dgamma, Tensor* dbeta, const Tensor&
                         const Tensor& x, const Tensor& save_mean, const Tensor& save_invstd,
                         const Tensor* gamma);
 
+// y += x (same numel, same device).
+void add_into(Tensor& y, const Tensor& x);
+// Concatenation along dim `dim` of NCHW-like tensors: x is one input, placed at `offset`
+// along that dim of y (forward), or its gradient slab taken from dy (backward).
+void concat_forward(Tensor& y, const Tensor& x, int64_t dim, int64_t offset);
+void concat_backward(Tensor& dx, const Tensor& dy, int64_t dim, int64_t offset);
+
 void dropout_forward(Tensor& y, Tensor& mask, const Tensor& x, float p, uint64_t seed,
                      uint64_t stream);
 void dropout_backward(Tensor& dx, const Tensor& dy, const Tensor& mask);

@@ -11,14 +11,17 @@ import sys as _sys
 
 from . import _core, callbacks, data, datasets, layers, losses, models, optim, serialization
 from ._seeding import manual_seed
+from .graph import GraphTensor, Input, Residual
 from .layers import (
     ELU,
     GELU,
     AdaptiveAvgPool2d,
     AdaptiveMaxPool2d,
+    Add,
     AvgPool2d,
     BatchNorm1d,
     BatchNorm2d,
+    Concat,
     Conv2d,
     Dropout,
     Dropout2d,
@@ -37,7 +40,7 @@ from .layers import (
     Tanh,
     Upsample,
 )
-from .model import Sequential
+from .model import Model, Sequential
 from .serialization import load, load_model, save
 from .trainer import History, Trainer
 
@@ -78,4 +81,5 @@ __all__ = [
     "Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Linear",
     "Flatten", "Dropout", "BatchNorm2d", "ELU", "SiLU", "GELU", "ReLU6", "Hardswish", "Identity",
     "Softmax", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Dropout2d", "BatchNorm1d", "Upsample",
+    "Add", "Concat", "Model", "Input", "GraphTensor", "Residual",
 ]  # fmt: skip

@@ -26,13 +26,24 @@ class ArchitectureError(ValueError):
 
 
 def layer_specs(arch: Any) -> list[dict[str, Any]]:
-    """[{type, config (complete, normalised), tensors: [(name, shape)]}] for a file's
-    architecture list; ArchitectureError naming the layer for anything the schema refuses."""
+    """[{type, config (complete, normalised), name, inputs, tensors: [(name, shape)]}] for a
+    file's architecture: a list of {type, config} (a stack: names "0", "1", ...) or a graph
+    {"nodes": [{type, config, name, inputs}]}; ArchitectureError naming the layer for
+    anything the schema refuses or a graph that is not a DAG ending in its last node."""
+    graph = isinstance(arch, dict)
+    if graph:
+        if set(arch) != {"nodes"} or not isinstance(arch["nodes"], list):
+            raise ArchitectureError("meta.architecture must be a list of layers or "
+                                    "{\"nodes\": [...]}")
+        arch = arch["nodes"]
+    keys = {"type", "config", "name", "inputs"} if graph else {"type", "config"}
     if not isinstance(arch, list) or not all(
-        isinstance(e, dict) and set(e) in ({"type", "config"}, {"type", "config", "name"})
-        and isinstance(e["type"], str) and isinstance(e["config"], dict) for e in arch
+        isinstance(e, dict) and set(e) == keys and isinstance(e["type"], str)
+        and isinstance(e["config"], dict) for e in arch
     ):
-        raise ArchitectureError("meta.architecture must be a list of {type, config} objects")
+        raise ArchitectureError(f"meta.architecture must be a list of {sorted(keys)} objects")
+    if graph:
+        _check_graph(arch)
     known = {d["type"] for d in _core.layer_schemas()}
     out = []
     for i, e in enumerate(arch):
@@ -44,14 +55,42 @@ def layer_specs(arch: Any) -> list[dict[str, Any]]:
             config, tensors, _ = _core.layer_state_specs(t, e["config"])
         except ValueError as err:
             raise ArchitectureError(f"layer {i} ({t}): {err}") from None
-        out.append({"type": t, "config": dict(config), "name": e.get("name"),
+        out.append({"type": t, "config": dict(config),
+                    "name": e["name"] if graph else str(i),
+                    "inputs": list(e["inputs"]) if graph else [i], "graph": graph,
                     "tensors": [(n, tuple(s)) for n, s in tensors]})
     return out
 
 
+def _check_graph(nodes: list[dict[str, Any]]) -> None:
+    if not nodes:
+        raise ArchitectureError("a graph needs at least one node")
+    names, used = set(), set()
+    for i, e in enumerate(nodes):
+        n, ins = e["name"], e["inputs"]
+        if not isinstance(n, str) or not all(n.split(".")) or len(n) > 256 or n in names:
+            raise ArchitectureError(f"node {i}: name must be a unique dotted path, got "
+                                    f"{str(n)[:60]!r}")
+        names.add(n)
+        if not isinstance(ins, list) or not ins or len(ins) > 64 or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= i for v in ins):
+            raise ArchitectureError(f"node {i} ({n}): inputs must be a list of earlier value "
+                                    f"ids (0 is the input, node k gives k + 1), got "
+                                    f"{str(ins)[:60]}")
+        used.update(ins)
+    dead = [v for v in range(len(nodes)) if v not in used]
+    if dead:
+        raise ArchitectureError(f"value {dead[0]} is never used (every node but the last must "
+                                "feed another)")
+
+
+def is_graph(specs: list[dict[str, Any]]) -> bool:
+    return bool(specs) and specs[0]["graph"]
+
+
 def expected_tensors(specs: list[dict[str, Any]]) -> dict[str, tuple[int, ...]]:
-    """State-dict keys and shapes a Sequential of these layers has ("<i>.<name>")."""
-    return {f"{i}.{n}": s for i, spec in enumerate(specs) for n, s in spec["tensors"]}
+    """State-dict keys and shapes the model has ("<name>.<param>")."""
+    return {f"{spec['name']}.{n}": s for spec in specs for n, s in spec["tensors"]}
 
 
 def same_config(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -39,6 +39,8 @@ __all__ = [
     "Dropout2d",
     "BatchNorm1d",
     "Upsample",
+    "Add",
+    "Concat",
 ]
 
 
@@ -51,9 +53,9 @@ class Layer:
     """
 
     def __init__(self, *, name: str | None = None, **args: Any) -> None:
-        if name is not None and (not isinstance(name, str) or not name or "." in name):
-            raise ValueError(f"{self.type}: name must be a non-empty string without '.', "
-                             f"got {name!r}")
+        if name is not None and (not isinstance(name, str) or not all(name.split("."))):
+            raise ValueError(f"{self.type}: name must be a non-empty string (dotted paths like "
+                             f"'layer1.0.conv1' are fine), got {name!r}")
         self._native = _core.make_layer(self.type, args)
         self._config = dict(self._native.args())  # complete, normalised (pairs as tuples)
         self.name = name
@@ -95,7 +97,14 @@ class Layer:
     def forward(self, x: Any, training: bool = False) -> np.ndarray:
         return self._model().forward(x, training=training)
 
-    __call__ = forward
+    def __call__(self, x: Any, training: bool = False) -> Any:
+        """forward(x, training) on arrays; on a ck.Input / GraphTensor (or a list of them, for
+        Add and Concat), a node of a graph model."""
+        from .graph import is_symbolic, own_path, trace
+
+        if is_symbolic(x):
+            return trace(self, x, own_path(self))
+        return self.forward(x, training=training)
 
     def backward(self, dy: Any) -> np.ndarray:
         return self._model().backward(dy)
@@ -321,6 +330,22 @@ class Upsample(Layer):
         super().__init__(size=size, scale_factor=scale_factor, mode=mode, name=name)
 
 
+class Add(Layer):
+    """Element-wise sum of two or more inputs of one shape (the residual connection):
+    ``ck.Add()([x, y])`` in a graph model."""
+
+    def __init__(self, *, name: str | None = None) -> None:
+        super().__init__(name=name)
+
+
+class Concat(Layer):
+    """Concatenation of two or more inputs along `dim` (1: channels); the other dimensions
+    must agree: ``ck.Concat(dim=1)([a, b])`` in a graph model."""
+
+    def __init__(self, dim: int = 1, *, name: str | None = None) -> None:
+        super().__init__(dim=dim, name=name)
+
+
 LAYER_TYPES: dict[str, type[Layer]] = {
     cls.__name__: cls
     for cls in (
@@ -347,6 +372,8 @@ LAYER_TYPES: dict[str, type[Layer]] = {
         Dropout2d,
         BatchNorm1d,
         Upsample,
+        Add,
+        Concat,
     )
 }
 

@@ -17,7 +17,7 @@ from ._checks import parse_device, positive_int, to_numpy
 from .data import as_input
 from .layers import Layer
 
-__all__ = ["Sequential"]
+__all__ = ["Sequential", "Model"]
 
 
 def _as_values(v: Any, where: str, name: str) -> np.ndarray:
@@ -93,28 +93,50 @@ class Sequential:
     layer; weights are not shared between positions).
     """
 
-    def __init__(self, layers: Iterable[Layer] = (), *, _solo: bool = False) -> None:
+    def __init__(self, layers: Iterable[Layer] = (), *, name: str | None = None,
+                 _solo: bool = False) -> None:
         if isinstance(layers, Layer) or not hasattr(layers, "__iter__"):
             raise ValueError(
                 f"Sequential: layers must be an iterable of cnnkit layers, got {layers!r:.80}"
             )
-        self.layers: list[Layer] = []
+        self._setup(name, _solo)
+        self._append(list(layers), "Sequential")
+        self._build()
+
+    def _setup(self, name: str | None, solo: bool = False) -> None:
+        if name is not None and (not isinstance(name, str) or not all(name.split("."))):
+            raise ValueError(f"{type(self).__name__}: name must be a non-empty string, got "
+                             f"{name!r}")
+        self.name = name
+        self.layers: list[Any] = []  # Sequential: its items; Model: its nodes' layers
+        self._nodes: list[Layer] = []  # the leaf layers, in node order
+        self._names: list[str] = []  # their dotted names (parameter key prefixes)
+        self._inputs: list[list[int]] = []  # the values each node reads
         self._net = None
-        self._solo = _solo
+        self._solo = solo
         self._device = "cpu"
         self._input_shape: tuple[int, ...] | None = None
         self._spec: tuple[int, int | None] | None = None
         self._loss: str | None = None  # set by a Trainer: decides what predict returns
         self._fitting: Any = None  # the Trainer whose fit is running on this model
-        self._append(list(layers), "Sequential")
-        self._build()
 
     # -- structure ----------------------------------------------------------------------
-    def _append(self, new: list[Layer], where: str) -> None:
-        """Check every new layer first (nothing is taken over on error), then own them."""
-        at = {id(layer): i for i, layer in enumerate(self.layers)}
-        for k, layer in enumerate(new):
+    def _append(self, new: list[Any], where: str) -> None:
+        """Check every new layer first (nothing is taken over on error), then own them.
+        Items are layers, or containers (a nested Sequential, a Residual)."""
+        from .graph import Residual
+
+        at = {id(layer): i for i, item in enumerate(self.layers) for layer in _leaves(item)}
+        for k, item in enumerate(new):
             i = len(self.layers) + k
+            if isinstance(item, (Sequential, Residual)) and item is not self:
+                for layer in _leaves(item):
+                    if id(layer) in at:
+                        raise ValueError(f"{where}: layer {i} contains a {layer.type} object "
+                                         f"that is already at position {at[id(layer)]}")
+                    at[id(layer)] = i
+                continue
+            layer = item
             if not isinstance(layer, Layer):
                 raise ValueError(f"{where}: layer {i} is not a cnnkit layer: {layer!r}")
             if id(layer) in at:
@@ -127,19 +149,50 @@ class Sequential:
             if layer._owner is not None and layer._owner is not self:
                 raise ValueError(f"{where}: {layer!r} already belongs to another model")
             at[id(layer)] = i
-        for layer in new:
+        for item in new:
             if not self._solo:
-                if layer._solo is not None:
-                    layer._solo = None
-                layer._owner = self
-            self.layers.append(layer)
+                for layer in _leaves(item):
+                    if layer._solo is not None:
+                        layer._solo = None
+                    layer._owner = self
+            self.layers.append(item)
+
+    def _compile(self) -> None:
+        """The nodes: a chain of positions, containers traced into their nodes ("3.0.weight",
+        "2.block.1.weight")."""
+        from .graph import GraphTensor, compile_graph
+
+        if all(isinstance(m, Layer) for m in self.layers):
+            self._nodes = list(self.layers)
+            self._names = [str(i) for i in range(len(self.layers))]
+            self._inputs = [[i] for i in range(len(self.layers))]
+            return
+        inp = GraphTensor(None)
+        out = self._trace((inp,), ())
+        self._nodes, self._inputs, self._names = compile_graph(inp, out, "Sequential")
+
+    def _trace(self, xs: tuple[Any, ...], path: tuple[Any, ...]) -> Any:
+        from .graph import trace
+
+        if len(xs) != 1:
+            raise ValueError(f"Sequential: takes one input, got {len(xs)}")
+        x = xs[0]
+        for i, m in enumerate(self.layers):
+            x = trace(m, x, path + (str(i),))
+        return x
 
     def _build(self) -> None:
         # Binding copies each layer's current values into the new flat buffers.
-        self._net = _core.Net([layer._native for layer in self.layers])
+        self._compile()
+        natives = [layer._native for layer in self._nodes]
+        plain = all(isinstance(m, Layer) for m in self.layers) and type(self) is Sequential
+        if plain or not natives:  # positions as names, "Conv2d (layer 3)" in errors
+            self._net = _core.Net(natives)
+        else:
+            self._net = _core.Net(natives, self._inputs, self._names, len(natives))
         if self._device != "cpu":
             self._net.to(self._device)
-        self._spec = _input_spec(self.layers)
+        self._spec = _input_spec(self._nodes)
 
     def _input_spec(self) -> tuple[int, int | None] | None:
         """(4, channels) when the model takes NCHW images (channels None: any), else None;
@@ -196,7 +249,14 @@ class Sequential:
         self._input_shape = tuple(xa.shape[1:])
         return out
 
-    __call__ = forward
+    def __call__(self, x: Any, training: bool = False) -> Any:
+        """forward(x, training) on arrays; on a ck.Input / GraphTensor, this model's layers
+        as nodes of a graph model (parameter names nest under its name)."""
+        from .graph import is_symbolic, own_path, trace
+
+        if is_symbolic(x):
+            return trace(self, x, own_path(self))
+        return self.forward(x, training=training)
 
     def backward(self, dy: Any) -> np.ndarray:
         """Back-propagate dL/d(output) of the last forward; ACCUMULATES parameter gradients
@@ -224,9 +284,9 @@ class Sequential:
         """Copies of all parameters and buffers, in PyTorch's naming and order."""
         d = self._net.state_dict()
         out: OrderedDict[str, np.ndarray] = OrderedDict()
-        for i, layer in enumerate(self.layers):
+        for prefix, layer in zip(self._names, self._nodes, strict=True):
             for name in list(layer._native.param_names()) + list(layer._native.buffer_names()):
-                out[f"{i}.{name}"] = d[f"{i}.{name}"]
+                out[f"{prefix}.{name}"] = d[f"{prefix}.{name}"]
         return out
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
@@ -281,40 +341,131 @@ class Sequential:
         return int(self._net.num_params)
 
     def output_shapes(self, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-        """Output shape of every layer for a per-sample input shape (C, H, W)."""
+        """Output shape of every node (layer) for a per-sample input shape (C, H, W)."""
         shapes = self._net.shapes([1, *input_shape])
         return [tuple(s[1:]) for s in shapes[1:]]
 
     def summary(self, input_shape: tuple[int, ...] | None = None, print_fn=print) -> str:
-        """Keras-style table of layers, output shapes and parameter counts."""
+        """Keras-style table of layers (their inputs, for graphs), output shapes and parameter
+        counts, and the activation memory the forward plans (bytes per batch of 1 in eval)."""
         input_shape = input_shape or self._input_shape
-        shapes = self.output_shapes(input_shape) if input_shape else [None] * len(self.layers)
+        shapes = self.output_shapes(input_shape) if input_shape else [None] * len(self._nodes)
         sd = self._net.state_dict()
+        graph = not self._net.is_chain
         rows = []
-        for i, (layer, shp) in enumerate(zip(self.layers, shapes, strict=True)):
-            n = sum(int(sd[f"{i}.{p}"].size) for p in layer._native.param_names())
+        for i, (layer, prefix, shp) in enumerate(
+                zip(self._nodes, self._names, shapes, strict=True)):
+            n = sum(int(sd[f"{prefix}.{p}"].size) for p in layer._native.param_names())
             out = "(None, " + ", ".join(map(str, shp)) + ")" if shp is not None else "?"
-            rows.append((f"{i}: {layer.type}", out, n))
-        w0, w1 = (
-            max([24] + [len(r[0]) + 2 for r in rows]),
-            max([22] + [len(r[1]) + 2 for r in rows]),
-        )
-        line = "=" * (w0 + w1 + 12)
-        lines = [
-            "Model: Sequential",
-            line,
-            f"{'Layer (type)':<{w0}}{'Output Shape':<{w1}}{'Param #':>12}",
-            line,
-        ]
-        for name, out, n in rows:
-            lines.append(f"{name:<{w0}}{out:<{w1}}{n:>12,}")
+            ins = ", ".join("input" if v == 0 else self._names[v - 1] for v in self._inputs[i])
+            rows.append((f"{prefix} ({layer.type})", out, n, ins))
+        w0 = max([24] + [len(r[0]) + 2 for r in rows])
+        w1 = max([22] + [len(r[1]) + 2 for r in rows])
+        w3 = max([12] + [len(r[3]) + 2 for r in rows]) if graph else 0
+        line = "=" * (w0 + w1 + 12 + w3)
+        head = f"{'Layer (type)':<{w0}}{'Output Shape':<{w1}}{'Param #':>12}"
+        lines = [f"Model: {type(self).__name__}", line,
+                 head + (f"  {'Inputs':<{w3 - 2}}" if graph else ""), line]
+        for name, out, n, ins in rows:
+            lines.append(f"{name:<{w0}}{out:<{w1}}{n:>12,}" + (f"  {ins}" if graph else ""))
         total = self.num_parameters()
-        lines += [line, f"Total params: {total:,}", f"Trainable params: {total:,}", line]
+        lines += [line, f"Total params: {total:,}", f"Trainable params: {total:,}"]
+        if input_shape and graph:  # the plan of an eval forward at batch 1
+            self._net.forward(np.zeros((1, *input_shape), np.float32), False)
+            nbytes = self._net.activation_bytes()
+            lines.append(f"Activation memory (eval, batch 1, planned): {nbytes:,} bytes")
+        elif input_shape:
+            nbytes = 4 * (int(np.prod(input_shape)) + sum(int(np.prod(s)) for s in shapes))
+            lines.append(f"Activation memory (batch 1): {nbytes:,} bytes")
+        lines.append(line)
         text = "\n".join(lines)
         if print_fn is not None:
             print_fn(text)
         return text
 
     # -- saving -------------------------------------------------------------------------
-    def get_config(self) -> list[dict]:
-        return [{"type": layer.type, "config": layer.get_config()} for layer in self.layers]
+    def get_config(self) -> list[dict] | dict:
+        """The architecture as files record it: a list of {type, config} for a plain stack of
+        layers, else the graph {"nodes": [{type, config, name, inputs}]} (loaded as a Model)."""
+        if all(isinstance(m, Layer) for m in self.layers) and type(self) is Sequential:
+            return [{"type": layer.type, "config": layer.get_config()} for layer in self.layers]
+        return {"nodes": [{"type": layer.type, "config": layer.get_config(), "name": name,
+                           "inputs": list(ins)}
+                          for layer, name, ins in zip(self._nodes, self._names, self._inputs,
+                                                      strict=True)]}
+
+
+def _leaves(item: Any) -> list[Layer]:
+    """The layers inside a layer, a Sequential or a Residual, in order."""
+    from .graph import Residual
+
+    if isinstance(item, Layer):
+        return [item]
+    if isinstance(item, Sequential):
+        return [leaf for m in item.layers for leaf in _leaves(m)]
+    if isinstance(item, Residual):
+        return [leaf for m in item.modules() for leaf in _leaves(m)] + [item._add]
+    return []
+
+
+class Model(Sequential):
+    """A graph model (Keras' functional API): ``Model(inputs, outputs)`` with ``inputs`` a
+    :func:`cnnkit.Input` and ``outputs`` what the layers applied to it give. It has all of
+    Sequential's API (forward, backward, predict, state_dict, summary, to, ...) and trains
+    with :class:`cnnkit.Trainer` in one native step per batch.
+
+    >>> inp = ck.Input((1, 28, 28))
+    >>> x = ck.ReLU()(ck.Conv2d(1, 8, 3, padding=1)(inp))
+    >>> out = ck.Linear(8, 10)(ck.Flatten()(ck.AdaptiveAvgPool2d(1)(ck.Add()([x, x]))))
+    >>> model = ck.Model(inp, out)
+    """
+
+    def __init__(self, inputs: Any, outputs: Any, *, name: str | None = None) -> None:
+        from .graph import compile_graph
+
+        inputs = _single(inputs, "inputs")
+        outputs = _single(outputs, "outputs")
+        self._setup(name)
+        nodes, ins, names = compile_graph(inputs, outputs, "Model")
+        self._own(nodes, ins, names)
+        self._input_shape = inputs.shape
+
+    @classmethod
+    def from_nodes(cls, nodes: list[Layer], inputs: list[list[int]], names: list[str],
+                   name: str | None = None) -> Model:
+        """A Model from its nodes as get_config() lists them (used by cnnkit.load)."""
+        m = cls.__new__(cls)
+        m._setup(name)
+        m._own(list(nodes), [list(i) for i in inputs], list(names))
+        return m
+
+    def _own(self, nodes: list[Layer], ins: list[list[int]], names: list[str]) -> None:
+        self._append(nodes, "Model")
+        self._graph = (ins, names)
+        self._build()
+
+    def _compile(self) -> None:
+        self._nodes = list(self.layers)
+        self._inputs, self._names = self._graph
+
+    def _trace(self, xs: tuple[Any, ...], path: tuple[Any, ...]) -> Any:
+        raise ValueError("Model: a graph model cannot be called inside another graph yet; "
+                         "build the graph with its layers, or use a Sequential")
+
+    def add(self, layer: Layer) -> Model:
+        raise ValueError("Model.add: a graph model is fixed; build a new one with ck.Model")
+
+    def __repr__(self) -> str:
+        inner = "".join(
+            f"\n  ({n}): {layer!r} <- "
+            + ", ".join("input" if v == 0 else self._names[v - 1] for v in ins)
+            for layer, n, ins in zip(self._nodes, self._names, self._inputs, strict=True))
+        return f"Model({inner}\n)"
+
+
+def _single(x: Any, what: str) -> Any:
+    if isinstance(x, (list, tuple)):
+        if len(x) != 1:
+            raise ValueError(f"Model: one {what[:-1]} is supported, got {len(x)}")
+        return x[0]
+    return x

@@ -45,7 +45,8 @@ __all__ = [
 ]
 
 MAGIC = b"CNNKIT01"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: graph models (meta.architecture {"nodes": [...]}); 1: stacks only
+READ_VERSIONS = (1, 2)
 ALIGN = 64  # tensor offsets (and the start of the data section) are multiples of this
 MAX_HEADER_BYTES = 8 << 20  # docs/file-format.md, reading rule 2, says why 8 MiB
 MAX_INT_DIGITS = 4300  # longest JSON integer read (Python's default int() limit)
@@ -177,7 +178,9 @@ def _write_file(path: str | os.PathLike, kind: str, meta: dict[str, Any],
                              f"(allowed: {sorted(DTYPES)})")
         arrays[name] = np.ascontiguousarray(a, dtype=want)
     entries, data_nbytes, crc = _layout(arrays)
-    header = {"format": "cnnkit", "version": FORMAT_VERSION, "kind": kind, "tensors": entries,
+    # a file any release reads that can: version 1 unless the model is a graph
+    version = FORMAT_VERSION if isinstance(meta.get("architecture"), dict) else 1
+    header = {"format": "cnnkit", "version": version, "kind": kind, "tensors": entries,
               "data_nbytes": data_nbytes, "data_crc32": crc, "meta": _encode(meta)}
     hb = json.dumps(header, allow_nan=False, separators=(",", ":")).encode("utf-8")
     hb += b" " * _pad(16 + len(hb))
@@ -342,7 +345,7 @@ def _check_header(h: Any, data_size: int,
         raise CheckpointError(f"{where}: the header is not a JSON object")
     if h.get("format") != "cnnkit":
         raise CheckpointError(f"{where}: not a cnnkit file (format {_short(h.get('format'))})")
-    if not _is_int(h.get("version")) or h["version"] != FORMAT_VERSION:
+    if not _is_int(h.get("version")) or h["version"] not in READ_VERSIONS:
         raise CheckpointError(f"{where}: unsupported format version {_short(h.get('version'))}")
     kind = h.get("kind")
     if not isinstance(kind, str) or kind not in ("model", "trainer"):
@@ -449,15 +452,19 @@ def _build(ck: Checkpoint) -> Any:
     Everything is checked first -- the arguments by the layer schema, the weights against the
     shapes it implies, the activations for the recorded (or a plausible) input -- and building
     does not consume the global init seed stream."""
-    from .model import Sequential
+    from .model import Model, Sequential
 
     specs = _specs(ck)
     weights = _check_weights(ck, _arch.expected_tensors(specs), _model_tensors(ck))
     with _seeding._lock:
         saved = dict(_seeding._state)
     try:
-        layers = [_layer_from_config(e["type"], e["config"], e["name"]) for e in specs]
-        model = Sequential(layers)
+        layers = [_layer_from_config(e["type"], e["config"]) for e in specs]
+        if _arch.is_graph(specs):
+            model = Model.from_nodes(layers, [e["inputs"] for e in specs],
+                                     [e["name"] for e in specs])
+        else:
+            model = Sequential(layers)
         _arch.check_runs(model._net, specs, ck.meta.get("input_shape"))
     except _arch.ArchitectureError as e:
         raise CheckpointError(f"{ck.path}: {e}") from None
@@ -470,9 +477,20 @@ def _build(ck: Checkpoint) -> Any:
     return model
 
 
+def _arch_graph(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Entries with the inputs a chain has when they list none."""
+    return [{**e, "inputs": e.get("inputs", [i])} for i, e in enumerate(entries)]
+
+
 def _check_same_architecture(ck: Checkpoint, model: Any) -> dict[str, np.ndarray]:
     specs = _specs(ck)
     mine = model.get_config()
+    graph = isinstance(mine, dict)
+    mine = mine["nodes"] if graph else mine
+    if _arch.is_graph(specs) != graph \
+            or [e["inputs"] for e in specs] != [e["inputs"] for e in _arch_graph(mine)]:
+        raise CheckpointError(f"{ck.path}: the architecture differs from the model's: the "
+                              "layers are connected differently")
     if len(specs) != len(mine):
         raise CheckpointError(f"{ck.path}: the architecture differs from the model's: "
                               f"{len(specs)} layers in the file, {len(mine)} in the model")

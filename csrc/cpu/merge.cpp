@@ -1,0 +1,26 @@
+// Merging several activations into one (graph nodes Add and Concat) on the CPU: an in-place
+// sum and a strided block copy. The CUDA twins are in cuda/merge.cu.
+#include <cstring>
+
+#include "cpu/kernels.h"
+
+namespace cnnkit {
+namespace cpu {
+
+// y (n) += x (n).
+void add_into(float* y, const float* x, int64_t n) {
+#pragma omp parallel for simd schedule(static) if (n > (1 << 15))
+    for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+// dst[o * dst_stride + j] = src[o * src_stride + j] for o < outer, j < len: one input's slab of
+// a concatenation (forward) or of its gradient (backward).
+void copy_blocks(float* dst, const float* src, int64_t outer, int64_t len, int64_t dst_stride,
+                 int64_t src_stride) {
+#pragma omp parallel for schedule(static) if (outer * len > (1 << 15))
+    for (int64_t o = 0; o < outer; ++o)
+        std::memcpy(dst + o * dst_stride, src + o * src_stride, sizeof(float) * len);
+}
+
+}  // namespace cpu
+}  // namespace cnnkit

@@ -1,0 +1,191 @@
+// Net for graphs that are not a chain (residual and branching models): forward in topological
+// order with activation storage planned from liveness, backward with gradients summed where a
+// value feeds several nodes. Chains (Sequential) keep the code in net.cpp.
+#include <algorithm>
+
+#include "nn/net.h"
+#include "ops/ops.h"
+
+namespace cnnkit {
+namespace nn {
+
+// Storage of every value for input shape shapes[0]. Views (Flatten, Identity) and a ReLU fused
+// into the node before it share their input's storage (root_). Training keeps every value for
+// backward; eval reuses a buffer once no later node reads it (greedy, best fit).
+void Net::plan_graph(const std::vector<Shape>& shapes, bool training) {
+    const size_t L = layers_.size();
+    const Device dev = device();
+    if (shapes == act_shapes_ && training == plan_training_ && !acts_.empty() &&
+        acts_[0].device() == dev)
+        return;
+    root_.assign(L + 1, 0);
+    skip_.assign(L, 0);
+    for (size_t i = 0; i < L; ++i) {
+        const int64_t v = static_cast<int64_t>(i) + 1;
+        root_[v] = v;
+        if (layers_[i]->is_view()) {
+            root_[v] = root_[inputs_[i][0]];
+            skip_[i] = 1;
+        }
+    }
+    for (size_t i = 0; i < L; ++i)
+        if (fused_relu_[i] >= 0) {
+            const int64_t j = fused_relu_[i];
+            root_[j + 1] = root_[i + 1];
+            skip_[j] = 1;
+        }
+    // last node that reads each root's storage (the output lives to the end)
+    std::vector<int64_t> last(L + 1, -1);
+    for (size_t j = 0; j < L; ++j)
+        for (int64_t v : inputs_[j]) last[root_[v]] = std::max<int64_t>(last[root_[v]], j);
+    for (size_t j = 0; j < L; ++j)  // a view/fused value read later extends its root's life
+        if (skip_[j]) last[root_[j + 1]] = std::max(last[root_[j + 1]], last[j + 1]);
+    last[root_[L]] = static_cast<int64_t>(L);
+
+    std::vector<int64_t> size;  // floats per buffer
+    std::vector<char> busy;
+    buf_of_.assign(L + 1, -1);
+    auto take = [&](int64_t root) {
+        const int64_t need = shape_numel(shapes[root]);
+        // the smallest free buffer that fits, else the largest free one (grown)
+        int64_t fit = -1, grow = -1;
+        for (size_t b = 0; b < size.size(); ++b) {
+            if (busy[b]) continue;
+            const int64_t bb = static_cast<int64_t>(b);
+            if (size[b] >= need && (fit < 0 || size[b] < size[fit])) fit = bb;
+            if (grow < 0 || size[b] > size[grow]) grow = bb;
+        }
+        int64_t best = fit >= 0 ? fit : grow;
+        if (training || best < 0) {
+            best = static_cast<int64_t>(size.size());
+            size.push_back(need);
+            busy.push_back(1);
+        } else {
+            size[best] = std::max(size[best], need);
+            busy[best] = 1;
+        }
+        buf_of_[root] = best;
+    };
+    take(0);
+    for (size_t i = 0; i < L; ++i) {
+        const int64_t v = static_cast<int64_t>(i) + 1;
+        if (root_[v] == v) take(v);
+        for (int64_t r = 0; r <= static_cast<int64_t>(L); ++r)  // free what node i read last
+            if (root_[r] == r && buf_of_[r] >= 0 && last[r] == static_cast<int64_t>(i))
+                busy[buf_of_[r]] = 0;
+    }
+    if (pool_.size() < size.size()) pool_.resize(size.size());
+    act_bytes_ = 0;
+    for (size_t b = 0; b < size.size(); ++b) {
+        if (!pool_[b].defined() || pool_[b].capacity() < size[b] || pool_[b].device() != dev)
+            pool_[b] = Tensor({size[b]}, dev);
+        act_bytes_ = add_size(act_bytes_, mul_size(size[b], 4, "Model: activations"),
+                              "Model: activations");
+    }
+    acts_.assign(L + 1, Tensor());
+    for (size_t v = 0; v <= L; ++v) acts_[v] = pool_[buf_of_[root_[v]]].view(shapes[v]);
+    int64_t ws = 0;
+    for (size_t i = 0; i < L; ++i)
+        if (inputs_[i].size() == 1)
+            ws = std::max(ws, layers_[i]->workspace_floats(shapes[inputs_[i][0]]));
+    if (ws > 0 && (!ws_store_.defined() || ws_store_.capacity() < ws || ws_store_.device() != dev))
+        ws_store_ = Tensor({ws}, dev);
+    const int64_t out_n = shape_numel(shapes[L]);
+    if (!grad_store_[0].defined() || grad_store_[0].capacity() < out_n ||
+        grad_store_[0].device() != dev)
+        grad_store_[0] = Tensor({out_n}, dev);
+    act_shapes_ = shapes;
+    plan_training_ = training;
+}
+
+Tensor Net::forward_graph(const Tensor& x, bool training) {
+    plan_graph(shapes(x.shape()), training);
+    acts_[0].copy_from(x);
+    Workspace ws{ws_store_.defined() ? ws_store_.data() : nullptr,
+                 ws_store_.defined() ? ws_store_.capacity() : 0};
+    if (training) ++rng_counter_;
+    std::vector<Tensor> xs;
+    for (size_t i = 0; i < layers_.size(); ++i) {
+        if (skip_[i]) continue;  // a view, or a ReLU run by the node before it
+        layers_[i]->set_rng(rng_seed_, (static_cast<uint64_t>(i) << 40) ^ rng_counter_);
+        xs.clear();
+        for (int64_t v : inputs_[i]) xs.push_back(acts_[v]);
+        if (fused_relu_[i] >= 0)
+            layers_[i]->forward_relu(xs[0], acts_[i + 1], training, ws);
+        else
+            layers_[i]->forward_n(xs, acts_[i + 1], training, ws);
+    }
+    have_forward_ = true;
+    last_training_ = training;
+    return acts_.back();
+}
+
+Tensor Net::backward_graph(const Tensor& dy, bool need_dx) {
+    CNN_CHECK_ARG(have_forward_, "Model.backward: call forward first");
+    CNN_CHECK_ARG(last_training_, "Model.backward: the last forward was in eval mode, which "
+                  "reuses activation memory; call forward(x, training=True) before backward");
+    const size_t L = layers_.size();
+    CNN_CHECK_ARG(dy.shape() == act_shapes_[L], "Model.backward: expected a gradient of shape ",
+                  shape_str(act_shapes_[L]), " (the last output), got ", shape_str(dy.shape()));
+    const Device dev = device();
+    // one gradient buffer per value (the input's only when asked for), and a scratch slot per
+    // input of the widest node for contributions summed into a value that already has one
+    int64_t widest = 1, biggest = 1;
+    for (size_t i = 0; i < L; ++i) widest = std::max<int64_t>(widest, inputs_[i].size());
+    if (grad_pool_.size() < L + 1) grad_pool_.resize(L + 1);
+    gvals_.assign(L + 1, Tensor());
+    for (size_t v = need_dx ? 0 : 1; v <= L; ++v) {
+        const int64_t n = shape_numel(act_shapes_[v]);
+        biggest = std::max(biggest, n);
+        if (!grad_pool_[v].defined() || grad_pool_[v].capacity() < n ||
+            grad_pool_[v].device() != dev)
+            grad_pool_[v] = Tensor({n}, dev);
+        gvals_[v] = grad_pool_[v].view(act_shapes_[v]);
+    }
+    const int64_t scratch = mul_size(widest, biggest, "Model: gradient scratch");
+    if (!scratch_.defined() || scratch_.capacity() < scratch || scratch_.device() != dev)
+        scratch_ = Tensor({scratch}, dev);
+    Workspace ws{ws_store_.defined() ? ws_store_.data() : nullptr,
+                 ws_store_.defined() ? ws_store_.capacity() : 0};
+    std::vector<char> has(L + 1, 0);
+    if (gvals_[L].data() != dy.data()) gvals_[L].copy_from(dy);
+    has[L] = 1;
+    std::vector<Tensor> xs, dx;
+    std::vector<Tensor*> dxs;
+    std::vector<char> acc;
+    for (size_t ii = L; ii-- > 0;) {
+        const int64_t v = static_cast<int64_t>(ii) + 1;
+        if (!has[v]) continue;  // nothing flows back through this node
+        const auto& in = inputs_[ii];
+        xs.clear();
+        dx.assign(in.size(), Tensor());
+        dxs.assign(in.size(), nullptr);
+        acc.assign(in.size(), 0);
+        for (size_t k = 0; k < in.size(); ++k) {
+            const int64_t u = in[k];
+            xs.push_back(acts_[u]);
+            if (u == 0 && !need_dx) continue;
+            bool taken = has[u];
+            for (size_t k2 = 0; k2 < k; ++k2) taken = taken || in[k2] == u;
+            if (taken) {
+                dx[k] = scratch_.view(act_shapes_[u], static_cast<int64_t>(k) * biggest);
+                acc[k] = 1;
+            } else {
+                dx[k] = gvals_[u];
+            }
+            dxs[k] = &dx[k];
+        }
+        layers_[ii]->backward_n(xs, acts_[v], gvals_[v], dxs, ws);
+        for (size_t k = 0; k < in.size(); ++k) {
+            if (!dxs[k]) continue;
+            if (acc[k]) ops::add_into(gvals_[in[k]], dx[k]);
+            has[in[k]] = 1;
+        }
+    }
+    if (!need_dx) return Tensor();
+    if (!has[0]) gvals_[0].fill(0.f);
+    return gvals_[0];
+}
+
+}  // namespace nn
+}  // namespace cnnkit
