@@ -592,6 +592,41 @@ def test_a_good_update_is_applied_on_the_gpu(rng):
         assert_parity(gpu.state_dict()[k], v, k)
 
 
+def _graph_model():
+    inp = ck.Input((3, 8, 8))
+    a = ck.ReLU()(ck.BatchNorm2d(4)(ck.Conv2d(3, 4, 3, padding=1, bias=False)(inp)))
+    b = ck.Conv2d(4, 4, 3, padding=1)(a)
+    s = ck.Add()([a, b, a])
+    c = ck.Concat(dim=1)([s, a])
+    out = ck.Linear(8 * 4, 5)(ck.Flatten()(ck.AdaptiveAvgPool2d(2)(c)))
+    return ck.Model(inp, out)
+
+
+def test_graph_model_forward_backward_and_training_match_the_cpu(rng):
+    """Add (fan-out, the same value twice) and Concat kernels, and the graph train step."""
+    ck.manual_seed(4)
+    cpu = _graph_model()
+    ck.manual_seed(4)
+    gpu = _graph_model().to("cuda")
+    x = rng.standard_normal((6, 3, 8, 8)).astype(np.float32)
+    dy = rng.standard_normal((6, 5)).astype(np.float32)
+    for m in (cpu, gpu):
+        m.zero_grad()
+        m.forward(x, training=True)
+    dx_c, dx_g = cpu.backward(dy), gpu.backward(dy)
+    assert_parity(dx_g, dx_c, "graph dx")
+    gc, gg = cpu.grad_dict(), gpu.grad_dict()
+    for k in gc:
+        assert_parity(gg[k], gc[k], f"graph grad {k}")
+    y = np.arange(6) % 5
+    for m, dev in ((cpu, "cpu"), (gpu, "cuda")):
+        ck.Trainer(m, optimizer=ck.optim.SGD(lr=0.05), device=dev, seed=1).fit(
+            x, y, epochs=2, batch_size=3, verbose=0, shuffle=False)
+    for k, v in cpu.state_dict().items():
+        assert_parity(gpu.state_dict()[k], v, k)
+    assert_parity(gpu.predict(x), cpu.predict(x), "graph predict")
+
+
 # ---- benchmark bindings (what bench/gpu_bench.py uses) ------------------------------------------
 
 
