@@ -4,11 +4,17 @@ names and numerics, save/load and Trainer round trips, bad graphs rejected with 
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import cnnkit as ck
 from cnnkit import io
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_hardening_support import fake_mnist  # noqa: E402, F401
 
 
 def _torch():
@@ -292,3 +298,19 @@ def test_graph_files_are_checked_like_stacks(tmp_path):
                        {"model/" + k: v for k, v in tensors.items()})
         with pytest.raises(io.CheckpointError, match=match):
             ck.load(tmp_path / "bad.cnnkit")
+
+
+def test_cli_trains_evaluates_and_resumes_resnet20(fake_mnist, tmp_path):  # noqa: F811
+    from cnnkit import cli
+
+    out = tmp_path / "run"
+    common = ["--data-dir", str(fake_mnist), "--device", "cpu"]
+    assert cli.main(["train", "--model", "resnet20", "--epochs", "1", "--val-size", "16",
+                     "--batch-size", "32", "--out", str(out), "--verbose", "0", *common]) == 0
+    model = ck.load(out / "model.cnnkit")
+    assert isinstance(model, ck.Model) and "layer3.2.conv2.weight" in model.state_dict()
+    assert cli.main(["evaluate", str(out / "model.cnnkit"), *common]) == 0
+    assert cli.main(["train", "--resume", str(out / "checkpoint.cnnkit"), "--epochs", "2",
+                     "--val-size", "16", "--batch-size", "32", "--out", str(out), "--verbose", "0",
+                     *common]) == 0
+    assert ck.load(out / "checkpoint.cnnkit", device="cpu").epoch == 2

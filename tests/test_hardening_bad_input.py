@@ -573,7 +573,8 @@ CASES: list[Case] = [
     Case("cli-dataset-unknown", lambda c: run_cli(c, "train", "--dataset", "cifar"), CliFailed,
          r"exit 2.*invalid choice: 'cifar'"),
     Case("cli-model-unknown", lambda c: run_cli(c, *train_args(c, "--model", "resnet")),
-         CliFailed, r"--model must be one of \['fashion_cnn', 'lenet5'\] or a model file"),
+         CliFailed, r"--model must be one of \['fashion_cnn', 'lenet5', 'resnet18', 'resnet20'\] "
+         r"or a model file"),
     Case("cli-val-size-too-big", lambda c: run_cli(c, *train_args(c, "--val-size", "999")),
          CliFailed, r"--val-size must be in \[0, 256\), got 999"),
     Case("cli-resume-missing", lambda c: run_cli(c, *train_args(c, "--resume",

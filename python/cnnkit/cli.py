@@ -149,12 +149,18 @@ def _model_names() -> list[str]:
     return sorted(models.MODELS)
 
 
-def _build_model(spec: str):
+def _build_model(spec: str, in_channels: int = 1):
+    """A model by name (built for the datasets' channels: the CLI's are grayscale) or file."""
+    import inspect
+
     from . import models
     from . import serialization as io
 
     if spec in models.MODELS:
-        return models.MODELS[spec]()
+        factory = models.MODELS[spec]
+        if "in_channels" in inspect.signature(factory).parameters:
+            return factory(in_channels=in_channels)
+        return factory()
     if os.path.lexists(spec):
         _check_regular_file(spec, "model file")
         return io.load_model(spec)
