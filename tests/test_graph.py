@@ -314,3 +314,28 @@ def test_cli_trains_evaluates_and_resumes_resnet20(fake_mnist, tmp_path):  # noq
                      "--val-size", "16", "--batch-size", "32", "--out", str(out), "--verbose", "0",
                      *common]) == 0
     assert ck.load(out / "checkpoint.cnnkit", device="cpu").epoch == 2
+
+
+@pytest.mark.parametrize("k,d", [(3, 1), (5, 2), ((3, 5), (2, 1)), (1, 1)])
+def test_conv_padding_same_and_valid_match_torch(k, d, rng):
+    t = _torch()
+    x = rng.standard_normal((2, 3, 11, 10)).astype(np.float32)
+    for mode in ("same", "valid"):
+        ck.manual_seed(0)
+        ours = ck.Conv2d(3, 4, k, padding=mode, dilation=d)
+        theirs = t.nn.Conv2d(3, 4, k, padding=mode, dilation=d)
+        sd = ours.state_dict()
+        theirs.load_state_dict({"weight": t.tensor(sd["0.weight"]),
+                                "bias": t.tensor(sd["0.bias"])})
+        np.testing.assert_allclose(ours.forward(x), theirs(t.tensor(x)).detach().numpy(),
+                                   rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"kernel_size": 2, "padding": "same"}, "uneven padding"),
+    ({"kernel_size": 3, "stride": 2, "padding": "same"}, "needs stride 1"),
+    ({"kernel_size": 3, "padding": "full"}, "one of 'same', 'valid', got 'full'"),
+])
+def test_conv_padding_strings_refused_where_torch_differs(kw, match):
+    with pytest.raises(ValueError, match=match):
+        ck.Conv2d(3, 4, **kw)

@@ -533,14 +533,31 @@ Args one(const char* name, Arg v) { return Args{{name, v}}; }
 
 LayerSchema schema_Conv2d() {
     LayerSchema s("Conv2d");
+    ArgSpec padding = pair_arg("padding", 0, 0);
+    padding.choices = {"same", "valid"};
     s.args = {int_req("in_channels", 1), int_req("out_channels", 1), pair_req("kernel_size", 1),
-              pair_arg("stride", 1, 1), pair_arg("padding", 0, 0), pair_arg("dilation", 1, 1),
+              pair_arg("stride", 1, 1), padding, pair_arg("dilation", 1, 1),
               int_arg("groups", 1, 1), bool_arg("bias", true)};
     s.normalize = [](Args& a) {
         const int64_t C = arg_int(a, "in_channels"), K = arg_int(a, "out_channels"),
                       g = arg_int(a, "groups");
         CNN_CHECK_ARG(C % g == 0 && K % g == 0, "Conv2d: in_channels (", C,
                       ") and out_channels (", K, ") must both be divisible by groups (", g, ")");
+        // padding="valid" is no padding; "same" keeps H and W (PyTorch: stride 1 only), saved
+        // as the symmetric padding it amounts to
+        const std::string mode = a["padding"].s;
+        if (mode == "valid") a["padding"] = Arg::pair(0, 0);
+        if (mode != "same") return;
+        auto st = arg_pair(a, "stride"), k = arg_pair(a, "kernel_size"), d = arg_pair(a, "dilation");
+        CNN_CHECK_ARG(st.first == 1 && st.second == 1,
+                      "Conv2d: padding='same' needs stride 1 (as in PyTorch), got (", st.first,
+                      ", ", st.second, ")");
+        const int64_t th = mul_size(d.first, k.first - 1, "Conv2d: padding"),
+                      tw = mul_size(d.second, k.second - 1, "Conv2d: padding");
+        CNN_CHECK_ARG(th % 2 == 0 && tw % 2 == 0, "Conv2d: padding='same' with kernel (",
+                      k.first, ", ", k.second, ") and dilation (", d.first, ", ", d.second,
+                      ") needs uneven padding, which cnnkit does not support; use an odd kernel");
+        a["padding"] = Arg::pair(th / 2, tw / 2);
     };
     s.params = [](const Args& a) {
         const int64_t C = arg_int(a, "in_channels"), K = arg_int(a, "out_channels"),

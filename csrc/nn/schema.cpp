@@ -182,9 +182,13 @@ void check_value(const LayerSchema& schema, const ArgSpec& s, const Arg& a) {
         case ArgKind::Pair:
             if (!a.s.empty()) {
                 bool ok = false;
-                for (const auto& c : s.choices) ok |= c == a.s;
+                std::string all;
+                for (const auto& c : s.choices) {
+                    ok |= c == a.s;
+                    all += (all.empty() ? "'" : ", '") + c + "'";
+                }
                 CNN_CHECK_ARG(ok, where, " must be an int, a pair of ints",
-                              s.choices.empty() ? "" : " or one of the strings ", value_str(a));
+                              all.empty() ? "" : " or one of " + all, ", got ", value_str(a));
             } else {
                 CNN_CHECK_ARG(in_range(s, double(a.i[0])) && in_range(s, double(a.i[1])), where,
                               " must be in ", range_str(s), ", got ", value_str(a));

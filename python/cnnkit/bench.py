@@ -30,6 +30,7 @@ NETS = {
     "lenet5": (1, 28, 28),
     "cifar": (3, 32, 32),
     "conv": (32, 32, 32),
+    "resnet20": (3, 32, 32),
 }
 
 # infer and forward time the same thing (inference, no gradients); both names stay in results.
@@ -43,6 +44,7 @@ CASES = [
     ("cifar", "train", 128),
     ("conv", "forward", 64),
     ("conv", "fwdbwd", 64),
+    ("resnet20", "train", 128),
 ]
 
 
@@ -55,6 +57,8 @@ def build_cnnkit(net: str):
     L = ck.layers
     if net == "lenet5":
         return ck.models.lenet5()
+    if net == "resnet20":
+        return ck.models.resnet20()
     if net == "cifar":
         layers = [
             L.Conv2d(3, 32, 3, padding=1),
@@ -112,7 +116,38 @@ def build_torch(net: str):
             nn.ReLU(),
             nn.Linear(512, 10),
         )
+    if net == "resnet20":
+        return _torch_resnet20()
     return nn.Sequential(nn.Conv2d(32, 64, 3, padding=1))
+
+
+def _torch_resnet20():
+    """ck.models.resnet20 in PyTorch: the same blocks, projection shortcuts and names."""
+    import torch
+    import torch.nn as nn
+
+    class Block(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                             nn.BatchNorm2d(cout))
+                               if stride != 1 or cin != cout else None)
+
+        def forward(self, x):
+            out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+            return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+    blocks, cin = [], 16
+    for s, cout in enumerate([16, 32, 64]):
+        for b in range(3):
+            blocks.append(Block(cin, cout, 2 if s > 0 and b == 0 else 1))
+            cin = cout
+    return nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                         *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
 
 
 # ---- one measurement (runs in a subprocess) -------------------------------------------------

@@ -126,11 +126,12 @@ class Conv2d(Layer):
     """2-D convolution. x (N, in_channels, H, W) -> y (N, out_channels, P, Q).
 
     weight is (out_channels, in_channels // groups, kh, kw), bias (out_channels,);
-    P = (H + 2*pad - dilation*(kh-1) - 1) // stride + 1 (same for Q).
+    P = (H + 2*pad - dilation*(kh-1) - 1) // stride + 1 (same for Q). padding="valid" is 0;
+    padding="same" keeps H and W (stride 1, odd dilated kernels).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
-                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] | str = 0,
                  dilation: int | tuple[int, int] = 1, groups: int = 1, bias: bool = True, *,
                  name: str | None = None) -> None:
         super().__init__(in_channels=in_channels, out_channels=out_channels,
