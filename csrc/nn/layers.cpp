@@ -442,12 +442,14 @@ class Dropout : public Layer {
     Tensor mask_;
 };
 
-// ---- BatchNorm2d ----------------------------------------------------------------------------
+// ---- BatchNorm2d, BatchNorm1d -----------------------------------------------------------------
 
-class BatchNorm2d : public Layer {
+// Per-channel batch normalisation; the kernels take the spatial extent as the product of the
+// dimensions after C, so BatchNorm1d ((N, C) or (N, C, L)) runs the same code as BatchNorm2d.
+class BatchNorm : public Layer {
   public:
-    explicit BatchNorm2d(const Args& a)
-        : C_(arg_int(a, "num_features")), eps_(static_cast<float>(arg_float(a, "eps"))),
+    BatchNorm(int dims, const Args& a)
+        : dims_(dims), C_(arg_int(a, "num_features")), eps_(static_cast<float>(arg_float(a, "eps"))),
           momentum_(static_cast<float>(arg_float(a, "momentum"))), affine_(arg_bool(a, "affine")),
           track_(arg_bool(a, "track_running_stats")), save_mean_({C_}), save_invstd_({C_}) {}
     std::string config() const override {
@@ -457,7 +459,10 @@ class BatchNorm2d : public Layer {
 
   protected:
     Shape output_shape_impl(const Shape& in) const override {
-        expect_nchw(*this, in, C_, "C", [this](const std::string& e, const Shape& s) { shape_error(e, s); });
+        if (dims_ == 2)
+            expect_nchw(*this, in, C_, "C", [this](const std::string& e, const Shape& s) { shape_error(e, s); });
+        else if ((in.size() != 2 && in.size() != 3) || in[1] != C_)
+            shape_error(str_cat("(N, ", C_, ") or (N, ", C_, ", L)"), in);
         return in;
     }
     void forward_impl(const Tensor& x, Tensor& y, bool training, const Workspace&) override {
@@ -468,7 +473,7 @@ class BatchNorm2d : public Layer {
             save_invstd_ = Tensor({C_}, x.device());
         }
         if (training || !track_) {
-            CNN_CHECK_ARG(x.size(0) * x.size(2) * x.size(3) > 1, label(),
+            CNN_CHECK_ARG(x.numel() / C_ > 1, label(),
                           ": expected more than 1 value per channel when training, got input ",
                           shape_str(x.shape()));
             ops::batchnorm_forward_train(y, save_mean_, save_invstd_,
@@ -492,6 +497,7 @@ class BatchNorm2d : public Layer {
     }
 
   private:
+    int dims_;
     int64_t C_;
     float eps_, momentum_;
     bool affine_, track_;
@@ -631,8 +637,9 @@ LayerSchema schema_Dropout() {
     return s;
 }
 
-LayerSchema schema_BatchNorm2d() {
-    LayerSchema s("BatchNorm2d");
+namespace {
+LayerSchema batchnorm_schema(const char* type, int dims) {
+    LayerSchema s(type);
     s.args = {int_req("num_features", 1), float_arg("eps", 1e-5, 0.0, 3.4e38, true),
               float_arg("momentum", 0.1, 0.0, 1.0), bool_arg("affine", true),
               bool_arg("track_running_stats", true)};
@@ -648,9 +655,13 @@ LayerSchema schema_BatchNorm2d() {
         return std::vector<ParamSpec>{{"running_mean", {C}, Init::Zeros, 0},
                                       {"running_var", {C}, Init::Ones, 0}};
     };
-    s.make = [](const Args& a) { return std::make_shared<BatchNorm2d>(a); };
+    s.make = [dims](const Args& a) { return std::make_shared<BatchNorm>(dims, a); };
     return s;
 }
+}  // namespace
+
+LayerSchema schema_BatchNorm2d() { return batchnorm_schema("BatchNorm2d", 2); }
+LayerSchema schema_BatchNorm1d() { return batchnorm_schema("BatchNorm1d", 1); }
 
 // ---- typed shortcuts for native code ----------------------------------------------------------
 

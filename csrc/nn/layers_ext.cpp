@@ -192,67 +192,6 @@ class Dropout2d : public Layer {
     Tensor mask_;  // (N*C): 0 or 1/(1-p) per channel
 };
 
-// ---- BatchNorm1d ------------------------------------------------------------------------------
-
-// The BatchNorm2d kernels over (N, C, L) (L = 1 for (N, C)): the ops take the spatial extent
-// as the product of the dimensions after C.
-class BatchNorm1d : public Layer {
-  public:
-    explicit BatchNorm1d(const Args& a)
-        : C_(arg_int(a, "num_features")), eps_(static_cast<float>(arg_float(a, "eps"))),
-          momentum_(static_cast<float>(arg_float(a, "momentum"))), affine_(arg_bool(a, "affine")),
-          track_(arg_bool(a, "track_running_stats")), save_mean_({C_}), save_invstd_({C_}) {}
-    std::string config() const override {
-        return str_cat(C_, ", eps=", eps_, ", momentum=", momentum_,
-                       affine_ ? "" : ", affine=False");
-    }
-
-  protected:
-    Shape output_shape_impl(const Shape& in) const override {
-        if ((in.size() != 2 && in.size() != 3) || in[1] != C_)
-            shape_error(str_cat("(N, ", C_, ") or (N, ", C_, ", L)"), in);
-        return in;
-    }
-    void forward_impl(const Tensor& x, Tensor& y, bool training, const Workspace&) override {
-        const Tensor* gamma = affine_ ? &params_[0] : nullptr;
-        const Tensor* beta = affine_ ? &params_[1] : nullptr;
-        if (save_mean_.device() != x.device()) {
-            save_mean_ = Tensor({C_}, x.device());
-            save_invstd_ = Tensor({C_}, x.device());
-        }
-        if (training || !track_) {
-            const int64_t per_channel = x.numel() / C_;
-            CNN_CHECK_ARG(per_channel > 1, label(),
-                          ": expected more than 1 value per channel when training, got input ",
-                          shape_str(x.shape()));
-            ops::batchnorm_forward_train(y, save_mean_, save_invstd_,
-                                         track_ && training ? &buffers_[0] : nullptr,
-                                         track_ && training ? &buffers_[1] : nullptr, x, gamma,
-                                         beta, momentum_, eps_);
-            batch_stats_ = true;
-        } else {
-            ops::batchnorm_forward_eval(y, x, gamma, beta, buffers_[0], buffers_[1], eps_);
-            batch_stats_ = false;
-        }
-    }
-    void backward_impl(const Tensor& x, const Tensor&, const Tensor& dy, Tensor* dx,
-                       const Workspace&) override {
-        CNN_CHECK_ARG(batch_stats_, label(),
-                      ": backward after an eval-mode forward is not supported; call forward "
-                      "with training=True first");
-        ops::batchnorm_backward(dx, affine_ ? &grads_[0] : nullptr,
-                                affine_ ? &grads_[1] : nullptr, dy, x, save_mean_, save_invstd_,
-                                affine_ ? &params_[0] : nullptr);
-    }
-
-  private:
-    int64_t C_;
-    float eps_, momentum_;
-    bool affine_, track_;
-    Tensor save_mean_, save_invstd_;
-    bool batch_stats_ = false;
-};
-
 // ---- Upsample ---------------------------------------------------------------------------------
 
 class Upsample : public Layer {
@@ -311,18 +250,6 @@ class Upsample : public Layer {
     int64_t oh_ = 0, ow_ = 0;  // size, when given
     double scale_ = 0;         // scale_factor, otherwise
 };
-
-std::vector<ParamSpec> batchnorm_params(const Args& a) {
-    const int64_t C = arg_int(a, "num_features");
-    if (!arg_bool(a, "affine")) return {};
-    return {{"weight", {C}, Init::Ones, 0}, {"bias", {C}, Init::Zeros, 0}};
-}
-
-std::vector<ParamSpec> batchnorm_buffers(const Args& a) {
-    const int64_t C = arg_int(a, "num_features");
-    if (!arg_bool(a, "track_running_stats")) return {};
-    return {{"running_mean", {C}, Init::Zeros, 0}, {"running_var", {C}, Init::Ones, 0}};
-}
 
 }  // namespace
 
@@ -385,17 +312,6 @@ LayerSchema schema_Dropout2d() {
     LayerSchema s("Dropout2d");
     s.args = {float_arg("p", 0.5, 0.0, 1.0, false, true)};
     s.make = [](const Args& a) { return std::make_shared<Dropout2d>(a); };
-    return s;
-}
-
-LayerSchema schema_BatchNorm1d() {
-    LayerSchema s("BatchNorm1d");
-    s.args = {int_req("num_features", 1), float_arg("eps", 1e-5, 0.0, 3.4e38, true),
-              float_arg("momentum", 0.1, 0.0, 1.0), bool_arg("affine", true),
-              bool_arg("track_running_stats", true)};
-    s.params = batchnorm_params;
-    s.buffers = batchnorm_buffers;
-    s.make = [](const Args& a) { return std::make_shared<BatchNorm1d>(a); };
     return s;
 }
 
