@@ -3,7 +3,7 @@
     python tests/fuzz/make_corpus.py        # rewrites tests/fuzz/corpus/<target>/seed-*
 
 Model and trainer files come from the current cnnkit (Adam + ReduceLROnPlateau saved in the
-middle of an epoch, SGD momentum + LinearWarmup(after=StepLR) after two epochs, a model file)
+middle of an epoch, SGD momentum + LinearWarmup(after=StepLR) after two epochs, a model file, a graph model)
 plus the files of the previous release in tests/data/format_v1; IDX files are a tiny fake
 MNIST (plain and gzip) and other element types; .npy files cover dtypes, orders and header
 versions; images are PNG (grey, RGB, RGBA, 16-bit, palette), JPEG, BMP and GIF.
@@ -60,6 +60,12 @@ def cnnkit_files(d: Path) -> None:
     t2.fit(x, y, epochs=2, batch_size=16, verbose=0, lr_scheduler=warm)
     ck.save(t2, d / "seed-sgd-warmup.cnnkit")
     _fixed_times(d / "seed-sgd-warmup.cnnkit")
+
+    ck.manual_seed(8)  # a graph model (format version 2): a residual block
+    graph = ck.Sequential([ck.Conv2d(1, 2, 3, padding=1),
+                           ck.Residual(ck.Sequential([ck.Conv2d(2, 2, 3, padding=1), ck.ReLU()])),
+                           ck.Flatten(), ck.Linear(2 * 8 * 8, 3)])
+    ck.save(graph, d / "seed-graph-residual.cnnkit")
 
     t3 = ck.Trainer(targets.tiny_model(4), device="cpu", seed=7)  # no optimizer state yet
     ck.save(t3, d / "seed-fresh-trainer.cnnkit")
