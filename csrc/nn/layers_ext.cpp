@@ -1,7 +1,7 @@
 // Layers of the PyTorch zoo beyond the first eleven: the activations ELU, SiLU, GELU, ReLU6,
 // Hardswish (the activation kernel family), Identity, Softmax, AdaptiveAvgPool2d,
-// AdaptiveMaxPool2d, Dropout2d, BatchNorm1d (the BatchNorm kernels over (N, C, L)) and
-// Upsample (nearest). Each is a class plus its schema; docs/architecture.md says how to add one.
+// AdaptiveMaxPool2d, Dropout2d and Upsample (nearest); BatchNorm1d shares BatchNorm2d's class
+// in layers.cpp. Each is a class plus its schema; docs/architecture.md says how to add one.
 #include <cmath>
 #include <limits>
 
