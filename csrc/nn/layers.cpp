@@ -4,6 +4,7 @@
 #include <functional>
 
 #include "core/rng.h"
+#include "nn/activation_layer.h"
 #include "nn/layer.h"
 #include "nn/schema.h"
 #include "ops/ops.h"
@@ -328,32 +329,7 @@ class Pool2d : public Layer {
     Tensor argmax_;  // int32 indices in float32 storage, kept for backward
 };
 
-// ---- activations ----------------------------------------------------------------------------
-
-class Activation : public Layer {
-  public:
-    Activation(cpu::Act act, float alpha) : act_(act), alpha_(alpha) {}
-    std::string config() const override {
-        return act_ == cpu::Act::LeakyReLU ? str_cat("negative_slope=", alpha_) : "";
-    }
-
-  protected:
-    Shape output_shape_impl(const Shape& in) const override {
-        if (in.empty() || in[0] < 0) shape_error("(N, ...)", in);
-        return in;
-    }
-    void forward_impl(const Tensor& x, Tensor& y, bool, const Workspace&) override {
-        ops::activation_forward(y, x, act_, alpha_);
-    }
-    void backward_impl(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor* dx,
-                       const Workspace&) override {
-        if (dx) ops::activation_backward(*dx, dy, x, y, act_, alpha_);
-    }
-
-  private:
-    cpu::Act act_;
-    float alpha_;
-};
+// ---- activations: nn/activation_layer.h ---------------------------------------------------
 
 // ---- Linear ---------------------------------------------------------------------------------
 
@@ -527,11 +503,6 @@ std::vector<ArgSpec> pool_args() {
             bool_arg("ceil_mode", false)};
 }
 
-LayerSchema activation_schema(const char* type, cpu::Act act) {
-    LayerSchema s(type);
-    s.make = [act](const Args&) { return std::make_shared<Activation>(act, 0.f); };
-    return s;
-}
 
 Args one(const char* name, Arg v) { return Args{{name, v}}; }
 
@@ -605,8 +576,9 @@ LayerSchema schema_LeakyReLU() {
     LayerSchema s("LeakyReLU");
     s.args = {float_arg("negative_slope", 0.01, -3.4e38, 3.4e38)};
     s.make = [](const Args& a) {
-        return std::make_shared<Activation>(cpu::Act::LeakyReLU,
-                                            static_cast<float>(arg_float(a, "negative_slope")));
+        const float slope = static_cast<float>(arg_float(a, "negative_slope"));
+        return std::make_shared<Activation>(cpu::Act::LeakyReLU, slope,
+                                            str_cat("negative_slope=", slope));
     };
     return s;
 }

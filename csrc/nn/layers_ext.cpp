@@ -5,6 +5,7 @@
 #include <cmath>
 #include <limits>
 
+#include "nn/activation_layer.h"
 #include "nn/layer.h"
 #include "nn/schema.h"
 #include "ops/ops.h"
@@ -13,39 +14,6 @@ namespace cnnkit {
 namespace nn {
 
 namespace {
-
-// ---- element-wise activations -----------------------------------------------------------------
-
-class ElementwiseAct : public Layer {
-  public:
-    ElementwiseAct(cpu::Act act, float alpha, std::string config)
-        : act_(act), alpha_(alpha), config_(std::move(config)) {}
-    std::string config() const override { return config_; }
-
-  protected:
-    Shape output_shape_impl(const Shape& in) const override {
-        if (in.empty()) shape_error("(N, ...)", in);
-        return in;
-    }
-    void forward_impl(const Tensor& x, Tensor& y, bool, const Workspace&) override {
-        ops::activation_forward(y, x, act_, alpha_);
-    }
-    void backward_impl(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor* dx,
-                       const Workspace&) override {
-        if (dx) ops::activation_backward(*dx, dy, x, y, act_, alpha_);
-    }
-
-  private:
-    cpu::Act act_;
-    float alpha_;
-    std::string config_;
-};
-
-LayerSchema plain_act(const char* type, cpu::Act act) {
-    LayerSchema s(type);
-    s.make = [act](const Args&) { return std::make_shared<ElementwiseAct>(act, 0.f, ""); };
-    return s;
-}
 
 // ---- Identity ---------------------------------------------------------------------------------
 
@@ -260,21 +228,21 @@ LayerSchema schema_ELU() {
     s.args = {float_arg("alpha", 1.0, -3.4e38, 3.4e38)};
     s.make = [](const Args& a) {
         const float alpha = static_cast<float>(arg_float(a, "alpha"));
-        return std::make_shared<ElementwiseAct>(cpu::Act::ELU, alpha, str_cat("alpha=", alpha));
+        return std::make_shared<Activation>(cpu::Act::ELU, alpha, str_cat("alpha=", alpha));
     };
     return s;
 }
 
-LayerSchema schema_SiLU() { return plain_act("SiLU", cpu::Act::SiLU); }
-LayerSchema schema_ReLU6() { return plain_act("ReLU6", cpu::Act::ReLU6); }
-LayerSchema schema_Hardswish() { return plain_act("Hardswish", cpu::Act::Hardswish); }
+LayerSchema schema_SiLU() { return activation_schema("SiLU", cpu::Act::SiLU); }
+LayerSchema schema_ReLU6() { return activation_schema("ReLU6", cpu::Act::ReLU6); }
+LayerSchema schema_Hardswish() { return activation_schema("Hardswish", cpu::Act::Hardswish); }
 
 LayerSchema schema_GELU() {
     LayerSchema s("GELU");
     s.args = {choice_arg("approximate", "none", {"none", "tanh"})};
     s.make = [](const Args& a) {
         const bool tanh = arg_str(a, "approximate") == "tanh";
-        return std::make_shared<ElementwiseAct>(tanh ? cpu::Act::GELUTanh : cpu::Act::GELU, 0.f,
+        return std::make_shared<Activation>(tanh ? cpu::Act::GELUTanh : cpu::Act::GELU, 0.f,
                                                 tanh ? "approximate='tanh'" : "");
     };
     return s;
