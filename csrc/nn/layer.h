@@ -126,6 +126,22 @@ class Layer {
     bool last_training_ = false;
 };
 
+// A layer whose output is its input reshaped (Flatten, Identity): the Net aliases the storage
+// and skips forward; called on their own, forward and backward copy.
+class ViewLayer : public Layer {
+  public:
+    bool is_view() const override { return true; }
+
+  protected:
+    void forward_impl(const Tensor& x, Tensor& y, bool, const Workspace&) override {
+        if (y.data() != x.data()) y.copy_from(x);
+    }
+    void backward_impl(const Tensor&, const Tensor&, const Tensor& dy, Tensor* dx,
+                       const Workspace&) override {
+        if (dx && dx->data() != dy.data()) dx->copy_from(dy);
+    }
+};
+
 using LayerPtr = std::shared_ptr<Layer>;
 
 // ---- factories ------------------------------------------------------------------------------

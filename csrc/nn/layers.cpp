@@ -362,22 +362,12 @@ class Linear : public Layer {
 
 // ---- Flatten --------------------------------------------------------------------------------
 
-class Flatten : public Layer {
-  public:
-    bool is_view() const override { return true; }
-
+class Flatten : public ViewLayer {
   protected:
     Shape output_shape_impl(const Shape& in) const override {
         if (in.size() < 2) shape_error("(N, ...) with at least 2 dimensions", in);
         const int64_t f = checked_numel(Shape(in.begin() + 1, in.end()), label());
         return {in[0], f};
-    }
-    void forward_impl(const Tensor& x, Tensor& y, bool, const Workspace&) override {
-        if (y.data() != x.data()) y.copy_from(x);
-    }
-    void backward_impl(const Tensor&, const Tensor&, const Tensor& dy, Tensor* dx,
-                       const Workspace&) override {
-        if (dx && dx->data() != dy.data()) dx->copy_from(dy);
     }
 };
 

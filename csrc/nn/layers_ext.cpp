@@ -17,21 +17,11 @@ namespace {
 
 // ---- Identity ---------------------------------------------------------------------------------
 
-class Identity : public Layer {
-  public:
-    bool is_view() const override { return true; }
-
+class Identity : public ViewLayer {
   protected:
     Shape output_shape_impl(const Shape& in) const override {
         if (in.empty()) shape_error("(N, ...)", in);
         return in;
-    }
-    void forward_impl(const Tensor& x, Tensor& y, bool, const Workspace&) override {
-        if (y.data() != x.data()) y.copy_from(x);
-    }
-    void backward_impl(const Tensor&, const Tensor&, const Tensor& dy, Tensor* dx,
-                       const Workspace&) override {
-        if (dx && dx->data() != dy.data()) dx->copy_from(dy);
     }
 };
 
