@@ -224,3 +224,20 @@ def test_conv_relu_fusion_is_bit_identical(conv, portable, rng):
     for (ka, ga), (kb, gb) in zip(a.grad_dict().items(), b.grad_dict().items(), strict=True):
         assert ka == kb
         np.testing.assert_array_equal(ga, gb)
+
+
+def test_sequential_takes_layers_as_arguments_like_pytorch():
+    ck.manual_seed(0)
+    a = ck.Sequential([ck.Conv2d(1, 2, 3), ck.ReLU(), ck.Flatten(), ck.Linear(2 * 4 * 4, 3)])
+    ck.manual_seed(0)
+    b = ck.Sequential(ck.Conv2d(1, 2, 3), ck.ReLU(), ck.Flatten(), ck.Linear(2 * 4 * 4, 3))
+    assert list(a.state_dict()) == list(b.state_dict()) == ["0.weight", "0.bias", "3.weight",
+                                                            "3.bias"]
+    x = np.random.default_rng(0).random((2, 1, 6, 6), dtype=np.float32)
+    np.testing.assert_array_equal(a.forward(x), b.forward(x))
+    one = ck.Sequential(ck.ReLU())
+    assert len(one.layers) == 1
+    with pytest.raises(ValueError, match="layer 1 is not a cnnkit layer"):
+        ck.Sequential(ck.ReLU(), "conv")
+    with pytest.raises(ValueError, match="must be an iterable of cnnkit layers, got 'conv'"):
+        ck.Sequential("conv")

@@ -7,7 +7,6 @@ so a PyTorch state_dict of the same architecture loads as is.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -86,6 +85,7 @@ class Sequential:
     """A model made of layers applied in order.
 
     >>> model = Sequential([Conv2d(1, 6, 5), ReLU(), MaxPool2d(2), Flatten(), Linear(864, 10)])
+    >>> model = Sequential(Conv2d(1, 6, 5), ReLU(), ...)      # the same, as PyTorch writes it
     >>> logits = model.forward(x)       # x: (N, 1, 28, 28) or (N, 28, 28); uint8 -> [0, 1]
     >>> proba = model.predict(x)        # (N, 10) class probabilities (softmax of the logits)
 
@@ -93,12 +93,14 @@ class Sequential:
     layer; weights are not shared between positions).
     """
 
-    def __init__(self, layers: Iterable[Layer] = (), *, name: str | None = None,
-                 _solo: bool = False) -> None:
-        if isinstance(layers, Layer) or not hasattr(layers, "__iter__"):
-            raise ValueError(
-                f"Sequential: layers must be an iterable of cnnkit layers, got {layers!r:.80}"
-            )
+    def __init__(self, *layers: Any, name: str | None = None, _solo: bool = False) -> None:
+        # Sequential([a, b, c]) as Keras, or Sequential(a, b, c) as PyTorch
+        if len(layers) == 1 and not isinstance(layers[0], (Layer, Sequential)):
+            layers = layers[0]
+            if not hasattr(layers, "__iter__") or isinstance(layers, (str, bytes, dict)):
+                raise ValueError(
+                    f"Sequential: layers must be an iterable of cnnkit layers, got "
+                    f"{layers!r:.80}")
         self._setup(name, _solo)
         self._append(list(layers), "Sequential")
         self._build()
@@ -295,6 +297,11 @@ class Sequential:
         PyTorch's BatchNorm 'num_batches_tracked' entries are accepted and ignored. With
         strict=True, missing or unexpected keys raise ValueError; nothing is changed then.
         """
+        for k, a in self._check_state_dict(state, strict).items():  # all checked first
+            self._net.set_tensor(k, a)
+
+    def _check_state_dict(self, state: Any, strict: bool = True) -> dict[str, np.ndarray]:
+        """The arrays load_state_dict would set (float32, contiguous), after every check."""
         if not hasattr(state, "items"):
             raise ValueError(
                 f"load_state_dict: expected a dict of name -> array, got {type(state).__name__}"
@@ -326,8 +333,7 @@ class Sequential:
             if not np.all(np.isfinite(a)):
                 raise ValueError(f"load_state_dict: '{k}' contains NaN or Inf")
             arrays[k] = a
-        for k, a in arrays.items():  # all checked first: nothing is half-loaded
-            self._net.set_tensor(k, a)
+        return arrays
 
     def grad_dict(self) -> OrderedDict[str, np.ndarray]:
         """Copies of the accumulated parameter gradients."""

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import _architecture as _arch
 from . import _files, _seeding
-from . import optim as _optim
+from . import _trainer_state as _tstate
 from .layers import from_config as _layer_from_config
 
 __all__ = [
@@ -204,27 +204,15 @@ def _model_payload(model: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
 
 def _trainer_payload(trainer: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """meta + tensors of a trainer file: Trainer.state_dict(), its arrays as tensors."""
+    state = trainer.state_dict()
     meta, tensors = _model_payload(trainer.model)
-    seed, counter = trainer.model._net.rng_state()
-    t: dict[str, Any] = {
-        "loss": trainer.loss.name, "metrics": list(trainer.metrics), "seed": trainer.seed,
-        "epoch": trainer.epoch, "rng": {"seed": int(seed), "counter": int(counter)},
-        "history": trainer.history.to_dict(), "optimizer": None, "lr_scheduler": None,
-        "progress": None,
-    }
-    progress = getattr(trainer, "_progress", None)
-    if progress is not None:  # saved inside an epoch (Ctrl-C, or a callback's save)
-        t["progress"] = progress.to_dict()
-    opt = trainer.optimizer
+    t = {k: v for k, v in state.items() if k != "model"}
+    opt = state["optimizer"]
     if opt is not None:
-        st = opt.state_dict()
-        t["optimizer"] = {"kind": opt.kind, "config": st["config"], "step": st["step"],
-                          "buffers": list(st["buffers"]), "initial_lr": opt.initial_lr,
-                          "flat_size": int(trainer.model._net.flat_params().shape[0])}
-        for k, v in st["buffers"].items():
+        t["optimizer"] = {**opt, "buffers": list(opt["buffers"])}
+        for k, v in opt["buffers"].items():
             tensors[_PREFIX_OPT + k] = v
-        if trainer.lr_scheduler is not None:
-            t["lr_scheduler"] = trainer.lr_scheduler.state_dict()
     meta["trainer"] = t
     return meta, tensors
 
@@ -503,70 +491,12 @@ def _check_same_architecture(ck: Checkpoint, model: Any) -> dict[str, np.ndarray
 
 
 # ---------------------------------------------------------------------------------------------
-# Trainer state
+# Trainer state: the file's meta.trainer + optimizer tensors -> Trainer.state_dict() form
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _TrainerState:
-    loss: str
-    metrics: list[str]
-    seed: int
-    epoch: int
-    rng: tuple[int, int]
-    history: Any
-    optimizer: dict[str, Any] | None
-    opt_buffers: dict[str, np.ndarray]
-    scheduler: dict[str, Any] | None
-    progress: dict[str, Any] | None = None
-
-
-def _check_progress(p: Any, epoch: int, where: str) -> dict[str, Any] | None:
-    """meta.trainer.progress: null, or the position inside an unfinished epoch."""
-    if p is None:
-        return None
-    from .trainer import _Progress
-
-    if not isinstance(p, dict) or set(p) != set(_Progress.FIELDS):
-        raise CheckpointError(f"{where}: trainer.progress must be null or an object with "
-                              f"{list(_Progress.FIELDS)}")
-    ints = ("epoch", "batch", "batches", "batch_size", "samples", "seen", "correct")
-    if not all(_is_int(p[k]) and 0 <= p[k] < 2**63 for k in ints):
-        raise CheckpointError(f"{where}: trainer.progress: {', '.join(ints)} must be "
-                              "non-negative ints")
-    if not isinstance(p["shuffle"], bool):
-        raise CheckpointError(f"{where}: trainer.progress.shuffle must be a boolean")
-    out = dict(p)
-    for k in ("loss_sum", "time"):
-        v = _finite_float(p[k])
-        if v is None or v < 0:
-            raise CheckpointError(f"{where}: trainer.progress.{k} must be a finite number >= 0")
-        out[k] = v
-    if p["epoch"] != epoch:
-        raise CheckpointError(f"{where}: trainer.progress is for epoch {p['epoch']}, but the "
-                              f"checkpoint has {epoch} epochs done")
-    if not (1 <= p["batch_size"] and p["batch"] <= p["batches"] <= p["samples"]
-            and p["correct"] <= p["seen"] <= p["samples"]
-            and p["seen"] <= p["batch"] * p["batch_size"]):
-        raise CheckpointError(f"{where}: trainer.progress is inconsistent: {p}")
-    return out
-
-
-def _finite_float(v: Any) -> float | None:
-    """v as a finite float, or None when it is not a finite JSON number."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    try:
-        f = float(v)
-    except OverflowError:
-        return None
-    return f if math.isfinite(f) else None
-
-
-def _trainer_state(ck: Checkpoint) -> _TrainerState:
-    """Check the trainer part of a checkpoint (types, ranges, optimizer, schedule)."""
-    from .trainer import History
-
+def _trainer_state(ck: Checkpoint, weights: dict[str, np.ndarray]) -> _tstate.Checked:
+    """The trainer state a checkpoint holds, checked (CheckpointError naming the file)."""
     p = ck.path
     if ck.kind != "trainer":
         raise CheckpointError(f"{p}: this is a model file, not a trainer checkpoint (use "
@@ -574,149 +504,32 @@ def _trainer_state(ck: Checkpoint) -> _TrainerState:
     t = ck.meta.get("trainer")
     if not isinstance(t, dict):
         raise CheckpointError(f"{p}: meta.trainer is missing")
-    if t.get("loss") not in ("cross_entropy", "mse"):
-        raise CheckpointError(f"{p}: unknown loss {_short(t.get('loss'))}")
-    metrics = t.get("metrics")
-    if not isinstance(metrics, list) or not all(m == "accuracy" for m in metrics):
-        raise CheckpointError(f"{p}: bad metrics {_short(metrics)}")
-    for k in ("seed", "epoch"):
-        if not _is_int(t.get(k)) or t[k] < 0:
-            raise CheckpointError(f"{p}: trainer.{k} must be a non-negative int")
-    rng = t.get("rng")
-    if not isinstance(rng, dict) or not all(
-            _is_int(rng.get(k)) and 0 <= rng[k] < 2**64 for k in ("seed", "counter")):
-        raise CheckpointError(f"{p}: trainer.rng must be {{seed, counter}} (64-bit ints)")
-    try:
-        hist = History.from_dict(t.get("history") or {})
-    except (TypeError, ValueError, AttributeError, OverflowError) as e:
-        raise CheckpointError(f"{p}: bad history: {e}") from None
-    progress = _check_progress(t.get("progress"), t["epoch"], p)
-    opt, bufs, sched = t.get("optimizer"), {}, t.get("lr_scheduler")
     opt_tensors = {k[len(_PREFIX_OPT):]: v for k, v in ck.tensors.items()
                    if k.startswith(_PREFIX_OPT)}
-    if opt is not None:
-        if not isinstance(opt, dict) or not isinstance(opt.get("config"), dict):
-            raise CheckpointError(f"{p}: bad trainer.optimizer")
-        if not isinstance(opt.get("kind"), str):
-            raise CheckpointError(f"{p}: bad optimizer kind {opt.get('kind')!r:.60}")
-        try:
-            scratch = _optim.from_config(opt["kind"], opt["config"])
-        except ValueError as e:
-            raise CheckpointError(f"{p}: bad optimizer: {e}") from None
-        opt = {**opt, "config": scratch.get_config()}  # complete (defaults filled in)
+    opt = t.get("optimizer")
+    if isinstance(opt, dict):
         names = opt.get("buffers")
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names) \
                 or sorted(names) != sorted(opt_tensors):
             raise CheckpointError(f"{p}: optimizer buffers {_short(names)} do not match the "
                                   f"tensors {_few(sorted(opt_tensors))}")
-        if names and sorted(names) != sorted(scratch.state_names()):
-            raise CheckpointError(f"{p}: a {scratch.kind} optimizer has buffers "
-                                  f"{scratch.state_names()}, the file has {_short(names)}")
-        flat = opt.get("flat_size")
-        for k, a in opt_tensors.items():
-            if a.dtype != np.float32 or a.ndim != 1 or a.shape[0] != flat:
-                raise CheckpointError(f"{p}: optimizer buffer {_short(k)} must be float32 "
-                                      f"({_short(flat)},), got {a.dtype} {a.shape}")
-        if not _is_int(opt.get("step")) or not 0 <= opt["step"] <= _MAX_INT:
-            raise CheckpointError(f"{p}: optimizer step must be a non-negative int")
-        if not _is_int(flat) or not 0 <= flat <= _MAX_INT:
-            raise CheckpointError(f"{p}: optimizer flat_size must be a non-negative int")
-        ilr = opt.get("initial_lr")
-        if ilr is not None and _finite_float(ilr) is None:
-            raise CheckpointError(f"{p}: bad optimizer initial_lr {ilr!r:.60}")
-        bufs = opt_tensors
-        if sched is not None:
-            scratch.initial_lr = ilr
-            try:
-                _optim.scheduler_from_state(scratch, sched)
-            except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as e:
-                raise CheckpointError(f"{p}: bad lr schedule: {e}") from None
-    elif opt_tensors or sched is not None:
+        opt = {**opt, "buffers": opt_tensors}
+    elif opt is None and opt_tensors:
         raise CheckpointError(f"{p}: optimizer state without an optimizer")
-    return _TrainerState(t["loss"], metrics, t["seed"], t["epoch"], (rng["seed"], rng["counter"]),
-                         hist, opt, bufs, sched, progress)
-
-
-def _apply_trainer_state(trainer: Any, st: _TrainerState, weights: dict[str, np.ndarray]) -> None:
-    """Apply an already-checked state (nothing here should fail)."""
-    trainer.model.load_state_dict(weights)
-    net = trainer.model._net
-    if st.optimizer is not None:
-        opt = trainer.optimizer
-        if opt is None:
-            opt = _optim.from_config(st.optimizer["kind"], st.optimizer["config"])
-            trainer.optimizer = opt
-        opt.attach(trainer.model)
-        opt.load_state_dict({"kind": opt.kind, "config": st.optimizer["config"],
-                             "step": st.optimizer["step"], "buffers": st.opt_buffers})
-        trainer.lr_scheduler = None
-        trainer._scheduler_restored = st.scheduler is not None
-        if st.scheduler is not None:
-            trainer.lr_scheduler = _optim.scheduler_from_state(opt, st.scheduler)
-            opt.lr = float(st.optimizer["config"]["lr"])  # the lr saved, exactly
-        opt.initial_lr = st.optimizer.get("initial_lr")
-    net.set_rng(int(st.rng[0]), int(st.rng[1]))
-    trainer.seed = st.seed
-    trainer.epoch = st.epoch
-    trainer.history = st.history
-    from .trainer import _Progress
-
-    trainer._progress = _Progress(**st.progress) if st.progress is not None else None
+    state = {"model": weights, "optimizer": opt,
+             **{k: t.get(k) for k in ("loss", "metrics", "seed", "epoch", "rng", "history",
+                                      "progress", "lr_scheduler")}}
+    return _tstate.check(state, p, CheckpointError)
 
 
 def restore_trainer(trainer: Any, path: str | os.PathLike) -> None:
     """Load a trainer checkpoint into `trainer` (whose model must have the same
     architecture). The file is fully checked first; on any error nothing changes."""
     ck = read(path)
-    st = _trainer_state(ck)
+    if ck.kind != "trainer":
+        _trainer_state(ck, {})  # the "model file, not a checkpoint" error
     weights = _check_same_architecture(ck, trainer.model)
-    if st.loss != trainer.loss.name:
-        raise CheckpointError(f"{ck.path}: the checkpoint was trained with loss {st.loss!r}, "
-                              f"this trainer uses {trainer.loss.name!r}")
-    if st.optimizer is not None and trainer.optimizer is not None \
-            and trainer.optimizer.kind != st.optimizer["kind"]:
-        raise CheckpointError(f"{ck.path}: the checkpoint's optimizer is "
-                              f"{st.optimizer['kind']}, this trainer's is "
-                              f"{trainer.optimizer.kind}")
-    _check_flat_size(st, trainer.model, ck.path)
-    snapshot = _snapshot(trainer)
-    try:
-        _apply_trainer_state(trainer, st, weights)
-    except Exception as e:  # a gap in the checks above: undo, so that nothing half-loads
-        _restore_snapshot(trainer, snapshot)
-        raise CheckpointError(f"{ck.path}: cannot apply the checkpoint: "
-                              f"{type(e).__name__}: {e}") from e
-
-
-def _check_flat_size(st: _TrainerState, model: Any, path: str) -> None:
-    if st.optimizer is None:
-        return
-    n = int(model._net.flat_params().shape[0])
-    if st.optimizer.get("flat_size") != n:
-        raise CheckpointError(f"{path}: the optimizer state has flat_size "
-                              f"{st.optimizer.get('flat_size')!r}, the model needs {n}")
-
-
-def _snapshot(trainer: Any) -> dict[str, Any]:
-    """Everything _apply_trainer_state changes."""
-    opt = trainer.optimizer
-    return {"weights": trainer.model.state_dict(), "rng": trainer.model._net.rng_state(),
-            "optimizer": opt, "opt_state": opt.state_dict() if opt is not None else None,
-            "initial_lr": opt.initial_lr if opt is not None else None,
-            **{k: getattr(trainer, k) for k in ("lr_scheduler", "_scheduler_restored", "seed",
-                                                 "epoch", "history", "_progress")}}
-
-
-def _restore_snapshot(trainer: Any, snap: dict[str, Any]) -> None:
-    trainer.model.load_state_dict(snap["weights"])
-    trainer.model._net.set_rng(*snap["rng"])
-    trainer.optimizer = snap["optimizer"]
-    if snap["optimizer"] is not None:
-        snap["optimizer"].attach(trainer.model)
-        snap["optimizer"].load_state_dict(snap["opt_state"])
-        snap["optimizer"].initial_lr = snap["initial_lr"]
-    for k in ("lr_scheduler", "_scheduler_restored", "seed", "epoch", "history", "_progress"):
-        setattr(trainer, k, snap[k])
+    _tstate.load_into(trainer, _trainer_state(ck, weights), ck.path, CheckpointError)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -736,22 +549,15 @@ def load_weights(model: Any, path: str | os.PathLike) -> None:
     model.load_state_dict(_check_same_architecture(ck, model))
 
 
-def load(path: str | os.PathLike, device: str = "auto") -> Any:
-    """A Sequential for a model file; a Trainer (on `device`) for a trainer checkpoint,
-    ready to ``fit`` on from where it stopped."""
+def load(path: str | os.PathLike, device: str | None = None) -> Any:
+    """A Sequential/Model for a model file (on `device`, the CPU by default); a Trainer (on
+    `device`, "auto" by default: CUDA when available) for a trainer checkpoint, ready to
+    ``fit`` on from where it stopped."""
     from .trainer import Trainer
 
     ck = read(path)
-    if ck.kind == "model":
-        return _build(ck)
-    st = _trainer_state(ck)
     model = _build(ck)
-    opt = None
-    if st.optimizer is not None:
-        opt = _optim.from_config(st.optimizer["kind"], st.optimizer["config"])
-    _check_flat_size(st, model, ck.path)
-    trainer = Trainer(model, loss=st.loss, optimizer=opt, metrics=tuple(st.metrics),
-                      device=device, seed=st.seed)
-    weights = {k: v for k, v in model.state_dict().items()}
-    _apply_trainer_state(trainer, st, weights)
-    return trainer
+    if ck.kind == "model":
+        return model.to(device) if device is not None else model
+    st = _trainer_state(ck, model.state_dict())
+    return Trainer.from_state_dict(model, st, device=device or "auto")

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from tqdm.std import tqdm
 
+from . import _trainer_state as _state
 from . import callbacks as _callbacks
 from . import losses as _losses
 from . import optim as _optim
@@ -776,17 +777,56 @@ class Trainer:
         return np.argmax(out.reshape(out.shape[0], -1), axis=1).astype(np.int64)
 
     # -- checkpoints --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a checkpoint holds, as a plain dict (arrays as numpy copies): the
+        model's state_dict under "model", the loss, metrics, seed, epochs done, the Dropout
+        stream's position, the history, the position inside an unfinished epoch, and the
+        optimizer's hyper-parameters, step and buffers and the lr schedule. cnnkit.save
+        writes exactly this; :meth:`load_state_dict` takes it back. Refused (RuntimeError)
+        from another thread while this Trainer is fitting."""
+        self._refuse_while_fitting("state_dict")
+        return _state.state_of(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`: every part is checked first (ValueError naming the
+        field); on any error this Trainer is unchanged. The loss and, when this Trainer has
+        one, the optimizer type must match. Refused (RuntimeError) while fitting in another
+        thread."""
+        self._refuse_while_fitting("load_state_dict")
+        _state.load_into(self, state, "Trainer.load_state_dict")
+
+    @classmethod
+    def from_state_dict(cls, model: Any, state: dict[str, Any],
+                        device: str = "auto") -> Trainer:
+        """A Trainer for `model` (same architecture as the one `state` came from) with the
+        loss, metrics, seed and optimizer that `state` records, restored from it."""
+        st = state if isinstance(state, _state.Checked) else \
+            _state.check(state, "Trainer.from_state_dict")
+        opt = None
+        if st.optimizer is not None:
+            opt = _optim.from_config(st.optimizer["kind"], st.optimizer["config"])
+        trainer = cls(model, loss=st.loss, optimizer=opt, metrics=tuple(st.metrics),
+                      device=device, seed=st.seed)
+        _state.load_into(trainer, st, "Trainer.from_state_dict")
+        return trainer
+
+    def _refuse_while_fitting(self, what: str) -> None:
+        if self._fit_thread is not None and self._fit_thread != threading.get_ident():
+            raise RuntimeError(f"{what}: this Trainer is fitting in another thread; "
+                               "wait for fit to return")
+
     def save(self, path: str) -> None:
-        """Write a full checkpoint (see cnnkit.io.save)."""
+        """Write a full checkpoint (see cnnkit.io.save). Refused (RuntimeError) from another
+        thread while this Trainer is fitting: the weights would be read between steps' halves
+        (callbacks, which run in fit's thread, may save)."""
+        self._refuse_while_fitting("save")
         _io.save(self, path)
 
     def load_checkpoint(self, path: str) -> None:
         """Restore weights, optimizer state, schedule, RNG, epoch and history from a trainer
         checkpoint; the file is fully checked first (CheckpointError), nothing half-loads.
         Refused (RuntimeError) from another thread while this Trainer is fitting."""
-        if self._fit_thread is not None and self._fit_thread != threading.get_ident():
-            raise RuntimeError("load_checkpoint: this Trainer is fitting in another thread; "
-                               "wait for fit to return")
+        self._refuse_while_fitting("load_checkpoint")
         _io.restore_trainer(self, path)
 
     def __repr__(self) -> str:
