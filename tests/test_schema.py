@@ -43,6 +43,7 @@ BASE = {
     "Dropout2d": ({}, (2, 3, 3)),
     "BatchNorm1d": ({"num_features": 2}, (2, 3)),
     "Upsample": ({"scale_factor": 2.0}, (2, 3, 3)),
+    "ConvTranspose2d": ({"in_channels": 2, "out_channels": 4, "kernel_size": 3}, (2, 4, 4)),
 }
 
 

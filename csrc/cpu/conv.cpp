@@ -2,7 +2,8 @@
 // stride-1 single-group layers use the implicit-GEMM kernels of conv_direct.cpp (no column
 // matrix); 1x1 stride-1 layers are one GEMM per image; everything else (strides, groups) is
 // im2col batched over a chunk of images + one GEMM per group, with backward by GEMM + col2im
-// (input) and GEMM with the column matrix (weight).
+// (input) and GEMM with the column matrix (weight). The per-channel bias kernels (the conv bias
+// gradient, ConvTranspose2d's bias) are at the end.
 #include <algorithm>
 #include <cstring>
 
@@ -262,25 +263,7 @@ void conv2d_backward_weight(float* dw, float* db, const float* dy, const float* 
                             const ConvGeom& g, float* ws) {
     const int64_t PQ = g.P * g.Q;
     if (is_depthwise(g)) return depthwise_backward_weight(dw, db, dy, x, g);
-    if (db) {
-#pragma omp parallel for schedule(static) if (double(g.N) * g.K * PQ > 65536)
-        for (int64_t k = 0; k < g.K; ++k) {
-            double s = 0.0;
-            for (int64_t n = 0; n < g.N; ++n) {
-                const float* dyk = dy + (n * g.K + k) * PQ;
-                // eight independent partial sums (vectorizes; a single one is a serial chain)
-                float lane[8] = {};
-                int64_t i = 0;
-                for (; i + 8 <= PQ; i += 8)
-                    for (int l = 0; l < 8; ++l) lane[l] += dyk[i + l];
-                float part = ((lane[0] + lane[1]) + (lane[2] + lane[3])) +
-                             ((lane[4] + lane[5]) + (lane[6] + lane[7]));
-                for (; i < PQ; ++i) part += dyk[i];
-                s += part;
-            }
-            db[k] += static_cast<float>(s);
-        }
-    }
+    if (db) channel_bias_backward(db, dy, g.N, g.K, PQ);
     if (conv_direct::applicable_backward_weight(g))
         return conv_direct::backward_weight(dw, dy, x, g, ws);
     if (is_pointwise(g)) {
@@ -304,6 +287,39 @@ void conv2d_backward_weight(float* dw, float* db, const float* dy, const float* 
         for (int64_t gi = 0; gi < g.groups; ++gi)
             sgemm(false, true, Kg, CRSg, ldc, 1.f, d + gi * Kg * ldc, ldc, col + gi * CRSg * ldc,
                   ldc, 1.f, dw + gi * Kg * CRSg, CRSg);
+    }
+}
+
+// y is (N,C,HW): y += b[c].
+void channel_bias_forward(float* y, const float* b, int64_t N, int64_t C, int64_t HW) {
+#pragma omp parallel for collapse(2) schedule(static) if (double(N) * C * HW > 65536)
+    for (int64_t n = 0; n < N; ++n)
+        for (int64_t c = 0; c < C; ++c) {
+            float* yc = y + (n * C + c) * HW;
+            const float bc = b[c];
+            for (int64_t i = 0; i < HW; ++i) yc[i] += bc;
+        }
+}
+
+// dy is (N,C,HW); db (C) accumulated: per image eight float partial sums, images summed in
+// double, in a fixed order (no dependence on the thread count).
+void channel_bias_backward(float* db, const float* dy, int64_t N, int64_t C, int64_t HW) {
+#pragma omp parallel for schedule(static) if (double(N) * C * HW > 65536)
+    for (int64_t c = 0; c < C; ++c) {
+        double s = 0.0;
+        for (int64_t n = 0; n < N; ++n) {
+            const float* dyc = dy + (n * C + c) * HW;
+            // eight independent partial sums (vectorizes; a single one is a serial chain)
+            float lane[8] = {};
+            int64_t i = 0;
+            for (; i + 8 <= HW; i += 8)
+                for (int l = 0; l < 8; ++l) lane[l] += dyc[i + l];
+            float part = ((lane[0] + lane[1]) + (lane[2] + lane[3])) +
+                         ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+            for (; i < HW; ++i) part += dyc[i];
+            s += part;
+        }
+        db[c] += static_cast<float>(s);
     }
 }
 

@@ -34,6 +34,10 @@ void conv2d_backward_input(float* dx, const float* dy, const float* w, const Con
 // dy is (N,K,P,Q), x is (N,C,H,W); dw (K,C/groups,R,S) and db (K, or null) are ACCUMULATED.
 void conv2d_backward_weight(float* dw, float* db, const float* dy, const float* x,
                             const ConvGeom& g, float* ws);
+// Per-channel bias of an (N,C,HW) activation: y += b[c] (forward), db[c] += sum over n and
+// the HW positions of dy (backward, accumulated; conv2d_backward_weight's db).
+void channel_bias_forward(float* y, const float* b, int64_t N, int64_t C, int64_t HW);
+void channel_bias_backward(float* db, const float* dy, int64_t N, int64_t C, int64_t HW);
 
 // ---- pooling ----------------------------------------------------------------------------
 // x is (N,C,H,W), y is (N,C,P,Q); argmax (N,C,P,Q) holds the flat h*W+w index of each max

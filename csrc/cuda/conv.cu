@@ -2,6 +2,7 @@
 // GEMM per group; backward by GEMM + col2im (input) and GEMM with the column matrix (weight).
 // 1x1 stride-1 convolutions skip im2col; depthwise convolutions use direct kernels. Every
 // reduction (bias gradient, depthwise weight gradient) is a fixed-shape block tree: no atomics.
+// The per-channel bias kernels (conv bias gradient, ConvTranspose2d's bias) are at the end.
 #include "cuda/common.cuh"
 #include "cuda/im2col.cuh"
 #include "cuda/kernels.h"
@@ -145,11 +146,6 @@ __global__ void depthwise_backward_weight_kernel(float* __restrict__ dw,
     if (threadIdx.x == 0) dw[krs] += acc;
 }
 
-void bias_grad(float* db, const float* dy, const ConvGeom& g) {
-    CNN_LAUNCH(dim3(static_cast<unsigned>(g.K)), dim3(kReduceBlock), bias_grad_kernel, db, dy, g.N,
-               g.K, g.P * g.Q);
-}
-
 }  // namespace
 
 // ---- public entry points --------------------------------------------------------------------
@@ -239,7 +235,7 @@ void conv2d_backward_input(float* dx, const float* dy, const float* w, const Con
 void conv2d_backward_weight(float* dw, float* db, const float* dy, const float* x,
                             const ConvGeom& g, float* ws) {
     const int64_t PQ = g.P * g.Q, HW = g.H * g.W;
-    if (db) bias_grad(db, dy, g);
+    if (db) channel_bias_backward(db, dy, g.N, g.K, PQ);
     if (conv_is_depthwise(g)) {
         CNN_LAUNCH(dim3(static_cast<unsigned>(g.K * g.R * g.S)), dim3(kReduceBlock),
                    depthwise_backward_weight_kernel, dw, dy, x, g);
@@ -269,6 +265,17 @@ void conv2d_backward_weight(float* dw, float* db, const float* dy, const float* 
             sgemm(false, true, Kg, CRSg, ldc, 1.f, d + gi * Kg * ldc, ldc, col + gi * CRSg * ldc,
                   ldc, 1.f, dw + gi * Kg * CRSg, CRSg);
     }
+}
+
+// y is (N,C,HW): y += b[c].
+void channel_bias_forward(float* y, const float* b, int64_t N, int64_t C, int64_t HW) {
+    CNN_LAUNCH(dim3(grid_for(N * C * HW, kBlock)), dim3(kBlock), add_bias_kernel, y, b, N, C, HW);
+}
+
+// dy is (N,C,HW); db (C) accumulated: one block per channel, a fixed-order tree.
+void channel_bias_backward(float* db, const float* dy, int64_t N, int64_t C, int64_t HW) {
+    CNN_LAUNCH(dim3(static_cast<unsigned>(C)), dim3(kReduceBlock), bias_grad_kernel, db, dy, N, C,
+               HW);
 }
 
 }  // namespace cuda

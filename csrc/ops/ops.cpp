@@ -209,6 +209,28 @@ void batchnorm_backward(Tensor* dx, Tensor* dgamma, Tensor* dbeta, const Tensor&
     }
 }
 
+void channel_bias_forward(Tensor& y, const Tensor& b) {
+    CNN_CHECK(y.dim() >= 2 && b.numel() == y.size(1), "channel_bias_forward: bias ",
+              shape_str(b.shape()), " for ", shape_str(y.shape()));
+    if (common_device("channel_bias_forward", {&y, &b}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::channel_bias_forward(y.data(), b.data(), y.size(0), y.size(1),
+                                               spatial(y)));
+    } else {
+        cpu::channel_bias_forward(y.data(), b.data(), y.size(0), y.size(1), spatial(y));
+    }
+}
+
+void channel_bias_backward(Tensor& db, const Tensor& dy) {
+    CNN_CHECK(dy.dim() >= 2 && db.numel() == dy.size(1), "channel_bias_backward: bias ",
+              shape_str(db.shape()), " for ", shape_str(dy.shape()));
+    if (common_device("channel_bias_backward", {&db, &dy}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::channel_bias_backward(db.data(), dy.data(), dy.size(0), dy.size(1),
+                                                spatial(dy)));
+    } else {
+        cpu::channel_bias_backward(db.data(), dy.data(), dy.size(0), dy.size(1), spatial(dy));
+    }
+}
+
 void add_into(Tensor& y, const Tensor& x) {
     CNN_CHECK(y.numel() == x.numel(), "add_into: ", shape_str(y.shape()), " += ",
               shape_str(x.shape()));

@@ -21,6 +21,9 @@ void conv2d_backward_input(Tensor& dx, const Tensor& dy, const Tensor& w, const 
                            float* ws);
 void conv2d_backward_weight(Tensor& dw, Tensor* db, const Tensor& dy, const Tensor& x,
                             const ConvGeom& g, float* ws);
+// Per-channel bias of y (N,C,...): y += b[c]; db (C) += dy summed over all but the C axis.
+void channel_bias_forward(Tensor& y, const Tensor& b);
+void channel_bias_backward(Tensor& db, const Tensor& dy);
 
 // argmax (N,C,P,Q) int32 lives on the tensors' device.
 void maxpool2d_forward(Tensor& y, int32_t* argmax, const Tensor& x, const PoolGeom& g);

@@ -23,6 +23,7 @@ from .layers import (
     BatchNorm2d,
     Concat,
     Conv2d,
+    ConvTranspose2d,
     Dropout,
     Dropout2d,
     Flatten,
@@ -81,5 +82,5 @@ __all__ = [
     "Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Linear",
     "Flatten", "Dropout", "BatchNorm2d", "ELU", "SiLU", "GELU", "ReLU6", "Hardswish", "Identity",
     "Softmax", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Dropout2d", "BatchNorm1d", "Upsample",
-    "Add", "Concat", "Model", "Input", "GraphTensor", "Residual",
+    "Add", "Concat", "ConvTranspose2d", "Model", "Input", "GraphTensor", "Residual",
 ]  # fmt: skip

@@ -41,6 +41,7 @@ __all__ = [
     "Upsample",
     "Add",
     "Concat",
+    "ConvTranspose2d",
 ]
 
 
@@ -137,6 +138,25 @@ class Conv2d(Layer):
         super().__init__(in_channels=in_channels, out_channels=out_channels,
                          kernel_size=kernel_size, stride=stride, padding=padding,
                          dilation=dilation, groups=groups, bias=bias, name=name)
+
+
+class ConvTranspose2d(Layer):
+    """2-D transposed convolution (PyTorch's ConvTranspose2d): x (N, in_channels, H, W) ->
+    y (N, out_channels, P, Q), the gradient of a Conv2d with respect to its input.
+
+    weight is (in_channels, out_channels // groups, kh, kw), bias (out_channels,);
+    P = (H - 1)*stride - 2*padding + dilation*(kh - 1) + output_padding + 1 (same for Q).
+    output_padding must be smaller than either stride or dilation along each axis.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
+                 output_padding: int | tuple[int, int] = 0, groups: int = 1, bias: bool = True,
+                 dilation: int | tuple[int, int] = 1, *, name: str | None = None) -> None:
+        super().__init__(in_channels=in_channels, out_channels=out_channels,
+                         kernel_size=kernel_size, stride=stride, padding=padding,
+                         output_padding=output_padding, groups=groups, bias=bias,
+                         dilation=dilation, name=name)
 
 
 class MaxPool2d(Layer):
@@ -375,6 +395,7 @@ LAYER_TYPES: dict[str, type[Layer]] = {
         Upsample,
         Add,
         Concat,
+        ConvTranspose2d,
     )
 }
 
