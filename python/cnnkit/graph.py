@@ -17,6 +17,7 @@ instead of computing. Parameter names are dotted module paths as in PyTorch: a l
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from typing import Any
 
@@ -29,14 +30,16 @@ class GraphTensor:
     """A symbolic value of a graph: the model's input, or the output of a layer applied to
     other GraphTensors. ``shape`` is the per-sample shape when known (else None)."""
 
-    __slots__ = ("shape", "layer", "inputs", "path")
+    __slots__ = ("shape", "layer", "inputs", "path", "within")
 
     def __init__(self, shape: tuple[int, ...] | None, layer: Layer | None = None,
-                 inputs: tuple[GraphTensor, ...] = (), path: tuple[Any, ...] = ()) -> None:
+                 inputs: tuple[GraphTensor, ...] = (), path: tuple[Any, ...] = (),
+                 within: tuple[Any, ...] = ()) -> None:
         self.shape = shape
         self.layer = layer
         self.inputs = inputs
         self.path = path  # module path parts: strings, or containers named when compiled
+        self.within = within  # the Sequentials/Models whose call recorded this node
 
     def __repr__(self) -> str:
         what = "Input" if self.layer is None else self.layer.type
@@ -73,7 +76,16 @@ def _node(layer: Layer, xs: tuple[GraphTensor, ...], path: tuple[Any, ...]) -> G
             raise ValueError(f"{e}{f' (in {where})' if where else ''}") from None
     elif layer._native.arity == 1 and len(xs) != 1:
         raise ValueError(f"{layer.type}: takes one input, got {len(xs)}")
-    return GraphTensor(shape, layer, xs, path)
+    return GraphTensor(shape, layer, xs, path, tuple(_enclosing()))
+
+
+_TRACING = threading.local()  # the containers being traced, outermost first
+
+
+def _enclosing() -> list[Any]:
+    if not hasattr(_TRACING, "stack"):
+        _TRACING.stack = []
+    return _TRACING.stack
 
 
 def trace(module: Any, x: Any, path: tuple[Any, ...]) -> GraphTensor:
@@ -85,7 +97,12 @@ def trace(module: Any, x: Any, path: tuple[Any, ...]) -> GraphTensor:
     if isinstance(module, Layer):
         return _node(module, xs, path)
     if isinstance(module, (Sequential, Residual)):
-        return module._trace(xs, path)
+        stack = _enclosing()
+        stack.append(module)
+        try:
+            return module._trace(xs, path)
+        finally:
+            stack.pop()
     raise ValueError(f"cannot call {module!r:.60} in a graph (expected a cnnkit layer, "
                      "Sequential or Residual)")
 
@@ -137,6 +154,23 @@ class Residual:
 
     def __repr__(self) -> str:
         return f"Residual(block={self.block!r}, shortcut={self.shortcut!r})"
+
+
+def containers(out: GraphTensor) -> list[Any]:
+    """The Sequentials and Models called to build the graph ending at `out`: the graph takes
+    their layers over (a layer of another model, used on its own, stays refused)."""
+    found: dict[int, Any] = {}
+    seen: set[int] = set()
+    stack = [out]
+    while stack:
+        t = stack.pop()
+        if id(t) in seen or not isinstance(t, GraphTensor):
+            continue
+        seen.add(id(t))
+        for c in t.within:
+            found[id(c)] = c
+        stack.extend(t.inputs)
+    return list(found.values())
 
 
 def compile_graph(inp: GraphTensor, out: GraphTensor, where: str = "Model"

@@ -105,6 +105,11 @@ class Sequential:
         self._append(list(layers), "Sequential")
         self._build()
 
+    @property
+    def type(self) -> str:
+        """"Sequential" or "Model" (unnamed containers in a graph are auto-named from it)."""
+        return type(self).__name__
+
     def _setup(self, name: str | None, solo: bool = False) -> None:
         if name is not None and (not isinstance(name, str) or not all(name.split("."))):
             raise ValueError(f"{type(self).__name__}: name must be a non-empty string, got "
@@ -123,9 +128,10 @@ class Sequential:
         self._fitting: Any = None  # the Trainer whose fit is running on this model
 
     # -- structure ----------------------------------------------------------------------
-    def _append(self, new: list[Any], where: str) -> None:
+    def _append(self, new: list[Any], where: str, absorb: tuple[Any, ...] = ()) -> None:
         """Check every new layer first (nothing is taken over on error), then own them.
-        Items are layers, or containers (a nested Sequential, a Residual)."""
+        Items are layers, or containers (a nested Sequential, a Residual). Layers of the
+        models in `absorb` (called whole inside this graph) are taken over."""
         from .graph import Residual
 
         at = {id(layer): i for i, item in enumerate(self.layers) for layer in _leaves(item)}
@@ -148,7 +154,8 @@ class Sequential:
                     f"not shared between positions). Create a new layer for position {i}, "
                     f"e.g. {layer!r}"
                 )
-            if layer._owner is not None and layer._owner is not self:
+            if layer._owner is not None and layer._owner is not self \
+                    and not any(layer._owner is c for c in absorb):
                 raise ValueError(f"{where}: {layer!r} already belongs to another model")
             at[id(layer)] = i
         for item in new:
@@ -427,13 +434,13 @@ class Model(Sequential):
     """
 
     def __init__(self, inputs: Any, outputs: Any, *, name: str | None = None) -> None:
-        from .graph import compile_graph
+        from .graph import compile_graph, containers
 
         inputs = _single(inputs, "inputs")
         outputs = _single(outputs, "outputs")
         self._setup(name)
         nodes, ins, names = compile_graph(inputs, outputs, "Model")
-        self._own(nodes, ins, names)
+        self._own(nodes, ins, names, tuple(containers(outputs)))
         self._input_shape = inputs.shape
 
     @classmethod
@@ -445,8 +452,9 @@ class Model(Sequential):
         m._own(list(nodes), [list(i) for i in inputs], list(names))
         return m
 
-    def _own(self, nodes: list[Layer], ins: list[list[int]], names: list[str]) -> None:
-        self._append(nodes, "Model")
+    def _own(self, nodes: list[Layer], ins: list[list[int]], names: list[str],
+             absorb: tuple[Any, ...] = ()) -> None:
+        self._append(nodes, "Model", absorb)
         self._graph = (ins, names)
         self._build()
 
@@ -455,8 +463,16 @@ class Model(Sequential):
         self._inputs, self._names = self._graph
 
     def _trace(self, xs: tuple[Any, ...], path: tuple[Any, ...]) -> Any:
-        raise ValueError("Model: a graph model cannot be called inside another graph yet; "
-                         "build the graph with its layers, or use a Sequential")
+        """Inline this graph's nodes into the graph being traced, named under `path`
+        ("<name>.<node name>"); the enclosing model takes its layers over."""
+        from .graph import _node
+
+        if len(xs) != 1:
+            raise ValueError(f"Model: takes one input, got {len(xs)}")
+        vals = [xs[0]]
+        for layer, ins, name in zip(self._nodes, self._inputs, self._names, strict=True):
+            vals.append(_node(layer, tuple(vals[j] for j in ins), path + tuple(name.split("."))))
+        return vals[-1]
 
     def add(self, layer: Layer) -> Model:
         raise ValueError("Model.add: a graph model is fixed; build a new one with ck.Model")

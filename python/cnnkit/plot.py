@@ -89,11 +89,49 @@ def _unit(a: np.ndarray) -> np.ndarray:
     return np.where(finite, (a - lo) / (hi - lo), 0.0)
 
 
+def _nodes(model: Any) -> list[Any]:
+    """The model's layers in node order (a Sequential's, nested containers flattened, or a
+    graph Model's); their names are ``model._names``."""
+    if getattr(model, "_nodes", None) is None or getattr(model, "_names", None) is None:
+        raise ValueError(f"cnnkit.plot: expected a cnnkit Sequential or Model, got "
+                         f"{type(model).__name__}")
+    return model._nodes
+
+
 def _conv_indices(model: Any) -> list[int]:
-    layers = getattr(model, "layers", None)
-    if layers is None:
-        raise ValueError(f"cnnkit.plot: expected a cnnkit Sequential, got {type(model).__name__}")
-    return [i for i, layer in enumerate(layers) if type(layer).__name__ == "Conv2d"]
+    return [i for i, layer in enumerate(_nodes(model)) if type(layer).__name__ == "Conv2d"]
+
+
+def _node_label(model: Any, i: int) -> str:
+    name = model._names[i]
+    return f"layer {name}" if name.isdigit() else name
+
+
+def _pick_nodes(model: Any, which: Any, where: str) -> list[int]:
+    """Node indices for `which`: layer names ("layer1.0.conv1") or node indices."""
+    nodes = _nodes(model)
+    if isinstance(which, (str, int, np.integer)) and not isinstance(which, bool):
+        which = [which]
+    if not isinstance(which, (list, tuple)) or not which:
+        raise ValueError(f"{where}: layers must be a list of layer names or indices, got "
+                         f"{which!r:.80}")
+    index = {n: i for i, n in enumerate(model._names)}
+    out = []
+    for w in which:
+        if isinstance(w, str):
+            if w not in index:
+                close = [n for n in model._names if w in n or n in w][:5] or model._names[:5]
+                raise ValueError(f"{where}: the model has no layer named {w!r} (layers: "
+                                 f"{', '.join(close)}, ...)")
+            out.append(index[w])
+        elif isinstance(w, (int, np.integer)) and not isinstance(w, bool):
+            if not -len(nodes) <= w < len(nodes):
+                raise ValueError(f"{where}: layer {w} is out of range for a model of "
+                                 f"{len(nodes)} layers")
+            out.append(int(w) % len(nodes))
+        else:
+            raise ValueError(f"{where}: layers must be names or indices, got {w!r:.60}")
+    return out
 
 
 def _as_image(chw: np.ndarray) -> tuple[np.ndarray, str | None]:
@@ -327,7 +365,8 @@ def training_curves(history: Any, path: str | os.PathLike[str], title: str | Non
 
 # -- conv filters ---------------------------------------------------------------------------
 def conv_filters(
-    model: Any, path: str | os.PathLike[str], layer: int | None = None, max_filters: int = 64
+    model: Any, path: str | os.PathLike[str], layer: int | str | None = None,
+    max_filters: int = 64
 ) -> str:
     """Draw the kernels of a Conv2d layer as a grid of tiles and write a PNG.
 
@@ -336,10 +375,11 @@ def conv_filters(
     scaled to [0, 1] on its own, so the picture shows the pattern of each filter, not its size.
 
     Args:
-        model: a :class:`cnnkit.Sequential`.
+        model: a :class:`cnnkit.Sequential` or graph :class:`cnnkit.Model`.
         path: where to write the PNG (its directory must exist).
-        layer: index in ``model.layers`` of the Conv2d to show (negative counts from the end);
-            default: the first Conv2d.
+        layer: the Conv2d to show: its name (as in ``state_dict`` keys, e.g. ``"conv1"``) or
+            its index among the model's layers in node order (for a flat Sequential,
+            ``model.layers``; negative counts from the end); default: the first Conv2d.
         max_filters: show at most this many filters (the first ones).
 
     Returns:
@@ -355,25 +395,30 @@ def conv_filters(
     convs = _conv_indices(model)
     if not convs:
         raise ValueError(f"{where}: the model has no Conv2d layer")
-    n_layers = len(model.layers)
+    nodes = _nodes(model)
+    n_layers = len(nodes)
     if layer is None:
         i = convs[0]
     else:
-        if not isinstance(layer, (int, np.integer)) or isinstance(layer, bool):
-            raise ValueError(f"{where}: layer must be an int index, got {layer!r}")
-        if not -n_layers <= layer < n_layers:
+        if isinstance(layer, str):
+            i = _pick_nodes(model, [layer], where)[0]
+        elif not isinstance(layer, (int, np.integer)) or isinstance(layer, bool):
+            raise ValueError(f"{where}: layer must be a layer name or an int index, got "
+                             f"{layer!r}")
+        elif not -n_layers <= layer < n_layers:
             raise ValueError(
                 f"{where}: layer {layer} is out of range for a model of {n_layers} layers "
                 f"(Conv2d layers: {convs})"
             )
-        i = int(layer) % n_layers
+        else:
+            i = int(layer) % n_layers
         if i not in convs:
             raise ValueError(
-                f"{where}: layer {layer} is a {type(model.layers[i]).__name__}, not a Conv2d "
-                f"(Conv2d layers: {convs})"
+                f"{where}: layer {layer} is a {type(nodes[i]).__name__}, not a Conv2d "
+                f"(Conv2d layers: {[model._names[j] for j in convs]})"
             )
     p = _check_dir(path)
-    w = np.asarray(model.state_dict()[f"{i}.weight"], dtype=np.float64)
+    w = np.asarray(model.state_dict()[f"{model._names[i]}.weight"], dtype=np.float64)
     k_all, c, r, s = w.shape
     k = min(k_all, max_filters)
     mode = "RGB" if c == 3 else ("grayscale" if c == 1 else f"mean of {c} input channels")
@@ -390,7 +435,7 @@ def conv_filters(
         r0, c0 = divmod(j, ncols)
         _tile(ax, img, cmap, c0 * (1 + _GAP) + _GAP / 2, r0 * pitch + _HEAD, str(j))
     shown = f"{k} filters" if k == k_all else f"first {k} of {k_all} filters"
-    fig.suptitle(f"Conv2d layer {i}: {shown}, {r}\u00d7{s}, {mode}", fontsize=11)
+    fig.suptitle(f"Conv2d {_node_label(model, i)}: {shown}, {r}\u00d7{s}, {mode}", fontsize=11)
     return _save(fig, p)
 
 
@@ -422,50 +467,57 @@ def _one_input(x: Any) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def _activations(model: Any, x1: np.ndarray, convs: list[int]) -> list[np.ndarray]:
-    """Output of each layer in convs for input x1, computed on fresh copies of the layers.
+def _activations(model: Any, x1: np.ndarray, idxs: list[int]) -> list[np.ndarray]:
+    """Output of each node in idxs for input x1 (evaluation mode), computed on fresh copies.
 
-    A layer can belong to one Sequential only, so each stretch of layers up to the next Conv2d
-    is rebuilt from its config into a new Sequential with the matching weights and buffers.
+    A layer belongs to one model only, so for each node its ancestors are rebuilt from their
+    configs into a graph Model ending at that node, with the matching weights and buffers;
+    the model itself is not touched.
     """
     from . import layers as ck_layers
-    from .model import Sequential
+    from .model import Model
 
     state = model.state_dict()
+    nodes, ins, names = model._nodes, model._inputs, model._names
     outs = []
-    start = 0
-    h = x1
-    for i in convs:
-        part = [
-            ck_layers.from_config(type(layer).__name__, layer.get_config())
-            for layer in model.layers[start : i + 1]
-        ]
-        sub = Sequential(part)
-        sub_state = {}
-        for j in range(start, i + 1):
-            prefix = f"{j}."
-            for key, v in state.items():
-                if key.startswith(prefix):
-                    sub_state[f"{j - start}.{key[len(prefix) :]}"] = v
-        sub.load_state_dict(sub_state)
-        h = np.asarray(sub.forward(h, training=False))
-        outs.append(h[0])
-        start = i + 1
+    for k in idxs:
+        need: set[int] = set()
+        stack = [k]
+        while stack:
+            j = stack.pop()
+            if j not in need:
+                need.add(j)
+                stack.extend(v - 1 for v in ins[j] if v > 0)
+        keep = sorted(need)
+        pos = {j: i for i, j in enumerate(keep)}
+        copies = [ck_layers.from_config(type(nodes[j]).__name__, nodes[j].get_config())
+                  for j in keep]
+        sub_ins = [[0 if v == 0 else pos[v - 1] + 1 for v in ins[j]] for j in keep]
+        kept = {names[j] for j in keep}
+        sub = Model.from_nodes(copies, sub_ins, [names[j] for j in keep])
+        sub.load_state_dict({key: v for key, v in state.items()
+                             if key.rsplit(".", 1)[0] in kept})
+        outs.append(np.array(sub.forward(x1, training=False))[0])
     return outs
 
 
-def feature_maps(model: Any, x: Any, path: str | os.PathLike[str], max_channels: int = 16) -> str:
-    """Run one input through the model and draw the output of every Conv2d layer as a PNG.
+def feature_maps(model: Any, x: Any, path: str | os.PathLike[str], max_channels: int = 16,
+                 layers: Any = None) -> str:
+    """Run one input through the model and draw the output of its Conv2d layers (or of the
+    layers named in `layers`) as a PNG.
 
-    The first row shows the input; below it, one row per Conv2d layer with its first
+    The first row shows the input; below it, one row per layer with its first
     ``max_channels`` output channels (a row of more than 16 maps wraps onto more lines). Each
     map is scaled to [0, 1] on its own (viridis: dark = lowest, yellow = highest in that map).
-    The maps are the raw convolution outputs, before any activation that follows. Evaluation
-    mode: BatchNorm uses its running statistics and Dropout does nothing. The model itself is
-    not touched.
+    A Conv2d's maps are the raw convolution outputs, before any activation that follows.
+    Evaluation mode: BatchNorm uses its running statistics and Dropout does nothing. The model
+    itself is not touched.
 
     Args:
-        model: a :class:`cnnkit.Sequential` with at least one Conv2d.
+        model: a :class:`cnnkit.Sequential` or graph :class:`cnnkit.Model`.
+        layers: None (every Conv2d), or layer names as in ``state_dict`` keys
+            (``"layer1.0.conv1"``, ``"3"``) or node indices, of any layers whose output per
+            sample is (C, H, W).
         x: one input, (C, H, W), (1, C, H, W) or (H, W) (a channel axis is added). uint8 input
             is scaled to [0, 1]; other dtypes are used as float32 as they are.
         path: where to write the PNG (its directory must exist).
@@ -481,12 +533,20 @@ def feature_maps(model: Any, x: Any, path: str | os.PathLike[str], max_channels:
     _require_matplotlib()
     where = "feature_maps"
     max_channels = _positive_int(max_channels, "max_channels", where)
-    convs = _conv_indices(model)
-    if not convs:
-        raise ValueError(f"{where}: the model has no Conv2d layer")
+    if layers is None:
+        convs = _conv_indices(model)
+        if not convs:
+            raise ValueError(f"{where}: the model has no Conv2d layer (name the layers to "
+                             "show with layers=[...])")
+    else:
+        convs = _pick_nodes(model, layers, where)
     x1 = _one_input(x)
     p = _check_dir(path)
     acts = _activations(model, x1, convs)
+    for i, a in zip(convs, acts, strict=True):
+        if a.ndim != 3:
+            raise ValueError(f"{where}: {_node_label(model, i)} ({type(model._nodes[i]).__name__})"
+                             f" gives {tuple(a.shape)} per sample, not (C, H, W) maps")
 
     shown = [min(a.shape[0], max_channels) for a in acts]
     ncols = min(max(shown), _WRAP)
@@ -522,6 +582,8 @@ def feature_maps(model: Any, x: Any, path: str | os.PathLike[str], max_channels:
             _tile(ax, _unit(a[ch]), "viridis", x0, tile_top(b, line), f"ch {ch}")
         c_out = a.shape[0]
         more = f"\n(first {n})" if c_out > n else ""
-        block_label(b, f"layer {i}\nConv2d\n{c_out}\u00d7{a.shape[1]}\u00d7{a.shape[2]}{more}")
+        kind = type(model._nodes[i]).__name__
+        block_label(b, f"{_node_label(model, i)}\n{kind}\n{c_out}\u00d7{a.shape[1]}"
+                       f"\u00d7{a.shape[2]}{more}")
     fig.suptitle("Feature maps (each map scaled to its own range)", fontsize=12)
     return _save(fig, p)
