@@ -439,7 +439,8 @@ def test_dataloader_len_drop_last_transform_and_prep():
     dl = DataLoader(x, np.arange(10), batch_size=4, transform=flip)
     xb, yb = next(iter(dl))
     assert np.all(xb == 0) and list(yb) == [100, 101, 102, 103]
-    assert np.all(dl.x == 1.0)  # the stored data is not modified
+    # the stored data (uint8 kept as uint8, scaled per batch) is not modified
+    assert dl.x.dtype == np.uint8 and np.all(dl.x == 255)
     nolabels = DataLoader(x, batch_size=16)
     assert [yb for _, yb in nolabels] == [None]
 

@@ -25,6 +25,8 @@
 namespace py = pybind11;
 using namespace cnnkit;
 
+void bind_data(py::module_& m);  // bindings/data.cpp
+
 #ifndef CNNKIT_VERSION
 #define CNNKIT_VERSION "0.0.0"
 #endif
@@ -896,4 +898,7 @@ PYBIND11_MODULE(_core, m) {
             py::arg("x"), py::arg("y"), py::arg("repeats") = 10)
         .def("rng_state", [](nn::Net& n) { return py::make_tuple(n.rng_seed(), n.rng_counter()); })
         .def("set_rng", &nn::Net::set_rng, py::arg("seed"), py::arg("counter"));
+
+    // ---- native batch feed (bindings/data.cpp) ----
+    bind_data(m);
 }

@@ -6,6 +6,8 @@ A callback sees the training loop at fixed points::
       on_epoch_begin(epoch, logs)   epoch counts from 0
         on_train_batch_begin(batch, logs)
         on_train_batch_end(batch, logs)      logs: loss, accuracy (this batch), size
+                                    (called for every batch when uses_batch_hooks() is
+                                    True: by default, when either batch hook is overridden)
       on_epoch_end(epoch, logs)     logs: loss, accuracy, val_loss, val_accuracy, lr, time, ...
     on_train_end(logs)
 
@@ -75,6 +77,14 @@ class Callback:
     def on_train_batch_end(self, batch: int, logs: Logs | None = None) -> None:
         pass
 
+    def uses_batch_hooks(self) -> bool:
+        """Whether fit must call on_train_batch_begin/end around every batch (one native
+        call per batch) rather than run many batches per native call. Default: True when
+        either hook is overridden; override to say when they are no-ops."""
+        cls = type(self)
+        return (cls.on_train_batch_begin is not Callback.on_train_batch_begin
+                or cls.on_train_batch_end is not Callback.on_train_batch_end)
+
 
 class CallbackList(Callback):
     """Calls each callback in order. In on_epoch_end, ModelCheckpoint callbacks run last, so
@@ -116,6 +126,9 @@ class CallbackList(Callback):
         for c in self.callbacks:
             if isinstance(c, ModelCheckpoint):
                 c.on_epoch_end(epoch, logs)
+
+    def uses_batch_hooks(self) -> bool:
+        return any(c.uses_batch_hooks() for c in self.callbacks)
 
     def on_train_batch_begin(self, batch: int, logs: Logs | None = None) -> None:
         for c in self.callbacks:
@@ -307,6 +320,9 @@ class TerminateOnNaN(Callback):
     the callback is kept for Keras compatibility and for losses reported by other callbacks.
     """
 
+    def uses_batch_hooks(self) -> bool:
+        return False  # it acts on a non-finite loss only, where fit stops and calls the hooks
+
     def on_train_batch_end(self, batch: int, logs: Logs | None = None) -> None:
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
@@ -485,6 +501,9 @@ class LambdaCallback(Callback):
         if self._fns["on_epoch_end"]:
             self._fns["on_epoch_end"](epoch, logs)
 
+    def uses_batch_hooks(self) -> bool:
+        return bool(self._fns["on_train_batch_begin"] or self._fns["on_train_batch_end"])
+
     def on_train_batch_begin(self, batch: int, logs: Logs | None = None) -> None:
         if self._fns["on_train_batch_begin"]:
             self._fns["on_train_batch_begin"](batch, logs)
@@ -560,6 +579,9 @@ class SchedulerCallback(Callback):
         logs = logs or {}
         key = self.monitor if self.monitor in logs else "loss"
         return _monitored(logs, key, "SchedulerCallback")
+
+    def uses_batch_hooks(self) -> bool:
+        return self.per == "step"
 
     def on_train_batch_end(self, batch: int, logs: Logs | None = None) -> None:
         if self.per == "step":

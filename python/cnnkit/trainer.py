@@ -4,11 +4,13 @@
 >>> history = trainer.fit(x_train, y_train, epochs=5, batch_size=64, validation_split=0.1)
 >>> trainer.evaluate(x_test, y_test)          # {"loss": ..., "accuracy": ...}
 
-Python owns the loop, the progress bar, callbacks and files; each batch is ONE call into the
-native ``Net.train_step`` (forward, loss, backward and optimizer update in C++ with the GIL
-released). Training is reproducible: the shuffling of epoch ``e`` depends only on
-(seed, e) and the Dropout masks on a counter saved in checkpoints, so ``fit(...,
-resume_from=checkpoint)`` continues bit-identically on the CPU.
+Python owns the loop, the progress bar, callbacks and files; the batches of array data are
+gathered (shuffled, uint8 scaled to [0, 1]) and trained on natively, many per call
+(``cnnkit._core.BatchFeed``: gather, forward, loss, backward and optimizer update in C++ with
+the GIL released), or one per call when a callback takes per-batch hooks. Training is
+reproducible: the shuffling of epoch ``e`` depends only on (seed, e) and the Dropout masks on a
+counter saved in checkpoints, so ``fit(..., resume_from=checkpoint)`` continues bit-identically
+on the CPU.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm.std import tqdm
 
+from . import _core
 from . import _trainer_state as _state
 from . import callbacks as _callbacks
 from . import losses as _losses
@@ -32,7 +35,15 @@ from . import optim as _optim
 from . import serialization as _io
 from ._checks import parse_device, positive_int, to_numpy
 from ._seeding import derive_seed
-from .data import DataLoader, _is_dataset, as_input, as_labels, as_targets, check_labels
+from .data import (
+    DataLoader,
+    _is_dataset,
+    _prepared,
+    as_input,
+    as_labels,
+    as_targets,
+    check_labels,
+)
 from .model import _predictions
 
 __all__ = ["Trainer", "History"]
@@ -40,6 +51,9 @@ __all__ = ["Trainer", "History"]
 _DEFAULT_METRICS = ("accuracy",)
 _DROPOUT_STREAM = 0xD0
 _METRIC_ALIASES = {"accuracy": "accuracy", "acc": "accuracy"}
+# Seconds of training per native call when no callback takes batch hooks: the progress bar,
+# the checkpoint position and Ctrl-C are looked at between calls (<= 10 times a second).
+_NATIVE_RUN_SECONDS = 0.1
 
 
 def _as_value(v: Any) -> Any:
@@ -299,7 +313,7 @@ class Trainer:
         return as_targets(y, where, out_shape)
 
     def _prep_arrays(self, x: Any, y: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
-        xa = as_input(x, where, model=self.model)
+        xa = _prepared(x, where, model=self.model)  # uint8 stays uint8: scaled per batch
         if y is None:
             raise ValueError(f"{where}: y is required when x is an array")
         ya_raw = to_numpy(y)
@@ -327,6 +341,33 @@ class Trainer:
         loader = DataLoader(xa, ya, batch_size=batch_size, shuffle=shuffle, seed=self.seed)
         loader._checked = True  # batches need no further checks
         return loader
+
+    def _feed(self, loader: DataLoader, where: str) -> Any:
+        """The native batch feed over `loader`'s arrays (kept on the loader for its next
+        epochs), or None when the batches come from Python: a dataset, a transform, a
+        DataLoader subclass, no labels, or data that fails the whole-array checks (the Python
+        path then raises at the batch where it always did)."""
+        if (type(loader) is not DataLoader or loader.x is None or loader.y is None
+                or loader.transform is not None or loader.x.dtype not in (np.uint8, np.float32)):
+            return None
+        x, y = loader.x, loader.y
+        key = (id(x), id(y), loader.batch_size, loader.drop_last, id(self.model),
+               self.loss.name)
+        cached = getattr(loader, "_native_feed", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        if not getattr(loader, "_checked", False):
+            try:  # what _batch checks per batch, once for the whole arrays
+                as_input(x[:1], where, model=self.model)
+                y = self._prep_y(y, self._output_shape(tuple(x.shape[1:]), where), where)
+            except ValueError:
+                return None
+        want = np.int64 if self.loss.name == "cross_entropy" else np.float32
+        if y.dtype != want or not y.flags.c_contiguous or len(y) != len(x):
+            return None
+        feed = _core.BatchFeed(x, y, loader.batch_size, loader.drop_last)
+        loader._native_feed = (key, feed)  # holds x and y (as the loader does)
+        return feed
 
     def _batch(self, xb: Any, yb: Any, loader: DataLoader, where: str) -> tuple[np.ndarray, Any]:
         if getattr(loader, "_checked", False):
@@ -623,7 +664,6 @@ class Trainer:
                    guard: _SigintGuard) -> dict[str, float] | None:
         """One epoch; returns its logs, or None when Ctrl-C stopped it (self._progress then
         says where)."""
-        net = self.model._net
         acc = "accuracy" in self.metrics
         p = self._progress
         if p is None or p.epoch != epoch:
@@ -635,38 +675,16 @@ class Trainer:
         bar = tqdm(total=len(loader), initial=p.batch, desc=f"Epoch {epoch + 1}/{epochs}",
                    unit="batch", disable=verbose != 1, leave=True, dynamic_ncols=True,
                    file=sys.stderr, mininterval=0.2)
-        seen, correct, loss_sum = p.seen, p.correct, p.loss_sum
         t0 = time.perf_counter() - p.time
         try:
-            for b, (xb, yb) in self._batches(loader, epoch, p.batch):
-                xb, yb = self._batch(xb, yb, loader, "fit")
-                n = int(xb.shape[0])
-                cbs.on_train_batch_begin(b, {"size": n})
-                loss, corr = net.train_step(xb, yb)  # atomic: Ctrl-C is handled after it
-                blogs: dict[str, float] = {"loss": float(loss)}
-                if acc:
-                    blogs["accuracy"] = corr / n
-                blogs["size"] = n
-                if not math.isfinite(loss):
-                    self._diverge(loss, epoch, b, verbose)
-                    cbs.on_train_batch_end(b, blogs)
-                    break
-                seen += n
-                correct += int(corr)
-                loss_sum += float(loss) * n
-                p.batch, p.seen, p.correct, p.loss_sum = b + 1, seen, correct, loss_sum
-                p.time = time.perf_counter() - t0
-                cbs.on_train_batch_end(b, blogs)
-                if verbose == 1:
-                    dt = time.perf_counter() - t0
-                    post = {"loss": f"{loss_sum / seen:.4f}"}
-                    if acc:
-                        post["acc"] = f"{correct / seen:.4f}"
-                    post["img/s"] = f"{seen / max(dt, 1e-9):.0f}"
-                    bar.set_postfix(post, refresh=False)
-                    bar.update(1)
-                if guard.hit:
-                    return None
+            feed = self._feed(loader, "fit")
+            if feed is not None:
+                stopped = self._train_native(feed, loader, epoch, p, t0, cbs, verbose, guard, bar)
+            else:
+                stopped = self._train_python(loader, epoch, p, t0, cbs, verbose, guard, bar)
+            if stopped:
+                return None
+            seen, correct, loss_sum = p.seen, p.correct, p.loss_sum
             self._progress = None  # the epoch's batches are done
             dt = time.perf_counter() - t0
             logs: dict[str, float] = {}
@@ -698,6 +716,87 @@ class Trainer:
                   + " - ".join(f"{k}: {v}" for k, v in self._summary(logs).items()))
         return logs
 
+    def _show(self, bar: Any, p: _Progress, t0: float, advance: int) -> None:
+        """The progress bar's postfix (running loss, accuracy, img/s) after `advance` more
+        batches."""
+        dt = time.perf_counter() - t0
+        post = {"loss": f"{p.loss_sum / p.seen:.4f}"}
+        if "accuracy" in self.metrics:
+            post["acc"] = f"{p.correct / p.seen:.4f}"
+        post["img/s"] = f"{p.seen / max(dt, 1e-9):.0f}"
+        bar.set_postfix(post, refresh=False)
+        bar.update(advance)
+
+    def _batch_logs(self, loss: float, corr: int, n: int) -> dict[str, float]:
+        blogs: dict[str, float] = {"loss": float(loss)}
+        if "accuracy" in self.metrics:
+            blogs["accuracy"] = corr / n
+        blogs["size"] = n
+        return blogs
+
+    def _train_native(self, feed: Any, loader: DataLoader, epoch: int, p: _Progress, t0: float,
+                      cbs: _callbacks.CallbackList, verbose: int, guard: _SigintGuard,
+                      bar: Any) -> bool:
+        """The batches p.batch.. of `epoch` through the native feed; True when Ctrl-C stopped
+        them. With callbacks that take batch hooks, one native call (gather + step) per batch
+        and the hooks around it; else runs of batches lasting about _NATIVE_RUN_SECONDS. The
+        sums continue in p exactly as the Python loop adds them."""
+        net = self.model._net
+        feed.set_order(loader.order(epoch) if loader.shuffle else None)
+        loader.epoch = epoch + 1  # as iterating the loader would leave it
+        per_batch = cbs.uses_batch_hooks()
+        nb, bs, total = len(loader), loader.batch_size, loader.num_samples
+        b = p.batch
+        while b < nb:
+            if per_batch:
+                cbs.on_train_batch_begin(b, {"size": min(bs, total - b * bs)})
+            done, seen, correct, loss_sum, loss, corr, n, bad = feed.train(
+                net, b, 1 if per_batch else nb - b, _NATIVE_RUN_SECONDS, p.seen, p.correct,
+                p.loss_sum)  # each step atomic: Ctrl-C is handled after the run
+            b += done
+            # the sums hold the finite batches; a non-finite last one is not in them
+            p.batch, p.seen, p.correct, p.loss_sum = b - bad, seen, correct, loss_sum
+            p.time = time.perf_counter() - t0
+            if bad:  # the last batch's loss is not finite; its update was not applied
+                self._diverge(loss, epoch, b - 1, verbose)
+                cbs.on_train_batch_end(b - 1, self._batch_logs(loss, corr, n))
+                return False
+            if per_batch:
+                cbs.on_train_batch_end(b - 1, self._batch_logs(loss, corr, n))
+            if verbose == 1:
+                self._show(bar, p, t0, done)
+            if guard.hit:
+                return True
+        return False
+
+    def _train_python(self, loader: DataLoader, epoch: int, p: _Progress, t0: float,
+                      cbs: _callbacks.CallbackList, verbose: int, guard: _SigintGuard,
+                      bar: Any) -> bool:
+        """The batches p.batch.. of `epoch` from the loader's iterator (datasets, transforms,
+        DataLoader subclasses), one native train step per batch; True when Ctrl-C stopped
+        them."""
+        net = self.model._net
+        for b, (xb, yb) in self._batches(loader, epoch, p.batch):
+            xb, yb = self._batch(xb, yb, loader, "fit")
+            n = int(xb.shape[0])
+            cbs.on_train_batch_begin(b, {"size": n})
+            loss, corr = net.train_step(xb, yb)  # atomic: Ctrl-C is handled after it
+            blogs = self._batch_logs(loss, corr, n)
+            if not math.isfinite(loss):
+                self._diverge(loss, epoch, b, verbose)
+                cbs.on_train_batch_end(b, blogs)
+                break
+            p.batch, p.seen = b + 1, p.seen + n
+            p.correct += int(corr)
+            p.loss_sum += float(loss) * n
+            p.time = time.perf_counter() - t0
+            cbs.on_train_batch_end(b, blogs)
+            if verbose == 1:
+                self._show(bar, p, t0, 1)
+            if guard.hit:
+                return True
+        return False
+
     @staticmethod
     def _summary(logs: dict[str, float], short: bool = False) -> dict[str, str]:
         out = {}
@@ -722,6 +821,15 @@ class Trainer:
     # -- evaluation ---------------------------------------------------------------------------
     def _evaluate_loader(self, loader: DataLoader, where: str) -> dict[str, float]:
         net = self.model._net
+        feed = self._feed(loader, where)
+        if feed is not None:  # every batch in one native call, summed as below
+            feed.set_order(loader.order(0) if loader.shuffle else None)
+            loader.epoch = 1  # as iterating epoch 0 would leave it
+            seen, correct, loss_sum = feed.evaluate(net)
+            out = {"loss": loss_sum / seen}
+            if "accuracy" in self.metrics:
+                out["accuracy"] = correct / seen
+            return out
         seen, correct, loss_sum = 0, 0, 0.0
         loader.set_epoch(0)
         for xb, yb in loader:
