@@ -1,7 +1,10 @@
 // Native benchmark of cnnkit::cpu::sgemm: square and conv-like skinny shapes, checked against a
 // double-precision reference on sampled entries, then timed (median of repeats).
-// Usage: bench_gemm [--threads N] [--repeats R] [--generic] [--blas LIB] [MxNxK[:op] | N ...]
-//        op: nn|tn|nt
+// Usage: bench_gemm [--threads N] [--repeats R] [--kernels SET[,SET...]] [--generic] [--blas LIB]
+//        [MxNxK[:op] | N ...]      op: nn|tn|nt
+// --kernels avx512,avx2 times the kernel sets (cpu/kernel_set.h) against each other in
+// alternating batches in this process and prints the median of the per-round speed-ups of the
+// first set over each other one; a single set just selects it (--generic = --kernels generic).
 // --blas LIB loads a CBLAS library (e.g. numpy's bundled OpenBLAS, libscipy_openblas64_*.so)
 // and times it against ours in alternating batches in this process: a drift in machine speed
 // then hits both alike, and the median of the per-pair ratios cancels most of it. Leave
@@ -22,6 +25,7 @@
 
 #include "core/runtime.h"
 #include "cpu/gemm.h"
+#include "cpu/kernel_set.h"
 
 namespace {
 
@@ -158,8 +162,10 @@ double median(std::vector<double> v) {
     return v[v.size() / 2];
 }
 
-// Returns false when the sampled check fails.
-bool run_one(const Shape& s, int repeats, int threads, const Blas& blas) {
+// Returns false when the sampled check fails. With several kernel sets, the check runs for
+// each, then the sets are timed in alternating batches.
+bool run_one(const Shape& s, int repeats, int threads, const Blas& blas,
+             const std::vector<std::string>& sets) {
     const int64_t lda = s.ta ? s.M : s.K, ldb = s.tb ? s.K : s.N;
     std::vector<float> A(s.M * s.K), B(s.K * s.N), C(s.M * s.N);
     std::mt19937 rng(42);
@@ -172,8 +178,10 @@ bool run_one(const Shape& s, int repeats, int threads, const Blas& blas) {
     };
 
     // Check sampled entries against a double-precision dot product.
-    call();
     double worst = 0;
+    for (size_t set = 0; set < std::max<size_t>(1, sets.size()); ++set) {
+    if (!sets.empty()) cnnkit::cpu::set_kernel_set(sets[set]);
+    call();
     for (int t = 0; t < 64; ++t) {
         const int64_t i = rng() % s.M, j = rng() % s.N;
         double ref = 0, mag = 0;
@@ -185,9 +193,32 @@ bool run_one(const Shape& s, int repeats, int threads, const Blas& blas) {
         }
         worst = std::max(worst, std::fabs(ref - C[i * s.N + j]) / (mag + 1e-30));
     }
+    }
     const bool ok = worst < 1e-5;
 
     const double flops = 2.0 * s.M * s.N * s.K;
+    if (sets.size() > 1) {
+        // Alternating batches of ~0.3 s, one per set per round.
+        std::vector<std::vector<double>> t(sets.size()), speedup(sets.size());
+        for (int r = 0; r < repeats; ++r)
+            for (size_t k = 0; k < sets.size(); ++k) {
+                cnnkit::cpu::set_kernel_set(sets[k]);
+                t[k].push_back(timed_batch(call, 0.3));
+                if (k > 0) speedup[k].push_back(t[k].back() / t[0].back());
+            }
+        std::printf("%5lld x %5lld x %5lld  %s  threads %d ", static_cast<long long>(s.M),
+                    static_cast<long long>(s.N), static_cast<long long>(s.K), op_name(s).c_str(),
+                    threads);
+        for (size_t k = 0; k < sets.size(); ++k)
+            std::printf(" %s %7.1f", sets[k].c_str(), flops / median(t[k]) * 1e-9);
+        std::printf(" GFLOP/s ");
+        for (size_t k = 1; k < sets.size(); ++k)
+            std::printf(" %s/%s %.3f", sets[0].c_str(), sets[k].c_str(), median(speedup[k]));
+        std::printf("  (median of %d rounds)%s\n", repeats, ok ? "" : "  CHECK FAILED");
+        std::fflush(stdout);
+        cnnkit::cpu::set_kernel_set(sets[0]);
+        return ok;
+    }
     if (blas.loaded()) {
         // Alternating batches of ~0.3 s: ours, theirs, ours, ...
         std::vector<float> C2(C.size());
@@ -248,6 +279,7 @@ int main(int argc, char** argv) {
     int threads = omp_get_max_threads(), repeats = 5;
     const char* blas_path = nullptr;
     std::vector<Shape> shapes;
+    std::vector<std::string> sets;
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
         if ((arg == "--threads" || arg == "--repeats") && i + 1 < argc) {
@@ -255,9 +287,18 @@ int main(int argc, char** argv) {
         } else if (arg == "--blas" && i + 1 < argc) {
             blas_path = argv[++i];
         } else if (arg == "--generic") {
-            cnnkit::cpu::sgemm_force_generic(true);
+            sets = {"generic"};
+        } else if (arg == "--kernels" && i + 1 < argc) {
+            sets.clear();
+            std::string list = argv[++i];
+            for (size_t p = 0; p <= list.size();) {
+                const size_t q = std::min(list.find(',', p), list.size());
+                if (q > p) sets.push_back(list.substr(p, q - p));
+                p = q + 1;
+            }
         } else if (arg == "-h" || arg == "--help") {
-            std::printf("usage: %s [--threads N] [--repeats R] [--generic] [--blas LIB] "
+            std::printf("usage: %s [--threads N] [--repeats R] [--kernels SET[,SET...]] "
+                        "[--generic] [--blas LIB] "
                         "[MxNxK[:nn|tn|nt] | N ...]\n", argv[0]);
             return 0;
         } else {
@@ -270,6 +311,13 @@ int main(int argc, char** argv) {
         }
     }
     if (shapes.empty()) shapes = default_shapes();
+    try {
+        for (const std::string& k : sets) cnnkit::cpu::set_kernel_set(k);
+        if (!sets.empty()) cnnkit::cpu::set_kernel_set(sets[0]);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "%s\n", e.what());
+        return 2;
+    }
     // The BLAS first: its thread pool starts before any OpenMP region of ours.
     Blas blas;
     if (blas_path && !load_blas(blas_path, threads, &blas)) return 2;
@@ -278,6 +326,6 @@ int main(int argc, char** argv) {
                 cnnkit::cpu::sgemm_kernel_name(), cnnkit::cpu_features().c_str(), threads);
     bool ok = true;
     if (blas.loaded()) std::printf("against %s from %s\n", blas.symbol.c_str(), blas_path);
-    for (const Shape& s : shapes) ok = run_one(s, repeats, threads, blas) && ok;
+    for (const Shape& s : shapes) ok = run_one(s, repeats, threads, blas, sets) && ok;
     return ok ? 0 : 1;
 }

@@ -55,6 +55,25 @@ def device(request):
     return request.param
 
 
+# Every CPU kernel set (cnnkit.set_cpu_kernels); a test taking the `cpu_kernels` fixture runs
+# once per set, skipped where this CPU (or build) lacks it. The ids do not depend on the machine.
+CPU_KERNEL_SETS = ["avx512", "avx2", "generic"]
+
+
+@pytest.fixture(params=CPU_KERNEL_SETS)
+def cpu_kernels(request):
+    """Selects one CPU kernel set for the test; restores the previous selection afterwards."""
+    if request.param not in cnnkit.available_cpu_kernels():
+        pytest.skip(f"this CPU has no {request.param} kernels ({cnnkit._core.cpu_features()})")
+    before = cnnkit._core.requested_cpu_kernels()
+    cnnkit.set_cpu_kernels(request.param)
+    try:
+        assert cnnkit.get_cpu_kernels() == request.param
+        yield request.param
+    finally:
+        cnnkit.set_cpu_kernels(before)
+
+
 @pytest.fixture
 def rng(request):
     # A fresh, reproducible stream per test: the seed depends on the test's name only (not on

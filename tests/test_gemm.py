@@ -1,12 +1,16 @@
 """cnnkit's own SGEMM (cnnkit._core.sgemm) against a float64 numpy reference.
 
-Covers both micro-kernels (AVX2/FMA and the portable one), every transpose combination,
-alpha/beta, edge sizes around the blocking boundaries, thread-count determinism and bad input.
+Covers every CPU kernel set the machine supports (AVX-512 14x32, AVX2/FMA 6x16, portable 6x16),
+every transpose combination, alpha/beta, the fused bias, edge sizes around the blocking
+boundaries of each set, thread-count determinism and bad input.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -17,7 +21,9 @@ from cnnkit import _core
 
 # Blocking of csrc/cpu/gemm.cpp (micro-tile MR x NR, cache blocks MC, KC, NC): shapes below
 # straddle each boundary. K up to KC_SINGLE is one depth block, longer K blocks of at most KC.
+# The AVX-512 kernel's tile is MR512 x NR512 (its A blocks are 140 rows).
 MR, NR, MC, KC, NC = 6, 16, 144, 256, 4080
+MR512, NR512 = 14, 32
 KC_SINGLE = 384
 
 TRANS = [(False, False), (True, False), (False, True), (True, True)]
@@ -27,25 +33,14 @@ TRANS_IDS = ["nn", "tn", "nt", "tt"]
 # ---- helpers --------------------------------------------------------------------------------
 
 
-KERNELS = [
-    pytest.param(
-        "avx2-fma",
-        id="avx2",
-        marks=pytest.mark.skipif(not _core.cpu_has_avx2_fma(), reason="CPU lacks AVX2/FMA"),
-    ),
-    pytest.param("generic", id="generic"),
-]
+GEMM_NAME = {"avx512": "avx512", "avx2": "avx2-fma", "generic": "generic"}
 
 
-@pytest.fixture(params=KERNELS)
-def kernel(request):
-    """Select a micro-kernel for the test, restoring auto-selection afterwards."""
-    _core.sgemm_force_generic(request.param == "generic")
-    try:
-        assert _core.sgemm_kernel_name() == request.param
-        yield request.param
-    finally:
-        _core.sgemm_force_generic(False)
+@pytest.fixture
+def kernel(cpu_kernels):
+    """Each CPU kernel set in turn (conftest.cpu_kernels), checked to drive the GEMM."""
+    assert _core.sgemm_kernel_name() == GEMM_NAME[cpu_kernels]
+    return cpu_kernels
 
 
 @pytest.fixture
@@ -101,6 +96,13 @@ SHAPES = [
     (16, 100, 150),
     (64, 1024, 288),
     (32, 96, 1200),
+    # the AVX-512 tile: full, one short in each direction, masked column tails of 1..31
+    (MR512, NR512, 100),
+    (MR512 - 1, NR512 + 1, 33),
+    (MR512 + 1, NR512 - 1, 17),
+    (2 * MR512 + 3, 3 * NR512 + 17, KC + 3),
+    (141, 1, 9),
+    (10 * MR512 + 1, 2 * NR512 + 31, 50),
 ]
 
 
@@ -158,18 +160,42 @@ def test_alpha_zero_scales_c(kernel, rng):
     np.testing.assert_array_equal(c, np.ones((8, 9), np.float32))
 
 
-def test_kernels_agree(rng):
-    if not _core.cpu_has_avx2_fma():
-        pytest.skip("CPU lacks AVX2/FMA")
+def test_kernels_agree(kernel, rng):
+    # every set against the portable one on the same operands (and both against float64)
     a, b, opa, opb = _operands(rng, 70, 90, 500, False, True)
-    try:
-        _core.sgemm_force_generic(True)
-        generic = _core.sgemm(a, b, trans_b=True)
-    finally:
-        _core.sgemm_force_generic(False)
-    assert _core.sgemm_kernel_name() == "avx2-fma"
-    fast = _core.sgemm(a, b, trans_b=True)
-    _check(fast, generic.astype(np.float64), 500)
+    ours = _core.sgemm(a, b, trans_b=True)
+    cnnkit.set_cpu_kernels("generic")
+    generic = _core.sgemm(a, b, trans_b=True)
+    _check(ours, generic.astype(np.float64), 500, msg=kernel)
+    _check(ours, opa @ opb, 500, msg=kernel)
+
+
+@pytest.mark.parametrize("ta,tb", TRANS, ids=TRANS_IDS)
+@pytest.mark.parametrize(
+    "m,n,k,beta",
+    [(1, 1, 1, 0.0), (7, 13, 5, 0.0), (MR512 + 1, NR512 + 5, KC + 7, 0.0), (37, 45, 300, 0.5),
+     (150, 70, 2 * KC + 1, 1.0), (13, NC + 5, 3, 0.0), (3, 40, 0, 0.5)],
+    ids=str,
+)
+def test_bias_epilogue(kernel, rng, m, n, k, beta, ta, tb):
+    # The bias added in the write-back gives the bits of the GEMM followed by a separate add.
+    a, b, opa, opb = _operands(rng, m, n, k, ta, tb)
+    bias = rng.uniform(-1, 1, size=n).astype(np.float32)
+    c0 = rng.uniform(-1, 1, size=(m, n)).astype(np.float32)
+    plain = _core.sgemm(a, b, trans_a=ta, trans_b=tb, beta=beta, c=c0.copy())
+    c = c0.copy()
+    if beta == 0.0:
+        c[:] = np.nan  # not read
+    fused = _core.sgemm(a, b, trans_a=ta, trans_b=tb, beta=beta, c=c, bias=bias)
+    np.testing.assert_array_equal(fused, plain + bias)
+    ref = opa @ opb + beta * c0.astype(np.float64) + bias
+    _check(fused, ref, k, scale=2.0, msg=f"{kernel} bias")
+
+
+def test_bias_bad_shape():
+    a, b = np.ones((3, 4), np.float32), np.ones((4, 5), np.float32)
+    with pytest.raises(ValueError, match="bias"):
+        _core.sgemm(a, b, bias=np.ones(4, np.float32))
 
 
 # ---- threads --------------------------------------------------------------------------------
@@ -216,14 +242,56 @@ def test_concurrent_python_threads(rng):
 
 
 def test_kernel_name():
-    assert _core.sgemm_kernel_name() in ("avx2-fma", "generic")
+    assert _core.sgemm_kernel_name() in ("avx512", "avx2-fma", "generic")
+    before = _core.requested_cpu_kernels()
     try:
-        _core.sgemm_force_generic(True)
-        assert _core.sgemm_kernel_name() == "generic"
+        _core.sgemm_force_generic(True)  # the older switch: the "generic" set
+        assert _core.sgemm_kernel_name() == "generic" and cnnkit.get_cpu_kernels() == "generic"
+        _core.sgemm_force_generic(False)  # back to "auto"
+        assert _core.requested_cpu_kernels() == "auto"
+        best = cnnkit.available_cpu_kernels()[0]
+        assert cnnkit.get_cpu_kernels() == best and _core.sgemm_kernel_name() == GEMM_NAME[best]
     finally:
-        _core.sgemm_force_generic(False)
-    expected = "avx2-fma" if _core.cpu_has_avx2_fma() else "generic"
-    assert _core.sgemm_kernel_name() == expected
+        cnnkit.set_cpu_kernels(before)
+
+
+def test_available_kernel_sets_follow_cpu_features():
+    sets = cnnkit.available_cpu_kernels()
+    assert sets[-1] == "generic" and len(set(sets)) == len(sets)
+    assert ("avx2" in sets) == _core.cpu_has_avx2_fma()
+    assert ("avx512" in sets) == _core.cpu_has_avx512()
+    if "avx512" in sets:
+        assert {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= set(_core.cpu_features().split())
+
+
+def test_set_cpu_kernels_errors():
+    before = _core.requested_cpu_kernels()
+    try:
+        with pytest.raises(ValueError, match="unknown kernel set 'sse9'"):
+            cnnkit.set_cpu_kernels("sse9")
+        with pytest.raises(ValueError):
+            cnnkit.set_cpu_kernels(2)  # type: ignore[arg-type]
+        for name in ("avx512", "avx2"):
+            if name not in cnnkit.available_cpu_kernels():
+                with pytest.raises(ValueError, match="needs"):
+                    cnnkit.set_cpu_kernels(name)
+        assert _core.requested_cpu_kernels() == before  # a refused request changes nothing
+    finally:
+        cnnkit.set_cpu_kernels(before)
+
+
+@pytest.mark.parametrize("value", ["generic", "bogus"])
+def test_cpu_kernels_environment_variable(value):
+    # read when cnnkit is imported: a fresh interpreter
+    code = "import cnnkit; print(cnnkit.get_cpu_kernels())"
+    env = dict(os.environ, CNNKIT_CPU_KERNELS=value)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if value == "generic":
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == "generic"
+    else:
+        assert r.returncode != 0
+        assert "CNNKIT_CPU_KERNELS='bogus'" in r.stderr and "unknown kernel set" in r.stderr
 
 
 def test_bad_input():

@@ -77,7 +77,7 @@ def _conv_layer(C, K, k, s, p, d, groups, bias, rng):
 
 
 @pytest.mark.parametrize("N,C,H,W,K,k,s,p,d,groups,bias", CONV_CASES)
-def test_conv2d_forward_backward(N, C, H, W, K, k, s, p, d, groups, bias, rng):
+def test_conv2d_forward_backward(N, C, H, W, K, k, s, p, d, groups, bias, rng, cpu_kernels):
     layer, w, b = _conv_layer(C, K, k, s, p, d, groups, bias, rng)
     x = rng.standard_normal((N, C, H, W)).astype(np.float32)
     y = layer.forward(x, training=True)
@@ -93,23 +93,6 @@ def test_conv2d_forward_backward(N, C, H, W, K, k, s, p, d, groups, bias, rng):
     assert_close(g["0.weight"], rdw, "conv", " dw", scale=scale)
     if bias:
         assert_close(g["0.bias"], rdb, "conv", " db", scale=scale)
-
-
-@pytest.fixture
-def portable_kernels():
-    ck._core.sgemm_force_generic(True)
-    try:
-        yield
-    finally:
-        ck._core.sgemm_force_generic(False)
-
-
-@pytest.mark.parametrize(
-    "N,C,H,W,K,k,s,p,d,groups,bias", [c for c in CONV_CASES if c[6] == (1, 1) and c[9] == 1]
-)
-def test_conv2d_portable_kernels(N, C, H, W, K, k, s, p, d, groups, bias, rng, portable_kernels):
-    # The direct convolution's portable micro-kernels (used without AVX2) against the reference.
-    test_conv2d_forward_backward(N, C, H, W, K, k, s, p, d, groups, bias, rng)
 
 
 def test_conv2d_large_batch_chunks(rng):
@@ -152,7 +135,7 @@ POOL_CASES = [
 
 
 @pytest.mark.parametrize("N,C,H,W,k,s,p,ceil", POOL_CASES)
-def test_maxpool2d(N, C, H, W, k, s, p, ceil, rng):
+def test_maxpool2d(N, C, H, W, k, s, p, ceil, rng, cpu_kernels):
     # distinct values: no ties, so the argmax is unique
     x = rng.permutation(N * C * H * W).reshape(N, C, H, W).astype(np.float32) / 7.0
     layer = ck.MaxPool2d(k, s, p, ceil_mode=ceil)
@@ -165,7 +148,7 @@ def test_maxpool2d(N, C, H, W, k, s, p, ceil, rng):
 
 @pytest.mark.parametrize("N,C,H,W,k,s,p,ceil", POOL_CASES)
 @pytest.mark.parametrize("cip", [True, False])
-def test_avgpool2d(N, C, H, W, k, s, p, ceil, cip, rng):
+def test_avgpool2d(N, C, H, W, k, s, p, ceil, cip, rng, cpu_kernels):
     x = rng.standard_normal((N, C, H, W)).astype(np.float32)
     layer = ck.AvgPool2d(k, s, p, ceil_mode=ceil, count_include_pad=cip)
     y = layer.forward(x, training=True)
@@ -219,7 +202,7 @@ def _pool2x2_input(kind, shape, rng):
 # API refuses NaN input).
 @pytest.mark.parametrize("H,W", [(28, 28), (10, 10), (17, 35), (9, 7), (6, 6), (4, 40), (32, 33)])
 @pytest.mark.parametrize("kind", ["distinct", "ties", "nan", "neg_inf"])
-def test_maxpool2x2_exact(H, W, kind, rng):
+def test_maxpool2x2_exact(H, W, kind, rng, cpu_kernels):
     x = _pool2x2_input(kind, (2, 3, H, W), rng)
     net = _core.Net([ck.MaxPool2d(2)._native])
     y = net.forward(x, True)
@@ -235,7 +218,7 @@ def test_maxpool2x2_exact(H, W, kind, rng):
 # Bit for bit against the same float32 operations in the same order (the general loop's), with
 # signed zeros and subnormals, whose quarter underflows to -0 before the + 0.
 @pytest.mark.parametrize("H,W", [(28, 28), (10, 10), (17, 35), (9, 7), (4, 40)])
-def test_avgpool2x2_exact(H, W, rng):
+def test_avgpool2x2_exact(H, W, rng, cpu_kernels):
     def specials(shape):
         v = rng.standard_normal(shape).astype(np.float32)
         tiny = np.array([0.0, -0.0, 1e-45, -1e-45, -3e-45, 1e-38, -1e-38], np.float32)
@@ -256,7 +239,7 @@ def test_avgpool2x2_exact(H, W, rng):
     np.testing.assert_array_equal(layer.backward(dy).view(np.uint32), rdx.view(np.uint32))
 
 
-def test_pool_and_relu_independent_of_threads(rng):
+def test_pool_and_relu_independent_of_threads(rng, cpu_kernels):
     # large enough for the kernels to split across threads
     x = _pool2x2_input("ties", (8, 32, 28, 28), rng)
     dy = rng.standard_normal((8, 32, 14, 14)).astype(np.float32)
@@ -290,7 +273,7 @@ def _act_ref(name, x, alpha=0.01):
 
 @pytest.mark.parametrize("name", ["ReLU", "LeakyReLU", "Sigmoid", "Tanh"])
 @pytest.mark.parametrize("shape", [(3, 4), (2, 3, 5, 5), (70000, 1)])
-def test_activation(name, shape, rng):
+def test_activation(name, shape, rng, cpu_kernels):
     x = (rng.standard_normal(shape) * 3).astype(np.float32)
     layer = ck.LeakyReLU(0.2) if name == "LeakyReLU" else getattr(ck, name)()
     y = layer.forward(x, training=True)
@@ -310,7 +293,7 @@ def test_sigmoid_tanh_saturate_without_nan():
 # The ReLU family is vectorised with compare-and-select; specials must give exactly what the
 # scalar `x > 0 ? a : b` gives (NaN and -0 are not > 0), for lengths with every tail size.
 @pytest.mark.parametrize("name", ["ReLU", "LeakyReLU"])
-def test_relu_family_exact_on_special_values(name, rng):
+def test_relu_family_exact_on_special_values(name, rng, cpu_kernels):
     specials = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45], np.float32)
     for n in (1, 7, 8, 15, 16, 17, 40, 1003):
         x, dy = rng.standard_normal((2, n)).astype(np.float32)
@@ -332,8 +315,12 @@ def test_relu_family_exact_on_special_values(name, rng):
 # ---- linear / flatten -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("N,I,O,bias", [(1, 1, 1, True), (5, 7, 3, True), (64, 400, 120, False)])
-def test_linear(N, I, O, bias, rng):
+@pytest.mark.parametrize(
+    "N,I,O,bias",
+    [(1, 1, 1, True), (5, 7, 3, True), (64, 400, 120, False), (33, 300, 47, True),
+     (130, 600, 1030, True)],
+)
+def test_linear(N, I, O, bias, rng, cpu_kernels):
     layer = ck.Linear(I, O, bias=bias)
     w = rng.standard_normal((O, I)).astype(np.float32)
     st = {"0.weight": w}
@@ -353,6 +340,25 @@ def test_linear(N, I, O, bias, rng):
     assert_close(g["0.weight"], dy.T.astype(np.float64) @ x, "linear", " dw", scale=np.sqrt(N))
     if bias:
         assert_close(g["0.bias"], dy.astype(np.float64).sum(0), "linear", " db")
+
+
+@pytest.mark.parametrize("N,I,O", [(1, 3, 1), (29, 70, 45), (300, 385, 1030)])
+def test_linear_bias_fused_bit_identical(N, I, O, rng, cpu_kernels):
+    # The bias is added in the GEMM's write-back: the bits of the GEMM followed by a separate
+    # float32 add, for any thread count.
+    layer = ck.Linear(I, O)
+    w = rng.standard_normal((O, I)).astype(np.float32)
+    b = rng.standard_normal(O).astype(np.float32)
+    layer.load_state_dict({"0.weight": w, "0.bias": b})
+    x = rng.standard_normal((N, I)).astype(np.float32)
+    expected = _core.sgemm(x, w, trans_b=True) + b
+    before = ck.get_num_threads()
+    try:
+        for t in (1, 2):
+            ck.set_num_threads(t)
+            np.testing.assert_array_equal(layer.forward(x), expected)
+    finally:
+        ck.set_num_threads(before)
 
 
 def test_flatten(rng):

@@ -200,8 +200,7 @@ def test_forward_is_deterministic_across_threads(rng):
         dict(in_channels=4, out_channels=8, kernel_size=3, groups=2, padding=1),
     ],
 )
-@pytest.mark.parametrize("portable", [False, True], ids=["simd", "portable"])
-def test_conv_relu_fusion_is_bit_identical(conv, portable, rng):
+def test_conv_relu_fusion_is_bit_identical(conv, cpu_kernels, rng):
     # Conv2d -> ReLU runs as one fused pass inside the Net; Conv2d -> Flatten -> ReLU computes
     # the same function without the fusion. Outputs and every gradient must match exactly.
     def build(fused: bool):
@@ -213,11 +212,7 @@ def test_conv_relu_fusion_is_bit_identical(conv, portable, rng):
     x[0, 0, :, :] = 0.0  # zero pre-activations where the padding-only taps meet the bias
     a, b = build(True), build(False)
     b.load_state_dict(a.state_dict())
-    ck._core.sgemm_force_generic(portable)  # the portable micro-kernels when True
-    try:
-        ya, yb = a.forward(x, training=True), b.forward(x, training=True)
-    finally:
-        ck._core.sgemm_force_generic(False)
+    ya, yb = a.forward(x, training=True), b.forward(x, training=True)  # in each kernel set
     assert np.array_equal(ya, yb) and (ya >= 0).all() and (ya == 0).any()
     dy = rng.standard_normal(ya.shape).astype(np.float32)
     np.testing.assert_array_equal(a.backward(dy), b.backward(dy))

@@ -13,6 +13,7 @@
 
 #include "core/runtime.h"
 #include "core/tensor.h"
+#include "cpu/kernel_set.h"
 #include "cpu/kernels.h"
 #include "nn/layer.h"
 #include "nn/net.h"
@@ -328,6 +329,12 @@ PYBIND11_MODULE(_core, m) {
     m.def("get_num_threads", &get_num_threads);
     m.def("cpu_features", &cpu_features);
     m.def("cpu_has_avx2_fma", &cpu_has_avx2_fma);
+    m.def("cpu_has_avx512", &cpu_has_avx512);
+    // The CPU kernel set (cpu/kernel_set.h): GEMM, convolution, pooling and element-wise.
+    m.def("set_cpu_kernels", &cpu::set_kernel_set, py::arg("name"));
+    m.def("get_cpu_kernels", [] { return std::string(cpu::kernel_set_name(cpu::kernel_set())); });
+    m.def("requested_cpu_kernels", &cpu::requested_kernel_set);
+    m.def("available_cpu_kernels", &cpu::available_kernel_sets);
     m.def("built_with_cuda", &built_with_cuda);
     m.def("cuda_available", &cuda::available);
     m.def("cuda_device_count", &cuda::device_count);
@@ -356,7 +363,7 @@ PYBIND11_MODULE(_core, m) {
     m.def(
         "sgemm",
         [](FArray a, FArray b, bool trans_a, bool trans_b, float alpha, float beta,
-           py::object c_obj) {
+           py::object c_obj, py::object bias_obj) {
             CNN_CHECK_ARG(a.ndim() == 2 && b.ndim() == 2, "sgemm: a and b must be 2-D, got ",
                           shape_str(shape_of(a)), " and ", shape_str(shape_of(b)));
             const int64_t M = trans_a ? a.shape(1) : a.shape(0);
@@ -376,18 +383,26 @@ PYBIND11_MODULE(_core, m) {
                               "sgemm: c must be a C-contiguous float32 array of shape (", M, ", ",
                               N, ")");
             }
+            FArray bias;
+            if (!bias_obj.is_none()) {
+                bias = FArray::ensure(bias_obj);
+                CNN_CHECK_ARG(bias && bias.ndim() == 1 && bias.shape(0) == N,
+                              "sgemm: bias must have shape (", N, ",)");
+            }
             float* cp = c.mutable_data();
             const float* ap = a.data();
             const float* bp = b.data();
+            const float* biasp = bias_obj.is_none() ? nullptr : bias.data();
             const int64_t lda = a.shape(1), ldb = b.shape(1);
             {
                 py::gil_scoped_release nogil;
-                cpu::sgemm(trans_a, trans_b, M, N, K, alpha, ap, lda, bp, ldb, beta, cp, N);
+                cpu::sgemm(trans_a, trans_b, M, N, K, alpha, ap, lda, bp, ldb, beta, cp, N, biasp);
             }
             return c;
         },
         py::arg("a"), py::arg("b"), py::arg("trans_a") = false, py::arg("trans_b") = false,
-        py::arg("alpha") = 1.f, py::arg("beta") = 0.f, py::arg("c") = py::none());
+        py::arg("alpha") = 1.f, py::arg("beta") = 0.f, py::arg("c") = py::none(),
+        py::arg("bias") = py::none());
     m.def("sgemm_kernel_name", &cpu::sgemm_kernel_name);
     m.def("sgemm_force_generic", &cpu::sgemm_force_generic, py::arg("force"));
 

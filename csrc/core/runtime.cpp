@@ -26,6 +26,22 @@ bool cpu_has_avx2_fma() {
 #endif
 }
 
+// AVX-512 Foundation, Byte/Word, Vector Length and Doubleword/Quadword: what the AVX-512 kernel
+// set is compiled for. __builtin_cpu_supports also checks that the OS saves the zmm state.
+bool cpu_has_avx512() {
+#if defined(__x86_64__) || defined(_M_X64)
+    static const bool ok = [] {
+        __builtin_cpu_init();
+        return cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx512dq");
+    }();
+    return ok;
+#else
+    return false;
+#endif
+}
+
 std::string cpu_features() {
     std::string s;
 #if defined(__x86_64__) || defined(_M_X64)
@@ -35,6 +51,9 @@ std::string cpu_features() {
     if (__builtin_cpu_supports("avx2")) s += "avx2 ";
     if (__builtin_cpu_supports("fma")) s += "fma ";
     if (__builtin_cpu_supports("avx512f")) s += "avx512f ";
+    if (__builtin_cpu_supports("avx512bw")) s += "avx512bw ";
+    if (__builtin_cpu_supports("avx512vl")) s += "avx512vl ";
+    if (__builtin_cpu_supports("avx512dq")) s += "avx512dq ";
 #endif
     if (!s.empty()) s.pop_back();
     return s;

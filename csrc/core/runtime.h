@@ -14,6 +14,7 @@ void set_num_threads(int n);
 int get_num_threads();
 
 bool cpu_has_avx2_fma();
+bool cpu_has_avx512();  // AVX-512 F, BW, VL and DQ (and AVX2/FMA), with OS support
 std::string cpu_features();
 
 bool built_with_cuda();

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "core/runtime.h"
+#include "cpu/kernel_set.h"
 #include "cpu/act_math.h"
 #include "cpu/kernels.h"
 
@@ -28,7 +29,8 @@ constexpr int64_t kParallelMin = 1 << 15;  // below this, threads cost more than
 constexpr int64_t kParallelMinCheap = 1 << 17;
 constexpr int64_t kBlock = 1 << 13;  // elements per OpenMP work item of the ReLU family
 
-bool use_avx2() { return eltwise_avx2::compiled() && cpu_has_avx2_fma(); }
+// AVX2 bodies for the "avx2" and "avx512" kernel sets (cpu/kernel_set.h).
+bool use_avx2() { return use_avx2_or_better(); }
 
 // fn(i, m) over [0, n) in blocks of kBlock; every element is independent, so the split does not
 // change any result.
@@ -176,12 +178,8 @@ void activation_backward(float* dx, const float* dy, const float* x, const float
 // x is (N,I), w is (O,I), b is (O) or null, y is (N,O).
 void linear_forward(float* y, const float* x, const float* w, const float* b, int64_t N,
                     int64_t I, int64_t O) {
-    sgemm(false, true, N, O, I, 1.f, x, I, w, I, 0.f, y, O);
-    if (b) {
-#pragma omp parallel for schedule(static) if (N * O > kParallelMin)
-        for (int64_t n = 0; n < N; ++n)
-            for (int64_t o = 0; o < O; ++o) y[n * O + o] += b[o];
-    }
+    // The bias is added in the GEMM's write-back (same bits as a pass over y afterwards).
+    sgemm(false, true, N, O, I, 1.f, x, I, w, I, 0.f, y, O, b);
 }
 
 // dy is (N,O); dx (N,I) overwritten (skipped when null); dw (O,I), db (O) accumulated.

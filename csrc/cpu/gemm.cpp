@@ -1,16 +1,17 @@
 // Single-precision GEMM, BLIS-style: op(A) and op(B) are packed into MR-row / NR-column
-// micro-panels inside KC x MC x NC cache blocks, then a 6x16 micro-kernel (AVX2/FMA in
-// gemm_avx2.cpp when the CPU has it, portable C++ otherwise) updates C; OpenMP over M and N.
+// micro-panels inside KC x MC x NC cache blocks, then a register-blocked micro-kernel updates C
+// (14x32 AVX-512 in gemm_avx512.cpp, 6x16 AVX2/FMA in gemm_avx2.cpp, 6x16 portable C++ here,
+// as the kernel set says); OpenMP over M and N.
 #include "cpu/gemm.h"
 
 #include <omp.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 
 #include "core/common.h"
 #include "core/runtime.h"
+#include "cpu/kernel_set.h"
 #include "cpu/scratch.h"
 
 namespace cnnkit {
@@ -20,20 +21,35 @@ namespace cpu {
 
 namespace gemm_avx2 {
 bool compiled();
-void ukernel_rows(int m, int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
-                  int64_t ldc, float alpha, float beta);
+void ukernel_rows(int m, int n, int64_t kc, const float* a, const float* b, int64_t ldb,
+                  float* c, int64_t ldc, float alpha, float beta, const float* bias);
 void pack_a(bool trans, const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t k0,
             int64_t kc, float* out);
 void pack_b(bool trans, const float* B, int64_t ldb, int64_t j0, int64_t nc, int64_t k0,
             int64_t kc, float* out);
 }  // namespace gemm_avx2
 
+// ---- interface to gemm_avx512.cpp (compiled with -mavx512f/bw/vl/dq -mfma) --------------------
+
+namespace gemm_avx512 {
+bool compiled();
+int mr();  // micro-tile rows and columns of its kernel
+int nr();
+void ukernel_rows(int m, int n, int64_t kc, const float* a, const float* b, int64_t ldb,
+                  float* c, int64_t ldc, float alpha, float beta, const float* bias);
+void pack_a(bool trans, const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t k0,
+            int64_t kc, float* out);
+void pack_b(bool trans, const float* B, int64_t ldb, int64_t j0, int64_t nc, int64_t k0,
+            int64_t kc, float* out);
+}  // namespace gemm_avx512
+
 namespace {
 
 // ---- blocking parameters --------------------------------------------------------------------
 
-constexpr int kMR = 6;    // micro-tile rows (A micro-panel height)
-constexpr int kNR = 16;   // micro-tile columns (B micro-panel width)
+constexpr int kMR = 6;    // micro-tile rows (A micro-panel height) of the generic/AVX2 kernels
+constexpr int kNR = 16;   // micro-tile columns (B micro-panel width) of the generic/AVX2 kernels
+constexpr int kMaxTile = 16 * 64;  // floats of the largest micro-tile of any kernel set
 #ifndef CNNKIT_GEMM_KC
 #define CNNKIT_GEMM_KC 256
 #endif
@@ -64,13 +80,22 @@ constexpr int64_t kDirectBRows = CNNKIT_GEMM_DIRECT;
 constexpr int64_t kMinWorkPerThread = 256 * 1024;
 constexpr int64_t kL2Bytes = 512 * 1024;  // per core
 
-// Rows [0, m) of a micro-tile (1 <= m <= MR, all NR columns).
-using UKernel = void (*)(int m, int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
-                         int64_t ldc, float alpha, float beta);
+// Rows [0, m) x columns [0, n) of a micro-tile (1 <= m <= MR, 1 <= n <= NR; n < NR only for a
+// kernel with masked_edge): c = alpha * a.b + beta * c, then + bias[j] when bias is not null
+// (one more rounding, as a separate pass would do).
+using UKernel = void (*)(int m, int n, int64_t kc, const float* a, const float* b, int64_t ldb,
+                         float* c, int64_t ldc, float alpha, float beta, const float* bias);
 using PackFn = void (*)(bool trans, const float* X, int64_t ldx, int64_t r0, int64_t rows,
                         int64_t k0, int64_t kc, float* out);
 
-std::atomic<bool> g_force_generic{false};
+// One kernel set's GEMM: micro-tile shape, kernel and packing, and its A-block height cap.
+struct KernelDesc {
+    int mr, nr;
+    UKernel uk;
+    PackFn pack_a, pack_b;
+    bool masked_edge;  // the kernel stores partial tiles itself (masked stores)
+    int64_t mc_max;
+};
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
@@ -82,8 +107,8 @@ int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 // packed rows past m are zero) and stores m.
 // Two passes of 8 columns keep the 6x8 accumulators in registers (SSE2 at baseline x86-64);
 // the unroll pragmas make GCC vectorize along j instead of shuffling across rows.
-void ukernel_generic(int m, int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
-                     int64_t ldc, float alpha, float beta) {
+void ukernel_generic(int m, int, int64_t kc, const float* a, const float* b, int64_t ldb,
+                     float* c, int64_t ldc, float alpha, float beta, const float* bias) {
     constexpr int kHalf = kNR / 2;
     for (int h = 0; h < 2; ++h) {
         float acc[kMR][kHalf] = {};
@@ -104,6 +129,8 @@ void ukernel_generic(int m, int64_t kc, const float* a, const float* b, int64_t 
             } else {
                 for (int j = 0; j < kHalf; ++j) ci[j] = alpha * acc[i][j] + beta * ci[j];
             }
+            if (bias)
+                for (int j = 0; j < kHalf; ++j) ci[j] += bias[h * kHalf + j];
         }
     }
 }
@@ -179,34 +206,46 @@ struct BPanels {
 // OpenBLAS, on two 0.84-0.89 -> 0.95-0.97; 1024^3 two threads 0.91-0.95 -> 0.96-0.99.
 // B read in place (few A panels, rows ldb apart): each B panel is loaded into L1 once and
 // reused by every A panel, as strided rows are costly to fetch again.
-void macro_kernel(UKernel uk, int64_t mc, int64_t nc, int64_t kc, const float* pa,
-                  const BPanels& pb, float* C, int64_t ldc, float alpha, float beta) {
-    alignas(64) float tile[kMR * kNR];
+// bias (for columns [0, nc)) is added in the write-back when not null (the last depth block).
+void macro_kernel(const KernelDesc& kd, int64_t mc, int64_t nc, int64_t kc, const float* pa,
+                  const BPanels& pb, float* C, int64_t ldc, float alpha, float beta,
+                  const float* bias) {
+    alignas(64) float tile[kMaxTile];
+    const int64_t MR = kd.mr, NR = kd.nr;
     auto run_tile = [&](int64_t ir, int64_t jr) {
-        const int64_t m = std::min<int64_t>(kMR, mc - ir);
-        const int64_t n = std::min<int64_t>(kNR, nc - jr);
-        const bool edge = n < kNR && pb.edge;
+        const int64_t m = std::min<int64_t>(MR, mc - ir);
+        const int64_t n = std::min<int64_t>(NR, nc - jr);
+        const bool edge = n < NR && pb.edge;
         const float* a = pa + ir * kc;
-        const float* b = edge ? pb.edge : pb.base + jr / kNR * pb.panel_step;
-        const int64_t ldb = edge ? kNR : pb.row_step;
+        const float* b = edge ? pb.edge : pb.base + jr / NR * pb.panel_step;
+        const int64_t ldb = edge ? NR : pb.row_step;
         float* c = C + ir * ldc + jr;
-        if (n == kNR) {  // full width: straight into C, m rows
-            uk(static_cast<int>(m), kc, a, b, ldb, c, ldc, alpha, beta);
+        const float* bj = bias ? bias + jr : nullptr;
+        if (n == NR || kd.masked_edge) {  // straight into C, m rows (masked stores past n)
+            kd.uk(static_cast<int>(m), static_cast<int>(n), kc, a, b, ldb, c, ldc, alpha, beta,
+                  bj);
             return;
         }
-        // Right edge: same kernel on a full-width scratch tile, so the arithmetic is identical.
+        // Right edge: same kernel on a full-width scratch tile, so the arithmetic is identical;
+        // the bias is added on the way out (the kernel would read NR of its floats).
         if (beta != 0.f)
             for (int64_t i = 0; i < m; ++i)
-                std::memcpy(tile + i * kNR, c + i * ldc, n * sizeof(float));
-        uk(static_cast<int>(m), kc, a, b, ldb, tile, kNR, alpha, beta);
-        for (int64_t i = 0; i < m; ++i) std::memcpy(c + i * ldc, tile + i * kNR, n * sizeof(float));
+                std::memcpy(tile + i * NR, c + i * ldc, n * sizeof(float));
+        kd.uk(static_cast<int>(m), static_cast<int>(NR), kc, a, b, ldb, tile, NR, alpha, beta,
+              nullptr);
+        for (int64_t i = 0; i < m; ++i) {
+            if (bj)
+                for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = tile[i * NR + j] + bj[j];
+            else
+                std::memcpy(c + i * ldc, tile + i * NR, n * sizeof(float));
+        }
     };
     if (pb.in_place) {
-        for (int64_t jr = 0; jr < nc; jr += kNR)
-            for (int64_t ir = 0; ir < mc; ir += kMR) run_tile(ir, jr);
+        for (int64_t jr = 0; jr < nc; jr += NR)
+            for (int64_t ir = 0; ir < mc; ir += MR) run_tile(ir, jr);
     } else {
-        for (int64_t ir = 0; ir < mc; ir += kMR)
-            for (int64_t jr = 0; jr < nc; jr += kNR) run_tile(ir, jr);
+        for (int64_t ir = 0; ir < mc; ir += MR)
+            for (int64_t jr = 0; jr < nc; jr += NR) run_tile(ir, jr);
     }
 }
 
@@ -222,9 +261,9 @@ struct Problem {
     int64_t ldb;
     float* C;
     int64_t ldc;
+    const float* bias;  // (N) added to every row of C after the last depth block, or null
     int64_t kc;  // depth block (depends on K only, so sums never depend on the thread count)
-    UKernel uk;
-    PackFn pack_a, pack_b;
+    KernelDesc kd;
 };
 
 // Threads form a tm x tn grid: M is split among tm row groups, N among tn column groups.
@@ -246,23 +285,24 @@ void split_panels(int64_t panels, int parts, int idx, int64_t* first, int64_t* l
 }
 
 Plan make_plan(const Problem& p, int nt) {
-    const int64_t mp = ceil_div(p.M, kMR), np = ceil_div(p.N, kNR);
+    const int64_t mr = p.kd.mr, nr = p.kd.nr, mc_max = p.kd.mc_max;
+    const int64_t mp = ceil_div(p.M, mr), np = ceil_div(p.N, nr);
     Plan best;
     double best_cost = -1;
     for (int tn = 1; tn <= nt; ++tn) {
         if (nt % tn) continue;
         const int tm = nt / tn;
-        const int64_t rows = ceil_div(mp, tm) * kMR, cols = ceil_div(np, tn) * kNR;
+        const int64_t rows = ceil_div(mp, tm) * mr, cols = ceil_div(np, tn) * nr;
         // A single A block per thread uses each B panel once: keep the B block in L2 then.
-        const int64_t nc_max = rows <= kMCMax ? kNCSingle : kNCMax;
-        const int64_t nc = round_up(ceil_div(cols, ceil_div(cols, nc_max)), kNR);
+        const int64_t nc_max = rows <= mc_max ? kNCSingle : kNCMax;
+        const int64_t nc = round_up(ceil_div(cols, ceil_div(cols, nc_max)), nr);
         // Rough cycle model: 16 MACs/cycle, ~1 cycle per packed float, a few us per barrier.
         double cost = double(rows) * cols * p.K / 16.0;
         cost += double(rows) * p.K * ceil_div(cols, nc) + double(cols) * p.K / tm;
         if (tm > 1) cost += 5000.0 * ceil_div(cols, nc) * ceil_div(p.K, p.kc);
         // Shared B block and the one A block per thread (few rows, long K) overflow L2: every
         // kc step streams the whole block from L3 for little reuse, between barriers.
-        if (tm > 1 && rows <= kMCMax && (nc + rows) * p.kc * 4 > kL2Bytes)
+        if (tm > 1 && rows <= mc_max && (nc + rows) * p.kc * 4 > kL2Bytes)
             cost += 0.5 * cols * p.K;
 #ifdef CNNKIT_GEMM_FORCE_TN
         if (tn == CNNKIT_GEMM_FORCE_TN) cost = -1e30;
@@ -274,24 +314,25 @@ Plan make_plan(const Problem& p, int nt) {
             best.nc = nc;
         }
     }
-    const int64_t rows = ceil_div(mp, best.tm) * kMR;
-    const int64_t mblocks = ceil_div(rows, kMCMax);
-    best.mc = round_up(ceil_div(rows, mblocks), kMR);
-    best.n_chunks = ceil_div(ceil_div(np, best.tn) * kNR, best.nc);
+    const int64_t rows = ceil_div(mp, best.tm) * mr;
+    const int64_t mblocks = ceil_div(rows, mc_max);
+    best.mc = round_up(ceil_div(rows, mblocks), mr);
+    best.n_chunks = ceil_div(ceil_div(np, best.tn) * nr, best.nc);
     best.direct_b = !p.trans_b && rows <= kDirectBRows;
-    best.b_floats = p.kc * (best.direct_b ? kNR : best.nc);
+    best.b_floats = p.kc * (best.direct_b ? nr : best.nc);
     return best;
 }
 
 // The work of thread `tid` in the grid; `bbuf` holds the packed B blocks of all groups
 // (2 per group when tm > 1), `abuf` this thread's A block.
 void run_thread(const Problem& p, const Plan& plan, int tid, float* bbuf, float* abuf) {
+    const int64_t mr = p.kd.mr, nr = p.kd.nr;
     const int im = tid % plan.tm, in = tid / plan.tm;
     int64_t pm0, pm1, pn0, pn1;
-    split_panels(ceil_div(p.M, kMR), plan.tm, im, &pm0, &pm1);
-    split_panels(ceil_div(p.N, kNR), plan.tn, in, &pn0, &pn1);
-    const int64_t m0 = pm0 * kMR, m1 = std::min(p.M, pm1 * kMR);
-    const int64_t n0 = pn0 * kNR, n1 = std::min(p.N, pn1 * kNR);
+    split_panels(ceil_div(p.M, mr), plan.tm, im, &pm0, &pm1);
+    split_panels(ceil_div(p.N, nr), plan.tn, in, &pn0, &pn1);
+    const int64_t m0 = pm0 * mr, m1 = std::min(p.M, pm1 * mr);
+    const int64_t n0 = pn0 * nr, n1 = std::min(p.N, pn1 * nr);
     const bool shared = plan.tm > 1 && !plan.direct_b;
 
     int64_t iter = 0;
@@ -300,51 +341,67 @@ void run_thread(const Problem& p, const Plan& plan, int tid, float* bbuf, float*
         const int64_t nc = std::max<int64_t>(0, std::min(plan.nc, n1 - j0));
         for (int64_t k0 = 0; k0 < p.K; k0 += p.kc, ++iter) {
             const int64_t kc = std::min(p.kc, p.K - k0);
-            BPanels panels{nullptr, kNR * kc, kNR, nullptr, false};
+            BPanels panels{nullptr, nr * kc, nr, nullptr, false};
             if (plan.direct_b) {
                 // B in place; only a partial last panel is packed (into this thread's slot).
                 float* edge = bbuf + tid * plan.b_floats;
-                const int64_t full = nc / kNR * kNR;
-                if (full < nc) p.pack_b(false, p.B, p.ldb, j0 + full, nc - full, k0, kc, edge);
-                panels = BPanels{p.B + k0 * p.ldb + j0, kNR, p.ldb, full < nc ? edge : nullptr,
+                const int64_t full = nc / nr * nr;
+                if (full < nc) p.kd.pack_b(false, p.B, p.ldb, j0 + full, nc - full, k0, kc, edge);
+                panels = BPanels{p.B + k0 * p.ldb + j0, nr, p.ldb, full < nc ? edge : nullptr,
                                  true};
             } else if (shared) {
                 // Column-group members pack disjoint panel ranges of the block, then sync.
                 float* pb = bbuf + (2 * in + (iter & 1)) * plan.b_floats;
                 int64_t q0, q1;
-                split_panels(ceil_div(nc, kNR), plan.tm, im, &q0, &q1);
-                const int64_t w = std::min(nc, q1 * kNR) - q0 * kNR;
+                split_panels(ceil_div(nc, nr), plan.tm, im, &q0, &q1);
+                const int64_t w = std::min(nc, q1 * nr) - q0 * nr;
                 if (w > 0)
-                    p.pack_b(p.trans_b, p.B, p.ldb, j0 + q0 * kNR, w, k0, kc, pb + q0 * kNR * kc);
+                    p.kd.pack_b(p.trans_b, p.B, p.ldb, j0 + q0 * nr, w, k0, kc, pb + q0 * nr * kc);
                 panels.base = pb;
 #pragma omp barrier
             } else {
                 float* pb = bbuf + in * plan.b_floats;
-                if (nc > 0) p.pack_b(p.trans_b, p.B, p.ldb, j0, nc, k0, kc, pb);
+                if (nc > 0) p.kd.pack_b(p.trans_b, p.B, p.ldb, j0, nc, k0, kc, pb);
                 panels.base = pb;
             }
             if (nc == 0) continue;
             const float beta = k0 == 0 ? p.beta : 1.f;
+            const float* bias = p.bias && k0 + kc == p.K ? p.bias + j0 : nullptr;
             for (int64_t i0 = m0; i0 < m1; i0 += plan.mc) {
                 const int64_t mc = std::min(plan.mc, m1 - i0);
-                p.pack_a(p.trans_a, p.A, p.lda, i0, mc, k0, kc, abuf);
-                macro_kernel(p.uk, mc, nc, kc, abuf, panels, p.C + i0 * p.ldc + j0, p.ldc,
-                             p.alpha, beta);
+                p.kd.pack_a(p.trans_a, p.A, p.lda, i0, mc, k0, kc, abuf);
+                macro_kernel(p.kd, mc, nc, kc, abuf, panels, p.C + i0 * p.ldc + j0, p.ldc,
+                             p.alpha, beta, bias);
             }
         }
     }
 }
 
-bool use_avx2() { return !g_force_generic.load() && gemm_avx2::compiled() && cpu_has_avx2_fma(); }
+KernelDesc kernel_desc(KernelSet s) {
+    switch (s) {
+        case KernelSet::AVX512:
+            return {gemm_avx512::mr(),  gemm_avx512::nr(),     gemm_avx512::ukernel_rows,
+                    gemm_avx512::pack_a, gemm_avx512::pack_b, true,
+                    // about kMCMax rows, a whole number of micro-panels
+                    kMCMax / gemm_avx512::mr() * gemm_avx512::mr()};
+        case KernelSet::AVX2:
+            return {kMR, kNR, gemm_avx2::ukernel_rows, gemm_avx2::pack_a, gemm_avx2::pack_b, false,
+                    kMCMax};
+        case KernelSet::Generic: break;
+    }
+    return {kMR, kNR, ukernel_generic, pack_a, pack_b, false, kMCMax};
+}
 
-// C = beta * C (beta == 0: zero fill without reading C).
-void scale_c(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
+// C = beta * C (beta == 0: zero fill without reading C), then + bias per column.
+void scale_c(int64_t M, int64_t N, float beta, float* C, int64_t ldc, const float* bias) {
     for (int64_t i = 0; i < M; ++i) {
         float* c = C + i * ldc;
         if (beta == 0.f)
             std::fill(c, c + N, 0.f);
         else if (beta != 1.f)
             for (int64_t j = 0; j < N; ++j) c[j] *= beta;
+        if (bias)
+            for (int64_t j = 0; j < N; ++j) c[j] += bias[j];
     }
 }
 
@@ -381,20 +438,18 @@ bool run_team(const Problem& p, int nt) {
 
 void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
            const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
-           int64_t ldc) {
+           int64_t ldc, const float* bias) {
     CNN_CHECK_ARG(M >= 0 && N >= 0 && K >= 0, "sgemm: negative size M=", M, " N=", N, " K=", K);
     CNN_CHECK_ARG(lda >= (trans_a ? M : K) && ldb >= (trans_b ? K : N) && ldc >= N,
                   "sgemm: leading dimension too small (lda=", lda, " ldb=", ldb, " ldc=", ldc,
                   " for M=", M, " N=", N, " K=", K, ")");
     if (M == 0 || N == 0) return;
     if (K == 0 || alpha == 0.f) {
-        scale_c(M, N, beta, C, ldc);
+        scale_c(M, N, beta, C, ldc, bias);
         return;
     }
-    const bool avx2 = use_avx2();
-    Problem p{trans_a, trans_b, M, N, K, alpha, beta, A, lda, B, ldb, C, ldc, 0,
-              avx2 ? gemm_avx2::ukernel_rows : ukernel_generic,
-              avx2 ? gemm_avx2::pack_a : pack_a, avx2 ? gemm_avx2::pack_b : pack_b};
+    Problem p{trans_a, trans_b, M, N, K, alpha, beta, A, lda, B, ldb, C, ldc, bias, 0,
+              kernel_desc(kernel_set())};
     const int64_t kblocks = K <= kKCSingleMax ? 1 : ceil_div(K, kKCMax);
     p.kc = round_up(ceil_div(K, kblocks), 4);
 
@@ -402,16 +457,23 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
     int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
     const double work = double(M) * N * K;
     nt = static_cast<int>(std::min<double>(nt, std::max(1.0, work / kMinWorkPerThread)));
-    nt = static_cast<int>(std::min<int64_t>(nt, ceil_div(M, kMR) * ceil_div(N, kNR)));
+    nt = static_cast<int>(std::min<int64_t>(nt, ceil_div(M, p.kd.mr) * ceil_div(N, p.kd.nr)));
 
     if (!run_team(p, nt)) run_team(p, 1);  // the runtime gave us fewer threads than asked
 }
 
-bool cpu_simd_enabled() { return use_avx2(); }
+bool cpu_simd_enabled() { return use_avx2_or_better(); }
 
-const char* sgemm_kernel_name() { return use_avx2() ? "avx2-fma" : "generic"; }
+const char* sgemm_kernel_name() {
+    switch (kernel_set()) {
+        case KernelSet::AVX512: return "avx512";
+        case KernelSet::AVX2: return "avx2-fma";
+        case KernelSet::Generic: break;
+    }
+    return "generic";
+}
 
-void sgemm_force_generic(bool force) { g_force_generic = force; }
+void sgemm_force_generic(bool force) { set_kernel_set(force ? "generic" : "auto"); }
 
 }  // namespace cpu
 }  // namespace cnnkit

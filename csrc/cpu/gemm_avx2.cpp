@@ -33,9 +33,10 @@ constexpr int kNR = 16;  // micro-tile columns; must match gemm.cpp
 // c[0:M, 0:16] = alpha * (a-panel . b-panel) + beta * c; beta == 0 means c is not read.
 // a: kc x 6 (6 floats per k, rows past M ignored); b: kc rows of 16 floats, ldb apart (16 when
 // packed). Fewer rows compute only those rows, with the same per-element arithmetic.
+// bias (16 floats) is added after alpha/beta when not null.
 template <int M>
 void ukernel_mx16(int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
-                  int64_t ldc, float alpha, float beta) {
+                  int64_t ldc, float alpha, float beta, const float* bias) {
     // Two 1-D accumulator arrays with fully unrolled loops stay in registers (as in the direct
     // conv's fwd_tile); a 2-D array did not.
     __m256 acc0[M], acc1[M];
@@ -73,16 +74,21 @@ void ukernel_mx16(int64_t kc, const float* a, const float* b, int64_t ldb, float
             r0 = _mm256_mul_ps(va, r0);
             r1 = _mm256_mul_ps(va, r1);
         }
+        if (bias) {
+            r0 = _mm256_add_ps(r0, _mm256_loadu_ps(bias));
+            r1 = _mm256_add_ps(r1, _mm256_loadu_ps(bias + 8));
+        }
         _mm256_storeu_ps(ci, r0);
         _mm256_storeu_ps(ci + 8, r1);
     }
 }
 
-// Rows m in [1, 6] of a full-width (16-column) tile.
-void ukernel_rows(int m, int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
-                  int64_t ldc, float alpha, float beta) {
+// Rows m in [1, 6] of a full-width tile (n is always 16: gemm.cpp runs partial tiles on a
+// scratch tile).
+void ukernel_rows(int m, int, int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
+                  int64_t ldc, float alpha, float beta, const float* bias) {
     avx2::dispatch_rows6(m, [&](auto rows) {
-        ukernel_mx16<decltype(rows)::value>(kc, a, b, ldb, c, ldc, alpha, beta);
+        ukernel_mx16<decltype(rows)::value>(kc, a, b, ldb, c, ldc, alpha, beta, bias);
     });
 }
 
@@ -191,8 +197,8 @@ void pack_b(bool trans, const float* B, int64_t ldb, int64_t j0, int64_t nc, int
 
 #else  // !CNNKIT_GEMM_HAVE_AVX2: never called (compiled() is false), but must link.
 
-void ukernel_rows(int, int64_t, const float*, const float*, int64_t, float*, int64_t, float,
-                  float) {}
+void ukernel_rows(int, int, int64_t, const float*, const float*, int64_t, float*, int64_t, float,
+                  float, const float*) {}
 void pack_a(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, float*) {}
 void pack_b(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, float*) {}
 

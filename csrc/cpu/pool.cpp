@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "core/runtime.h"
+#include "cpu/kernel_set.h"
 #include "cpu/kernels.h"
 
 namespace cnnkit {
@@ -28,7 +29,8 @@ namespace {
 // Elements a call touches below which OpenMP fork/join costs more than the loop itself.
 constexpr int64_t kParallelMin = 1 << 16;
 
-bool use_avx2() { return eltwise_avx2::compiled() && cpu_has_avx2_fma(); }
+// AVX2 bodies for the "avx2" and "avx512" kernel sets (cpu/kernel_set.h).
+bool use_avx2() { return use_avx2_or_better(); }
 
 // 2x2 windows at stride 2 inside the input: they tile it without overlap, so every input pixel
 // belongs to at most one window and backward can write dx instead of scattering into it.

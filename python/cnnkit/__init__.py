@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os as _os
 import sys as _sys
 
 from . import _core, callbacks, data, datasets, layers, losses, models, optim, serialization
@@ -75,8 +76,42 @@ def get_num_threads() -> int:
     return int(_core.get_num_threads())
 
 
+def set_cpu_kernels(name: str) -> None:
+    """Choose the CPU kernel set for GEMM, convolution, pooling and element-wise kernels:
+    "auto" (the best this CPU supports: the default), "avx512", "avx2" or "generic" (portable).
+    Results differ between sets in the last bits (FMA contraction, tile shapes), never between
+    thread counts within one set. Asking for a set this CPU lacks raises ValueError. The
+    environment variable CNNKIT_CPU_KERNELS sets it when cnnkit is imported."""
+    if not isinstance(name, str):
+        raise ValueError(f"set_cpu_kernels: expected a string, got {name!r}")
+    _core.set_cpu_kernels(name)
+
+
+def get_cpu_kernels() -> str:
+    """The CPU kernel set in use now: "avx512", "avx2" or "generic"."""
+    return str(_core.get_cpu_kernels())
+
+
+def available_cpu_kernels() -> list[str]:
+    """The CPU kernel sets this machine and build support, best first (ends with "generic")."""
+    return list(_core.available_cpu_kernels())
+
+
+def _kernels_from_environment() -> None:
+    name = _os.environ.get("CNNKIT_CPU_KERNELS", "").strip()
+    if name:
+        try:
+            set_cpu_kernels(name)
+        except ValueError as e:
+            raise ValueError(f"CNNKIT_CPU_KERNELS={name!r}: {e}") from None
+
+
+_kernels_from_environment()
+
+
 __all__ = [
     "__version__", "cuda_available", "built_with_cuda", "set_num_threads", "get_num_threads",
+    "set_cpu_kernels", "get_cpu_kernels", "available_cpu_kernels",
     "manual_seed", "layers", "losses", "models", "optim", "callbacks", "data", "datasets", "io",
     "Sequential", "Trainer", "History", "save", "load", "load_model",
     "Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Linear",

@@ -10,6 +10,7 @@
 
 #include "core/rng.h"
 #include "core/runtime.h"
+#include "cpu/kernel_set.h"
 #include "cpu/kernels.h"
 #include "nn/layer.h"
 #include "nn/net.h"
@@ -41,15 +42,19 @@ std::vector<float> randn(size_t n, std::mt19937& gen) {
 // ---- GEMM ---------------------------------------------------------------------------------
 
 void test_gemm(std::mt19937& gen) {
-    const int64_t shapes[][3] = {{1, 1, 1}, {7, 13, 5}, {6, 784, 25}, {17, 33, 65}, {130, 70, 300}};
+    // the last three straddle the AVX-512 tile (14 x 32) and its masked column tails
+    const int64_t shapes[][3] = {{1, 1, 1},   {7, 13, 5},   {6, 784, 25}, {17, 33, 65},
+                                 {130, 70, 300}, {15, 31, 40}, {29, 65, 3}, {141, 97, 390}};
     for (auto& s : shapes) {
         for (int ta = 0; ta < 2; ++ta)
             for (int tb = 0; tb < 2; ++tb) {
                 const int64_t M = s[0], N = s[1], K = s[2];
                 auto A = randn(M * K, gen), B = randn(K * N, gen), C = randn(M * N, gen);
+                auto bias = randn(N, gen);
                 auto C0 = C;
+                const bool with_bias = (ta + tb) % 2 == 1;  // the fused bias on half the cases
                 cpu::sgemm(ta, tb, M, N, K, 0.5f, A.data(), ta ? M : K, B.data(), tb ? K : N, 2.f,
-                           C.data(), N);
+                           C.data(), N, with_bias ? bias.data() : nullptr);
                 bool ok = true;
                 for (int64_t i = 0; i < M && ok; ++i)
                     for (int64_t j = 0; j < N && ok; ++j) {
@@ -57,9 +62,13 @@ void test_gemm(std::mt19937& gen) {
                         for (int64_t k = 0; k < K; ++k)
                             acc += double(ta ? A[k * M + i] : A[i * K + k]) *
                                    (tb ? B[j * K + k] : B[k * N + j]);
-                        ok = close(C[i * N + j], 0.5 * acc + 2.0 * C0[i * N + j], 1e-4 * std::sqrt(K));
+                        ok = close(C[i * N + j],
+                                   0.5 * acc + 2.0 * C0[i * N + j] + (with_bias ? bias[j] : 0.0),
+                                   1e-4 * std::sqrt(K));
                     }
-                check(ok, str_cat("sgemm ", M, "x", N, "x", K, " ta=", ta, " tb=", tb));
+                check(ok, str_cat("sgemm ", M, "x", N, "x", K, " ta=", ta, " tb=", tb,
+                                  with_bias ? " bias" : "", " kernels=",
+                                  cpu::kernel_set_name(cpu::kernel_set())));
             }
     }
 }
@@ -249,13 +258,19 @@ void test_net_training() {
 
 int main() {
     std::mt19937 gen(42);
-    for (int threads : {1, 2}) {
-        set_num_threads(threads);
-        test_gemm(gen);
-        test_conv(gen);
-        test_small_kernels(gen);
-        test_net_training();
+    // every kernel set this CPU supports (cpu/kernel_set.h), each at 1 and 2 threads
+    for (const std::string& set : cpu::available_kernel_sets()) {
+        cpu::set_kernel_set(set);
+        std::printf("kernel set %s\n", set.c_str());
+        for (int threads : {1, 2}) {
+            set_num_threads(threads);
+            test_gemm(gen);
+            test_conv(gen);
+            test_small_kernels(gen);
+            test_net_training();
+        }
     }
+    cpu::set_kernel_set("auto");
     std::printf("%d passed, %d failed\n", g_pass, g_fail);
     return g_fail == 0 ? 0 : 1;
 }
