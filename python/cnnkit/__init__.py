@@ -54,6 +54,15 @@ _sys.modules[__name__ + ".io"] = serialization
 __version__: str = _core.__version__
 
 
+def __getattr__(name: str):
+    # cnnkit.onnx loads on first use; it imports the onnx package only when its functions run
+    if name == "onnx":
+        import importlib
+
+        return importlib.import_module(".onnx", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def cuda_available() -> bool:
     """True when cnnkit was built with CUDA and a CUDA device is present."""
     return bool(_core.cuda_available())
@@ -113,7 +122,7 @@ __all__ = [
     "__version__", "cuda_available", "built_with_cuda", "set_num_threads", "get_num_threads",
     "set_cpu_kernels", "get_cpu_kernels", "available_cpu_kernels",
     "manual_seed", "layers", "losses", "models", "optim", "callbacks", "data", "datasets", "io",
-    "Sequential", "Trainer", "History", "save", "load", "load_model",
+    "onnx", "Sequential", "Trainer", "History", "save", "load", "load_model",
     "Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Linear",
     "Flatten", "Dropout", "BatchNorm2d", "ELU", "SiLU", "GELU", "ReLU6", "Hardswish", "Identity",
     "Softmax", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Dropout2d", "BatchNorm1d", "Upsample",

@@ -1,9 +1,10 @@
-"""The ``cnnkit`` command line: train, evaluate, predict, info, bench.
+"""The ``cnnkit`` command line: train, evaluate, predict, export, info, bench.
 
 cnnkit train --epochs 2                   # LeNet-5 on MNIST, best device
 cnnkit train --dataset fashion-mnist --model fashion_cnn --epochs 15
 cnnkit evaluate runs/mnist-lenet5/model.cnnkit --dataset mnist
 cnnkit predict runs/mnist-lenet5/model.cnnkit digit.png batch.npy
+cnnkit export runs/mnist-lenet5/model.cnnkit lenet5.onnx   # evaluate/predict/train read .onnx
 cnnkit info
 cnnkit bench --threads 1 2
 
@@ -149,12 +150,29 @@ def _model_names() -> list[str]:
     return sorted(models.MODELS)
 
 
+def _load_model_file(path: str):
+    """The model of a cnnkit model or trainer file, or of an ONNX file (by its content: a
+    file without cnnkit's magic that is named *.onnx)."""
+    from . import serialization as io
+
+    _check_regular_file(path, "model file")
+    with _open_regular(path, "model file") as f:
+        head = f.read(len(io.MAGIC))
+    if head != io.MAGIC and path.lower().endswith(".onnx"):
+        from . import onnx
+
+        try:
+            return onnx.load(path)
+        except ImportError as e:  # no onnx package: one line saying what to install
+            raise SystemExit(f"cnnkit: {e}") from None
+    return io.load_model(path)
+
+
 def _build_model(spec: str, in_channels: int = 1):
     """A model by name (built for the datasets' channels: the CLI's are grayscale) or file."""
     import inspect
 
     from . import models
-    from . import serialization as io
 
     if spec in models.MODELS:
         factory = models.MODELS[spec]
@@ -162,8 +180,7 @@ def _build_model(spec: str, in_channels: int = 1):
             return factory(in_channels=in_channels)
         return factory()
     if os.path.lexists(spec):
-        _check_regular_file(spec, "model file")
-        return io.load_model(spec)
+        return _load_model_file(spec)
     raise SystemExit(
         f"cnnkit: --model must be one of {sorted(models.MODELS)} or a model file; got {spec!r}"
     )
@@ -319,12 +336,9 @@ def _report_interrupt(trainer, args: argparse.Namespace, ckpt: str, out: str) ->
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import cnnkit as ck
 
-    from . import serialization as io
-
     if args.threads:
         ck.set_num_threads(args.threads)
-    _check_regular_file(args.model, "model file")
-    model = io.load_model(args.model)
+    model = _load_model_file(args.model)
     _, (x_test, y_test) = _load_dataset(args.dataset, args.data_dir)
     trainer = ck.Trainer(model, loss="cross_entropy", device=_pick_device(args.device))
     t0 = time.perf_counter()
@@ -438,10 +452,7 @@ def _read_images(path: str, invert: str) -> np.ndarray:
 def cmd_predict(args: argparse.Namespace) -> int:
     import cnnkit as ck
 
-    from . import serialization as io
-
-    _check_regular_file(args.model, "model file")
-    model = io.load_model(args.model)
+    model = _load_model_file(args.model)
     trainer = ck.Trainer(model, loss="cross_entropy", device=_pick_device(args.device))
     names: list[str] = []
     batches: list[np.ndarray] = []
@@ -467,6 +478,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"cnnkit: {failed} of {len(args.images)} input files could not be read",
               file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from . import onnx
+    from . import serialization as io
+
+    _check_regular_file(args.model, "model file")
+    shape = args.input_shape
+    if shape is None:  # the input the file records (files of trained models do)
+        shape = io.read(args.model).meta.get("input_shape")
+        if shape is None:
+            raise SystemExit(f"cnnkit: {args.model} does not record its input shape; give "
+                             "--input-shape C H W (e.g. --input-shape 1 28 28)")
+    model = io.load_model(args.model)
+    try:
+        onnx.export(model, args.out, input_shape=tuple(shape), opset=args.opset)
+    except ImportError as e:
+        raise SystemExit(f"cnnkit: {e}") from None
+    print(f"saved: {args.out} (ONNX opset {args.opset}, input (N, "
+          f"{', '.join(map(str, shape))}))")
     return 0
 
 
@@ -503,6 +535,7 @@ DEVICE_HELP = ("where to run: auto (a CUDA GPU when there is one, else the CPU),
                "cuda:0 (default: auto)")
 THREADS_HELP = "OpenMP threads for the CPU kernels (default: the OpenMP default)"
 DATA_DIR_HELP = "directory of the dataset cache (default: see docs/datasets.md)"
+MODEL_HELP = "a model file (.cnnkit, a training checkpoint, or .onnx)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -512,14 +545,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"cnnkit {__version__}",
                    help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="command",
-                           help="train, evaluate, predict, info or bench ('cnnkit COMMAND -h' "
-                                "for its options)")  # fmt: skip
+                           help="train, evaluate, predict, export, info or bench ('cnnkit "
+                                "COMMAND -h' for its options)")  # fmt: skip
 
     t = sub.add_parser("train", help="train a model on MNIST or Fashion-MNIST")
     t.add_argument("--dataset", choices=DATASETS, default="mnist",
                    help="dataset to train on (default: mnist)")
     t.add_argument("--model", default="lenet5",
-                   help="lenet5, fashion_cnn or a model file to start from (default: lenet5)")
+                   help="lenet5, fashion_cnn, resnet20, resnet18 or a model file (.cnnkit or "
+                        ".onnx) to start from (default: lenet5)")
     t.add_argument("--epochs", type=_positive_int, default=10,
                    help="epochs to train (default: 10)")
     t.add_argument("--batch-size", type=_positive_int, default=64,
@@ -551,7 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="test accuracy of a saved model")
-    e.add_argument("model", help="a model file (or a training checkpoint)")
+    e.add_argument("model", nargs="?", help=MODEL_HELP)
+    e.add_argument("--model", dest="model_option", metavar="MODEL", default=None,
+                   help="the model file, given as an option")
     e.add_argument("--dataset", choices=DATASETS, default="mnist",
                    help="whose test set to use (default: mnist)")
     e.add_argument("--batch-size", type=_positive_int, default=512,
@@ -559,10 +595,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
     e.add_argument("--threads", type=_positive_int, default=None, help=THREADS_HELP)
     e.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
-    e.set_defaults(func=cmd_evaluate)
+    e.set_defaults(func=cmd_evaluate, subparser=e)
 
     pr = sub.add_parser("predict", help="classify 28x28 images (PNG/JPEG or .npy)")
-    pr.add_argument("model", help="a model file (or a training checkpoint)")
+    pr.add_argument("model", nargs="?", help=MODEL_HELP)
+    pr.add_argument("--model", dest="model_option", metavar="MODEL", default=None,
+                    help="the model file, given as an option (then every positional is an "
+                         "image)")
     pr.add_argument("images", nargs="+",
                     help="image files (PNG/JPEG with Pillow) or .npy arrays: one 28x28 image or "
                          "a batch (N, 28, 28) or (N, 1, 28, 28); uint8 or values in [0, 1]")
@@ -572,7 +611,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="make digits white on black as in MNIST: auto inverts an image whose "
                          "mean is above one half (default: auto)")
     pr.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
-    pr.set_defaults(func=cmd_predict)
+    pr.set_defaults(func=cmd_predict, subparser=pr)
+
+    x = sub.add_parser("export", help="write a model file as ONNX (needs the onnx package)")
+    x.add_argument("model", help="a model file (or a training checkpoint)")
+    x.add_argument("out", help="the ONNX file to write (e.g. model.onnx)")
+    x.add_argument("--input-shape", type=_positive_int, nargs="+", default=None,
+                   metavar="D", help="per-sample input shape, e.g. 1 28 28 (default: the shape "
+                                     "the file records)")
+    x.add_argument("--opset", type=_positive_int, default=17,
+                   help="ONNX opset, 11-21 (default: 17)")
+    x.set_defaults(func=cmd_export)
 
     i = sub.add_parser("info", help="version, build flags, CPU features, CUDA devices")
     i.set_defaults(func=cmd_info)
@@ -585,12 +634,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _model_argument(args: argparse.Namespace) -> None:
+    """evaluate/predict take the model as their first positional or as --model MODEL."""
+    if args.command not in ("evaluate", "predict"):
+        return
+    sub = args.subparser
+    if args.model_option is not None:
+        if args.command == "predict":
+            args.images = ([args.model] if args.model is not None else []) + args.images
+        elif args.model is not None:
+            sub.error(f"two models given: {args.model} and --model {args.model_option}")
+        args.model = args.model_option
+    elif args.model is None:
+        sub.error("the following arguments are required: "
+                  + ("images" if args.command == "predict" else "model"))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a command; returns the exit status. Bad arguments exit 2 (argparse); bad input
     (missing, corrupt or special files, unusable data, no memory, a dataset that cannot be
     obtained, ...) prints one line ``cnnkit: error: ...`` and returns 1 (set CNNKIT_DEBUG=1 for
     the traceback); Ctrl-C returns 130."""
     args = build_parser().parse_args(argv)
+    _model_argument(args)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
