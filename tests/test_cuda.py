@@ -227,6 +227,34 @@ def test_conv2d_forward_backward_parity(N, C, H, W, K, k, s, p, d, g, bias, rng)
         assert_parity(gg[name], gc[name], f"conv grad {name}", rtol=2e-5)
 
 
+CONV_TRANSPOSE_CASES = [
+    # N, in, out, H, W, kernel, stride, padding, output_padding, groups, bias, dilation
+    (2, 16, 8, 8, 8, 4, 2, 1, 0, 1, True, 1),  # DCGAN-style 2x upsampling
+    (2, 4, 6, 5, 4, (3, 2), (2, 1), (1, 0), (1, 0), 2, True, (1, 2)),  # groups, non-square
+    (2, 4, 4, 5, 5, 3, 2, 1, 1, 4, True, 1),  # out_channels == groups: depthwise kernels
+    (3, 3, 2, 4, 6, 1, 1, 0, 1, 1, True, 2),  # 1x1, output_padding >= stride (< dilation)
+    (2, 2, 3, 4, 5, 3, 1, 1, 1, 1, False, 2),  # output_padding >= stride on both axes
+    (2, 3, 4, 6, 6, 3, 2, 3, 0, 1, True, 1),  # padding > dilation*(kernel-1): shrinks
+    # more than one chunk of images (64 MiB column budget)
+    (20, 8, 64, 32, 32, 4, 2, 1, 0, 1, True, 1) if not EMULATED
+    else (5, 4, 8, 16, 16, 4, 2, 1, 0, 1, True, 1),
+]
+
+
+@pytest.mark.parametrize("N,Ci,Co,H,W,k,s,p,op,g,bias,d", CONV_TRANSPOSE_CASES)
+def test_conv_transpose2d_forward_backward_parity(N, Ci, Co, H, W, k, s, p, op, g, bias, d, rng):
+    cpu, gpu = twin(lambda: ck.ConvTranspose2d(Ci, Co, k, s, p, op, g, bias, d))
+    x = rng.standard_normal((N, Ci, H, W)).astype(np.float32)
+    dy = rng.standard_normal(cpu.forward(x).shape).astype(np.float32)
+    yc, dxc, gc = fwd_bwd(cpu, x, dy)
+    yg, dxg, gg = fwd_bwd(gpu, x, dy)
+    assert_parity(yg, yc, "conv_transpose forward", rtol=1e-5)
+    assert_parity(dxg, dxc, "conv_transpose backward input", rtol=1e-5)
+    assert set(gg) == set(gc) == {"0.weight"} | ({"0.bias"} if bias else set())
+    for name in gc:
+        assert_parity(gg[name], gc[name], f"conv_transpose grad {name}", rtol=2e-5)
+
+
 # ---- pooling ------------------------------------------------------------------------------------
 
 POOL_CASES = [
