@@ -38,6 +38,7 @@ BatchFeed::BatchFeed(const Source& src, int64_t batch_size, bool drop_last)
     CNN_CHECK_ARG(src_.n >= 1 && src_.x != nullptr, "BatchFeed: the data set is empty");
     CNN_CHECK_ARG((src_.labels != nullptr) != (src_.targets != nullptr),
                   "BatchFeed: give labels or targets (one of them)");
+    count_ = src_.n;
     row_ = shape_numel(src_.sample);
     trow_ = src_.targets ? shape_numel(src_.target_sample) : 0;
     const int64_t cap = std::min(bs_, src_.n);
@@ -56,15 +57,16 @@ BatchFeed::BatchFeed(const Source& src, int64_t batch_size, bool drop_last)
 
 void BatchFeed::set_order(std::vector<int64_t> order) {
     if (!order.empty()) {
-        CNN_CHECK_ARG(static_cast<int64_t>(order.size()) == src_.n, "BatchFeed: the order has ",
+        CNN_CHECK_ARG(static_cast<int64_t>(order.size()) <= src_.n, "BatchFeed: the order has ",
                       order.size(), " entries for ", src_.n, " samples");
         std::vector<char> hit(static_cast<size_t>(src_.n), 0);
         for (int64_t i : order) {
             CNN_CHECK_ARG(i >= 0 && i < src_.n && !hit[static_cast<size_t>(i)],
-                          "BatchFeed: the order is not a permutation of 0..", src_.n - 1);
+                          "BatchFeed: the order must be distinct indices in 0..", src_.n - 1);
             hit[static_cast<size_t>(i)] = 1;
         }
     }
+    count_ = order.empty() ? src_.n : static_cast<int64_t>(order.size());
     order_ = std::move(order);
 }
 
@@ -72,7 +74,7 @@ int64_t BatchFeed::gather(int64_t b) {
     CNN_CHECK_ARG(b >= 0 && b < num_batches(), "BatchFeed: batch ", b, " out of range (",
                   num_batches(), " batches)");
     const int64_t start = b * bs_;
-    const int64_t B = std::min(bs_, src_.n - start);
+    const int64_t B = std::min(bs_, count_ - start);
     int64_t* ids = ids_.data();
     if (order_.empty()) {
         for (int64_t i = 0; i < B; ++i) ids[i] = start + i;

@@ -58,9 +58,12 @@ struct RunResult {
 class BatchFeed {
   public:
     BatchFeed(const Source& src, int64_t batch_size, bool drop_last);
-    // The visiting order: a permutation of [0, n) (checked), or empty for 0, 1, ..., n-1.
+    // The visiting order: distinct indices in [0, n) (checked) -- a permutation of all of
+    // them, or a subset (one process's shard in data-parallel training) -- or empty for
+    // 0, 1, ..., n-1. The epoch has as many samples as the order has entries.
     void set_order(std::vector<int64_t> order);
-    int64_t num_batches() const { return drop_last_ ? src_.n / bs_ : (src_.n + bs_ - 1) / bs_; }
+    int64_t num_batches() const { return drop_last_ ? count_ / bs_ : (count_ + bs_ - 1) / bs_; }
+    int64_t num_samples() const { return count_; }
     int64_t batch_size() const { return bs_; }
     // Gathers batch b into the buffers; returns its size. x()/labels()/targets() are views of
     // the buffers valid until the next gather.
@@ -74,6 +77,7 @@ class BatchFeed {
     int64_t bs_, row_, trow_;
     bool drop_last_;
     std::vector<int64_t> order_, ids_;
+    int64_t count_ = 0;  // samples per epoch: order_.size(), or n when order_ is empty
     Tensor xbuf_, tbuf_, xv_, tv_;
     std::vector<int64_t> labels_;
 };
