@@ -27,6 +27,7 @@ namespace py = pybind11;
 using namespace cnnkit;
 
 void bind_data(py::module_& m);  // bindings/data.cpp
+void bind_distributed(py::module_& m);  // bindings/distributed.cpp
 
 #ifndef CNNKIT_VERSION
 #define CNNKIT_VERSION "0.0.0"
@@ -916,4 +917,5 @@ PYBIND11_MODULE(_core, m) {
 
     // ---- native batch feed (bindings/data.cpp) ----
     bind_data(m);
+    bind_distributed(m);
 }

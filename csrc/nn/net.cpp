@@ -304,8 +304,15 @@ StepResult Net::train_step(const Tensor& x, const int64_t* labels, const Tensor*
     Tensor dout = grad_store_[0].view(act_shapes_[L]);
     StepResult r;
     r.loss = loss_forward_backward(out, labels, target, &dout, &r.correct);
-    if (!std::isfinite(r.loss)) return r;  // caller reports divergence; no update applied
-    backward(dout, false);
+    if (!std::isfinite(r.loss)) {
+        if (!reducer_) return r;  // caller reports divergence; no update applied
+        // Data-parallel: the other processes wait in the all-reduce; join it with NaN
+        // gradients, which makes every process refuse this update below.
+        grads_.fill(std::numeric_limits<float>::quiet_NaN());
+    } else {
+        backward(dout, false);
+    }
+    if (reducer_) reduce_grads();
     // A finite loss can still overflow the update (huge lr or gradients): keep the previous
     // parameters and refuse the step, reported to the caller as an infinite loss. On every
     // device: the backup and the check stay on the parameters' device.
@@ -319,6 +326,23 @@ StepResult Net::train_step(const Tensor& x, const int64_t* labels, const Tensor*
         r.loss = std::numeric_limits<double>::infinity();
     }
     return r;
+}
+
+void Net::reduce_grads() {
+    const int64_t n = grads_.numel();
+    const bool host = grads_.device() == Device::CPU;
+    if (!host) {
+        if (!reduce_host_.defined() || reduce_host_.numel() != n) reduce_host_ = Tensor({n});
+        reduce_host_.copy_from(grads_);
+    }
+    float* g = host ? grads_.data() : reduce_host_.data();
+    reducer_(g, n);
+    if (reduce_scale_ != 1.f) {
+        const float s = reduce_scale_;
+#pragma omp parallel for simd schedule(static) if (n > (1 << 16))
+        for (int64_t i = 0; i < n; ++i) g[i] *= s;
+    }
+    if (!host) grads_.copy_from(reduce_host_);
 }
 
 StepResult Net::eval_step(const Tensor& x, const int64_t* labels, const Tensor* target) {

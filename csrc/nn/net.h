@@ -2,6 +2,7 @@
 // reused across steps, one workspace arena, a loss, an optimizer, and the fused train step.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -72,6 +73,19 @@ class Net {
     // forward(eval) + loss, no gradients.
     StepResult eval_step(const Tensor& x, const int64_t* labels, const Tensor* target);
 
+    // Data-parallel training: train_step calls `fn` between the backward and the update with
+    // the flat gradient buffer in host memory (CUDA gradients are staged through a host copy);
+    // it must sum the gradients of every process in place (an MPI all-reduce). They are then
+    // multiplied by `scale` (1 / number of processes). A step whose loss is not finite still
+    // takes part, with NaN gradients, so that every process refuses the same update. An
+    // empty `fn` switches it off.
+    using GradReducer = std::function<void(float* grads, int64_t n)>;
+    void set_grad_reducer(GradReducer fn, float scale) {
+        reducer_ = std::move(fn);
+        reduce_scale_ = scale;
+    }
+    bool has_grad_reducer() const { return static_cast<bool>(reducer_); }
+
     // Dropout RNG: seed and a counter advanced once per training forward.
     void set_rng(uint64_t seed, uint64_t counter) {
         rng_seed_ = seed;
@@ -128,6 +142,11 @@ class Net {
     Tensor scratch_;
     bool plan_training_ = false;
     int64_t act_bytes_ = 0;
+
+    void reduce_grads();
+    GradReducer reducer_;
+    float reduce_scale_ = 1.f;
+    Tensor reduce_host_;  // host copy of CUDA gradients for the reducer
 
     LossKind loss_ = LossKind::None;
     std::shared_ptr<Optimizer> opt_;

@@ -10,7 +10,18 @@ from __future__ import annotations
 import os as _os
 import sys as _sys
 
-from . import _core, callbacks, data, datasets, layers, losses, models, optim, serialization
+from . import (
+    _core,
+    callbacks,
+    data,
+    datasets,
+    distributed,
+    layers,
+    losses,
+    models,
+    optim,
+    serialization,
+)
 from ._seeding import manual_seed
 from .graph import GraphTensor, Input, Residual
 from .layers import (
@@ -122,7 +133,7 @@ __all__ = [
     "__version__", "cuda_available", "built_with_cuda", "set_num_threads", "get_num_threads",
     "set_cpu_kernels", "get_cpu_kernels", "available_cpu_kernels",
     "manual_seed", "layers", "losses", "models", "optim", "callbacks", "data", "datasets", "io",
-    "onnx", "Sequential", "Trainer", "History", "save", "load", "load_model",
+    "onnx", "distributed", "Sequential", "Trainer", "History", "save", "load", "load_model",
     "Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Linear",
     "Flatten", "Dropout", "BatchNorm2d", "ELU", "SiLU", "GELU", "ReLU6", "Hardswish", "Identity",
     "Softmax", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Dropout2d", "BatchNorm1d", "Upsample",

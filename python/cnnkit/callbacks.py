@@ -46,7 +46,14 @@ Logs = dict[str, Any]
 
 
 class Callback:
-    """Base class: every hook is a no-op; override the ones you need."""
+    """Base class: every hook is a no-op; override the ones you need.
+
+    ``main_process_only``: in data-parallel training (cnnkit.distributed), run only on rank 0
+    (callbacks that write files or print); the others run on every rank, where they see the
+    same logs (reduced across processes) and so decide the same.
+    """
+
+    main_process_only = False
 
     def __init__(self) -> None:
         self.trainer: Any = None
@@ -266,6 +273,8 @@ class ModelCheckpoint(Callback):
     save_weights_only, a model file (architecture + weights) instead.
     """
 
+    main_process_only = True  # writes files
+
     def __init__(self, filepath: str | os.PathLike, monitor: str = "val_loss",
                  save_best_only: bool = False, mode: str = "auto",
                  save_weights_only: bool = False, verbose: int = 0) -> None:
@@ -403,6 +412,8 @@ class CSVLogger(Callback):
     file holds the whole run. A run stopped before its first epoch ends leaves the header.
     With ``append=True`` rows are added to an existing file instead (no second header).
     """
+
+    main_process_only = True  # writes files
 
     def __init__(self, filename: str | os.PathLike, separator: str = ",",
                  append: bool = False) -> None:

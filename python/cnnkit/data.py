@@ -281,7 +281,9 @@ class DataLoader:
                         f"{where}: x has {n} samples but y has {ya.shape[0]} (they must match)"
                     )
                 self.y = ya
-        self.num_samples = int(n)
+        self.num_samples = int(n)  # per epoch (this process's shard: see shard())
+        self._total = int(n)
+        self.num_shards, self.shard_index, self._drop_remainder = 1, 0, True
         if self.drop_last and self.num_samples < self.batch_size:
             raise ValueError(
                 f"{where}: drop_last with batch_size {self.batch_size} > {self.num_samples} "
@@ -300,12 +302,44 @@ class DataLoader:
             raise ValueError(f"DataLoader.set_epoch: epoch must be an int >= 0, got {epoch!r}")
         self.epoch = int(epoch)
 
+    def shard(self, index: int, num_shards: int, drop_remainder: bool = True) -> DataLoader:
+        """Visit only shard `index` of `num_shards` each epoch (data-parallel training, like
+        PyTorch's DistributedSampler): the epoch's order (the same seeded permutation on every
+        process) is cut interleaved, entry i going to shard i % num_shards. With
+        `drop_remainder` the last N % num_shards entries are left out so that every shard has
+        the same size (training: every process runs the same number of steps); without it
+        shards differ by at most one sample and together cover every sample (evaluation).
+        Returns self."""
+        num_shards = positive_int(num_shards, "num_shards", "DataLoader.shard")
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) \
+                or not 0 <= index < num_shards:
+            raise ValueError(f"DataLoader.shard: index must be in [0, {num_shards}), got "
+                             f"{index!r}")
+        n = self._total
+        size = n // num_shards if drop_remainder else len(range(int(index), n, num_shards))
+        if size < 1:
+            raise ValueError(f"DataLoader.shard: {n} samples leave shard {index} of "
+                             f"{num_shards} empty")
+        if self.drop_last and size < self.batch_size:
+            raise ValueError(f"DataLoader.shard: drop_last with batch_size {self.batch_size} > "
+                             f"{size} samples per shard leaves no batch")
+        self.num_shards, self.shard_index = int(num_shards), int(index)
+        self._drop_remainder = bool(drop_remainder)
+        self.num_samples = size
+        return self
+
     def order(self, epoch: int) -> np.ndarray:
-        """Sample indices (N,) visited in `epoch` (identity without shuffle)."""
+        """Sample indices visited in `epoch` (identity without shuffle), this shard's part."""
         if not self.shuffle:
-            return np.arange(self.num_samples)
-        rng = np.random.default_rng(derive_seed(self.seed, epoch))
-        return rng.permutation(self.num_samples)
+            full = np.arange(self._total)
+        else:
+            rng = np.random.default_rng(derive_seed(self.seed, epoch))
+            full = rng.permutation(self._total)
+        if self.num_shards == 1:
+            return full
+        if self._drop_remainder:
+            full = full[:(self._total // self.num_shards) * self.num_shards]
+        return np.ascontiguousarray(full[self.shard_index::self.num_shards])
 
     def __iter__(self) -> Iterator[Batch]:
         idx = self.order(self.epoch)
@@ -318,7 +352,7 @@ class DataLoader:
         if self.dataset is not None:
             xb, yb = self._collate(ids)
         else:
-            if self.shuffle:
+            if self.shuffle or self.num_shards > 1:
                 xb = self.x[ids]
                 yb = self.y[ids] if self.y is not None else None
             else:  # contiguous slices: views (copied when a transform might modify them)

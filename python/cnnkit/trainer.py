@@ -30,6 +30,7 @@ from tqdm.std import tqdm
 from . import _core
 from . import _trainer_state as _state
 from . import callbacks as _callbacks
+from . import distributed as _dist
 from . import losses as _losses
 from . import optim as _optim
 from . import serialization as _io
@@ -171,10 +172,11 @@ class _SigintGuard:
     previous handler is restored on exit. Not installed outside the main thread (Python
     delivers signals there only), nor when SIGINT is ignored or handled outside Python."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
         self.hit = 0
         self._previous: Any = None
         self._installed = False
+        self._enabled = enabled
 
     def _handler(self, signum: int, frame: Any) -> None:
         self.hit += 1
@@ -182,7 +184,7 @@ class _SigintGuard:
             raise KeyboardInterrupt
 
     def __enter__(self) -> _SigintGuard:
-        if threading.current_thread() is threading.main_thread():
+        if self._enabled and threading.current_thread() is threading.main_thread():
             prev = signal.getsignal(signal.SIGINT)
             if prev is not None and prev is not signal.SIG_IGN:
                 self._previous = prev
@@ -258,6 +260,7 @@ class Trainer:
         self._fit_lock = threading.Lock()  # held while fit runs: a second fit is refused
         self._fit_thread: int | None = None  # the thread running fit
         self._epoch_keys: list[str] = []  # the keys fit logs per epoch (CSVLogger's header)
+        self._rank_rng: tuple[int, int] | None = None  # data-parallel: (rank 0's, this rank's)
 
     # -- configuration ------------------------------------------------------------------------
     def _check_metrics(self, metrics: Sequence[str]) -> tuple[str, ...]:
@@ -545,6 +548,11 @@ class Trainer:
                       f"{epochs} (pass a larger epochs, or initial_epoch=0 to start over)")
             return history
 
+        dist = _dist._active()
+        if dist:
+            self._setup_distributed(loader, val_loader, cb_list, epochs, start)
+            if not _dist.is_main():
+                verbose, checkpoint_path = 0, None
         if self.lr_scheduler is not None and not any(s is self.lr_scheduler for s in stepped):
             cb_list.callbacks.insert(0, _callbacks.SchedulerCallback(self.lr_scheduler))
         cb_list.set_trainer(self)
@@ -555,7 +563,12 @@ class Trainer:
         self.diverged = False
         self.interrupted = False
         self.stop_reason = None
-        with _SigintGuard() as guard:
+        # Data-parallel: Ctrl-C is not caught (the processes would stop at different steps
+        # and wait for each other): it ends the job, which resumes from a checkpoint.
+        with _SigintGuard(enabled=not dist) as guard:
+            if dist:
+                _core.set_grad_reducer(self.model._net, _dist._reduce_gradients,
+                                       1.0 / _dist.world_size())
             cb_list.on_train_begin({})
             try:
                 for epoch in range(start, epochs):
@@ -577,9 +590,36 @@ class Trainer:
                     # before on_train_end, which may change the weights (restore_best_weights)
                     self._interrupt(checkpoint_path, verbose)
             finally:
+                if dist:
+                    _core.set_grad_reducer(self.model._net, None)
                 cb_list.on_train_end({})
         self._mark(history)
         return history
+
+    def _setup_distributed(self, loader: DataLoader, val_loader: DataLoader | None,
+                           cb_list: _callbacks.CallbackList, epochs: int, start: int) -> None:
+        """Data-parallel fit (cnnkit.distributed): this rank's shards of the data, rank 0's
+        weights, a Dropout stream per rank, file-writing callbacks on rank 0 only; refuses
+        (DistributedError) processes that disagree on the sizes that decide the collectives."""
+        r, w = _dist.rank(), _dist.world_size()
+        if loader.num_shards != w or loader.shard_index != r:
+            loader.shard(r, w)
+        if val_loader is not None:
+            val_loader.shard(r, w, drop_remainder=False)
+        _dist._check_same([len(loader), loader.num_samples, loader.batch_size, epochs, start,
+                           self.model.num_parameters(), self.epoch],
+                          "(batches per epoch, samples per process, batch size, epochs, first "
+                          "epoch, parameters, epochs done)")
+        _dist._sync_model(self.model)
+        net = self.model._net
+        seed, counter = net.rng_state()
+        if r > 0:  # rank 0 keeps the single-process stream (the one checkpoints record)
+            base = self._rank_rng[0] if self._rank_rng and seed == self._rank_rng[1] else seed
+            mine = derive_seed(base, 1 + r)
+            self._rank_rng = (base, mine)
+            net.set_rng(mine, counter)
+        if r > 0:
+            cb_list.callbacks = [c for c in cb_list.callbacks if not c.main_process_only]
 
     @staticmethod
     def _default_checkpoint_path(cb_list: _callbacks.CallbackList) -> str | None:
@@ -687,6 +727,8 @@ class Trainer:
             seen, correct, loss_sum = p.seen, p.correct, p.loss_sum
             self._progress = None  # the epoch's batches are done
             dt = time.perf_counter() - t0
+            if loader.num_shards > 1 and _dist.world_size() > 1:
+                seen, correct, loss_sum, dt = self._reduce_epoch(seen, correct, loss_sum, dt)
             logs: dict[str, float] = {}
             if self.diverged:
                 logs["loss"] = math.nan
@@ -716,6 +758,15 @@ class Trainer:
                   + " - ".join(f"{k}: {v}" for k, v in self._summary(logs).items()))
         return logs
 
+    def _reduce_epoch(self, seen: int, correct: int, loss_sum: float,
+                      dt: float) -> tuple[int, int, float, float]:
+        """Data-parallel: the epoch's sums over every process (the same logs everywhere), the
+        slowest process's time, and BatchNorm running statistics averaged."""
+        sums = _dist.all_reduce(np.array([seen, correct, loss_sum], np.float64), "sum")
+        slow = _dist.all_reduce(np.array([dt], np.float64), "max")
+        _dist._average_buffers(self.model)
+        return int(sums[0]), int(sums[1]), float(sums[2]), float(slow[0])
+
     def _show(self, bar: Any, p: _Progress, t0: float, advance: int) -> None:
         """The progress bar's postfix (running loss, accuracy, img/s) after `advance` more
         batches."""
@@ -742,7 +793,7 @@ class Trainer:
         and the hooks around it; else runs of batches lasting about _NATIVE_RUN_SECONDS. The
         sums continue in p exactly as the Python loop adds them."""
         net = self.model._net
-        feed.set_order(loader.order(epoch) if loader.shuffle else None)
+        feed.set_order(loader.order(epoch) if loader.shuffle or loader.num_shards > 1 else None)
         loader.epoch = epoch + 1  # as iterating the loader would leave it
         per_batch = cbs.uses_batch_hooks()
         nb, bs, total = len(loader), loader.batch_size, loader.num_samples
@@ -823,13 +874,10 @@ class Trainer:
         net = self.model._net
         feed = self._feed(loader, where)
         if feed is not None:  # every batch in one native call, summed as below
-            feed.set_order(loader.order(0) if loader.shuffle else None)
+            feed.set_order(loader.order(0) if loader.shuffle or loader.num_shards > 1 else None)
             loader.epoch = 1  # as iterating epoch 0 would leave it
             seen, correct, loss_sum = feed.evaluate(net)
-            out = {"loss": loss_sum / seen}
-            if "accuracy" in self.metrics:
-                out["accuracy"] = correct / seen
-            return out
+            return self._means(loader, seen, correct, loss_sum)
         seen, correct, loss_sum = 0, 0, 0.0
         loader.set_epoch(0)
         for xb, yb in loader:
@@ -839,6 +887,14 @@ class Trainer:
             seen += n
             correct += int(corr)
             loss_sum += float(loss) * n
+        return self._means(loader, seen, correct, loss_sum)
+
+    def _means(self, loader: DataLoader, seen: int, correct: int,
+               loss_sum: float) -> dict[str, float]:
+        """{"loss", "accuracy"} from the sums; a sharded loader's over every process."""
+        if loader.num_shards > 1 and _dist.world_size() > 1:
+            sums = _dist.all_reduce(np.array([seen, correct, loss_sum], np.float64), "sum")
+            seen, correct, loss_sum = int(sums[0]), int(sums[1]), float(sums[2])
         out = {"loss": loss_sum / seen}
         if "accuracy" in self.metrics:
             out["accuracy"] = correct / seen

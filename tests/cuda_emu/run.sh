@@ -37,7 +37,7 @@ for m in re.finditer(r"csrc/[\w/]+\.(?:cpp|cu)\b", text):
 print("\n".join(seen))
 EOF
 )
-sources+=(tests/cuda_emu/cuda_emu.cpp csrc/bindings/module.cpp)
+sources+=(tests/cuda_emu/cuda_emu.cpp csrc/bindings/*.cpp)  # every binding file
 
 compile() {
     local src="$1" obj="$out/obj/$(echo "$1" | tr '/' '_').o" extra=()

@@ -1,0 +1,251 @@
+"""Data-parallel training over MPI (mpi4py), as Horovod and PyTorch's DDP do it.
+
+>>> ck.distributed.init()        # a no-op when the script was not started by an MPI launcher
+>>> trainer = ck.Trainer(model, optimizer="adam", seed=0)   # data-parallel when world_size() > 1
+>>> trainer.fit(x, y, epochs=10, batch_size=64)             # batch_size per process
+
+``mpirun -n 4 python train.py``: every process holds the whole data set and a replica of the
+model; rank 0's initial weights are broadcast; each epoch's seeded permutation is cut into
+disjoint, equal shards (interleaved, the last ``N % world_size`` samples of the permutation
+left out on every rank); the gradients of every step are summed by an in-place all-reduce of
+the model's flat gradient buffer (no copy on the CPU; CUDA gradients through a host copy) and
+divided by the number of processes, so every rank applies the same update and the weights
+stay bit-identical. BatchNorm running statistics are averaged at the end of each epoch, loss
+and metrics are reduced, and only rank 0 prints and writes files. See docs/distributed.md.
+
+Needs ``pip install "cnnkit[mpi]"`` (mpi4py and an MPI: the mpich wheel). cnnkit imports
+mpi4py only when :func:`init` finds an MPI launcher.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+__all__ = ["init", "is_initialized", "rank", "world_size", "is_main", "barrier",
+           "all_reduce", "broadcast", "launched_by_mpi", "DistributedError"]
+
+# Environment variables MPI launchers set in every process they start (MPICH/Hydra, Open MPI,
+# PMIx, Slurm's PMI2 and Intel MPI); any of them means "started by a launcher".
+_LAUNCHER_ENV = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS",
+                 "MPIR_CVAR_CH3_INTERFACE_HOSTNAME", "HYDI_CONTROL_FD")
+
+_DEFAULT_TIMEOUT = 300.0  # seconds one collective may wait for the other processes
+
+
+class DistributedError(RuntimeError):
+    """A collective failed: a peer is stuck or gone, or the processes disagree."""
+
+
+class _State:
+    def __init__(self) -> None:
+        self.comm: Any = None
+        self.mpi: Any = None
+        self.rank = 0
+        self.size = 1
+        self.timeout = _DEFAULT_TIMEOUT
+        self.lock = threading.Lock()
+
+
+_S = _State()
+
+
+def launched_by_mpi() -> bool:
+    """Whether this process was started by an MPI launcher (mpirun, mpiexec, srun)."""
+    return any(k in os.environ for k in _LAUNCHER_ENV)
+
+
+def init(timeout: float = _DEFAULT_TIMEOUT) -> int:
+    """Join the MPI job this process was launched in; returns the number of processes.
+
+    A no-op (1 process, mpi4py not imported) when no MPI launcher started this process.
+    `timeout`: seconds a collective (the per-step gradient all-reduce included) waits for
+    the other processes before raising :class:`DistributedError`, which ends the whole job:
+    a stuck peer becomes an error, never a hang. An uncaught exception in any process prints
+    its rank and aborts the job (as ``python -m mpi4py`` does). Calling init again only
+    updates the timeout.
+    """
+    t = float(timeout)
+    if not t > 0 or t != t:
+        raise ValueError(f"distributed.init: timeout must be a positive number of seconds, "
+                         f"got {timeout!r}")
+    with _S.lock:
+        _S.timeout = t
+        if _S.comm is not None or not launched_by_mpi():
+            return _S.size
+        try:
+            import mpi4py
+
+            mpi4py.rc.threads = False  # cnnkit calls MPI from one thread at a time
+            from mpi4py import MPI
+        except ImportError as e:
+            raise ImportError("cnnkit.distributed: this process was started by an MPI "
+                              "launcher, but mpi4py is not installed: pip install "
+                              "\"cnnkit[mpi]\"") from e
+        _S.mpi = MPI
+        _S.comm = MPI.COMM_WORLD
+        _S.rank = _S.comm.Get_rank()
+        _S.size = _S.comm.Get_size()
+        if _S.size > 1:
+            _install_abort_hook()
+        return _S.size
+
+
+def _install_abort_hook() -> None:
+    previous = sys.excepthook
+
+    def hook(kind: Any, value: Any, tb: Any) -> None:
+        try:
+            previous(kind, value, tb)
+            sys.stderr.write(f"cnnkit.distributed: rank {_S.rank} of {_S.size} failed with "
+                             f"{kind.__name__}; ending the job\n")
+            sys.stderr.flush()
+        finally:
+            _S.comm.Abort(1)
+
+    sys.excepthook = hook
+
+
+def is_initialized() -> bool:
+    """Whether :func:`init` joined an MPI job (of any size)."""
+    return _S.comm is not None
+
+
+def rank() -> int:
+    """This process's rank (0 when not distributed)."""
+    return _S.rank
+
+
+def world_size() -> int:
+    """The number of processes (1 when not distributed)."""
+    return _S.size
+
+
+def is_main() -> bool:
+    """Whether this is rank 0, the process that prints and writes files."""
+    return _S.rank == 0
+
+
+def _wait(req: Any, what: str) -> None:
+    """Wait for a non-blocking collective, at most the timeout."""
+    if req.Test():
+        return
+    start = time.monotonic()
+    spins = 0
+    while not req.Test():
+        spins += 1
+        if spins > 200:
+            time.sleep(20e-6 if spins < 20000 else 1e-3)
+        if time.monotonic() - start > _S.timeout:
+            raise DistributedError(
+                f"cnnkit.distributed: rank {_S.rank}: {what} waited more than "
+                f"{_S.timeout:g} s for the other processes (a peer is stuck or has died); "
+                "ending the job")
+
+
+def barrier() -> None:
+    """Wait until every process gets here (at most the timeout)."""
+    if _S.size > 1:
+        _wait(_S.comm.Ibarrier(), "barrier")
+
+
+def _buffer(a: np.ndarray, where: str) -> np.ndarray:
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{where}: expected a numpy array, got {type(a).__name__}")
+    if not a.flags.c_contiguous or not a.flags.writeable:
+        raise ValueError(f"{where}: the array must be C-contiguous and writeable (it is "
+                         "reduced in place)")
+    if a.dtype not in (np.float32, np.float64, np.int32, np.int64):
+        raise ValueError(f"{where}: dtype must be float32, float64, int32 or int64, got "
+                         f"{a.dtype}")
+    return a
+
+
+def all_reduce(array: np.ndarray, op: str = "sum") -> np.ndarray:
+    """Reduce `array` across processes in place ("sum", "mean", "max" or "min") and return
+    it. Every process must call it with an array of the same shape and dtype."""
+    a = _buffer(array, "all_reduce")
+    if op not in ("sum", "mean", "max", "min"):
+        raise ValueError(f"all_reduce: op must be 'sum', 'mean', 'max' or 'min', got {op!r}")
+    if _S.size == 1:
+        return a
+    mpi = _S.mpi
+    mop = {"sum": mpi.SUM, "mean": mpi.SUM, "max": mpi.MAX, "min": mpi.MIN}[op]
+    _wait(_S.comm.Iallreduce(mpi.IN_PLACE, a, op=mop), "all_reduce")
+    if op == "mean":
+        if a.dtype.kind != "f":
+            raise ValueError("all_reduce: op='mean' needs a float array")
+        a /= a.dtype.type(_S.size)
+    return a
+
+
+def broadcast(array: np.ndarray, root: int = 0) -> np.ndarray:
+    """Overwrite `array` on every process with rank `root`'s, in place, and return it."""
+    a = _buffer(array, "broadcast")
+    if _S.size > 1:
+        _wait(_S.comm.Ibcast(a, root=root), "broadcast")
+    return a
+
+
+def _reduce_gradients(grads: np.ndarray) -> None:
+    """The gradient reducer train_step calls (a view of the flat gradient buffer)."""
+    _wait(_S.comm.Iallreduce(_S.mpi.IN_PLACE, grads, op=_S.mpi.SUM), "the gradient all-reduce")
+
+
+# -- what the Trainer uses ----------------------------------------------------------------------
+
+
+def _active() -> bool:
+    """Data-parallel training is on: joined (init() is called for the Trainer when a launcher
+    started the process) and more than one process."""
+    if _S.comm is None and launched_by_mpi():
+        init()
+    return _S.size > 1
+
+
+def _sync_model(model: Any) -> None:
+    """Every parameter and buffer from rank 0 (called before training starts)."""
+    state = model.state_dict()
+    for v in state.values():
+        broadcast(v)
+    model.load_state_dict(state)
+
+
+def _check_same(values: list[int | float], what: str) -> None:
+    """Raise when the processes disagree on `values` (sizes that decide the collectives)."""
+    a = np.asarray(values, np.float64)
+    lo, hi = a.copy(), a.copy()
+    all_reduce(lo, "min")
+    all_reduce(hi, "max")
+    if not np.array_equal(lo, hi):
+        raise DistributedError(f"cnnkit.distributed: the processes disagree on {what}: "
+                               f"rank {_S.rank} has {values}, the range is "
+                               f"{lo.tolist()}..{hi.tolist()}")
+
+
+def _average_buffers(model: Any) -> None:
+    """BatchNorm running statistics: the mean over the processes (end of each epoch)."""
+    params = set(model._net.param_names())
+    state = {k: v for k, v in model.state_dict().items() if k not in params}
+    if not state:
+        return
+    flat = np.concatenate([v.ravel() for v in state.values()]).astype(np.float64)
+    all_reduce(flat, "mean")
+    out, at = {}, 0
+    for k, v in state.items():
+        out[k] = flat[at:at + v.size].reshape(v.shape).astype(np.float32)
+        at += v.size
+    model.load_state_dict(out, strict=False)
+
+
+def _shard(order: np.ndarray) -> np.ndarray:
+    """This rank's part of an epoch's sample order: the first N - N % world_size entries,
+    interleaved (rank r takes entries r, r + W, r + 2W, ...), so batch b of every rank
+    together is batch b of one process at W times the batch size."""
+    n = (len(order) // _S.size) * _S.size
+    return np.ascontiguousarray(order[:n][_S.rank::_S.size])
