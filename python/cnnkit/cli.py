@@ -199,6 +199,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from . import callbacks
     from . import serialization as io
 
+    world = 1
+    if args.distributed:  # before threads: init picks a default for the processes per host
+        world = ck.distributed.init()
+        if world == 1:
+            print("cnnkit: --distributed, but not started by an MPI launcher (mpirun -n N "
+                  "cnnkit train --distributed ...): training in one process", file=sys.stderr)
+    main = ck.distributed.is_main()
+    say = print if main else (lambda *a, **k: None)  # only rank 0 prints and writes files
     if args.threads:
         ck.set_num_threads(args.threads)
     device = _pick_device(args.device)
@@ -214,7 +222,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     val = (x_train[len(x_train) - n_val :], y_train[len(y_train) - n_val :]) if n_val else None
 
     out = args.out or os.path.join("runs", f"{args.dataset}-{os.path.basename(args.model)}")
-    os.makedirs(out, exist_ok=True)
+    if main:
+        os.makedirs(out, exist_ok=True)
     ckpt = os.path.join(out, "checkpoint.cnnkit")
 
     if args.resume:
@@ -252,9 +261,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer.lr_scheduler, trainer._scheduler_restored = None, False
         trainer.optimizer.lr = trainer.optimizer.initial_lr or trainer.optimizer.lr
 
-    print(f"cnnkit {ck.__version__}: training {args.model} on {args.dataset} "
-          f"({len(x_fit)} train / {n_val} validation images), device={device}, "
-          f"threads={ck.get_num_threads()}, optimizer={args.optimizer}")  # fmt: skip
+    procs = f", {world} processes (batch size {args.batch_size} each)" if world > 1 else ""
+    say(f"cnnkit {ck.__version__}: training {args.model} on {args.dataset} "
+        f"({len(x_fit)} train / {n_val} validation images), device={device}, "
+        f"threads={ck.get_num_threads()}, optimizer={args.optimizer}{procs}")  # fmt: skip
     t0 = time.perf_counter()
     history = trainer.fit(
         x_fit, y_fit, epochs=args.epochs, batch_size=args.batch_size, validation_data=val,
@@ -274,6 +284,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         return 3
     test = trainer.evaluate(x_test, y_test, batch_size=512)
+    if not main:
+        return 0
     model_path = os.path.join(out, "model.cnnkit")
     io.save(trainer.model, model_path)
     h = history.history
@@ -293,7 +305,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                   "seconds_per_epoch; fit_seconds: the whole fit, validation and checkpoints "
                   "included",
         "fit_seconds": train_time,
-        "device": device, "threads": ck.get_num_threads(),
+        "device": device, "threads": ck.get_num_threads(), "processes": world,
     }  # fmt: skip
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
@@ -580,6 +592,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", default=None, metavar="CHECKPOINT",
                    help="continue from a checkpoint file (e.g. OUT/checkpoint.cnnkit)")
     t.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel training over MPI: start with `mpirun -n N cnnkit "
+                        "train --distributed ...` (needs pip install \"cnnkit[mpi]\"); "
+                        "--batch-size is per process; rank 0 prints and writes the files")
     t.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                    help="0: quiet, 1: progress bar, 2: one line per epoch (default: 1)")
     t.set_defaults(func=cmd_train)

@@ -93,7 +93,26 @@ def init(timeout: float = _DEFAULT_TIMEOUT) -> int:
         _S.size = _S.comm.Get_size()
         if _S.size > 1:
             _install_abort_hook()
+            _share_cores()
         return _S.size
+
+
+def _share_cores() -> None:
+    """Several processes on one host: each takes its share of the cores for its OpenMP
+    threads (unless OMP_NUM_THREADS says otherwise), instead of every process using all."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    local = os.environ.get("MPI_LOCALNRANKS") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE")
+    try:
+        n_local = int(local) if local else 1
+    except ValueError:
+        return
+    if n_local > 1:
+        from . import _core
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else (os.cpu_count() or 1)
+        _core.set_num_threads(max(1, cores // n_local))
 
 
 def _install_abort_hook() -> None:
