@@ -343,6 +343,62 @@ def test_torch_exported_resnet18_imports_and_matches_torch(training, rng, tmp_pa
             np.testing.assert_array_equal(v, tsd[k].numpy(), err_msg=k)
 
 
+def _torch_many_layers():
+    t = pytest.importorskip("torch")
+    nn = t.nn
+
+    class Net(nn.Module):  # most layer types, in the forms torch.onnx.export writes them
+        def __init__(self):
+            super().__init__()
+            self.c1, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+            self.c2 = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=4)
+            self.up = nn.Upsample(scale_factor=2)
+            self.pool = nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False)
+            self.mp = nn.MaxPool2d(2, ceil_mode=True)
+            self.acts = nn.Sequential(nn.GELU(), nn.SiLU(), nn.Hardswish(), nn.LeakyReLU(0.1),
+                                      nn.ELU(0.7), nn.ReLU6(), nn.Tanh(), nn.Sigmoid(),
+                                      nn.GELU(approximate="tanh"))
+            self.ap, self.fc = nn.AdaptiveAvgPool2d(2), nn.Linear(16 * 4, 10)
+            self.bn1, self.drop, self.sm = nn.BatchNorm1d(10), nn.Dropout(0.3), nn.Softmax(1)
+
+        def forward(self, x):
+            a = t.relu(self.bn(self.c1(x)))
+            y = self.acts(self.up(t.cat([a, self.c2(a)], 1)))
+            y = self.ap(self.mp(self.pool(y)))
+            return self.sm(self.drop(self.bn1(self.fc(y.view(y.size(0), -1)))))
+
+    return Net()
+
+
+@pytest.mark.parametrize("opset", [11, 14, 18, 21])
+def test_torch_exported_layer_zoo_imports_on_every_opset(opset, rng, tmp_path):
+    t = pytest.importorskip("torch")
+    t.manual_seed(opset)
+    tm = _torch_many_layers()
+    with t.no_grad():
+        for m in tm.modules():
+            if isinstance(m, (t.nn.BatchNorm2d, t.nn.BatchNorm1d)):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    tm.eval()
+    x = rng.standard_normal((3, 3, 7, 7)).astype(np.float32)
+    path = tmp_path / "zoo.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t.onnx.export(tm, (t.from_numpy(x[:1]),), str(path), dynamo=False, opset_version=opset,
+                      input_names=["x"], dynamic_axes={"x": {0: "b"}}, do_constant_folding=False,
+                      training=t.onnx.TrainingMode.PRESERVE)
+    model = ck.onnx.load(path)
+    with t.no_grad():
+        want = tm(t.from_numpy(x)).numpy()
+    _close(model.forward(x), want, f"imported torch layer zoo (opset {opset}) vs torch")
+    types = {layer.type for layer in model._nodes}
+    assert {"GELU", "SiLU", "Hardswish", "ReLU6", "Upsample", "Concat", "BatchNorm1d",
+            "AvgPool2d", "Softmax", "Flatten"} <= types  # (an eval export drops Dropout)
+    assert [layer.get_config()["approximate"] for layer in model._nodes
+            if layer.type == "GELU"] == ["none", "tanh"]
+
+
 def test_imported_model_trains_saves_and_loads(rng, tmp_path):
     ck.manual_seed(0)
     ck.onnx.export(ck.models.fashion_cnn(), tmp_path / "f.onnx", (1, 28, 28))
