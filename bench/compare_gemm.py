@@ -69,6 +69,7 @@ def worker(threads: int, shapes: list, repeats: int, min_seconds: float, cooldow
         threadpoolctl = None
     import cnnkit
     from cnnkit import _core
+    from cnnkit._core import _testing
 
     cnnkit.set_num_threads(threads)
     if threadpoolctl is not None:
@@ -100,7 +101,7 @@ def worker(threads: int, shapes: list, repeats: int, min_seconds: float, cooldow
         c_np = np.empty((m, n), np.float32)
 
         def ours(a=a, b=b, ta=ta, tb=tb, c=c_ours):
-            _core.sgemm(a, b, trans_a=ta, trans_b=tb, c=c)
+            _testing.sgemm(a, b, trans_a=ta, trans_b=tb, c=c)
 
         def theirs(a=opa, b=opb, c=c_np):
             np.matmul(a, b, out=c)

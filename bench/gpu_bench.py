@@ -51,17 +51,17 @@ def torch_time_ms(torch, fn, repeats: int, warmup: int = 3) -> float:
 
 
 def bench_gemm(torch, n: int, repeats: int) -> dict:
-    from cnnkit import _core
+    from cnnkit._core import _testing
 
     # check first: our GEMM (through the test binding) against torch fp32 (TF32 off) at 512
     rng = np.random.default_rng(0)
     a = rng.standard_normal((512, 512)).astype(np.float32)
     b = rng.standard_normal((512, 512)).astype(np.float32)
     ref = (torch.from_numpy(a).cuda().double() @ torch.from_numpy(b).cuda().double()).cpu()
-    err = float(np.max(np.abs(_core.cuda_sgemm(a, b) - ref.numpy())))
+    err = float(np.max(np.abs(_testing.cuda_sgemm(a, b) - ref.numpy())))
     if not err < 1e-3:
         raise AssertionError(f"our GEMM disagrees with torch at 512^3: max error {err}")
-    ours = _core.cuda_sgemm_bench(n, n, n, repeats)
+    ours = _testing.cuda_sgemm_bench(n, n, n, repeats)
     ta = torch.randn(n, n, device="cuda")
     tb = torch.randn(n, n, device="cuda")
     tc = torch.empty(n, n, device="cuda")
@@ -95,7 +95,9 @@ def bench_conv(torch, name, N, C, H, W, K, k, pad, repeats: int) -> dict:
     scale = float(np.max(np.abs(ref))) + 1e-30
     if not err <= 1e-4 * scale + 1e-5:
         raise AssertionError(f"{name}: our conv disagrees with torch: max error {err}")
-    ours = _median(model._net.time_forward(x, repeats))
+    from cnnkit._core import _testing
+
+    ours = _median(_testing.time_forward(model._net, x, repeats))
     theirs = torch_time_ms(torch, lambda: F.conv2d(tx, tw, tbias, padding=pad), repeats)
     P = H + 2 * pad - k + 1
     flops = 2.0 * N * K * P * P * C * k * k
@@ -149,7 +151,9 @@ def bench_lenet(torch, batch: int, repeats: int) -> dict:
     theirs_loss = torch_step()
     if not abs(ours_loss - theirs_loss) <= 1e-4 * max(1.0, abs(theirs_loss)):
         raise AssertionError(f"LeNet-5 first-step loss: ours {ours_loss} vs torch {theirs_loss}")
-    ours = _median(net.time_train_step(x, y, repeats))
+    from cnnkit._core import _testing
+
+    ours = _median(_testing.time_train_step(net, x, y, repeats))
     theirs = torch_time_ms(torch, torch_step, repeats)
     return {
         "case": f"LeNet-5 train step, batch {batch} (SGD momentum, CE)",
@@ -169,6 +173,7 @@ def smoke() -> None:
     """Every CUDA kernel family once at small sizes, with no torch: for compute-sanitizer."""
     import cnnkit as ck
     from cnnkit import _core
+    from cnnkit._core import _testing
 
     rng = np.random.default_rng(0)
     for M, N, K in [(5, 7, 3), (16, 130, 40), (70, 65, 129), (6, 25, 3000), (300, 260, 20)]:
@@ -176,11 +181,11 @@ def smoke() -> None:
             for tb in (False, True):
                 a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
                 b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
-                _core.cuda_sgemm(a, b, ta, tb, misalign=1)
-                _core.cuda_sgemm(a, b, ta, tb, beta=0.5, c=np.ones((M, N), np.float32))
+                _testing.cuda_sgemm(a, b, ta, tb, misalign=1)
+                _testing.cuda_sgemm(a, b, ta, tb, beta=0.5, c=np.ones((M, N), np.float32))
     x = rng.standard_normal((2, 5, 9, 8)).astype(np.float32)
-    _core.col2im(
-        _core.im2col(x[0], [3, 3], [2, 1], [1, 1], [1, 2], device="cuda"),
+    _testing.col2im(
+        _testing.im2col(x[0], [3, 3], [2, 1], [1, 1], [1, 2], device="cuda"),
         [5, 9, 8],
         [3, 3],
         [2, 1],

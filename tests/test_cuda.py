@@ -19,6 +19,7 @@ import pytest
 
 import cnnkit as ck
 from cnnkit import _core
+from cnnkit._core import _testing
 
 pytestmark = pytest.mark.requires_cuda
 
@@ -124,8 +125,8 @@ def test_sgemm_matches_cpu_and_reference(M, N, K, ta, tb, rng):
     b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
     c = rng.standard_normal((M, N)).astype(np.float32)
     ref = 1.5 * ((a.T if ta else a).astype(np.float64) @ (b.T if tb else b)) - 0.5 * c
-    ours = _core.cuda_sgemm(a, b, ta, tb, 1.5, -0.5, c)
-    cpu = _core.sgemm(a, b, ta, tb, 1.5, -0.5, c.copy())
+    ours = _testing.cuda_sgemm(a, b, ta, tb, 1.5, -0.5, c)
+    cpu = _testing.sgemm(a, b, ta, tb, 1.5, -0.5, c.copy())
     scale = max(1.0, np.sqrt(K))
     assert_parity(ours, ref, "cuda sgemm vs float64", rtol=1e-5 * scale, atol=1e-5 * scale)
     assert_parity(ours, cpu, "cuda sgemm vs cpu", rtol=2e-5 * scale, atol=1e-5 * scale)
@@ -138,23 +139,23 @@ def test_sgemm_unaligned_pointers_and_odd_leading_dims(misalign, ta, tb, rng):
     a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
     b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
     ref = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b)
-    assert_parity(_core.cuda_sgemm(a, b, ta, tb, misalign=misalign), ref, "unaligned", rtol=1e-4)
+    assert_parity(_testing.cuda_sgemm(a, b, ta, tb, misalign=misalign), ref, "unaligned", rtol=1e-4)
     a2 = rng.standard_normal((13, 7)).astype(np.float32)  # odd leading dims
     b2 = rng.standard_normal((7, 11)).astype(np.float32)
-    assert_parity(_core.cuda_sgemm(a2, b2), a2.astype(np.float64) @ b2, "odd ld", rtol=1e-5)
+    assert_parity(_testing.cuda_sgemm(a2, b2), a2.astype(np.float64) @ b2, "odd ld", rtol=1e-5)
 
 
 def test_sgemm_beta_zero_does_not_read_c(rng):
     a = rng.standard_normal((40, 30)).astype(np.float32)
     b = rng.standard_normal((30, 50)).astype(np.float32)
     poison = np.full((40, 50), np.nan, dtype=np.float32)
-    out = _core.cuda_sgemm(a, b, c=poison, beta=0.0)
+    out = _testing.cuda_sgemm(a, b, c=poison, beta=0.0)
     assert np.all(np.isfinite(out))
     assert_parity(out, a.astype(np.float64) @ b, "beta=0", rtol=1e-5)
     poison6 = np.full((6, 25), np.nan, dtype=np.float32)  # split-K path
     a6 = rng.standard_normal((6, 2000)).astype(np.float32)
     b6 = rng.standard_normal((2000, 25)).astype(np.float32)
-    out6 = _core.cuda_sgemm(a6, b6, c=poison6, beta=0.0)
+    out6 = _testing.cuda_sgemm(a6, b6, c=poison6, beta=0.0)
     assert_parity(out6, a6.astype(np.float64) @ b6, "beta=0 split-K", rtol=1e-4)
 
 
@@ -162,9 +163,9 @@ def test_sgemm_is_deterministic(rng):
     for M, N, K in [(6, 25, 5000), (200, 300, 100)]:
         a = rng.standard_normal((M, K)).astype(np.float32)
         b = rng.standard_normal((K, N)).astype(np.float32)
-        first = _core.cuda_sgemm(a, b)
+        first = _testing.cuda_sgemm(a, b)
         for _ in range(3):
-            np.testing.assert_array_equal(_core.cuda_sgemm(a, b), first)
+            np.testing.assert_array_equal(_testing.cuda_sgemm(a, b), first)
 
 
 # ---- im2col / col2im ----------------------------------------------------------------------------
@@ -183,12 +184,12 @@ IM2COL_CASES = [
 def test_im2col_col2im_bit_identical_to_cpu(C, H, W, k, s, p, d, rng):
     x = rng.standard_normal((C, H, W)).astype(np.float32)
     args = (list(k), list(s), list(p), list(d))
-    np.testing.assert_array_equal(_core.im2col(x, *args, device="cuda"), _core.im2col(x, *args))
-    col = _core.im2col(x, *args)
+    np.testing.assert_array_equal(_testing.im2col(x, *args, device="cuda"), _testing.im2col(x, *args))
+    col = _testing.im2col(x, *args)
     col = rng.standard_normal(col.shape).astype(np.float32)
     # the gather adds each pixel's entries in the CPU's order: the same bits
     np.testing.assert_array_equal(
-        _core.col2im(col, [C, H, W], *args, device="cuda"), _core.col2im(col, [C, H, W], *args)
+        _testing.col2im(col, [C, H, W], *args, device="cuda"), _testing.col2im(col, [C, H, W], *args)
     )
 
 
@@ -566,18 +567,18 @@ def test_caching_allocator_reuses_blocks(rng):
 
 def test_out_of_memory_names_the_bytes():
     with pytest.raises(RuntimeError, match=r"out of memory: cudaMalloc of \d+ bytes"):
-        _core.cuda_sgemm_bench(1 << 20, 1 << 20, 1 << 20, 1)
+        _testing.cuda_sgemm_bench(1 << 20, 1 << 20, 1 << 20, 1)
     # the allocator is still usable afterwards
     a = np.ones((4, 4), np.float32)
-    np.testing.assert_array_equal(_core.cuda_sgemm(a, a), a @ a)
+    np.testing.assert_array_equal(_testing.cuda_sgemm(a, a), a @ a)
 
 
 def test_bad_arguments_are_value_errors():
     a = np.ones((3, 4), np.float32)
     with pytest.raises(ValueError, match="inner dimensions"):
-        _core.cuda_sgemm(a, a)
+        _testing.cuda_sgemm(a, a)
     with pytest.raises(ValueError, match="unknown device"):
-        _core.im2col(np.ones((1, 4, 4), np.float32), [2, 2], [1, 1], [0, 0], [1, 1], device="tpu")
+        _testing.im2col(np.ones((1, 4, 4), np.float32), [2, 2], [1, 1], [0, 0], [1, 1], device="tpu")
     with pytest.raises(ValueError, match="out of range"):
         _core.softmax_cross_entropy(np.ones((2, 3), np.float32), np.array([0, 3]), device="cuda")
 
@@ -659,14 +660,14 @@ def test_graph_model_forward_backward_and_training_match_the_cpu(rng):
 
 
 def test_benchmark_bindings_run(rng):
-    assert _core.cuda_sgemm_bench(64, 64, 64, 2) > 0
+    assert _testing.cuda_sgemm_bench(64, 64, 64, 2) > 0
     model = lenet().to("cuda")
-    ms = model._net.time_forward(rng.random((8, 1, 28, 28), dtype=np.float32), 2)
+    ms = _testing.time_forward(model._net, rng.random((8, 1, 28, 28), dtype=np.float32), 2)
     assert len(ms) == 2 and all(t > 0 for t in ms)
     model._net.set_loss("cross_entropy")
     model._net.set_optimizer("sgd", {"lr": 0.01})
     x, y = digits(rng, 8)
-    ms = model._net.time_train_step(x, y, 2)
+    ms = _testing.time_train_step(model._net, x, y, 2)
     assert len(ms) == 2 and all(t > 0 for t in ms)
 
 

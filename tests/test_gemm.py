@@ -1,4 +1,4 @@
-"""cnnkit's own SGEMM (cnnkit._core.sgemm) against a float64 numpy reference.
+"""cnnkit's own SGEMM (cnnkit._core._testing.sgemm) against a float64 numpy reference.
 
 Covers every CPU kernel set the machine supports (AVX-512 14x32, AVX2/FMA 6x16, portable 6x16),
 every transpose combination, alpha/beta, the fused bias, edge sizes around the blocking
@@ -18,6 +18,7 @@ import pytest
 
 import cnnkit
 from cnnkit import _core
+from cnnkit._core import _testing
 
 # Blocking of csrc/cpu/gemm.cpp (micro-tile MR x NR, cache blocks MC, KC, NC): shapes below
 # straddle each boundary. K up to KC_SINGLE is one depth block, longer K blocks of at most KC.
@@ -110,7 +111,7 @@ SHAPES = [
 @pytest.mark.parametrize("m,n,k", SHAPES, ids=lambda v: str(v))
 def test_shapes(kernel, rng, m, n, k, ta, tb):
     a, b, opa, opb = _operands(rng, m, n, k, ta, tb)
-    c = _core.sgemm(a, b, trans_a=ta, trans_b=tb)
+    c = _testing.sgemm(a, b, trans_a=ta, trans_b=tb)
     assert c.dtype == np.float32 and c.shape == (m, n)
     _check(c, opa @ opb, k, msg=f"{kernel} {m}x{n}x{k} ta={ta} tb={tb}")
 
@@ -126,7 +127,7 @@ def test_alpha_beta(kernel, rng, alpha, beta, ta, tb):
     c = c0.copy()
     if beta == 0.0:
         c[:] = np.nan  # beta == 0: C must not be read
-    out = _core.sgemm(a, b, trans_a=ta, trans_b=tb, alpha=alpha, beta=beta, c=c)
+    out = _testing.sgemm(a, b, trans_a=ta, trans_b=tb, alpha=alpha, beta=beta, c=c)
     assert out is c or np.shares_memory(out, c)
     ref = alpha * (opa @ opb) + (beta * c0.astype(np.float64) if beta != 0.0 else 0.0)
     _check(c, ref, k, scale=abs(alpha) + abs(beta), msg=f"alpha={alpha} beta={beta}")
@@ -137,7 +138,7 @@ def test_beta_one_accumulates(kernel, rng):
     a, b, opa, opb = _operands(rng, m, n, k, False, False)
     c = np.zeros((m, n), np.float32)
     for _ in range(3):
-        _core.sgemm(a, b, beta=1.0, c=c)
+        _testing.sgemm(a, b, beta=1.0, c=c)
     _check(c, 3 * (opa @ opb), k, scale=3.0)
 
 
@@ -145,27 +146,27 @@ def test_k_zero(kernel):
     a = np.zeros((4, 0), np.float32)
     b = np.zeros((0, 5), np.float32)
     c = np.full((4, 5), 2.0, np.float32)
-    _core.sgemm(a, b, beta=0.5, c=c)
+    _testing.sgemm(a, b, beta=0.5, c=c)
     np.testing.assert_array_equal(c, np.ones((4, 5), np.float32))
     c[:] = np.nan
-    _core.sgemm(a, b, beta=0.0, c=c)
+    _testing.sgemm(a, b, beta=0.0, c=c)
     np.testing.assert_array_equal(c, np.zeros((4, 5), np.float32))
-    np.testing.assert_array_equal(_core.sgemm(a, b), np.zeros((4, 5), np.float32))
+    np.testing.assert_array_equal(_testing.sgemm(a, b), np.zeros((4, 5), np.float32))
 
 
 def test_alpha_zero_scales_c(kernel, rng):
     a, b, _, _ = _operands(rng, 8, 9, 10, False, False)
     c = np.full((8, 9), 4.0, np.float32)
-    _core.sgemm(a, b, alpha=0.0, beta=0.25, c=c)
+    _testing.sgemm(a, b, alpha=0.0, beta=0.25, c=c)
     np.testing.assert_array_equal(c, np.ones((8, 9), np.float32))
 
 
 def test_kernels_agree(kernel, rng):
     # every set against the portable one on the same operands (and both against float64)
     a, b, opa, opb = _operands(rng, 70, 90, 500, False, True)
-    ours = _core.sgemm(a, b, trans_b=True)
+    ours = _testing.sgemm(a, b, trans_b=True)
     cnnkit.set_cpu_kernels("generic")
-    generic = _core.sgemm(a, b, trans_b=True)
+    generic = _testing.sgemm(a, b, trans_b=True)
     _check(ours, generic.astype(np.float64), 500, msg=kernel)
     _check(ours, opa @ opb, 500, msg=kernel)
 
@@ -182,11 +183,11 @@ def test_bias_epilogue(kernel, rng, m, n, k, beta, ta, tb):
     a, b, opa, opb = _operands(rng, m, n, k, ta, tb)
     bias = rng.uniform(-1, 1, size=n).astype(np.float32)
     c0 = rng.uniform(-1, 1, size=(m, n)).astype(np.float32)
-    plain = _core.sgemm(a, b, trans_a=ta, trans_b=tb, beta=beta, c=c0.copy())
+    plain = _testing.sgemm(a, b, trans_a=ta, trans_b=tb, beta=beta, c=c0.copy())
     c = c0.copy()
     if beta == 0.0:
         c[:] = np.nan  # not read
-    fused = _core.sgemm(a, b, trans_a=ta, trans_b=tb, beta=beta, c=c, bias=bias)
+    fused = _testing.sgemm(a, b, trans_a=ta, trans_b=tb, beta=beta, c=c, bias=bias)
     np.testing.assert_array_equal(fused, plain + bias)
     ref = opa @ opb + beta * c0.astype(np.float64) + bias
     _check(fused, ref, k, scale=2.0, msg=f"{kernel} bias")
@@ -195,7 +196,7 @@ def test_bias_epilogue(kernel, rng, m, n, k, beta, ta, tb):
 def test_bias_bad_shape():
     a, b = np.ones((3, 4), np.float32), np.ones((4, 5), np.float32)
     with pytest.raises(ValueError, match="bias"):
-        _core.sgemm(a, b, bias=np.ones(4, np.float32))
+        _testing.sgemm(a, b, bias=np.ones(4, np.float32))
 
 
 # ---- threads --------------------------------------------------------------------------------
@@ -206,9 +207,9 @@ def test_thread_count_bit_identical(kernel, rng, threads, ta, tb):
     m, n, k = 300, 500, 700
     a, b, opa, opb = _operands(rng, m, n, k, ta, tb)
     threads(1)
-    one = _core.sgemm(a, b, trans_a=ta, trans_b=tb)
+    one = _testing.sgemm(a, b, trans_a=ta, trans_b=tb)
     threads(2)
-    two = _core.sgemm(a, b, trans_a=ta, trans_b=tb)
+    two = _testing.sgemm(a, b, trans_a=ta, trans_b=tb)
     np.testing.assert_array_equal(one, two)
     _check(two, opa @ opb, k)
 
@@ -226,7 +227,7 @@ def test_concurrent_python_threads(rng):
         a, b, ta, tb, ref, k = case
         try:
             for _ in range(5):
-                _check(_core.sgemm(a, b, trans_a=ta, trans_b=tb), ref, k)
+                _check(_testing.sgemm(a, b, trans_a=ta, trans_b=tb), ref, k)
         except AssertionError as e:
             errors.append(e)
 
@@ -245,9 +246,9 @@ def test_kernel_name():
     assert _core.sgemm_kernel_name() in ("avx512", "avx2-fma", "generic")
     before = _core.requested_cpu_kernels()
     try:
-        _core.sgemm_force_generic(True)  # the older switch: the "generic" set
+        _testing.sgemm_force_generic(True)  # the older switch: the "generic" set
         assert _core.sgemm_kernel_name() == "generic" and cnnkit.get_cpu_kernels() == "generic"
-        _core.sgemm_force_generic(False)  # back to "auto"
+        _testing.sgemm_force_generic(False)  # back to "auto"
         assert _core.requested_cpu_kernels() == "auto"
         best = cnnkit.available_cpu_kernels()[0]
         assert cnnkit.get_cpu_kernels() == best and _core.sgemm_kernel_name() == GEMM_NAME[best]
@@ -298,14 +299,14 @@ def test_bad_input():
     a = np.ones((3, 4), np.float32)
     b = np.ones((4, 5), np.float32)
     with pytest.raises(ValueError):
-        _core.sgemm(np.ones(4, np.float32), b)  # a not 2-D
+        _testing.sgemm(np.ones(4, np.float32), b)  # a not 2-D
     with pytest.raises(ValueError):
-        _core.sgemm(a, np.ones((2, 4, 5), np.float32))  # b not 2-D
+        _testing.sgemm(a, np.ones((2, 4, 5), np.float32))  # b not 2-D
     with pytest.raises(ValueError):
-        _core.sgemm(a, np.ones((5, 5), np.float32))  # inner dims 4 != 5
+        _testing.sgemm(a, np.ones((5, 5), np.float32))  # inner dims 4 != 5
     with pytest.raises(ValueError):
-        _core.sgemm(a, b, trans_a=True)  # op(a) is (4, 3): 3 != 4
+        _testing.sgemm(a, b, trans_a=True)  # op(a) is (4, 3): 3 != 4
     with pytest.raises(ValueError):
-        _core.sgemm(a, b, c=np.zeros((3, 4), np.float32))  # c has the wrong shape
+        _testing.sgemm(a, b, c=np.zeros((3, 4), np.float32))  # c has the wrong shape
     with pytest.raises(ValueError):
-        _core.sgemm(a, b, c=np.zeros((5, 3), np.float32).T)  # c not C-contiguous
+        _testing.sgemm(a, b, c=np.zeros((5, 3), np.float32).T)  # c not C-contiguous

@@ -1,5 +1,6 @@
 """Type stub for the compiled cnnkit._core module (C++ core, pybind11)."""
 
+import types
 from typing import Any
 
 import numpy as np
@@ -25,48 +26,7 @@ def cuda_device_name(index: int = 0) -> str: ...
 def cuda_synchronize() -> None: ...
 def cuda_memory_stats() -> dict[str, int]: ...
 def cuda_empty_cache() -> None: ...
-def sgemm(
-    a: npt.ArrayLike,
-    b: npt.ArrayLike,
-    trans_a: bool = False,
-    trans_b: bool = False,
-    alpha: float = 1.0,
-    beta: float = 0.0,
-    c: F32 | None = None,
-    bias: npt.ArrayLike | None = None,
-) -> F32: ...
 def sgemm_kernel_name() -> str: ...
-def sgemm_force_generic(force: bool) -> None: ...
-def cuda_sgemm(
-    a: npt.ArrayLike,
-    b: npt.ArrayLike,
-    trans_a: bool = False,
-    trans_b: bool = False,
-    alpha: float = 1.0,
-    beta: float = 0.0,
-    c: npt.ArrayLike | None = None,
-    misalign: int = 0,
-) -> F32: ...
-def cuda_sgemm_bench(
-    M: int, N: int, K: int, repeats: int = 10, trans_a: bool = False, trans_b: bool = False
-) -> float: ...
-def im2col(
-    x: npt.ArrayLike,
-    kernel: list[int],
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    device: str = "cpu",
-) -> F32: ...
-def col2im(
-    col: npt.ArrayLike,
-    shape: list[int],
-    kernel: list[int],
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    device: str = "cpu",
-) -> F32: ...
 def softmax_cross_entropy(
     logits: npt.ArrayLike, labels: npt.ArrayLike, device: str = "cpu"
 ) -> tuple[float, int, F32]: ...
@@ -136,11 +96,10 @@ class Net:
     def set_optimizer_state(self, step: int, state: list[npt.ArrayLike]) -> None: ...
     def train_step(self, x: npt.ArrayLike, y: npt.ArrayLike) -> tuple[float, int]: ...
     def eval_step(self, x: npt.ArrayLike, y: npt.ArrayLike) -> tuple[float, int]: ...
-    def time_forward(
-        self, x: npt.ArrayLike, repeats: int = 10, training: bool = False
-    ) -> list[float]: ...
-    def time_train_step(
-        self, x: npt.ArrayLike, y: npt.ArrayLike, repeats: int = 10
-    ) -> list[float]: ...
     def rng_state(self) -> tuple[int, int]: ...
     def set_rng(self, seed: int, counter: int) -> None: ...
+
+# Test and benchmark hooks (csrc/bindings/testing.cpp): the raw CPU
+# GEMM (sgemm, with bias), sgemm_force_generic, cuda_sgemm, cuda_sgemm_bench, im2col, col2im,
+# time_forward(net, ...), time_train_step(net, ...).
+_testing: types.ModuleType

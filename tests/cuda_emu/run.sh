@@ -42,8 +42,10 @@ sources+=(tests/cuda_emu/cuda_emu.cpp csrc/bindings/*.cpp)  # every binding file
 compile() {
     local src="$1" obj="$out/obj/$(echo "$1" | tr '/' '_').o" extra=()
     [[ "$src" == *_avx2.cpp ]] && extra+=(-mavx2 -mfma)
+    [[ "$src" == *_avx512.cpp ]] && extra+=(-mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma)
     [[ "$src" == *eltwise_avx2.cpp ]] && extra+=(-ffp-contract=off)
-    [[ "$src" == *module.cpp ]] && extra+=($pyinc -DCNNKIT_VERSION=\"$version\")
+    [[ "$src" == csrc/bindings/* ]] && extra+=($pyinc)
+    [[ "$src" == *module.cpp ]] && extra+=(-DCNNKIT_VERSION=\"$version\")
     [[ "$src" == *.cu ]] && extra+=(-x c++)
     [[ "$src" == *cuda_emu.cpp ]] && extra+=(-Wno-clobbered)
     if [[ ! -f "$obj" || "$src" -nt "$obj" || -n "$(find csrc tests/cuda_emu -newer "$obj" -name '*.h' -o -newer "$obj" -name '*.cuh' | head -1)" ]]; then
