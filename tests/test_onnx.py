@@ -232,13 +232,35 @@ def test_add_concat_and_fan_out_graphs(rng, tmp_path):
 
 @pytest.mark.skipif(not hasattr(ck, "ConvTranspose2d"), reason="no ConvTranspose2d layer yet")
 def test_conv_transpose2d_random_configurations(rng, tmp_path):
-    for _ in range(6):
+    for _ in range(8):
         g = int(rng.choice([1, 2]))
-        s = int(rng.integers(1, 3))
+        st = (int(rng.integers(1, 4)), int(rng.integers(1, 3)))
+        d = (int(rng.integers(1, 3)), 1)
+        op = tuple(int(rng.integers(0, max(a, b))) for a, b in zip(st, d, strict=True))
         layer = ck.ConvTranspose2d(2 * g, g * int(rng.integers(1, 3)), int(rng.integers(1, 4)),
-                                   stride=s, padding=int(rng.integers(0, 2)),
-                                   output_padding=int(rng.integers(0, s)), groups=g)
-        check_export(_seq(layer), (2 * g, 5, 6), rng, tmp_path)
+                                   stride=st, padding=int(rng.integers(0, 2)),
+                                   output_padding=op, groups=g, bias=bool(rng.integers(0, 2)),
+                                   dilation=d)
+        try:
+            proto = check_export(_seq(layer), (2 * g, 5, 6), rng, tmp_path)
+        except ValueError as e:  # a padding larger than the output: refused by the layer
+            assert "ConvTranspose2d" in str(e), e
+            continue
+        assert proto.graph.node[0].op_type == "ConvTranspose"
+
+
+@pytest.mark.skipif(not hasattr(ck, "ConvTranspose2d"), reason="no ConvTranspose2d layer yet")
+def test_torch_exported_conv_transpose2d_imports(rng, tmp_path):
+    t = pytest.importorskip("torch")
+    t.manual_seed(0)
+    tm = t.nn.Sequential(t.nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1,
+                                              groups=2), t.nn.ReLU()).eval()
+    x = rng.standard_normal((2, 4, 5, 5)).astype(np.float32)
+    _torch_export(tm, x[:1], tmp_path / "ct.onnx")
+    model = ck.onnx.load(tmp_path / "ct.onnx")
+    with t.no_grad():
+        _close(model.forward(x), tm(t.from_numpy(x)).numpy(), "imported ConvTranspose2d")
+    assert model._nodes[0].type == "ConvTranspose2d"
 
 
 # ---- the ready-made models -------------------------------------------------------------------
@@ -578,3 +600,19 @@ def test_cli_export_then_evaluate_predict_and_train_an_onnx_model(fake_mnist, tm
                      "--batch-size", "32", "--out", str(run), "--verbose", "0", *common]) == 0
     trained = ck.load(run / "model.cnnkit")
     assert list(trained.state_dict()) == list(model.state_dict())
+
+
+def test_a_doc_string_config_is_taken_only_when_it_exports_to_the_node():
+    def relu_model(doc):
+        n = helper.make_node("Relu", ["x"], ["y"], name="r", doc_string=doc)
+        return _tiny_graph([n], in_shape=(1, 4))
+
+    for doc in ('cnnkit:Linear {"in_features": 100000000, "out_features": 100000}',
+                'cnnkit:LeakyReLU {"negative_slope": 0.5}', "cnnkit:ReLU {not json",
+                'cnnkit:Nonsense {"a": 1}'):
+        model = ck.onnx.from_proto(relu_model(doc))
+        assert [layer.type for layer in model._nodes] == ["ReLU"]
+    lrelu = helper.make_node("LeakyRelu", ["x"], ["y"], name="r", alpha=0.2,
+                             doc_string='cnnkit:LeakyReLU {"negative_slope": 0.2}')
+    model = ck.onnx.from_proto(_tiny_graph([lrelu], in_shape=(1, 4)))
+    assert model._nodes[0].get_config() == {"negative_slope": 0.2}  # exact, not float32

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _files, _seeding
+from . import _core, _files, _seeding
 from . import layers as L
 
 __all__ = ["export", "to_proto", "load", "from_proto", "OnnxExportError", "OnnxImportError",
@@ -967,10 +967,14 @@ class _Importer:
         if emit is None or not isinstance(cfg, dict) or typ not in L.LAYER_TYPES:
             return False
         try:
+            # the tensors the config implies, sized without allocating: they must be the
+            # node's own (a config naming huge layers is never built)
+            _, tensors, _ = _core.layer_state_specs(typ, dict(cfg))
+            if {n: tuple(sh) for n, sh in tensors} != {p: a.shape for p, (_, a) in
+                                                       params.items()}:
+                return False
             layer = L.from_config(typ, dict(cfg))
             nat = layer._native
-            if set(nat.param_names()) | set(nat.buffer_names()) != set(params):
-                return False
             shapes = [x.shape for x in xs]
             out = (nat.output_shape([1, *shapes[0]]) if nat.arity == 1 else
                    nat.output_shape_n([[1, *s] for s in shapes]))
