@@ -291,13 +291,13 @@ def test_export_to_proto_defaults_and_ir_version(rng):
 # ---- PyTorch's own exporter ------------------------------------------------------------------
 
 
-def _torch_export(tm, x, path, **kw):
+def _torch_export(tm, x, path, dynamic=True, **kw):
     t = pytest.importorskip("torch")
+    axes = {"dynamic_axes": {"x": {0: "batch"}}} if dynamic else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
         t.onnx.export(tm, (t.from_numpy(x),), str(path), dynamo=False, opset_version=17,
-                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "batch"}},
-                      **kw)
+                      input_names=["x"], output_names=["y"], **axes, **kw)
 
 
 def _torch_lenet(view: bool):
@@ -321,13 +321,14 @@ def _torch_lenet(view: bool):
     return LeNet().eval()
 
 
-@pytest.mark.parametrize("view", [False, True], ids=["flatten", "view"])
-def test_torch_exported_lenet5_imports_and_matches_torch(view, rng, tmp_path):
+@pytest.mark.parametrize("view,dynamic", [(False, True), (True, True), (True, False)],
+                         ids=["flatten", "view", "view-fixed-batch"])
+def test_torch_exported_lenet5_imports_and_matches_torch(view, dynamic, rng, tmp_path):
     t = pytest.importorskip("torch")
     t.manual_seed(0)
     tm = _torch_lenet(view)
     x = rng.random((4, 1, 28, 28)).astype(np.float32)
-    _torch_export(tm, x[:1], tmp_path / "lenet.onnx")
+    _torch_export(tm, x[:1], tmp_path / "lenet.onnx", dynamic=dynamic)
     model = ck.onnx.load(tmp_path / "lenet.onnx")
     with t.no_grad():
         want = tm(t.from_numpy(x)).numpy()

@@ -840,6 +840,7 @@ class _Importer:
         self.names: set[str] = set()
         self.auto: dict[str, int] = {}
         self.opset = 0
+        self.static_batch: int | None = None
 
     def fail(self, msg: str) -> OnnxImportError:
         return OnnxImportError(f"{self.where}: {msg}")
@@ -1340,7 +1341,7 @@ class _Importer:
         total = math.prod(x.shape)
         out: list[Any] = []
         for i, t in enumerate(target.reshape(-1).tolist()):
-            if t is BATCH:
+            if t is BATCH or (i == 0 and t == self.static_batch):
                 out.append("N")
             elif t == 0 and not n.attrs.get("allowzero", 0):
                 out.append("N" if i == 0 else (dims[i] if i < len(dims) else None))
@@ -1435,7 +1436,8 @@ class _Importer:
             return
         z = list(sizes.reshape(-1))
         if axes is None:
-            if len(z) != 4 or not (z[0] is BATCH or z[0] == 1) or z[1] != x.shape[0]:
+            if len(z) != 4 or not (z[0] is BATCH or z[0] == self.static_batch) or \
+                    z[1] != x.shape[0]:
                 raise self.fail(f"{n.where()}: sizes {z}: only the spatial axes resize")
             z = z[2:]
         if not all(isinstance(v, (int, np.integer)) and v > 0 for v in z):
@@ -1482,6 +1484,9 @@ class _Importer:
                             f"(N, features) with known sizes after the batch, got "
                             f"{['?' if d is None else d for d in dims]}")
         inp = Input(tuple(int(d) for d in dims[1:]))
+        # a file with a fixed batch size (exported without a dynamic axis) holds it in its
+        # shape constants: there it stands for the batch, which cnnkit keeps free
+        self.static_batch = dims[0]
         for k, v in consts.items():
             self.vals[k] = v
         self.vals[vi.name] = inp
