@@ -196,11 +196,18 @@ void test_small_kernels(std::mt19937& gen) {
           "softmax cross-entropy");
 
     auto w = randn(100, gen), gr = randn(100, gen);
-    std::vector<float> s1(100, 0.f), s2(100, 0.f);
+    // each optimizer its own zeroed state (a momentum buffer can go negative; Adagrad's sum of
+    // squares must not)
+    auto zeros = [] { return std::vector<float>(100, 0.f); };
+    auto s1 = zeros(), s2 = zeros();
     cpu::sgd_step(w.data(), s1.data(), gr.data(), 100, 0.1f, 0.9f, 0.f, 1e-4f, true, true);
+    s1 = zeros();
     cpu::adam_step(w.data(), s1.data(), s2.data(), gr.data(), 100, 1e-3f, 0.9f, 0.999f, 1e-8f,
                    0.01f, true, 1);
+    s1 = zeros();
     cpu::adagrad_step(w.data(), s1.data(), gr.data(), 100, 0.01f, 0.f, 0.f, 1e-10f, 1);
+    s1 = zeros();
+    s2 = zeros();
     cpu::rmsprop_step(w.data(), s1.data(), s2.data(), gr.data(), 100, 0.01f, 0.99f, 1e-8f, 0.f,
                       0.9f);
     check(std::isfinite(w[0]), "optimizer steps");
