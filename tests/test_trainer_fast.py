@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import tracemalloc
 
@@ -127,10 +129,12 @@ def test_native_gather_of_float_targets_and_drop_last():
 
 def test_batch_feed_refuses_bad_input():
     x, y = images(10)
-    with pytest.raises(ValueError, match="not a permutation"):
+    with pytest.raises(ValueError, match="distinct indices in 0..9"):
         _core.BatchFeed(x, y.astype(np.int64), 4).set_order(np.zeros(10, np.int64))
-    with pytest.raises(ValueError, match="entries for 10 samples"):
-        _core.BatchFeed(x, y.astype(np.int64), 4).set_order(np.arange(9))
+    with pytest.raises(ValueError, match="distinct indices in 0..9"):
+        _core.BatchFeed(x, y.astype(np.int64), 4).set_order(np.array([3, 10]))
+    with pytest.raises(ValueError, match="11 entries for 10 samples"):
+        _core.BatchFeed(x, y.astype(np.int64), 4).set_order(np.arange(11))
     with pytest.raises(ValueError, match="uint8 or float32"):
         _core.BatchFeed(x.astype(np.float64), y.astype(np.int64), 4)
     with pytest.raises(ValueError, match="one row per sample"):
@@ -326,3 +330,46 @@ def test_ctrl_c_during_a_native_run_saves_and_resumes_bit_exactly(tmp_path, sigi
     resumed = ck.load(ckpt, device="cpu")
     resumed.fit(x, y, epochs=epochs, batch_size=8, verbose=0)
     assert_same(fingerprint(resumed), want)
+
+
+# ---- the OpenMP wait policy ----------------------------------------------------------------------
+
+
+def _policy_in_child(env_extra: dict, code: str = "") -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(env_extra)
+    prog = ("import os, cnnkit\n" + code +
+            "print(cnnkit._openmp.wait_policy(), 'GOMP_SPINCOUNT' in os.environ, "
+            "os.environ.get('GOMP_SPINCOUNT'))")
+    out = subprocess.run([sys.executable, "-c", prog], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_wait_policy_is_set_for_cnnkits_runtime_only_and_yields_to_the_environment():
+    from cnnkit import _openmp
+
+    mine = _policy_in_child({})
+    assert mine == f"GOMP_SPINCOUNT={_openmp.SPINCOUNT} (cnnkit default) False None"  # removed
+    assert _policy_in_child({"GOMP_SPINCOUNT": "77"}) == \
+        "GOMP_SPINCOUNT=77 (environment) True 77"
+    assert _policy_in_child({"OMP_WAIT_POLICY": "passive"}).startswith(
+        "OMP_WAIT_POLICY=passive (environment) False")
+
+
+# ---- cnnkit bench --via fit -----------------------------------------------------------------------
+
+
+def test_bench_via_fit_and_its_header():
+    from cnnkit import bench, cli
+
+    a = cli.build_parser().parse_args(["bench", "--via", "step", "fit"])
+    assert a.via == ["step", "fit"]
+    assert cli.build_parser().parse_args(["bench"]).via == ["step"]
+    assert bench.build_parser(via=("step", "fit")).parse_args([]).via == ["step", "fit"]
+    r = bench.worker("cnnkit", "lenet5", "train", 8, 1, 0.05, "fit")
+    assert r["images_per_sec"] > 0 and r["steps"] >= 8
+    with pytest.raises(ValueError, match="train cases"):
+        bench.worker("cnnkit", "lenet5", "infer", 8, 1, 0.05, "fit")
+    assert bench.cpu_model() and bench.kernel_set() and bench.wait_policy()

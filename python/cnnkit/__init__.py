@@ -10,6 +10,9 @@ from __future__ import annotations
 import os as _os
 import sys as _sys
 
+from . import _openmp  # noqa: F401  (first: sets the OpenMP wait policy, loads _core)
+
+# isort: split
 from . import (
     _core,
     callbacks,
