@@ -1,5 +1,5 @@
 """The layers added on the layer schema: ELU, SiLU, GELU, ReLU6, Hardswish, Identity, Softmax,
-AdaptiveAvgPool2d, AdaptiveMaxPool2d, Dropout2d, BatchNorm1d, Upsample. Forward and gradients
+AdaptiveAvgPool2d, AdaptiveMaxPool2d, Dropout2d, BatchNorm1d, Upsample (nearest, bilinear). Forward and gradients
 against numpy float64 references, central differences of those references, PyTorch parity on
 random configurations (when torch is importable), bad arguments and shapes, save/load."""
 
@@ -65,6 +65,35 @@ def upsample_ref(x: np.ndarray, P: int, Q: int, sh: float, sw: float) -> np.ndar
     rows = np.minimum(np.floor(np.arange(P, dtype=np.float32) * np.float32(sh)), H - 1)
     cols = np.minimum(np.floor(np.arange(Q, dtype=np.float32) * np.float32(sw)), W - 1)
     return x[:, :, rows.astype(int)][:, :, :, cols.astype(int)]
+
+
+def linear_taps(n_in: int, n_out: int, scale: float, align_corners: bool):
+    """PyTorch's bilinear source taps along one axis, in float64: (i0, i1, l0, l1)."""
+    p = np.arange(n_out, dtype=np.float64)
+    if n_in == n_out:  # an axis whose size does not change is copied
+        return p.astype(int), p.astype(int), np.ones(n_out), np.zeros(n_out)
+    src = p * scale if align_corners else np.maximum((p + 0.5) * scale - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src), n_in - 1).astype(int)
+    l1 = np.clip(src - i0, 0.0, 1.0)
+    return i0, np.where(i0 < n_in - 1, i0 + 1, i0), 1.0 - l1, l1
+
+
+def bilinear_scale(n_in: int, n_out: int, scale_factor: float | None, align_corners: bool):
+    if align_corners:
+        return (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    return 1.0 / scale_factor if scale_factor else n_in / n_out
+
+
+def bilinear_ref(x: np.ndarray, P: int, Q: int, scale_factor: float | None,
+                 align_corners: bool) -> np.ndarray:
+    H, W = x.shape[2:]
+    h0, h1, a0, a1 = linear_taps(H, P, bilinear_scale(H, P, scale_factor, align_corners),
+                                 align_corners)
+    w0, w1, b0, b1 = linear_taps(W, Q, bilinear_scale(W, Q, scale_factor, align_corners),
+                                 align_corners)
+    r0, r1 = x[:, :, h0], x[:, :, h1]
+    return (a0[:, None] * (b0 * r0[..., w0] + b1 * r0[..., w1])
+            + a1[:, None] * (b0 * r1[..., w0] + b1 * r1[..., w1]))
 
 
 def batchnorm1d_ref(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
@@ -375,10 +404,105 @@ def test_upsample_rejects_bad_arguments():
         ck.Upsample()
     with pytest.raises(ValueError, match="Upsample: give exactly one"):
         ck.Upsample(size=4, scale_factor=2.0)
-    with pytest.raises(ValueError, match="Upsample: mode must be one of 'nearest'"):
-        ck.Upsample(scale_factor=2.0, mode="bilinear")
-    with pytest.raises(ValueError, match=r"Upsample.*\(N, C, H, W\).*\(2, 3\)"):
-        ck.Upsample(scale_factor=2.0).forward(np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match="Upsample: mode must be one of 'nearest', 'bilinear'"):
+        ck.Upsample(scale_factor=2.0, mode="bicubic")
+    for ac in (True, False):  # as PyTorch: only the interpolating mode takes align_corners
+        with pytest.raises(ValueError, match="Upsample: align_corners can only be set with "
+                                             "mode='bilinear', got mode='nearest'"):
+            ck.Upsample(scale_factor=2.0, align_corners=ac)
+    with pytest.raises(ValueError, match="Upsample: align_corners must be True or False"):
+        ck.Upsample(scale_factor=2.0, mode="bilinear", align_corners=1)
+    for mode in ("nearest", "bilinear"):
+        with pytest.raises(ValueError, match=r"Upsample.*\(N, C, H, W\).*\(2, 3\)"):
+            ck.Upsample(scale_factor=2.0, mode=mode).forward(np.zeros((2, 3), np.float32))
+
+
+BILINEAR_CASES = [
+    # H, W, Upsample arguments (besides mode)
+    (3, 4, {"scale_factor": 2.0}),
+    (5, 3, {"scale_factor": 1.5, "align_corners": True}),
+    (4, 4, {"scale_factor": 3.0, "align_corners": False}),
+    (7, 5, {"scale_factor": 0.5}),
+    (6, 5, {"scale_factor": 0.4, "align_corners": True}),
+    (3, 4, {"size": (5, 9)}),
+    (3, 4, {"size": (1, 7), "align_corners": True}),  # one output row: scale 0
+    (1, 5, {"size": (4, 5)}),  # one input row; the columns are copied
+    (2, 3, {"scale_factor": 1.4}),  # 2 -> 2 rows (copied), 3 -> 4 columns
+    (4, 6, {"size": (2, 3), "align_corners": True}),
+]
+
+
+@pytest.mark.parametrize("H,W,kw", BILINEAR_CASES)
+def test_upsample_bilinear_against_reference(H, W, kw, rng):
+    layer = ck.Upsample(mode="bilinear", **kw)
+    x = rng.standard_normal((2, 3, H, W)).astype(np.float32)
+    P, Q = layer.output_shape(x.shape)[2:]
+    dy = rng.standard_normal((2, 3, P, Q))
+    _, y, dx = run(layer, x, dy)
+    f = lambda v: bilinear_ref(v, P, Q, kw.get("scale_factor"),  # noqa: E731
+                               bool(kw.get("align_corners")))
+    x64 = x.astype(np.float64)
+    assert_close(y, f(x64), "conv")
+    assert_close(dx, numeric_grad(f, x64.copy(), dy), "gradcheck")
+
+
+@needs_torch
+@pytest.mark.parametrize("trial", range(12))
+def test_upsample_bilinear_matches_torch(trial, rng):
+    H, W = (int(v) for v in rng.integers(1, 9, size=2))
+    s = float(rng.choice([1.0, 1.5, 2.0, 2.5, 3.0, 0.75, 0.5, 1.3]))
+    ac = [None, False, True][trial % 3]
+    if trial % 2:
+        kw = {"scale_factor": s}
+    else:
+        kw = {"size": (int(rng.integers(1, 12)), int(rng.integers(1, 12)))}
+    if math.floor(H * s) < 1 or math.floor(W * s) < 1:
+        kw = {"size": (H + 1, W + 2)}
+    layer = ck.Upsample(mode="bilinear", align_corners=ac, **kw)
+    ref = torch.nn.Upsample(mode="bilinear", align_corners=ac, **kw)
+    x = rng.standard_normal((2, 3, H, W)).astype(np.float32)
+    dy = rng.standard_normal(layer.output_shape(x.shape)).astype(np.float32)
+    _, y, dx = run(layer, x, dy)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = ref(xt)
+    yt.backward(torch.tensor(dy))
+    assert y.shape == tuple(yt.shape)
+    assert_close(y, yt.detach().numpy(), "torch")
+    assert_close(dx, xt.grad.numpy(), "torch", scale=4.0)  # sums of up to ~(2 * s)^2 terms
+
+
+def test_upsample_files_without_align_corners_still_load(tmp_path, rng):
+    """A file written before Upsample had align_corners loads (the argument is then None)."""
+    from cnnkit import serialization
+
+    model = ck.Sequential([ck.Conv2d(2, 3, 3, padding=1), ck.Upsample(scale_factor=2.0)])
+    x = rng.standard_normal((2, 2, 3, 4)).astype(np.float32)
+    want = model.forward(x)
+    meta, tensors = serialization._model_payload(model)
+    for entry in meta["architecture"]:
+        entry["config"].pop("align_corners", None)
+    assert "align_corners" not in str(meta)
+    serialization._write_file(tmp_path / "old.cnnkit", "model", meta, tensors)
+    back = ck.load(tmp_path / "old.cnnkit")
+    assert back.get_config()[1]["config"]["align_corners"] is None
+    np.testing.assert_array_equal(back.forward(x), want)
+
+
+def test_upsample_bilinear_round_trips_and_trains(tmp_path, rng):
+    ck.manual_seed(0)
+    model = ck.Sequential([ck.Conv2d(1, 4, 3, stride=2, padding=1), ck.ReLU(),
+                           ck.Upsample(scale_factor=2.0, mode="bilinear", align_corners=True),
+                           ck.Conv2d(4, 1, 3, padding=1)])
+    x = rng.random((8, 1, 8, 8), dtype=np.float32)
+    t = ck.Trainer(model, loss="mse", optimizer=ck.optim.Adam(lr=1e-2), device="cpu", seed=0)
+    h = t.fit(x, x, epochs=5, batch_size=4, verbose=0)
+    assert h.history["loss"][-1] < h.history["loss"][0]
+    ck.save(model, tmp_path / "m.cnnkit")
+    back = ck.load(tmp_path / "m.cnnkit")
+    assert back.get_config()[2]["config"] == {"size": None, "scale_factor": 2.0,
+                                              "mode": "bilinear", "align_corners": True}
+    np.testing.assert_array_equal(back.forward(x), model.forward(x))
+    assert "Upsample" in model.summary((1, 8, 8), print_fn=None)
 
 
 # ---- save / load --------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ BASE = {
     "AdaptiveMaxPool2d": ({"output_size": 2}, (2, 5, 5)),
     "Dropout2d": ({}, (2, 3, 3)),
     "BatchNorm1d": ({"num_features": 2}, (2, 3)),
-    "Upsample": ({"scale_factor": 2.0}, (2, 3, 3)),
+    "Upsample": ({"scale_factor": 2.0, "mode": "bilinear"}, (2, 3, 3)),  # align_corners both
     "ConvTranspose2d": ({"in_channels": 2, "out_channels": 4, "kernel_size": 3}, (2, 4, 4)),
 }
 

@@ -89,6 +89,16 @@ void upsample_nearest2d_forward(float* y, const float* x, int64_t NC, int64_t H,
 void upsample_nearest2d_backward(float* dx, const float* dy, int64_t NC, int64_t H, int64_t W,
                                  int64_t P, int64_t Q, float sh, float sw);
 
+// ---- bilinear upsampling (upsample.cpp) ---------------------------------------------------
+// x is (NC,H,W), y is (NC,P,Q): PyTorch's upsample_bilinear2d. sh, sw: its scales,
+// (H-1)/(P-1) (0 when P == 1) with align_corners, else float(1/scale_factor) or H/P; the taps
+// are linear_tap (core/resample.h).
+void upsample_bilinear2d_forward(float* y, const float* x, int64_t NC, int64_t H, int64_t W,
+                                 int64_t P, int64_t Q, float sh, float sw, bool align_corners);
+// dx (NC,H,W) overwritten: each pixel gathers the dy entries that read it, times their weights.
+void upsample_bilinear2d_backward(float* dx, const float* dy, int64_t NC, int64_t H, int64_t W,
+                                  int64_t P, int64_t Q, float sh, float sw, bool align_corners);
+
 // ---- linear -----------------------------------------------------------------------------
 // x is (N,I), w is (O,I), b is (O) or null, y is (N,O).
 void linear_forward(float* y, const float* x, const float* w, const float* b, int64_t N,

@@ -116,6 +116,11 @@ void upsample_nearest2d_forward(float* y, const float* x, int64_t NC, int64_t H,
                                 int64_t P, int64_t Q, float sh, float sw);
 void upsample_nearest2d_backward(float* dx, const float* dy, int64_t NC, int64_t H, int64_t W,
                                  int64_t P, int64_t Q, float sh, float sw);
+// Bilinear (PyTorch's upsample_bilinear2d): the scales and taps of cpu/kernels.h.
+void upsample_bilinear2d_forward(float* y, const float* x, int64_t NC, int64_t H, int64_t W,
+                                 int64_t P, int64_t Q, float sh, float sw, bool align_corners);
+void upsample_bilinear2d_backward(float* dx, const float* dy, int64_t NC, int64_t H, int64_t W,
+                                  int64_t P, int64_t Q, float sh, float sw, bool align_corners);
 
 // ---- losses (loss.cu): reduced on the device in a fixed order; the scalars are copied back -
 // logits (N,C), labels (N) on the device. Returns the mean loss; *correct (host) the hits.

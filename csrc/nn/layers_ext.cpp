@@ -1,6 +1,6 @@
 // Layers of the PyTorch zoo beyond the first eleven: the activations ELU, SiLU, GELU, ReLU6,
 // Hardswish (the activation kernel family), Identity, Softmax, AdaptiveAvgPool2d,
-// AdaptiveMaxPool2d, Dropout2d and Upsample (nearest); BatchNorm1d shares BatchNorm2d's class
+// AdaptiveMaxPool2d, Dropout2d and Upsample (nearest, bilinear); BatchNorm1d shares BatchNorm2d's class
 // in layers.cpp. Each is a class plus its schema; docs/architecture.md says how to add one.
 #include <cmath>
 #include <limits>
@@ -154,7 +154,9 @@ class Dropout2d : public Layer {
 
 class Upsample : public Layer {
   public:
-    explicit Upsample(const Args& a) {
+    explicit Upsample(const Args& a)
+        : bilinear_(arg_str(a, "mode") == "bilinear"),
+          align_(!a.at("align_corners").none && arg_bool(a, "align_corners")) {
         const Arg& size = a.at("size");
         if (!size.none) {
             oh_ = size.i[0];
@@ -164,8 +166,10 @@ class Upsample : public Layer {
         }
     }
     std::string config() const override {
-        return oh_ > 0 ? str_cat("size=(", oh_, ", ", ow_, ")")
-                       : str_cat("scale_factor=", scale_, ", mode='nearest'");
+        const std::string what = oh_ > 0 ? str_cat("size=(", oh_, ", ", ow_, ")")
+                                         : str_cat("scale_factor=", scale_);
+        if (!bilinear_) return oh_ > 0 ? what : what + ", mode='nearest'";
+        return str_cat(what, ", mode='bilinear'", align_ ? ", align_corners=True" : "");
     }
 
   protected:
@@ -183,6 +187,11 @@ class Upsample : public Layer {
         return oh_ > 0 ? static_cast<float>(in) / static_cast<float>(out)
                        : static_cast<float>(1.0 / scale_);
     }
+    // PyTorch's bilinear scale (area_pixel_compute_scale): (in-1)/(out-1) with align_corners.
+    float linear_scale(int64_t in, int64_t out) const {
+        if (!align_) return src_scale(in, out);
+        return out > 1 ? static_cast<float>(in - 1) / static_cast<float>(out - 1) : 0.f;
+    }
     Shape output_shape_impl(const Shape& in) const override {
         if (in.size() != 4) shape_error("(N, C, H, W)", in);
         const int64_t P = out_size(in[2], oh_), Q = out_size(in[3], ow_);
@@ -194,17 +203,24 @@ class Upsample : public Layer {
         return out;
     }
     void forward_impl(const Tensor& x, Tensor& y, bool, const Workspace&) override {
+        if (bilinear_)
+            return ops::upsample_bilinear2d_forward(y, x, linear_scale(x.size(2), y.size(2)),
+                                                    linear_scale(x.size(3), y.size(3)), align_);
         ops::upsample_nearest2d_forward(y, x, src_scale(x.size(2), y.size(2)),
                                         src_scale(x.size(3), y.size(3)));
     }
     void backward_impl(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor* dx,
                        const Workspace&) override {
-        if (dx)
-            ops::upsample_nearest2d_backward(*dx, dy, src_scale(x.size(2), y.size(2)),
-                                             src_scale(x.size(3), y.size(3)));
+        if (!dx) return;
+        if (bilinear_)
+            return ops::upsample_bilinear2d_backward(*dx, dy, linear_scale(x.size(2), y.size(2)),
+                                                     linear_scale(x.size(3), y.size(3)), align_);
+        ops::upsample_nearest2d_backward(*dx, dy, src_scale(x.size(2), y.size(2)),
+                                         src_scale(x.size(3), y.size(3)));
     }
 
   private:
+    bool bilinear_, align_;    // mode="bilinear"; align_corners (None is False)
     int64_t oh_ = 0, ow_ = 0;  // size, when given
     double scale_ = 0;         // scale_factor, otherwise
 };
@@ -273,18 +289,25 @@ LayerSchema schema_Dropout2d() {
     return s;
 }
 
-// Upsample(size=None, scale_factor=None, mode="nearest"): exactly one of size, scale_factor.
+// Upsample(size=None, scale_factor=None, mode="nearest", align_corners=None): exactly one of size,
+// scale_factor; align_corners only with mode="bilinear" (None there means False, as in PyTorch).
+// Files written before align_corners existed load with it None.
 LayerSchema schema_Upsample() {
     LayerSchema s("Upsample");
     ArgSpec size = pair_arg("size", 1, 1);
     size.nullable = true;
     ArgSpec scale = float_arg("scale_factor", 1.0, 0.0, 1.0e6, true);
     scale.nullable = true;
-    s.args = {size, scale, choice_arg("mode", "nearest", {"nearest"})};
+    ArgSpec align = bool_arg("align_corners", false);
+    align.nullable = true;
+    s.args = {size, scale, choice_arg("mode", "nearest", {"nearest", "bilinear"}), align};
     s.normalize = [](Args& a) {
         const bool has_size = !a["size"].none, has_scale = !a["scale_factor"].none;
         CNN_CHECK_ARG(has_size != has_scale, "Upsample: give exactly one of size and scale_factor",
                       has_size ? " (both were given)" : " (neither was given)");
+        CNN_CHECK_ARG(a["align_corners"].none || a["mode"].s == "bilinear",
+                      "Upsample: align_corners can only be set with mode='bilinear', got mode='",
+                      a["mode"].s, "'");
     };
     s.make = [](const Args& a) { return std::make_shared<Upsample>(a); };
     return s;

@@ -412,6 +412,32 @@ void upsample_nearest2d_backward(Tensor& dx, const Tensor& dy, float sh, float s
     }
 }
 
+void upsample_bilinear2d_forward(Tensor& y, const Tensor& x, float sh, float sw,
+                                 bool align_corners) {
+    const int64_t NC = x.size(0) * x.size(1);
+    if (common_device("upsample_bilinear2d_forward", {&y, &x}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::upsample_bilinear2d_forward(y.data(), x.data(), NC, x.size(2),
+                                                      x.size(3), y.size(2), y.size(3), sh, sw,
+                                                      align_corners));
+    } else {
+        cpu::upsample_bilinear2d_forward(y.data(), x.data(), NC, x.size(2), x.size(3), y.size(2),
+                                         y.size(3), sh, sw, align_corners);
+    }
+}
+
+void upsample_bilinear2d_backward(Tensor& dx, const Tensor& dy, float sh, float sw,
+                                  bool align_corners) {
+    const int64_t NC = dx.size(0) * dx.size(1);
+    if (common_device("upsample_bilinear2d_backward", {&dx, &dy}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::upsample_bilinear2d_backward(dx.data(), dy.data(), NC, dx.size(2),
+                                                       dx.size(3), dy.size(2), dy.size(3), sh,
+                                                       sw, align_corners));
+    } else {
+        cpu::upsample_bilinear2d_backward(dx.data(), dy.data(), NC, dx.size(2), dx.size(3),
+                                          dy.size(2), dy.size(3), sh, sw, align_corners);
+    }
+}
+
 // ---- losses ---------------------------------------------------------------------------------
 
 double softmax_cross_entropy(Tensor* dlogits, int64_t* correct, const Tensor& logits,

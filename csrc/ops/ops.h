@@ -76,6 +76,11 @@ void adaptive_maxpool2d_backward(Tensor& dx, const Tensor& dy, const int32_t* ar
 // sh, sw: float(1/scale_factor) per axis (cpu/kernels.h).
 void upsample_nearest2d_forward(Tensor& y, const Tensor& x, float sh, float sw);
 void upsample_nearest2d_backward(Tensor& dx, const Tensor& dy, float sh, float sw);
+// sh, sw: PyTorch's bilinear scales per axis (cpu/kernels.h).
+void upsample_bilinear2d_forward(Tensor& y, const Tensor& x, float sh, float sw,
+                                 bool align_corners);
+void upsample_bilinear2d_backward(Tensor& dx, const Tensor& dy, float sh, float sw,
+                                  bool align_corners);
 
 // logits (N,C) and dlogits (N,C) or null on one device; labels (N) on the host (copied to the
 // GPU for CUDA tensors). Returns the mean loss; *correct gets the argmax hits.

@@ -341,14 +341,20 @@ class BatchNorm1d(Layer):
 
 
 class Upsample(Layer):
-    """Nearest-neighbour upsampling: x (N, C, H, W) -> y (N, C, P, Q) with (P, Q) = size, or
-    (floor(H * scale_factor), floor(W * scale_factor)); give exactly one. Output row p reads
-    input row min(floor(p * s), H - 1), s = 1/scale_factor (or H/P), as PyTorch's "nearest"."""
+    """Upsampling: x (N, C, H, W) -> y (N, C, P, Q) with (P, Q) = size, or
+    (floor(H * scale_factor), floor(W * scale_factor)); give exactly one.
+
+    mode="nearest": output row p reads input row min(floor(p * s), H - 1), s = 1/scale_factor
+    (or H/P), as PyTorch's "nearest". mode="bilinear": PyTorch's bilinear interpolation between
+    the two nearest rows and columns, source = (p + 0.5) * s - 0.5 (clamped at 0), or with
+    align_corners=True source = p * (H - 1) / (P - 1) (corners on corners). align_corners may
+    only be set with mode="bilinear"; None there means False, as in PyTorch."""
 
     def __init__(self, size: int | tuple[int, int] | None = None,
-                 scale_factor: float | None = None, mode: str = "nearest", *,
-                 name: str | None = None) -> None:
-        super().__init__(size=size, scale_factor=scale_factor, mode=mode, name=name)
+                 scale_factor: float | None = None, mode: str = "nearest",
+                 align_corners: bool | None = None, *, name: str | None = None) -> None:
+        super().__init__(size=size, scale_factor=scale_factor, mode=mode,
+                         align_corners=align_corners, name=name)
 
 
 class Add(Layer):
