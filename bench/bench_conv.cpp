@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/runtime.h"
+#include "cpu/kernel_set.h"
 #include "cpu/kernels.h"
 
 using namespace cnnkit;
@@ -73,16 +74,36 @@ double direct(const ConvGeom& g, const float* x, const float* w, int64_t n, int6
 }  // namespace
 
 int main(int argc, char** argv) {
-    int repeats = 7;
+    int repeats = 7, rounds = 1;
+    std::vector<std::string> sets;  // kernel sets to alternate (empty: the current one)
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
         if (a == "--threads" && i + 1 < argc) set_num_threads(std::atoi(argv[++i]));
         else if (a == "--repeats" && i + 1 < argc) repeats = std::atoi(argv[++i]);
-        else {
-            std::printf("usage: bench_conv [--threads N] [--repeats R]\n");
+        else if (a == "--rounds" && i + 1 < argc) rounds = std::max(1, std::atoi(argv[++i]));
+        else if (a == "--kernels" && i + 1 < argc) {
+            const std::string list = argv[++i];
+            for (size_t p = 0; p <= list.size();) {
+                const size_t q = std::min(list.find(',', p), list.size());
+                if (q > p) sets.push_back(list.substr(p, q - p));
+                p = q + 1;
+            }
+        } else {
+            // --kernels a,b: each layer and pass timed with the kernel sets in turn, `rounds`
+            // times alternating; prints each set's median and the median per-round speed-up
+            // of the first set over each other one.
+            std::printf("usage: bench_conv [--threads N] [--repeats R] [--kernels SET[,SET...]] "
+                        "[--rounds N]\n");
             return a == "--help" ? 0 : 2;
         }
     }
+    try {
+        for (const std::string& k : sets) cpu::set_kernel_set(k);
+    } catch (const std::exception& e) {
+        std::printf("%s\n", e.what());
+        return 2;
+    }
+    if (sets.empty()) sets.push_back(cpu::kernel_set_name(cpu::kernel_set()));
     std::vector<Case> cases = {
         {"lenet.conv1 b256", make(256, 1, 28, 28, 6, 5, 1, 2)},
         {"lenet.conv2 b256", make(256, 6, 14, 14, 16, 5, 1, 0)},
@@ -91,8 +112,11 @@ int main(int argc, char** argv) {
         {"pointwise 64x64x16x16->128", make(64, 64, 16, 16, 128, 1, 1, 0)},
         {"depthwise 64x64x16x16 3x3", make(64, 64, 16, 16, 64, 3, 1, 1, 64)},
     };
-    std::printf("threads=%d gemm=%s\n", get_num_threads(), cpu::sgemm_kernel_name());
-    std::printf("%-28s %-9s %10s %10s\n", "layer", "pass", "ms", "GFLOP/s");
+    cpu::set_kernel_set(sets[0]);
+    std::printf("threads=%d kernel sets:", get_num_threads());
+    for (const std::string& k : sets) std::printf(" %s", k.c_str());
+    std::printf(" (cpu [%s])\n", cpu_features().c_str());
+    std::printf("%-28s %-10s per kernel set: median ms, GFLOP/s\n", "layer", "pass");
     std::mt19937 gen(1);
     std::uniform_real_distribution<float> dist(-1.f, 1.f);
     for (const Case& c : cases) {
@@ -102,23 +126,49 @@ int main(int argc, char** argv) {
         for (auto* v : {&x, &w, &b, &dy})
             for (float& e : *v) e = dist(gen);
         std::vector<float> ws(std::max<int64_t>(1, cpu::conv2d_workspace_floats(g)));
+        for (const std::string& set : sets) {
+        cpu::set_kernel_set(set);
         cpu::conv2d_forward(y.data(), x.data(), w.data(), b.data(), g, ws.data());
         for (int t = 0; t < 5; ++t) {  // spot-check against a direct loop
             int64_t n = t % g.N, k = (7 * t) % g.K, p = (3 * t) % g.P, q = (5 * t) % g.Q;
             double want = direct(g, x.data(), w.data(), n, k, p, q) + b[k];
             double got = y[((n * g.K + k) * g.P + p) * g.Q + q];
             if (std::fabs(got - want) > 1e-3 * (1 + std::fabs(want))) {
-                std::printf("CHECK FAILED %s: got %g want %g\n", c.name, got, want);
+                std::printf("CHECK FAILED %s (%s): got %g want %g\n", c.name, set.c_str(), got,
+                            want);
                 return 1;
             }
         }
+        }
         const double flops = 2.0 * g.N * g.K * g.P * g.Q * (g.C / g.groups) * g.R * g.S;
-        double f = time_ms([&] { cpu::conv2d_forward(y.data(), x.data(), w.data(), b.data(), g, ws.data()); }, repeats);
-        double bi = time_ms([&] { cpu::conv2d_backward_input(dx.data(), dy.data(), w.data(), g, ws.data()); }, repeats);
-        double bw = time_ms([&] { cpu::conv2d_backward_weight(dw.data(), db.data(), dy.data(), x.data(), g, ws.data()); }, repeats);
-        std::printf("%-28s %-9s %10.3f %10.1f\n", c.name, "forward", f, flops / f / 1e6);
-        std::printf("%-28s %-9s %10.3f %10.1f\n", c.name, "bwd-input", bi, flops / bi / 1e6);
-        std::printf("%-28s %-9s %10.3f %10.1f\n", c.name, "bwd-weight", bw, flops / bw / 1e6);
+        const char* passes[] = {"forward", "bwd-input", "bwd-weight"};
+        for (int pass = 0; pass < 3; ++pass) {
+            auto run = [&] {
+                if (pass == 0)
+                    cpu::conv2d_forward(y.data(), x.data(), w.data(), b.data(), g, ws.data());
+                else if (pass == 1)
+                    cpu::conv2d_backward_input(dx.data(), dy.data(), w.data(), g, ws.data());
+                else
+                    cpu::conv2d_backward_weight(dw.data(), db.data(), dy.data(), x.data(), g,
+                                                ws.data());
+            };
+            std::vector<std::vector<double>> ms(sets.size()), speedup(sets.size());
+            for (int r = 0; r < rounds; ++r)
+                for (size_t k = 0; k < sets.size(); ++k) {
+                    cpu::set_kernel_set(sets[k]);
+                    ms[k].push_back(time_ms(run, repeats));
+                    if (k > 0) speedup[k].push_back(ms[k].back() / ms[0].back());
+                }
+            std::printf("%-28s %-10s", c.name, passes[pass]);
+            for (size_t k = 0; k < sets.size(); ++k)
+                std::printf(" %s %8.3f ms %7.1f GFLOP/s", sets[k].c_str(), median(ms[k]),
+                            flops / median(ms[k]) / 1e6);
+            for (size_t k = 1; k < sets.size(); ++k)
+                std::printf("  %s/%s %.3f", sets[0].c_str(), sets[k].c_str(),
+                            median(speedup[k]));
+            std::printf("\n");
+            std::fflush(stdout);
+        }
     }
     return 0;
 }

@@ -64,6 +64,11 @@ CONV_CASES = [
     (2, 2, 5, 5, 3, (3, 3), (1, 1), (3, 3), (1, 1), 1, False),
     # more images than weight-gradient groups, K > 16 (two 16-wide tiles of dy^T)
     (17, 32, 8, 8, 20, (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
+    # the AVX-512 12 x 32 tiles: rows of 32 and 40 outputs (full and masked tiles), 12 + 7
+    # and 25 channels (a second panel, partial tiles of 7 and 1 rows), flat tiles (Q = 9)
+    (2, 3, 32, 32, 19, (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
+    (2, 5, 6, 40, 25, (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
+    (3, 4, 11, 11, 12, (3, 3), (1, 1), (0, 0), (1, 1), 1, False),
 ]
 
 

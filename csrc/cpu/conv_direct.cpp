@@ -19,6 +19,7 @@
 #include <cstring>
 
 #include "cpu/gemm.h"
+#include "cpu/kernel_set.h"
 #include "cpu/scratch.h"
 
 namespace cnnkit {
@@ -27,9 +28,11 @@ namespace conv_direct {
 
 namespace {
 
-constexpr int64_t kMR = 6;             // output channels per micro-tile (forward)
+constexpr int64_t kMR = 6;             // output channels per micro-tile (forward), weight panel rows
 constexpr int64_t kNR = 16;            // output columns per micro-tile
-constexpr int64_t kColBlock = 256;     // output columns per forward task (multiple of kNR)
+constexpr int64_t kMR512 = 12;         // the AVX-512 forward tile: two weight panels
+constexpr int64_t kNR512 = 32;         // ... by 32 columns
+constexpr int64_t kColBlock = 256;     // output columns per forward task (multiple of kNR512)
 constexpr int64_t kDepthBlock = 256;   // columns per weight-gradient depth block
 constexpr int64_t kMaxGroups = 16;     // image groups of the weight gradient
 constexpr int64_t kMaxPartials = int64_t(1) << 23;  // floats of weight-gradient partials
@@ -67,9 +70,11 @@ DGeom backward_input_dgeom(const ConvGeom& g) {
 }
 
 // Floats of the padded image buffer plus a zero tail the last taps read into: tap (C-1, R-1,
-// S-1) sits at C*Hp*Wp - J + dw*(S-1) and flat tiles run up to 15 columns past J, so reads
-// stay below C*Hp*Wp + dw*(S-1) + kNR, and dw*(S-1) = Wp - Q < Wp.
-int64_t padded_floats(const DGeom& d) { return round_up(d.C * d.Hp * d.Wp + d.Wp + kNR, 16); }
+// S-1) sits at C*Hp*Wp - J + dw*(S-1) and flat tiles run up to 31 columns past J (15 for the
+// 16-column tiles), so reads stay below C*Hp*Wp + dw*(S-1) + kNR512, and dw*(S-1) = Wp - Q < Wp.
+int64_t padded_floats(const DGeom& d) {
+    return round_up(d.C * d.Hp * d.Wp + d.Wp + kNR512, 16);
+}
 
 bool geometry_ok(const DGeom& d) {
     return d.P > 0 && d.Q > 0 && d.ph >= 0 && d.pw >= 0 && padded_floats(d) < INT32_MAX;
@@ -82,13 +87,24 @@ bool plain(const ConvGeom& g) {
 
 int64_t weight_groups(const ConvGeom& g) { return std::min<int64_t>(g.N, kMaxGroups); }
 
-// Output channels per weight-gradient micro-tile: 8 for narrow layers (LeNet's conv1 has 6)
-// so fewer zero columns are computed, else 16.
-int64_t wgt_cols(const ConvGeom& g) { return g.K <= 8 ? 8 : kNR; }
-
-int64_t partial_floats(const ConvGeom& g) {
-    return round_up(g.C * g.R * g.S, kMR) * round_up(g.K, wgt_cols(g));
+// Weight-gradient micro-tiles: taps x output channels, 6 x 16 (AVX2, portable) or 12 x 32
+// (AVX-512); narrow layers (LeNet's conv1 has 6 channels) use 8 (or 16) columns so that fewer
+// zero columns are computed.
+int64_t wgt_rows(bool wide) { return wide ? kMR512 : kMR; }
+int64_t wgt_cols(const ConvGeom& g, bool wide) {
+    return g.K <= 8 ? 8 : g.K <= 16 || !wide ? kNR : kNR512;
 }
+
+// Floats of one image group's weight-gradient partial, for either tile shape (the workspace is
+// sized once, whatever kernel set runs later).
+int64_t partial_floats(const ConvGeom& g) {
+    const int64_t CRS = g.C * g.R * g.S;
+    return std::max(round_up(CRS, kMR) * round_up(g.K, wgt_cols(g, false)),
+                    round_up(CRS, kMR512) * round_up(g.K, wgt_cols(g, true)));
+}
+
+// The weight gradient's tap-offset table: up to round_up(CRS, 12) entries.
+int64_t wgt_offset_floats(int64_t CRS) { return round_up(CRS + kMR512, 16); }
 
 ScratchBuffer& thread_scratch() {
     thread_local ScratchBuffer s;
@@ -165,23 +181,35 @@ void pack_weights(float* out, int64_t rows, int64_t cols, At at) {
 
 // Output columns are computed 16 at a time. Flat tiles run along j = p*Wp + q straight across
 // the wrap-around columns (best when Q is small, e.g. 10 of Wp = 14); row tiles start at every
-// output row and skip them (best when Q is a multiple of 16). Pick the one with fewer tiles.
-bool row_tiles(const DGeom& d) {
-    return d.P * ((d.Q + kNR - 1) / kNR) <= (d.J + kNR - 1) / kNR;
+// output row and skip them (best when Q is a multiple of the tile width nr). Pick the one with
+// fewer tiles.
+bool row_tiles(const DGeom& d, int64_t nr) {
+    return d.P * ((d.Q + nr - 1) / nr) <= (d.J + nr - 1) / nr;
 }
 
 // y (N, K, P, Q) = act(conv(x, packed weights) + bias) over the direct geometry d.
 void run_forward(float* y, const float* x, const float* wpk, const float* bias, bool relu,
                  const DGeom& d, const int32_t* off) {
     const int64_t Kp = round_up(d.K, kMR), PQ = d.P * d.Q;
+    // Tiles of mr channels x nr columns: 12 x 32 with AVX-512 (masked stores for a row's last
+    // columns), else 6 x 16 (a row's last columns through a scratch tile).
+    const bool wide = use_avx512() && conv_avx512::compiled();
+    const int64_t mr = wide ? kMR512 : kMR, nr = wide ? kNR512 : kNR;
     const FwdKernel kern = fwd_kernel();
+    auto run_tile = [&](int rows, int cols, const float* a, const float* xj, float* c,
+                        int64_t ldc, const float* bk, bool act) {
+        if (wide)
+            conv_avx512::fwd_12x32(rows, cols, d.CRS, a, xj, off, c, ldc, bk, act);
+        else
+            kern(rows, d.CRS, a, xj, off, c, ldc, bk, act);
+    };
     const double macs = double(d.N) * d.J * d.K * d.CRS;
-    const bool rows_mode = row_tiles(d);
+    const bool rows_mode = row_tiles(d, nr);
     // A task is a block of output columns of one image: whole rows in row mode, kColBlock
     // flat columns otherwise.
-    const int64_t tiles_per_row = (d.Q + kNR - 1) / kNR;
-    const int64_t rows_per_task = std::max<int64_t>(1, kColBlock / (tiles_per_row * kNR));
-    const int64_t jb_size = std::min(kColBlock, round_up(d.J, kNR));
+    const int64_t tiles_per_row = (d.Q + nr - 1) / nr;
+    const int64_t rows_per_task = std::max<int64_t>(1, kColBlock / (tiles_per_row * nr));
+    const int64_t jb_size = std::min(kColBlock, round_up(d.J, nr));
     const int64_t blocks = rows_mode ? (d.P + rows_per_task - 1) / rows_per_task
                                      : (d.J + jb_size - 1) / jb_size;
     const int64_t tasks = d.N * blocks;
@@ -206,15 +234,16 @@ void run_forward(float* y, const float* x, const float* wpk, const float* bias, 
             if (rows_mode) {
                 const int64_t p1 = std::min(d.P, (blk + 1) * rows_per_task);
                 for (int64_t p = blk * rows_per_task; p < p1; ++p)
-                    for (int64_t q0 = 0; q0 < d.Q; q0 += kNR) {
-                        const int64_t qn = std::min(kNR, d.Q - q0);
+                    for (int64_t q0 = 0; q0 < d.Q; q0 += nr) {
+                        const int64_t qn = std::min(nr, d.Q - q0);
                         const float* xj = xp + p * d.Wp + q0;
-                        for (int64_t k0 = 0; k0 < d.K; k0 += kMR) {
-                            const int rows = static_cast<int>(std::min(kMR, d.K - k0));
+                        for (int64_t k0 = 0; k0 < d.K; k0 += mr) {
+                            const int rows = static_cast<int>(std::min(mr, d.K - k0));
                             const float* bk = bias ? bias + k0 : nullptr;
                             float* yk = yn + k0 * PQ + p * d.Q + q0;
-                            if (qn == kNR) {  // a full tile goes straight to y
-                                kern(rows, d.CRS, wpk + k0 * d.CRS, xj, off, yk, PQ, bk, relu);
+                            if (qn == nr || wide) {  // straight to y (masked past qn)
+                                run_tile(rows, static_cast<int>(qn), wpk + k0 * d.CRS, xj, yk, PQ,
+                                         bk, relu);
                                 continue;
                             }
                             kern(rows, d.CRS, wpk + k0 * d.CRS, xj, off, tile, kNR, bk, relu);
@@ -225,10 +254,11 @@ void run_forward(float* y, const float* x, const float* wpk, const float* bias, 
                 continue;
             }
             const int64_t j0 = blk * jb_size, jn = std::min(jb_size, d.J - j0);
-            for (int64_t jt = 0; jt < jn; jt += kNR)
-                for (int64_t k0 = 0; k0 < d.K; k0 += kMR)
-                    kern(static_cast<int>(std::min(kMR, d.K - k0)), d.CRS, wpk + k0 * d.CRS,
-                         xp + j0 + jt, off, tile + k0 * jb_size + jt, jb_size, nullptr, false);
+            for (int64_t jt = 0; jt < jn; jt += nr)
+                for (int64_t k0 = 0; k0 < d.K; k0 += mr)
+                    run_tile(static_cast<int>(std::min(mr, d.K - k0)), static_cast<int>(nr),
+                             wpk + k0 * d.CRS, xp + j0 + jt, tile + k0 * jb_size + jt, jb_size,
+                             nullptr, false);
             // Valid columns of the block back to (K, P, Q), adding the bias (and ReLU) as the
             // row tiles' kernel does.
             for (int64_t p = j0 / d.Wp; p * d.Wp < j0 + jn; ++p) {
@@ -278,7 +308,7 @@ int64_t workspace_floats(const ConvGeom& g) {
     if (applicable_backward_input(g))
         n = std::max(n, round_up(KRS, 16) + round_up(g.C, kMR) * KRS);
     if (applicable_backward_weight(g))
-        n = std::max(n, round_up(CRS, 16) + weight_groups(g) * partial_floats(g));
+        n = std::max(n, wgt_offset_floats(CRS) + weight_groups(g) * partial_floats(g));
     return n;
 }
 
@@ -308,11 +338,12 @@ void backward_input(float* dx, const float* dy, const float* w, const ConvGeom& 
 
 void backward_weight(float* dw, const float* dy, const float* x, const ConvGeom& g, float* ws) {
     const DGeom d = forward_dgeom(g);
-    const int64_t cols = wgt_cols(g);
-    const int64_t CRSp = round_up(d.CRS, kMR), Kp = round_up(g.K, cols), PQ = g.P * g.Q;
+    const bool wide = use_avx512() && conv_avx512::compiled();
+    const int64_t rows = wgt_rows(wide), cols = wgt_cols(g, wide);
+    const int64_t CRSp = round_up(d.CRS, rows), Kp = round_up(g.K, cols), PQ = g.P * g.Q;
     const int64_t groups = weight_groups(g), part_floats = partial_floats(g);
     int32_t* off = reinterpret_cast<int32_t*>(ws);
-    float* parts = ws + round_up(d.CRS, 16);
+    float* parts = ws + wgt_offset_floats(d.CRS);
     tap_offsets(off, d, CRSp);
     const int64_t xp_floats = padded_floats(d), dyt_floats = round_up(d.J * Kp, 16);
     const WgtKernel kern = wgt_kernel();
@@ -349,9 +380,15 @@ void backward_weight(float* dw, const float* dy, const float* x, const ConvGeom&
                 for (int64_t j0 = 0; j0 < d.J; j0 += kDepthBlock) {
                     const int64_t jn = std::min(kDepthBlock, d.J - j0);
                     for (int64_t k0 = 0; k0 < Kp; k0 += cols)
-                        for (int64_t i0 = 0; i0 < CRSp; i0 += kMR)
-                            kern(static_cast<int>(cols), jn, xp + j0, off + i0,
-                                 dyt + j0 * Kp + k0, Kp, part + i0 * Kp + k0, Kp);
+                        for (int64_t i0 = 0; i0 < CRSp; i0 += rows) {
+                            if (wide)
+                                conv_avx512::wgt_12x32(static_cast<int>(cols), jn, xp + j0,
+                                                       off + i0, dyt + j0 * Kp + k0, Kp,
+                                                       part + i0 * Kp + k0, Kp);
+                            else
+                                kern(static_cast<int>(cols), jn, xp + j0, off + i0,
+                                     dyt + j0 * Kp + k0, Kp, part + i0 * Kp + k0, Kp);
+                        }
                 }
             }
         }

@@ -57,5 +57,18 @@ void transpose(float* dst, int64_t ld_dst, const float* src, int64_t ld_src, int
                int64_t cols);
 }  // namespace conv_avx2
 
+namespace conv_avx512 {
+bool compiled();
+// The forward kernel for up to 12 rows x 32 columns: rows < 6 from the 6-row panel at a, rows
+// 6..11 from the next one (a + 6*kc); B row k is the 32 floats at x + off[k]; only the first
+// `cols` (1..32) columns of each row are stored (masked).
+void fwd_12x32(int rows, int cols, int64_t kc, const float* a, const float* x,
+               const int32_t* off, float* c, int64_t ldc, const float* bias, bool relu);
+// The weight-gradient kernel for 12 taps: c[i][0:cols] += sum_j x[off[i] + j] * b[j*ldb + 0:cols]
+// for i < 12, j < kc; cols is 8, 16 or 32 (columns past it are neither read nor written).
+void wgt_12x32(int cols, int64_t kc, const float* x, const int32_t* off, const float* b,
+               int64_t ldb, float* c, int64_t ldc);
+}  // namespace conv_avx512
+
 }  // namespace cpu
 }  // namespace cnnkit

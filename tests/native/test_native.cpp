@@ -87,7 +87,12 @@ void test_conv(std::mt19937& gen) {
                        // direct path, flat tiles whose last taps read far into the zero tail
                        {2, 3, 9, 5, 7, 5, 5, 1, 4, 2, 1},
                        // direct path, row tiles with a partial last tile per row
-                       {2, 3, 7, 19, 13, 3, 5, 1, 2, 2, 1}};
+                       {2, 3, 7, 19, 13, 3, 5, 1, 2, 2, 1},
+                       // the AVX-512 tiles: rows of 40 (a masked 8-column tile), 25 channels
+                       // (12 + 12 + 1 rows; 32-column weight-gradient tiles), 153 taps (12-tap
+                       // weight-gradient tiles, the last one partial)
+                       {2, 3, 10, 40, 25, 3, 3, 1, 1, 1, 1},
+                       {3, 17, 6, 6, 20, 3, 3, 1, 1, 1, 1}};
     for (const C& c : cases) {
         ConvGeom g{};
         g.N = c.N; g.C = c.C; g.H = c.H; g.W = c.W; g.K = c.K; g.R = c.R; g.S = c.S;

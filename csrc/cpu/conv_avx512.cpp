@@ -1,0 +1,153 @@
+// AVX-512 micro-kernels of the direct convolution (contracts in conv_direct.h): forward and
+// backward-input tiles of 12 output channels x 32 output columns (24 zmm accumulators, the last
+// columns of a row stored with a mask), weight-gradient tiles of 12 taps x 32 (or 16, 8)
+// output channels. Per element they perform the AVX2 kernels' operations in the same order (one
+// FMA per tap or column, then bias and ReLU), so the two sets give the same bits. Compiled with -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma; conv_direct.cpp only
+// calls in here when the kernel set is "avx512".
+#include <cstdint>
+
+#include "cpu/conv_direct.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
+    defined(__AVX512DQ__) && defined(__FMA__)
+#include <immintrin.h>
+#define CNNKIT_CONV_HAVE_AVX512 1
+#endif
+
+namespace cnnkit {
+namespace cpu {
+namespace conv_avx512 {
+
+bool compiled() {
+#ifdef CNNKIT_CONV_HAVE_AVX512
+    return true;
+#else
+    return false;
+#endif
+}
+
+#ifdef CNNKIT_CONV_HAVE_AVX512
+
+namespace {
+
+// M (<= 12) output channels x 32 columns; channel i < 6 reads panel a[k*6 + i], channel i >= 6
+// the next panel, 6*kc floats on. B row k is the 32 floats at x + off[k].
+template <int M>
+void fwd_tile(int cols, int64_t kc, const float* a, const float* x, const int32_t* off,
+              float* c, int64_t ldc, const float* bias, bool relu) {
+    const float* a1 = a + 6 * kc;
+    __m512 acc[2 * M];
+#pragma GCC unroll 24
+    for (int i = 0; i < 2 * M; ++i) acc[i] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < kc; ++k) {
+        const float* b = x + off[k];
+        const __m512 b0 = _mm512_loadu_ps(b);
+        const __m512 b1 = _mm512_loadu_ps(b + 16);
+#pragma GCC unroll 12
+        for (int i = 0; i < M; ++i) {
+            const __m512 av = _mm512_set1_ps(i < 6 ? a[i] : a1[i - 6]);
+            acc[2 * i] = _mm512_fmadd_ps(av, b0, acc[2 * i]);
+            acc[2 * i + 1] = _mm512_fmadd_ps(av, b1, acc[2 * i + 1]);
+        }
+        a += 6;
+        a1 += 6;
+    }
+    const __mmask16 m0 = cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1);
+    const __mmask16 m1 = cols >= 32   ? __mmask16(0xFFFF)
+                         : cols <= 16 ? __mmask16(0)
+                                      : __mmask16((1u << (cols - 16)) - 1);
+    const __m512 zero = _mm512_setzero_ps();
+#pragma GCC unroll 12
+    for (int i = 0; i < M; ++i) {
+        __m512 r0 = acc[2 * i], r1 = acc[2 * i + 1];
+        if (bias) {
+            const __m512 bv = _mm512_set1_ps(bias[i]);
+            r0 = _mm512_add_ps(r0, bv);
+            r1 = _mm512_add_ps(r1, bv);
+        }
+        if (relu) {  // v > 0 ? v : +0 (NaN and -0 to +0), as AVX2's max(v, 0) and the portable
+            r0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(r0, zero, _CMP_GT_OQ), r0);
+            r1 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(r1, zero, _CMP_GT_OQ), r1);
+        }
+        _mm512_mask_storeu_ps(c + i * ldc, m0, r0);
+        _mm512_mask_storeu_ps(c + i * ldc + 16, m1, r1);
+    }
+}
+
+template <int M>
+inline void dispatch(int rows, int cols, int64_t kc, const float* a, const float* x,
+                     const int32_t* off, float* c, int64_t ldc, const float* bias, bool relu) {
+    if constexpr (M == 1) {
+        fwd_tile<1>(cols, kc, a, x, off, c, ldc, bias, relu);
+    } else {
+        if (rows >= M) return fwd_tile<M>(cols, kc, a, x, off, c, ldc, bias, relu);
+        dispatch<M - 1>(rows, cols, kc, a, x, off, c, ldc, bias, relu);
+    }
+}
+
+// 12 taps (rows of dw^T) x 16*NV output channels, the B columns past `cols` neither read nor
+// stored (mask); the A element of row i at depth j is x[off[i] + j]. Per element the AVX2
+// kernel's FMAs in the same order (accumulating onto c).
+template <int NV>
+void wgt_tile(int cols, int64_t kc, const float* x, const int32_t* off, const float* b,
+              int64_t ldb, float* c, int64_t ldc) {
+    const float* xi[12];
+    __mmask16 mk[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) {
+        const int r = cols - 16 * v;
+        mk[v] = r >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << r) - 1);
+    }
+    __m512 acc[12 * NV];
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; ++i) {
+        xi[i] = x + off[i];
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v)
+            acc[i * NV + v] = _mm512_maskz_loadu_ps(mk[v], c + i * ldc + 16 * v);
+    }
+    for (int64_t j = 0; j < kc; ++j) {
+        __m512 bv[NV];
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v) bv[v] = _mm512_maskz_loadu_ps(mk[v], b + 16 * v);
+#pragma GCC unroll 12
+        for (int i = 0; i < 12; ++i) {
+            const __m512 av = _mm512_set1_ps(xi[i][j]);
+#pragma GCC unroll 2
+            for (int v = 0; v < NV; ++v)
+                acc[i * NV + v] = _mm512_fmadd_ps(av, bv[v], acc[i * NV + v]);
+        }
+        b += ldb;
+    }
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; ++i)
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v)
+            _mm512_mask_storeu_ps(c + i * ldc + 16 * v, mk[v], acc[i * NV + v]);
+}
+
+}  // namespace
+
+void wgt_12x32(int cols, int64_t kc, const float* x, const int32_t* off, const float* b,
+               int64_t ldb, float* c, int64_t ldc) {
+    if (cols > 16) return wgt_tile<2>(cols, kc, x, off, b, ldb, c, ldc);
+    wgt_tile<1>(cols, kc, x, off, b, ldb, c, ldc);
+}
+
+void fwd_12x32(int rows, int cols, int64_t kc, const float* a, const float* x,
+               const int32_t* off, float* c, int64_t ldc, const float* bias, bool relu) {
+    dispatch<12>(rows, cols, kc, a, x, off, c, ldc, bias, relu);
+}
+
+#else  // never called (compiled() is false), but must link
+
+void fwd_12x32(int, int, int64_t, const float*, const float*, const int32_t*, float*, int64_t,
+               const float*, bool) {}
+void wgt_12x32(int, int64_t, const float*, const int32_t*, const float*, int64_t, float*,
+               int64_t) {}
+
+#endif
+
+}  // namespace conv_avx512
+}  // namespace cpu
+}  // namespace cnnkit
