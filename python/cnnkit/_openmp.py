@@ -22,9 +22,13 @@ import os
 
 __all__ = ["SPINCOUNT", "wait_policy"]
 
-# Spin iterations before an idle worker sleeps (each a pause instruction: tens of microseconds
-# in all), long enough to bridge the gaps between the parallel regions of one step.
-SPINCOUNT = "10000"
+# Spin iterations before an idle worker sleeps (about 0.1 ms here, against libgomp's 300,000:
+# about 10 ms): enough to bridge the gaps between the parallel regions of one step (as fast as
+# the default), short enough not to hold a core against OpenBLAS's threads (numpy's matmuls
+# between cnnkit steps ran 3x faster). 10,000 and 30,000 were worse: the worker spun on while
+# preempted by OpenBLAS's yielding threads (cnnkit's steps 3x slower). See
+# docs/performance.md.
+SPINCOUNT = "3000"
 
 _USER_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 _policy = "not set up"
