@@ -46,7 +46,7 @@ void bind_distributed(py::module_& m) {
         py::arg("net"), py::arg("fn"), py::arg("scale") = 1.f,
         "Set (or, with None, clear) the gradient all-reduce train_step calls: fn(grads) must "
         "sum the flat float32 gradient buffer of every process in place; the result is then "
-        "multiplied by scale.");
+        "multiplied by scale. fn runs while the Net is locked: it must not call the Net.");
     m.def("has_grad_reducer", [](nn::Net& net) { return net.has_grad_reducer(); },
           py::arg("net"));
 }
