@@ -125,7 +125,8 @@ def check_runs(net: Any, specs: list[dict[str, Any]], input_shape: Any) -> None:
             raise ArchitectureError(f"the architecture cannot run on its recorded input shape "
                                     f"{tuple(input_shape)}: {why}")
         return
-    first = next((s for s in specs if s["type"] in ("Linear", "Conv2d", "ConvTranspose2d", "BatchNorm2d")), None)
+    first = next((s for s in specs
+                  if s["type"] in ("Linear", "Conv2d", "ConvTranspose2d", "BatchNorm2d")), None)
     if first is None:
         candidates = [(1, n, n) for n in _CANDIDATE_SIZES]
     elif first["type"] == "Linear":
