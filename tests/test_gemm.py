@@ -22,9 +22,9 @@ from cnnkit._core import _testing
 
 # Blocking of csrc/cpu/gemm.cpp (micro-tile MR x NR, cache blocks MC, KC, NC): shapes below
 # straddle each boundary. K up to KC_SINGLE is one depth block, longer K blocks of at most KC.
-# The AVX-512 kernel's tile is MR512 x NR512 (its A blocks are 140 rows).
+# The AVX-512 kernel's tile is MR512 x NR512, its A blocks 84 rows, its depth blocks 512.
 MR, NR, MC, KC, NC = 6, 16, 144, 256, 4080
-MR512, NR512 = 14, 32
+MR512, NR512, MC512, KC512 = 14, 32, 84, 512
 KC_SINGLE = 384
 
 TRANS = [(False, False), (True, False), (False, True), (True, True)]
@@ -104,6 +104,9 @@ SHAPES = [
     (2 * MR512 + 3, 3 * NR512 + 17, KC + 3),
     (141, 1, 9),
     (10 * MR512 + 1, 2 * NR512 + 31, 50),
+    (MC512 + 1, NR512 + 2, KC512),
+    (2 * MC512 + 5, 2 * NR512 - 3, KC512 + 1),
+    (MR512 + 2, 3 * NR512, 2 * KC512 + 7),
 ]
 
 

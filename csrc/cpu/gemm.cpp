@@ -88,14 +88,28 @@ using UKernel = void (*)(int m, int n, int64_t kc, const float* a, const float* 
 using PackFn = void (*)(bool trans, const float* X, int64_t ldx, int64_t r0, int64_t rows,
                         int64_t k0, int64_t kc, float* out);
 
-// One kernel set's GEMM: micro-tile shape, kernel and packing, and its A-block height cap.
+// One kernel set's GEMM: micro-tile shape, kernel and packing, and its cache blocking.
 struct KernelDesc {
     int mr, nr;
     UKernel uk;
     PackFn pack_a, pack_b;
     bool masked_edge;  // the kernel stores partial tiles itself (masked stores)
-    int64_t mc_max;
+    int64_t mc_max;     // A block height
+    int64_t kc_max;     // depth block for long K
+    int64_t kc_single;  // K up to this is one depth block
 };
+
+// AVX-512 blocking, for Zen 4/5's 48 KB L1 and 1-2 MB L2: the depth block is 512 (an A
+// micro-panel of 14 x 512 floats is 28 KB), so C is read and written half as often as with
+// 256, and the A block is 84 rows (6 micro-panels). Against OpenBLAS's AVX-512 kernels in
+// alternating runs, 1 thread: 1024^3 nt 0.88-0.89 -> 1.01, 2048^3 0.90 -> 1.01 (256/144 ->
+// 512/84; 384/84 and 256/84 in between, docs/performance.md).
+#ifndef CNNKIT_GEMM512_KC
+#define CNNKIT_GEMM512_KC 512
+#endif
+#ifndef CNNKIT_GEMM512_MC
+#define CNNKIT_GEMM512_MC 84
+#endif
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
@@ -380,16 +394,22 @@ void run_thread(const Problem& p, const Plan& plan, int tid, float* bbuf, float*
 KernelDesc kernel_desc(KernelSet s) {
     switch (s) {
         case KernelSet::AVX512:
-            return {gemm_avx512::mr(),  gemm_avx512::nr(),     gemm_avx512::ukernel_rows,
-                    gemm_avx512::pack_a, gemm_avx512::pack_b, true,
-                    // about kMCMax rows, a whole number of micro-panels
-                    kMCMax / gemm_avx512::mr() * gemm_avx512::mr()};
+            return {gemm_avx512::mr(),
+                    gemm_avx512::nr(),
+                    gemm_avx512::ukernel_rows,
+                    gemm_avx512::pack_a,
+                    gemm_avx512::pack_b,
+                    true,
+                    // about CNNKIT_GEMM512_MC rows, a whole number of micro-panels
+                    std::max(1, CNNKIT_GEMM512_MC / gemm_avx512::mr()) * gemm_avx512::mr(),
+                    CNNKIT_GEMM512_KC,
+                    CNNKIT_GEMM512_KC};
         case KernelSet::AVX2:
             return {kMR, kNR, gemm_avx2::ukernel_rows, gemm_avx2::pack_a, gemm_avx2::pack_b, false,
-                    kMCMax};
+                    kMCMax, kKCMax, kKCSingleMax};
         case KernelSet::Generic: break;
     }
-    return {kMR, kNR, ukernel_generic, pack_a, pack_b, false, kMCMax};
+    return {kMR, kNR, ukernel_generic, pack_a, pack_b, false, kMCMax, kKCMax, kKCSingleMax};
 }
 
 // C = beta * C (beta == 0: zero fill without reading C), then + bias per column.
@@ -450,7 +470,7 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
     }
     Problem p{trans_a, trans_b, M, N, K, alpha, beta, A, lda, B, ldb, C, ldc, bias, 0,
               kernel_desc(kernel_set())};
-    const int64_t kblocks = K <= kKCSingleMax ? 1 : ceil_div(K, kKCMax);
+    const int64_t kblocks = K <= p.kd.kc_single ? 1 : ceil_div(K, p.kd.kc_max);
     p.kc = round_up(ceil_div(K, kblocks), 4);
 
     // Thread count: never more than the work (or the micro-tiles) can keep busy.
