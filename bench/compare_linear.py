@@ -1,9 +1,11 @@
 """A Linear layer's forward called from Python vs numpy's x @ w.T (OpenBLAS), at 1 and 2 threads.
 
 Each thread count runs in a fresh subprocess (thread pools fixed before numpy is imported);
-inside it cnnkit's `layer.forward(x)` (every kernel set asked for, in turn), numpy's `x @ w.T`
-and `x @ w.T + b` alternate in batches, and the medians of the per-round ratios are reported
-(ratio > 1: cnnkit is faster). Usage:
+inside it cnnkit's `layer.forward(x)` (every kernel set asked for, in turn), the bare GEMM with
+its fused bias (into a new and into a reused output array: the per-call overhead), numpy's
+`x @ w.T` and `x @ w.T + b` alternate in batches, and the medians of the per-round ratios are
+reported (ratio > 1: faster than numpy's matmul). OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are
+removed from the workers' environment (OpenBLAS picks its own kernels). Usage:
     python bench/compare_linear.py [--threads 1 2] [--shape 1024 1024 1024] [--repeats 7]
                                    [--kernels auto avx2] [--json out.json]
 --shape is batch, in_features, out_features.
@@ -79,7 +81,21 @@ def worker(threads: int, shape: list, kernels: list, repeats: int, min_seconds: 
 
         return run
 
+    from cnnkit._core import _testing
+
+    c = np.empty((n, o), np.float32)
+
+    def gemm_fresh():  # the GEMM + bias alone, a new output array per call
+        _testing.sgemm(x, w, trans_b=True, bias=b)
+
+    def gemm_reused():  # ... into one output array
+        _testing.sgemm(x, w, trans_b=True, bias=b, c=c)
+
     fns = {f"cnnkit[{resolved[k]}]": (k, ours(k)) for k in sets}
+    # what a call from Python costs beyond the GEMM (first kernel set): the layer's forward
+    # also copies x into its arena and y out of it
+    fns[f"sgemm+bias[{resolved[sets[0]]}], new output"] = (sets[0], gemm_fresh)
+    fns[f"sgemm+bias[{resolved[sets[0]]}], reused output"] = (sets[0], gemm_reused)
     fns["numpy x@w.T"] = (None, numpy_mm)
     fns["numpy x@w.T+b"] = (None, numpy_mm_bias)
     for k, fn in fns.values():  # warm up
