@@ -549,15 +549,18 @@ def load_weights(model: Any, path: str | os.PathLike) -> None:
     model.load_state_dict(_check_same_architecture(ck, model))
 
 
-def load(path: str | os.PathLike, device: str | None = None) -> Any:
-    """A Sequential/Model for a model file (on `device`, the CPU by default); a Trainer (on
-    `device`, "auto" by default: CUDA when available) for a trainer checkpoint, ready to
-    ``fit`` on from where it stopped."""
+_UNSET: Any = object()  # load's device when not given
+
+
+def load(path: str | os.PathLike, device: str = _UNSET) -> Any:
+    """A Sequential/Model for a model file (on `device`, the CPU when not given); a Trainer
+    (on `device`, "auto" when not given: CUDA when available) for a trainer checkpoint,
+    ready to ``fit`` on from where it stopped."""
     from .trainer import Trainer
 
     ck = read(path)
     model = _build(ck)
     if ck.kind == "model":
-        return model.to(device) if device is not None else model
+        return model if device is _UNSET else model.to(device)
     st = _trainer_state(ck, model.state_dict())
-    return Trainer.from_state_dict(model, st, device=device or "auto")
+    return Trainer.from_state_dict(model, st, device="auto" if device is _UNSET else device)
