@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +41,7 @@ __all__ = [
     "LambdaCallback",
     "LearningRateScheduler",
     "SchedulerCallback",
+    "TensorBoard",
 ]
 
 Logs = dict[str, Any]
@@ -611,3 +613,271 @@ class SchedulerCallback(Callback):
                 s.step(self._metric(logs))
             else:
                 s.step()
+
+
+# ---------------------------------------------------------------------------------------------
+# TensorBoard
+# ---------------------------------------------------------------------------------------------
+
+_TENSORBOARD_HINT = ('cnnkit.callbacks.TensorBoard needs the tensorboard package; install it '
+                     'with: pip install "cnnkit[tensorboard]"')
+
+
+def _tensorboard() -> Any:
+    """tensorboard's event-file writer and protocol buffers (imported lazily), as a namespace;
+    ImportError with the install hint without the package."""
+    try:
+        from tensorboard.compat.proto import event_pb2, histogram_pb2, summary_pb2
+        from tensorboard.plugins.text.summary_v2 import text_pb
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    except ImportError as e:
+        raise ImportError(_TENSORBOARD_HINT) from e
+
+    class TB:
+        pass
+
+    tb = TB()
+    tb.event_pb2, tb.histogram_pb2, tb.summary_pb2 = event_pb2, histogram_pb2, summary_pb2
+    tb.text_pb, tb.EventFileWriter = text_pb, EventFileWriter
+    return tb
+
+
+def _model_copy(model: Any) -> Any:
+    """A fresh graph Model with the layers, inputs, names, weights and buffers of `model`
+    (a Sequential or Model), so gradients can be taken without touching it."""
+    from . import layers as _layers
+    from .model import Model
+
+    copies = [_layers.from_config(type(n).__name__, n.get_config()) for n in model._nodes]
+    m = Model.from_nodes(copies, model._inputs, model._names)
+    m.load_state_dict(model.state_dict())
+    return m
+
+
+class TensorBoard(Callback):
+    """Write TensorBoard event files under `log_dir` (view them with
+    ``tensorboard --logdir LOG_DIR``); needs ``pip install "cnnkit[tensorboard]"``.
+
+    What is written (tags; epochs count from 0, as in the History):
+
+    * ``epoch/<key>``: every number of the epoch logs (loss, accuracy, val_loss, val_accuracy,
+      lr, time, images_per_sec), at step = epoch;
+    * ``batch/loss``, ``batch/accuracy``, ``batch/lr``, ``batch/images_per_sec``: every
+      `update_freq` training steps, at step = updates done in the run (epoch * batches per
+      epoch + batch + 1). loss and accuracy are those of that batch; images_per_sec is measured
+      over the steps since the previous point. ``update_freq="epoch"`` writes none: fit then
+      runs many batches per native call, else one a call (the hook is cheap, but a GPU run
+      syncs every step);
+    * ``parameters/<name>`` (every parameter and buffer) and ``gradients/<name>`` (every
+      parameter), histograms every `histogram_freq` epochs (0: none). The step zeroes the
+      gradients, so they are taken afresh, in training mode on a copy of the model (the
+      model itself, its BatchNorm statistics and its Dropout stream are untouched), on up to
+      64 samples of `sample_data`; without sample data only the parameters are written;
+    * with `images`: ``filters/<layer>``, the first Conv2d's kernels as a grid (each scaled
+      to its own range), and ``predictions/samples``, up to `max_images` samples of
+      `sample_data` framed green (right) or red (wrong), with ``predictions/labels`` (text:
+      true, predicted, confidence), every epoch;
+    * ``model/summary`` (text): the model's summary, once at the start.
+
+    `sample_data`: (x, y) arrays, e.g. a few validation samples. In data-parallel training
+    only rank 0 writes.
+    """
+
+    main_process_only = True  # writes files
+
+    def __init__(self, log_dir: str | os.PathLike = "logs", histogram_freq: int = 1,
+                 images: bool = True, update_freq: int | str = 100,
+                 sample_data: tuple[Any, Any] | None = None, max_images: int = 16) -> None:
+        super().__init__()
+        w = "TensorBoard"
+        self.log_dir = os.fspath(log_dir)
+        if not self.log_dir:
+            raise ValueError(f"{w}: log_dir is empty")
+        self.histogram_freq = positive_int(histogram_freq, "histogram_freq", w, allow_zero=True)
+        self.images = bool(images)
+        if update_freq != "epoch":
+            update_freq = positive_int(update_freq, "update_freq", w)
+        self.update_freq = update_freq
+        self.max_images = positive_int(max_images, "max_images", w)
+        if sample_data is not None and (not isinstance(sample_data, (tuple, list))
+                                        or len(sample_data) != 2):
+            raise ValueError(f"{w}: sample_data must be (x, y), got {type(sample_data).__name__}")
+        self.sample_data = sample_data
+        _tensorboard()  # fail now, with the install hint, rather than when training starts
+        self.writer: Any = None
+        self._epoch = 0
+        self._steps_done = 0
+        self._t_last = 0.0
+        self._seen_since = 0
+
+    # -- writing ------------------------------------------------------------------------------
+    def _emit(self, step: int, values: list[Any]) -> None:
+        tb = self._tb
+        self.writer.add_event(tb.event_pb2.Event(
+            wall_time=time.time(), step=int(step), summary=tb.summary_pb2.Summary(value=values)))
+
+    def _scalar(self, tag: str, v: float) -> Any:
+        return self._tb.summary_pb2.Summary.Value(tag=tag, simple_value=float(v))
+
+    def _histogram(self, tag: str, a: np.ndarray) -> Any:
+        a = np.asarray(a, dtype=np.float64).ravel()
+        a = a[np.isfinite(a)]
+        h = self._tb.histogram_pb2.HistogramProto()
+        if a.size:
+            lo, hi = float(a.min()), float(a.max())
+            counts, edges = np.histogram(a, bins=30 if hi > lo else 1,
+                                         range=(lo, hi) if hi > lo else (lo - 0.5, lo + 0.5))
+            h.min, h.max, h.num = lo, hi, float(a.size)
+            h.sum, h.sum_squares = float(a.sum()), float(np.dot(a, a))
+            h.bucket_limit.extend(edges[1:].tolist())
+            h.bucket.extend(counts.astype(np.float64).tolist())
+        return self._tb.summary_pb2.Summary.Value(tag=tag, histo=h)
+
+    def _image(self, tag: str, img: np.ndarray) -> Any:
+        from . import _png
+
+        sp = self._tb.summary_pb2
+        return sp.Summary.Value(tag=tag, image=sp.Summary.Image(
+            height=img.shape[0], width=img.shape[1], colorspace=1 if img.ndim == 2 else 3,
+            encoded_image_string=_png.encode_png(img)))
+
+    def _text(self, step: int, tag: str, text: str) -> None:
+        self.writer.add_event(self._tb.event_pb2.Event(
+            wall_time=time.time(), step=int(step), summary=self._tb.text_pb(tag, text)))
+
+    # -- hooks --------------------------------------------------------------------------------
+    def uses_batch_hooks(self) -> bool:
+        return self.update_freq != "epoch"
+
+    def on_train_begin(self, logs: Logs | None = None) -> None:
+        self._tb = _tensorboard()
+        os.makedirs(self.log_dir, exist_ok=True)
+        self.writer = self._tb.EventFileWriter(self.log_dir, flush_secs=10)
+        self._samples = self._prepare_samples()
+        shape = self._samples[0].shape[1:] if self._samples is not None else None
+        try:
+            text = self.model.summary(input_shape=shape, print_fn=None)
+        except ValueError:  # an input shape the model cannot take: the table without shapes
+            text = self.model.summary(print_fn=None)
+        # four spaces: a preformatted block in TensorBoard's markdown
+        self._text(0, "model/summary", "\n".join("    " + ln for ln in text.splitlines()))
+        self.writer.flush()
+
+    def _prepare_samples(self) -> tuple[np.ndarray, np.ndarray] | None:
+        if self.sample_data is None:
+            return None
+        from .data import as_input
+
+        x, y = self.sample_data
+        xs = as_input(x, "TensorBoard(sample_data)", model=self.model)
+        ys = np.asarray(y)
+        if len(ys) != len(xs):
+            raise ValueError(f"TensorBoard: sample_data has {len(xs)} inputs but {len(ys)} "
+                             "labels")
+        n = min(len(xs), 64)
+        return np.ascontiguousarray(xs[:n]), ys[:n]
+
+    def on_epoch_begin(self, epoch: int, logs: Logs | None = None) -> None:
+        self._epoch = epoch
+        self._t_last, self._seen_since = time.perf_counter(), 0
+
+    def on_train_batch_end(self, batch: int, logs: Logs | None = None) -> None:
+        if self.writer is None or self.update_freq == "epoch":
+            return
+        logs = logs or {}
+        self._seen_since += int(logs.get("size", 0))
+        progress = getattr(self.trainer, "_progress", None)  # batches per epoch
+        per_epoch = progress.batches if progress is not None else 0
+        step = self._epoch * per_epoch + batch + 1
+        if step % self.update_freq:
+            return
+        now = time.perf_counter()
+        values = [self._scalar(f"batch/{k}", logs[k]) for k in ("loss", "accuracy") if k in logs]
+        values.append(self._scalar("batch/lr", self.trainer.optimizer.lr))
+        if now > self._t_last:
+            values.append(self._scalar("batch/images_per_sec",
+                                       self._seen_since / (now - self._t_last)))
+        self._emit(step, values)
+        self._t_last, self._seen_since = now, 0
+
+    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
+        if self.writer is None:
+            return
+        values = [self._scalar(f"epoch/{k}", v) for k, v in (logs or {}).items()
+                  if isinstance(v, (int, float, np.integer, np.floating))
+                  and not isinstance(v, bool)]
+        self._emit(epoch, values)
+        if self.histogram_freq and (epoch + 1) % self.histogram_freq == 0:
+            self._emit(epoch, self._histograms())
+        if self.images:
+            self._write_images(epoch)
+        self.writer.flush()
+
+    def on_train_end(self, logs: Logs | None = None) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    # -- histograms and images ----------------------------------------------------------------
+    def _histograms(self) -> list[Any]:
+        values = [self._histogram(f"parameters/{k}", v) for k, v in self.model.state_dict().items()]
+        grads = self._gradients()
+        if grads is not None:
+            values += [self._histogram(f"gradients/{k}", v) for k, v in grads.items()]
+        return values
+
+    def _gradients(self) -> dict[str, np.ndarray] | None:
+        """Gradients of the loss on the sample data (training mode, a copy of the model)."""
+        if self._samples is None:
+            return None
+        from . import losses as _losses
+
+        x, y = self._samples
+        copy = _model_copy(self.model)
+        out = np.asarray(copy._net.forward(x, True))
+        loss = _losses.get(self.trainer.loss.name)
+        if loss.name == "cross_entropy":
+            loss.forward(out, np.asarray(y, dtype=np.int64).reshape(-1))
+        else:
+            loss.forward(out, np.asarray(y, dtype=np.float32).reshape(out.shape))
+        copy._net.backward(loss.backward(), False)
+        return dict(copy.grad_dict())
+
+    def _write_images(self, epoch: int) -> None:
+        from . import _png
+
+        values = []
+        conv = next((i for i, n in enumerate(self.model._nodes)
+                     if type(n).__name__ == "Conv2d"), None)
+        if conv is not None:
+            name = self.model._names[conv]
+            wt = np.asarray(self.model.state_dict()[f"{name}.weight"])  # (K, C, R, S)
+            tiles = []
+            for k in wt[: 64]:
+                t = k.transpose(1, 2, 0) if k.shape[0] == 3 else k.mean(axis=0)
+                scale = max(1, 48 // max(t.shape[:2]))
+                tiles.append(_png.upscale(_png.to_uint8(t), scale))
+            values.append(self._image(f"filters/{name}", _png.grid(tiles, gap=2)))
+        s = self._samples
+        if s is not None and s[0].ndim == 4 and s[0].shape[1] in (1, 3) \
+                and self.trainer.loss.name == "cross_entropy":
+            x, y = s[0][: self.max_images], np.asarray(s[1][: self.max_images]).reshape(-1)
+            probs = self.trainer.predict(x)
+            pred = probs.argmax(axis=1)
+            tiles, borders, rows = [], [], ["| # | true | predicted | confidence |",
+                                            "|---|---|---|---|"]
+            for i, img in enumerate(x):
+                t = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+                scale = max(1, 56 // max(t.shape[:2]))
+                tiles.append(_png.upscale(np.round(np.clip(t, 0, 1) * 255).astype(np.uint8)
+                                          if t.min() >= 0 and t.max() <= 1 else _png.to_uint8(t),
+                                          scale))
+                ok = int(pred[i]) == int(y[i])
+                borders.append((40, 160, 40) if ok else (210, 40, 40))
+                rows.append(f"| {i} | {int(y[i])} | {int(pred[i])} | "
+                            f"{100 * probs[i, pred[i]]:.1f}% |")
+            values.append(self._image("predictions/samples",
+                                      _png.grid(tiles, gap=2, borders=borders)))
+            self._text(epoch, "predictions/labels", "\n".join(rows))
+        if values:
+            self._emit(epoch, values)

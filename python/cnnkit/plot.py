@@ -7,6 +7,9 @@ then :func:`os.replace`) and returning its path:
 * :func:`conv_filters` - the kernels of a Conv2d layer as a grid of small images;
 * :func:`feature_maps` - the output of every Conv2d layer for one input.
 
+:func:`report` writes a whole run (curves, metrics, confusion matrix, misclassified images,
+filters, feature maps, settings, provenance) as one self-contained HTML file (cnnkit.report).
+
 matplotlib is an optional dependency (``pip install "cnnkit[plot]"``). It is imported only
 when a function is called, and figures are drawn with ``matplotlib.figure.Figure`` and the Agg
 canvas directly, so pyplot's global state (current figure, chosen backend) is left untouched.
@@ -30,7 +33,7 @@ import numpy as np
 from . import _files
 from ._checks import positive_int
 
-__all__ = ["training_curves", "conv_filters", "feature_maps"]
+__all__ = ["training_curves", "conv_filters", "feature_maps", "report"]
 
 _DPI = 100
 _INSTALL_HINT = 'cnnkit.plot needs matplotlib; install it with: pip install "cnnkit[plot]"'
@@ -587,3 +590,15 @@ def feature_maps(model: Any, x: Any, path: str | os.PathLike[str], max_channels:
                        f"\u00d7{a.shape[2]}{more}")
     fig.suptitle("Feature maps (each map scaled to its own range)", fontsize=12)
     return _save(fig, p)
+
+
+# -- run report -----------------------------------------------------------------------------
+def report(trainer: Any, x_test: Any, y_test: Any, path: str | os.PathLike[str],
+           **kwargs: Any) -> str:
+    """Write one self-contained HTML report of a trained classifier (training curves, final
+    metrics, confusion matrix, per-class precision/recall, the most confidently misclassified
+    test images, conv filters and feature maps, the model summary, settings and provenance);
+    returns `path`. Keyword arguments and details: :func:`cnnkit.report.report`."""
+    from .report import report as _report
+
+    return _report(trainer, x_test, y_test, path, **kwargs)
