@@ -1,10 +1,12 @@
-"""The ``cnnkit`` command line: train, evaluate, predict, export, info, bench.
+"""The ``cnnkit`` command line: train, evaluate, predict, export, report, info, bench.
 
 cnnkit train --epochs 2                   # LeNet-5 on MNIST, best device
+cnnkit train --epochs 2 --tensorboard logs   # also TensorBoard files: tensorboard --logdir logs
 cnnkit train --dataset fashion-mnist --model fashion_cnn --epochs 15
 cnnkit evaluate runs/mnist-lenet5/model.cnnkit --dataset mnist
 cnnkit predict runs/mnist-lenet5/model.cnnkit digit.png batch.npy
 cnnkit export runs/mnist-lenet5/model.cnnkit lenet5.onnx   # evaluate/predict/train read .onnx
+cnnkit report runs/mnist-lenet5           # rebuild the run's report.html
 cnnkit info
 cnnkit bench --threads 1 2
 
@@ -30,6 +32,8 @@ from ._checks import DEVICES, parse_device
 
 DATASETS = ("mnist", "fashion-mnist")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad")
+CLASS_NAMES = {"fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")}
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -237,6 +241,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer = ck.Trainer(model, loss="cross_entropy", optimizer=opt, metrics=["accuracy"],
                              device=device, seed=args.seed)  # fmt: skip
     cbs = [callbacks.ModelCheckpoint(ckpt), callbacks.CSVLogger(os.path.join(out, "history.csv"))]
+    if args.tensorboard:
+        samples = val if val is not None else (x_fit, y_fit)
+        try:
+            cbs.append(callbacks.TensorBoard(args.tensorboard,
+                                             sample_data=(samples[0][:64], samples[1][:64])))
+        except ImportError as e:
+            raise SystemExit(f"cnnkit: {e}") from None
     # The schedule is planned over --epochs. Resuming, a new schedule takes over the
     # checkpoint's position, so a finished run extended to more epochs continues on the new
     # plan (cosine over the new total) instead of at the old plan's final lr.
@@ -306,6 +317,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                   "included",
         "fit_seconds": train_time,
         "device": device, "threads": ck.get_num_threads(), "processes": world,
+        "settings": _settings(args, trainer),
+        "data_sha256": _data_checksums(args.dataset),
     }  # fmt: skip
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
@@ -319,10 +332,102 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"test accuracy: {100 * test['accuracy']:.2f}%  (loss {test['loss']:.4f})")
     print(f"time per epoch (training steps): {summary['seconds_per_epoch']:.1f} s, "
           f"{summary['images_per_sec']:.0f} images/s")  # fmt: skip
+    report_path = _write_report(trainer, x_test, y_test, out, summary)
     print(
         f"saved: {model_path}"
         + (f", {curves}" if curves else ' (no curves.png: pip install matplotlib)')
+        + (f", {report_path}" if report_path else "")
     )
+    return 0
+
+
+def _settings(args: argparse.Namespace, trainer) -> dict:
+    """The run's settings as summary.json records them (and the report lists them)."""
+    opt = trainer.optimizer
+    return {"model": args.model, "dataset": args.dataset, "epochs": args.epochs,
+            "batch_size": args.batch_size, "optimizer": args.optimizer,
+            "lr": opt.initial_lr if opt.initial_lr is not None else opt.lr,
+            "momentum": args.momentum, "weight_decay": args.weight_decay,
+            "schedule": args.schedule or "default", "val_size": args.val_size,
+            "seed": args.seed, "resumed_from": args.resume,
+            "command": shlex.join(["cnnkit", *getattr(args, "argv", [])])}
+
+
+def _data_checksums(dataset: str) -> dict:
+    """{file: SHA-256} of the dataset files the loader verified."""
+    from . import datasets
+
+    return dict(datasets.CHECKSUMS.get(dataset, {}))
+
+
+def _write_report(trainer, x_test, y_test, out: str, summary: dict) -> str | None:
+    """report.html in the run folder; a failure is a warning (the run itself succeeded)."""
+    from . import report
+
+    path = os.path.join(out, "report.html")
+    settings = {k.replace("_", " "): v for k, v in summary.get("settings", {}).items()}
+    try:
+        report.report(trainer, x_test, y_test, path, run_dir=out,
+                      class_names=CLASS_NAMES.get(summary["dataset"]),
+                      title=f"{summary['model']} on {summary['dataset']}", settings=settings,
+                      data_checksums=summary.get("data_sha256"))
+    except (OSError, ValueError, RuntimeError) as e:
+        if os.environ.get("CNNKIT_DEBUG"):
+            raise
+        print(f"cnnkit: warning: could not write {path}: {_one_line(e)}", file=sys.stderr)
+        return None
+    return path
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Rebuild RUN_DIR/report.html from the run folder's files and the dataset's test split."""
+    import cnnkit as ck
+
+    from . import report
+    from . import serialization as io
+
+    if args.threads:
+        ck.set_num_threads(args.threads)
+    run = args.run_dir
+    if not os.path.isdir(run):
+        raise ValueError(f"{run}: not a run folder (a directory written by cnnkit train)")
+    summary_path = os.path.join(run, "summary.json")
+    summary: dict = {}
+    if os.path.lexists(summary_path):
+        _check_regular_file(summary_path, "summary")
+        with open(summary_path) as f:
+            try:
+                summary = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{summary_path}: not valid JSON: {e}") from None
+        if not isinstance(summary, dict):
+            raise ValueError(f"{summary_path}: expected a JSON object")
+    dataset = args.dataset or summary.get("dataset")
+    if dataset not in DATASETS:
+        raise SystemExit(f"cnnkit: {run} does not say which dataset it was trained on; give "
+                         f"--dataset ({' or '.join(DATASETS)})")
+    device = _pick_device(args.device)
+    ckpt, model_file = os.path.join(run, "checkpoint.cnnkit"), os.path.join(run, "model.cnnkit")
+    if os.path.lexists(ckpt):
+        _check_regular_file(ckpt, "checkpoint")
+        trainer = io.load(ckpt, device=device)
+        if not isinstance(trainer, ck.Trainer):
+            raise ValueError(f"{ckpt}: a model file, not a training checkpoint")
+        if os.path.lexists(model_file):  # the final weights
+            trainer.model.load_state_dict(_load_model_file(model_file).state_dict())
+    elif os.path.lexists(model_file):
+        trainer = ck.Trainer(_load_model_file(model_file), loss="cross_entropy", device=device)
+    else:
+        raise ValueError(f"{run}: holds neither checkpoint.cnnkit nor model.cnnkit")
+    _, (x_test, y_test) = _load_dataset(dataset, args.data_dir)
+    path = args.out or os.path.join(run, "report.html")
+    settings = {k.replace("_", " "): v for k, v in summary.get("settings", {}).items()}
+    model_name = summary.get("model", os.path.basename(os.path.abspath(run)))
+    report.report(trainer, x_test, y_test, path, run_dir=run,
+                  class_names=CLASS_NAMES.get(dataset), title=f"{model_name} on {dataset}",
+                  settings=settings,
+                  data_checksums=summary.get("data_sha256") or _data_checksums(dataset))
+    print(f"saved: {path}")
     return 0
 
 
@@ -557,8 +662,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"cnnkit {__version__}",
                    help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="command",
-                           help="train, evaluate, predict, export, info or bench ('cnnkit "
-                                "COMMAND -h' for its options)")  # fmt: skip
+                           help="train, evaluate, predict, export, report, info or bench "
+                                "('cnnkit COMMAND -h' for its options)")  # fmt: skip
 
     t = sub.add_parser("train", help="train a model on MNIST or Fashion-MNIST")
     t.add_argument("--dataset", choices=DATASETS, default="mnist",
@@ -598,6 +703,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--batch-size is per process; rank 0 prints and writes the files")
     t.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                    help="0: quiet, 1: progress bar, 2: one line per epoch (default: 1)")
+    t.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="write TensorBoard event files to DIR (view with tensorboard --logdir "
+                        "DIR; needs pip install \"cnnkit[tensorboard]\")")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="test accuracy of a saved model")
@@ -639,6 +747,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ONNX opset, 11-21 (default: 17)")
     x.set_defaults(func=cmd_export)
 
+    r = sub.add_parser("report", help="rebuild a run folder's report.html (one HTML file)")
+    r.add_argument("run_dir", metavar="RUN_DIR",
+                   help="a folder written by cnnkit train (e.g. runs/mnist-lenet5)")
+    r.add_argument("--out", default=None, help="the HTML file to write (default: "
+                                               "RUN_DIR/report.html)")
+    r.add_argument("--dataset", choices=DATASETS, default=None,
+                   help="whose test set to use (default: the one summary.json names)")
+    r.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    r.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
+    r.add_argument("--threads", type=_positive_int, default=None, help=THREADS_HELP)
+    r.set_defaults(func=cmd_report)
+
     i = sub.add_parser("info", help="version, build flags, CPU features, CUDA devices")
     i.set_defaults(func=cmd_info)
 
@@ -672,6 +792,7 @@ def main(argv: list[str] | None = None) -> int:
     obtained, ...) prints one line ``cnnkit: error: ...`` and returns 1 (set CNNKIT_DEBUG=1 for
     the traceback); Ctrl-C returns 130."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as summary.json records it
     _model_argument(args)
     try:
         return int(args.func(args) or 0)
