@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "data/batch.h"
+#include "data/prefetch.h"
 #include "nn/net.h"
 
 namespace py = pybind11;
@@ -142,6 +143,34 @@ void bind_data(py::module_& m) {
             "applied). seen/correct/loss_sum are continued (loss_sum += loss * n per batch). "
             "Returns (done, seen, correct, loss_sum, last_loss, last_correct, last_n, "
             "diverged).")
+        // ---- transforms and prefetch (data/prefetch.h) ----
+        .def(
+            "set_transform",
+            [](PyBatchFeed& f, const data::Pipeline& pipe, uint64_t seed, int prefetch) {
+                py::gil_scoped_release nogil;
+                std::lock_guard<std::mutex> lock(f.mu);
+                f.feed->set_transform(pipe, seed, prefetch);
+            },
+            py::arg("pipeline"), py::arg("seed"), py::arg("prefetch"),
+            "Apply `pipeline` to every gathered sample (draws keyed by seed, the epoch of "
+            "set_epoch and the sample's index) and prepare `prefetch` batches ahead on a "
+            "background thread (0: none).")
+        .def(
+            "set_epoch",
+            [](PyBatchFeed& f, int64_t epoch) {
+                py::gil_scoped_release nogil;
+                std::lock_guard<std::mutex> lock(f.mu);
+                if (f.feed->producer()) f.feed->producer()->set_epoch(epoch);
+            },
+            py::arg("epoch"), "The epoch keying the transform's draws (drops prepared batches).")
+        .def(
+            "close",
+            [](PyBatchFeed& f) {
+                py::gil_scoped_release nogil;
+                std::lock_guard<std::mutex> lock(f.mu);
+                if (f.feed->producer()) f.feed->producer()->stop();
+            },
+            "Stop the prefetch thread (it starts again with the next batch asked for).")
         .def(
             "evaluate",
             [](PyBatchFeed& f, nn::Net& net) {

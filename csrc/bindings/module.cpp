@@ -28,6 +28,7 @@ using namespace cnnkit::bindings;
 void bind_data(py::module_& m);  // bindings/data.cpp
 void bind_testing(py::module_& m);  // bindings/testing.cpp: the cnnkit._core._testing submodule
 void bind_distributed(py::module_& m);  // bindings/distributed.cpp
+void bind_transforms(py::module_& m);  // bindings/transforms.cpp
 
 #ifndef CNNKIT_VERSION
 #define CNNKIT_VERSION "0.0.0"
@@ -640,4 +641,5 @@ PYBIND11_MODULE(_core, m) {
     // ---- test and benchmark hooks: cnnkit._core._testing (bindings/testing.cpp) ----
     bind_testing(m);
     bind_distributed(m);
+    bind_transforms(m);
 }

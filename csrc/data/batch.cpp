@@ -7,6 +7,7 @@
 #include <cstring>
 #include <mutex>
 
+#include "data/prefetch.h"
 #include "nn/net.h"
 
 namespace cnnkit {
@@ -55,6 +56,14 @@ BatchFeed::BatchFeed(const Source& src, int64_t batch_size, bool drop_last)
     ids_.resize(static_cast<size_t>(cap));
 }
 
+BatchFeed::~BatchFeed() = default;
+
+void BatchFeed::set_transform(Pipeline pipe, uint64_t seed, int depth) {
+    prod_.reset();
+    prod_ = std::make_unique<Producer>(src_, bs_, drop_last_, std::move(pipe), seed, depth);
+    prod_->set_order(order_);
+}
+
 void BatchFeed::set_order(std::vector<int64_t> order) {
     if (!order.empty()) {
         CNN_CHECK_ARG(static_cast<int64_t>(order.size()) <= src_.n, "BatchFeed: the order has ",
@@ -68,11 +77,13 @@ void BatchFeed::set_order(std::vector<int64_t> order) {
     }
     count_ = order.empty() ? src_.n : static_cast<int64_t>(order.size());
     order_ = std::move(order);
+    if (prod_) prod_->set_order(order_);
 }
 
 int64_t BatchFeed::gather(int64_t b) {
     CNN_CHECK_ARG(b >= 0 && b < num_batches(), "BatchFeed: batch ", b, " out of range (",
                   num_batches(), " batches)");
+    if (prod_) return prod_->take(b, xv_, labels_.data(), tv_);
     const int64_t start = b * bs_;
     const int64_t B = std::min(bs_, count_ - start);
     int64_t* ids = ids_.data();

@@ -4,9 +4,11 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "core/tensor.h"
+#include "data/transforms.h"
 
 namespace cnnkit {
 namespace nn {
@@ -14,6 +16,8 @@ class Net;
 }
 
 namespace data {
+
+class Producer;  // data/prefetch.h
 
 // The scale of uint8 images, as cnnkit.data.as_input applies it: float(u) * float32(1/255).
 constexpr float kU8Scale = static_cast<float>(1.0 / 255.0);
@@ -58,6 +62,7 @@ struct RunResult {
 class BatchFeed {
   public:
     BatchFeed(const Source& src, int64_t batch_size, bool drop_last);
+    ~BatchFeed();
     // The visiting order: distinct indices in [0, n) (checked) -- a permutation of all of
     // them, or a subset (one process's shard in data-parallel training) -- or empty for
     // 0, 1, ..., n-1. The epoch has as many samples as the order has entries.
@@ -71,6 +76,11 @@ class BatchFeed {
     const Tensor& x() const { return xv_; }
     const int64_t* labels() const { return src_.labels ? labels_.data() : nullptr; }
     const Tensor* targets() const { return src_.targets ? &tv_ : nullptr; }
+    // Transforms and prefetch (data/prefetch.h): gather(b) then returns batch b with `pipe`
+    // applied to each sample (draws keyed by seed, the producer's epoch and the sample's index),
+    // `depth` batches prepared ahead on a thread; the order follows set_order.
+    void set_transform(Pipeline pipe, uint64_t seed, int depth);
+    Producer* producer() const { return prod_.get(); }
 
   private:
     Source src_;
@@ -80,6 +90,7 @@ class BatchFeed {
     int64_t count_ = 0;  // samples per epoch: order_.size(), or n when order_ is empty
     Tensor xbuf_, tbuf_, xv_, tv_;
     std::vector<int64_t> labels_;
+    std::unique_ptr<Producer> prod_;
 };
 
 // Train steps on batches first, first+1, ... (at most `count`, stopping after the batch that

@@ -24,6 +24,7 @@ from . import (
     models,
     optim,
     serialization,
+    transforms,
 )
 from ._seeding import manual_seed
 from .graph import GraphTensor, Input, Residual
@@ -136,6 +137,7 @@ __all__ = [
     "__version__", "cuda_available", "built_with_cuda", "set_num_threads", "get_num_threads",
     "set_cpu_kernels", "get_cpu_kernels", "available_cpu_kernels",
     "manual_seed", "layers", "losses", "models", "optim", "callbacks", "data", "datasets", "io",
+    "transforms",
     "onnx", "distributed", "Sequential", "Trainer", "History", "save", "load", "load_model",
     "Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Linear",
     "Flatten", "Dropout", "BatchNorm2d", "ELU", "SiLU", "GELU", "ReLU6", "Hardswish", "Identity",

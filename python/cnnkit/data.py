@@ -21,6 +21,7 @@ import numpy as np
 
 from ._checks import positive_int, to_numpy
 from ._seeding import derive_seed
+from .transforms import _BatchKeys, augment_seed, native_pipeline
 
 __all__ = ["DataLoader", "as_input", "as_images", "as_labels", "as_targets", "check_labels"]
 
@@ -208,6 +209,11 @@ def as_targets(y: Any, where: str = "y", shape: tuple[int, ...] | None = None) -
 # ---------------------------------------------------------------------------------------------
 
 
+def _native_transform(t: Any) -> bool:
+    """A cnnkit transform that runs natively (not a Compose with Python members)."""
+    return native_pipeline(t) is not None
+
+
 def _is_dataset(x: Any) -> bool:
     """A sequence of samples (not an array): has __len__/__getitem__, no shape."""
     return (
@@ -230,7 +236,13 @@ class DataLoader:
         shuffle: visit the samples in a new order each epoch.
         seed: the order of epoch ``e`` is a pure function of (seed, e).
         drop_last: skip the final incomplete batch.
-        transform: ``fn(xb, yb) -> (xb, yb)`` applied to every batch (augmentation).
+        transform: ``fn(xb, yb) -> (xb, yb)`` applied to every batch (augmentation), or a
+            :mod:`cnnkit.transforms` transform / Compose: run natively on the whole batch,
+            each sample's draws keyed by (seed, epoch, sample index), and inside
+            ``Trainer.fit``'s native loop.
+        prefetch: batches ``Trainer.fit`` prepares ahead on a background native thread
+            (gather, uint8 conversion, transform) while the current step runs; 0: none. The
+            results do not depend on it.
 
     Iterating yields ``(xb, yb)`` with ``yb`` None when there are no labels. Each iteration
     uses :attr:`epoch` and then advances it; :meth:`set_epoch` picks the epoch explicitly
@@ -246,10 +258,15 @@ class DataLoader:
         seed: int = 0,
         drop_last: bool = False,
         transform: Transform | None = None,
+        prefetch: int = 0,
     ) -> None:
         where = "DataLoader"
         batch_size = positive_int(batch_size, "batch_size", where)
         seed = positive_int(seed, "seed", where, allow_zero=True)
+        prefetch = positive_int(prefetch, "prefetch", where, allow_zero=True)
+        if prefetch > 64:
+            raise ValueError(f"{where}: prefetch must be in [0, 64], got {prefetch}")
+        self.prefetch = int(prefetch)
         if transform is not None and not callable(transform):
             raise ValueError(f"{where}: transform must be callable, got {transform!r}")
         self.batch_size = int(batch_size)
@@ -342,13 +359,14 @@ class DataLoader:
         return np.ascontiguousarray(full[self.shard_index::self.num_shards])
 
     def __iter__(self) -> Iterator[Batch]:
-        idx = self.order(self.epoch)
+        epoch = self.epoch
+        idx = self.order(epoch)
         self.epoch += 1
         stop = len(self) * self.batch_size if self.drop_last else self.num_samples
         for start in range(0, stop, self.batch_size):
-            yield self._batch(idx[start : start + self.batch_size])
+            yield self._batch(idx[start : start + self.batch_size], epoch)
 
-    def _batch(self, ids: np.ndarray) -> Batch:
+    def _batch(self, ids: np.ndarray, epoch: int = 0) -> Batch:
         if self.dataset is not None:
             xb, yb = self._collate(ids)
         else:
@@ -362,9 +380,14 @@ class DataLoader:
                 if self.transform is not None:
                     xb = xb.copy() if xb.dtype != np.uint8 else xb  # uint8: scaled to a copy
                     yb = yb.copy() if yb is not None else None
+            if self.transform is not None and _native_transform(self.transform):
+                # uint8 stays uint8: the native transform scales it as _to_float does
+                xb = self.transform.apply(xb, ids, augment_seed(self.seed), epoch)
+                return xb, yb
             xb = _to_float(xb)
         if self.transform is not None:
-            out = self.transform(xb, yb)
+            with _BatchKeys(augment_seed(self.seed), epoch, ids):  # a wrapped native transform
+                out = self.transform(xb, yb)
             if not isinstance(out, tuple) or len(out) != 2:
                 raise ValueError("DataLoader: transform must return a pair (xb, yb)")
             xb, yb = out

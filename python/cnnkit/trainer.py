@@ -34,6 +34,7 @@ from . import distributed as _dist
 from . import losses as _losses
 from . import optim as _optim
 from . import serialization as _io
+from . import transforms as _transforms
 from ._checks import parse_device, positive_int, to_numpy
 from ._seeding import derive_seed
 from .data import (
@@ -350,25 +351,38 @@ class Trainer:
         epochs), or None when the batches come from Python: a dataset, a transform, a
         DataLoader subclass, no labels, or data that fails the whole-array checks (the Python
         path then raises at the batch where it always did)."""
-        if (type(loader) is not DataLoader or loader.x is None or loader.y is None
-                or loader.transform is not None or loader.x.dtype not in (np.uint8, np.float32)):
+        pipe = _transforms.native_pipeline(loader.transform)  # a native transform: applied
+        if (type(loader) is not DataLoader or loader.x is None or loader.y is None  # in the feed
+                or (loader.transform is not None and pipe is None)
+                or loader.x.dtype not in (np.uint8, np.float32)):
             return None
         x, y = loader.x, loader.y
         key = (id(x), id(y), loader.batch_size, loader.drop_last, id(self.model),
-               self.loss.name)
+               self.loss.name, id(loader.transform), loader.prefetch)
         cached = getattr(loader, "_native_feed", None)
         if cached is not None and cached[0] == key:
             return cached[1]
-        if not getattr(loader, "_checked", False):
+        if pipe is not None:
+            if x.ndim != 4:
+                return None  # the Python path raises the transform's error
+            try:
+                x1 = pipe.apply(x[:1], np.zeros(1, np.int64), 0, 0)  # the shape the model sees
+            except ValueError:
+                return None
+        if not getattr(loader, "_checked", False) or pipe is not None:
+            x1 = x1 if pipe is not None else x[:1]
             try:  # what _batch checks per batch, once for the whole arrays
-                as_input(x[:1], where, model=self.model)
-                y = self._prep_y(y, self._output_shape(tuple(x.shape[1:]), where), where)
+                as_input(x1, where, model=self.model)
+                y = self._prep_y(y, self._output_shape(tuple(x1.shape[1:]), where), where)
             except ValueError:
                 return None
         want = np.int64 if self.loss.name == "cross_entropy" else np.float32
         if y.dtype != want or not y.flags.c_contiguous or len(y) != len(x):
             return None
         feed = _core.BatchFeed(x, y, loader.batch_size, loader.drop_last)
+        if pipe is not None or loader.prefetch:
+            feed.set_transform(pipe if pipe is not None else _core.Pipeline(),
+                               _transforms.augment_seed(loader.seed), loader.prefetch)
         loader._native_feed = (key, feed)  # holds x and y (as the loader does)
         return feed
 
@@ -697,7 +711,8 @@ class Trainer:
         idx = loader.order(epoch)  # the same order as iterating: a function of (seed, epoch)
         loader.epoch = epoch + 1
         bs = loader.batch_size
-        return ((b, loader._batch(idx[b * bs : (b + 1) * bs])) for b in range(skip, len(loader)))
+        return ((b, loader._batch(idx[b * bs : (b + 1) * bs], epoch))
+                for b in range(skip, len(loader)))
 
     def _run_epoch(self, loader: DataLoader, val_loader: DataLoader | None, epoch: int,
                    epochs: int, cbs: _callbacks.CallbackList, verbose: int,
@@ -716,6 +731,7 @@ class Trainer:
                    unit="batch", disable=verbose != 1, leave=True, dynamic_ncols=True,
                    file=sys.stderr, mininterval=0.2)
         t0 = time.perf_counter() - p.time
+        feed = None
         try:
             feed = self._feed(loader, "fit")
             if feed is not None:
@@ -753,6 +769,8 @@ class Trainer:
                 bar.set_postfix(self._summary(logs, short=True), refresh=False)
         finally:
             bar.close()
+            if feed is not None:
+                feed.close()  # no prefetch thread outlives the epoch (Ctrl-C, errors included)
         if verbose == 2:
             print(f"Epoch {epoch + 1}/{epochs} - {dt:.1f}s - "
                   + " - ".join(f"{k}: {v}" for k, v in self._summary(logs).items()))
@@ -793,6 +811,7 @@ class Trainer:
         and the hooks around it; else runs of batches lasting about _NATIVE_RUN_SECONDS. The
         sums continue in p exactly as the Python loop adds them."""
         net = self.model._net
+        feed.set_epoch(epoch)  # keys the transform's draws
         feed.set_order(loader.order(epoch) if loader.shuffle or loader.num_shards > 1 else None)
         loader.epoch = epoch + 1  # as iterating the loader would leave it
         per_batch = cbs.uses_batch_hooks()
@@ -874,9 +893,13 @@ class Trainer:
         net = self.model._net
         feed = self._feed(loader, where)
         if feed is not None:  # every batch in one native call, summed as below
+            feed.set_epoch(0)
             feed.set_order(loader.order(0) if loader.shuffle or loader.num_shards > 1 else None)
             loader.epoch = 1  # as iterating epoch 0 would leave it
-            seen, correct, loss_sum = feed.evaluate(net)
+            try:
+                seen, correct, loss_sum = feed.evaluate(net)
+            finally:
+                feed.close()
             return self._means(loader, seen, correct, loss_sum)
         seen, correct, loss_sum = 0, 0, 0.0
         loader.set_epoch(0)
