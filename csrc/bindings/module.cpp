@@ -29,6 +29,7 @@ void bind_data(py::module_& m);  // bindings/data.cpp
 void bind_testing(py::module_& m);  // bindings/testing.cpp: the cnnkit._core._testing submodule
 void bind_distributed(py::module_& m);  // bindings/distributed.cpp
 void bind_transforms(py::module_& m);  // bindings/transforms.cpp
+void bind_py_layer(py::module_& m);  // bindings/py_layer.cpp: layers written in Python
 
 #ifndef CNNKIT_VERSION
 #define CNNKIT_VERSION "0.0.0"
@@ -642,4 +643,5 @@ PYBIND11_MODULE(_core, m) {
     bind_testing(m);
     bind_distributed(m);
     bind_transforms(m);
+    bind_py_layer(m);
 }

@@ -25,7 +25,9 @@ from . import (
     optim,
     serialization,
     transforms,
+    utils,
 )
+from ._py_layer import register_layer
 from ._seeding import manual_seed
 from .graph import GraphTensor, Input, Residual
 from .layers import (
@@ -143,4 +145,5 @@ __all__ = [
     "Flatten", "Dropout", "BatchNorm2d", "ELU", "SiLU", "GELU", "ReLU6", "Hardswish", "Identity",
     "Softmax", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Dropout2d", "BatchNorm1d", "Upsample",
     "Add", "Concat", "ConvTranspose2d", "Model", "Input", "GraphTensor", "Residual",
+    "register_layer", "utils",
 ]  # fmt: skip

@@ -10,7 +10,7 @@ import json
 import math
 from typing import Any
 
-from . import _core
+from . import _core, _py_layer
 
 # A model whose activations for ONE sample need more than this is not a model anyone can run:
 # a file implying it is corrupt or hostile (ResNet-18 at 224x224 needs about 0.1 GiB).
@@ -27,7 +27,8 @@ class ArchitectureError(ValueError):
 
 def layer_specs(arch: Any) -> list[dict[str, Any]]:
     """[{type, config (complete, normalised), name, inputs, tensors: [(name, shape)]}] for a
-    file's architecture: a list of {type, config} (a stack: names "0", "1", ...) or a graph
+    file's architecture (a registered Python layer's entry also holds the "layer" built from
+    its config): a list of {type, config} (a stack: names "0", "1", ...) or a graph
     {"nodes": [{type, config, name, inputs}]}; ArchitectureError naming the layer for
     anything the schema refuses or a graph that is not a DAG ending in its last node."""
     graph = isinstance(arch, dict)
@@ -48,9 +49,17 @@ def layer_specs(arch: Any) -> list[dict[str, Any]]:
     out = []
     for i, e in enumerate(arch):
         t = e["type"]
+        if t not in known and _py_layer.lookup(t) is not None:
+            # a registered layer written in Python, found by name (nothing is imported)
+            layer, config, tensors = _py_layer.spec_of(i, t, e["config"], ArchitectureError)
+            out.append({"type": t, "config": config, "name": e["name"] if graph else str(i),
+                        "inputs": list(e["inputs"]) if graph else [i], "graph": graph,
+                        "tensors": tensors, "layer": layer})
+            continue
         if t not in known:
             raise ArchitectureError(f"layer {i}: unknown layer type {t[:60]!r}, cannot build the "
-                                    f"architecture (known: {sorted(known)})")
+                                    f"architecture (known: {sorted(known)}; "
+                                    f"{_py_layer.unknown_type_hint(t)})")
         try:
             config, tensors, _ = _core.layer_state_specs(t, e["config"])
         except ValueError as err:

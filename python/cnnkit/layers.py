@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
+from . import _core, _py_layer
 from ._seeding import next_seed
 
 __all__ = [
@@ -51,12 +51,38 @@ class Layer:
     for the constructors and the file loader alike.
 
     ``name``: an optional name for the layer (graph models use it for parameter keys).
+
+    A subclass that defines ``forward(self, x, training)`` and ``backward(self, dy)`` is a
+    layer written in Python (docs/training.md, "Writing a layer in Python"): x and dy are
+    read-only float32 numpy arrays (the batch first), forward returns y and backward returns
+    dx -- or ``(dx, {name: gradient})`` when the layer declared parameters with
+    :meth:`add_parameter` in ``__init__``. ``output_shape(self, input_shape)`` (the batch
+    first) defaults to the input's shape. The keyword arguments of ``__init__`` are its
+    config; :func:`cnnkit.register_layer` lets files record it by name. Check it with
+    :func:`cnnkit.utils.gradcheck` first.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if is_python_layer(cls) and "__init__" in cls.__dict__:
+            cls.__init__ = _py_layer.recording_init(cls.__dict__["__init__"])
 
     def __init__(self, *, name: str | None = None, **args: Any) -> None:
         if name is not None and (not isinstance(name, str) or not all(name.split("."))):
             raise ValueError(f"{self.type}: name must be a non-empty string (dotted paths like "
                              f"'layer1.0.conv1' are fine), got {name!r}")
+        if is_python_layer(type(self)):
+            if args:
+                raise TypeError(f"{self.type}: a layer written in Python passes no arguments "
+                                f"to Layer.__init__ but name= (got {sorted(args)}); its config "
+                                "is the keyword arguments of its own __init__")
+            if "_py_params" not in self.__dict__:  # __init__ may run twice: keep the first
+                self.__dict__.setdefault("_py_config", {})
+                self.__dict__["_py_params"] = {}
+                self._owner = None
+                self._solo = None
+            self.name = name
+            return  # the native node is made on first use, once the parameters are known
         self._native = _core.make_layer(self.type, args)
         self._config = dict(self._native.args())  # complete, normalised (pairs as tuples)
         self.name = name
@@ -65,20 +91,77 @@ class Layer:
         if self._native.param_names():
             self._native.reset_parameters(next_seed())
 
+    # -- layers written in Python ---------------------------------------------------------
+    def add_parameter(self, name: str, value: Any) -> None:
+        """Declare a trainable parameter of a layer written in Python (in ``__init__``), with
+        its initial values (any numeric array; stored as float32). It lives in the model's
+        parameter buffer like a native layer's: optimizers, state_dict ("<layer>.<name>"),
+        save/load and gradient all-reduce see it. Read it as ``self.<name>``, a numpy view
+        (assigning to it copies values in); backward returns its gradient by name."""
+        if not is_python_layer(type(self)):
+            raise TypeError(f"{self.type}: add_parameter is for layers written in Python")
+        if "_py_params" not in self.__dict__:
+            raise TypeError(f"{self.type}: call super().__init__() before add_parameter")
+        _py_layer.add_parameter(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached for attributes not found the usual way: a Python layer's native node
+        # (made on first use) and its parameters
+        d = self.__dict__
+        params = d.get("_py_params")
+        if params is not None:
+            if name == "_native":
+                return _py_layer.build_native(self)
+            if name in params:
+                return _py_layer.get_parameter(self, name)
+        elif name in ("_native", "_owner", "_solo", "name", "_py_params") \
+                and is_python_layer(type(self)):
+            raise AttributeError(f"{type(self).__name__}: Layer.__init__ was not called (call "
+                                 "super().__init__() in __init__)")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        params = self.__dict__.get("_py_params")
+        if params is not None and name in params:
+            _py_layer.set_parameter(self, name, value)
+        else:
+            object.__setattr__(self, name, value)
+
+    # the native node's calls into a layer written in Python (cnnkit/_py_layer.py)
+    def _ck_forward(self, label: str, x: np.ndarray, training: bool, y: np.ndarray) -> None:
+        _py_layer.call_forward(self, label, x, training, y)
+
+    def _ck_backward(self, label: str, x_shape: list[int], dy: np.ndarray,
+                     dx: np.ndarray | None, grads: list[np.ndarray]) -> None:
+        _py_layer.call_backward(self, label, x_shape, dy, dx, grads)
+
+    def _ck_output_shape(self, label: str, in_shape: list[int]) -> list[int]:
+        return _py_layer.call_output_shape(self, label, in_shape)
+
     # -- introspection ------------------------------------------------------------------
     @property
     def type(self) -> str:
-        return type(self).__name__
+        """The layer's type name, as files record it (a Python layer's registered name)."""
+        cls = type(self)
+        return _py_layer.type_name(cls) if is_python_layer(cls) else cls.__name__
 
     def get_config(self) -> dict:
-        """Constructor arguments, enough to rebuild this layer (used by save/load)."""
+        """Constructor arguments, enough to rebuild this layer (used by save/load); for a
+        layer written in Python, the keyword arguments its ``__init__`` was called with."""
+        if is_python_layer(type(self)):
+            return dict(self.__dict__.get("_py_config", {}))
         return dict(self._config)
+
+    @classmethod
+    def from_config(cls, config: dict) -> Layer:
+        """The layer rebuilt from get_config(): ``cls(**config)`` (as Keras)."""
+        return cls(**config)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(self._native.output_shape(list(input_shape)))
 
     def __repr__(self) -> str:
-        args = [f"{k}={v!r}" for k, v in self._config.items()]
+        args = [f"{k}={v!r}" for k, v in self.get_config().items()]
         if self.name is not None:
             args.append(f"name={self.name!r}")
         return f"{self.type}({', '.join(args)})"
@@ -121,6 +204,11 @@ class Layer:
 
     def zero_grad(self) -> None:
         self._model().zero_grad()
+
+
+def is_python_layer(cls: type) -> bool:
+    """True for a Layer subclass computing in Python (it defines forward and backward)."""
+    return cls.forward is not Layer.forward or cls.backward is not Layer.backward
 
 
 class Conv2d(Layer):
@@ -415,11 +503,22 @@ def schemas() -> dict[str, dict]:
 def from_config(type_name: str, config: dict, name: str | None = None) -> Layer:
     """Rebuild a layer from its type name and get_config() (used by cnnkit.load). The
     arguments go to the native schema as they are (no Python signature in between), so a file
-    is checked exactly as a constructor call is."""
-    if type_name not in LAYER_TYPES:
-        raise ValueError(f"unknown layer type {type_name!r} (known: {sorted(LAYER_TYPES)})")
+    is checked exactly as a constructor call is. A layer written in Python is looked up by
+    name among the registered ones (cnnkit.register_layer) and built by its from_config."""
     if not isinstance(config, dict):
         raise ValueError(f"{type_name}: config must be a dict, got {type(config).__name__}")
+    if type_name not in LAYER_TYPES:
+        py = _py_layer.lookup(type_name)
+        if py is None:
+            raise ValueError(f"unknown layer type {type_name!r} (known: {sorted(LAYER_TYPES)}; "
+                             f"{_py_layer.unknown_type_hint(type_name)})")
+        layer = py.from_config(dict(config))
+        if not isinstance(layer, py):
+            raise ValueError(f"{type_name}: from_config returned {type(layer).__name__}, not "
+                             f"a {py.__name__}")
+        if name is not None:
+            Layer.__init__(layer, name=name)
+        return layer
     cls = LAYER_TYPES[type_name]
     layer = cls.__new__(cls)
     Layer.__init__(layer, name=name, **config)

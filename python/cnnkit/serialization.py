@@ -28,7 +28,7 @@ from typing import IO, Any
 import numpy as np
 
 from . import _architecture as _arch
-from . import _files, _seeding
+from . import _files, _py_layer, _seeding
 from . import _trainer_state as _tstate
 from .layers import from_config as _layer_from_config
 
@@ -195,6 +195,7 @@ def _write_file(path: str | os.PathLike, kind: str, meta: dict[str, Any],
 def _model_payload(model: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     from . import __version__
 
+    _py_layer.check_saveable(model)  # layers written in Python: registered, JSON configs
     meta = {"cnnkit_version": __version__, "architecture": model.get_config()}
     shape = model._net.input_shape()  # per-sample shape of the last batch, when there was one
     if shape:
@@ -447,7 +448,8 @@ def _build(ck: Checkpoint) -> Any:
     with _seeding._lock:
         saved = dict(_seeding._state)
     try:
-        layers = [_layer_from_config(e["type"], e["config"]) for e in specs]
+        layers = [e["layer"] if "layer" in e else _layer_from_config(e["type"], e["config"])
+                  for e in specs]
         if _arch.is_graph(specs):
             model = Model.from_nodes(layers, [e["inputs"] for e in specs],
                                      [e["name"] for e in specs])
