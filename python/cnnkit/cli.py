@@ -332,7 +332,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"test accuracy: {100 * test['accuracy']:.2f}%  (loss {test['loss']:.4f})")
     print(f"time per epoch (training steps): {summary['seconds_per_epoch']:.1f} s, "
           f"{summary['images_per_sec']:.0f} images/s")  # fmt: skip
-    report_path = _write_report(trainer, x_test, y_test, out, summary)
+    report_path = _write_report(trainer, x_test, y_test, out, summary, test)
     print(
         f"saved: {model_path}"
         + (f", {curves}" if curves else ' (no curves.png: pip install matplotlib)')
@@ -360,7 +360,7 @@ def _data_checksums(dataset: str) -> dict:
     return dict(datasets.CHECKSUMS.get(dataset, {}))
 
 
-def _write_report(trainer, x_test, y_test, out: str, summary: dict) -> str | None:
+def _write_report(trainer, x_test, y_test, out: str, summary: dict, test: dict) -> str | None:
     """report.html in the run folder; a failure is a warning (the run itself succeeded)."""
     from . import report
 
@@ -370,7 +370,7 @@ def _write_report(trainer, x_test, y_test, out: str, summary: dict) -> str | Non
         report.report(trainer, x_test, y_test, path, run_dir=out,
                       class_names=CLASS_NAMES.get(summary["dataset"]),
                       title=f"{summary['model']} on {summary['dataset']}", settings=settings,
-                      data_checksums=summary.get("data_sha256"))
+                      data_checksums=summary.get("data_sha256"), test_metrics=test)
     except (OSError, ValueError, RuntimeError) as e:
         if os.environ.get("CNNKIT_DEBUG"):
             raise

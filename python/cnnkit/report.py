@@ -235,7 +235,8 @@ def report(trainer: Any, x_test: Any, y_test: Any, path: str | os.PathLike[str],
            run_dir: str | os.PathLike[str] | None = None,
            class_names: Sequence[str] | None = None, history: Any = None, top_k: int = 16,
            title: str | None = None, settings: Mapping[str, Any] | None = None,
-           data_checksums: Mapping[str, str] | None = None, batch_size: int = 512) -> str:
+           data_checksums: Mapping[str, str] | None = None, batch_size: int = 512,
+           test_metrics: Mapping[str, float] | None = None) -> str:
     """Write one self-contained HTML report of a trained classifier; returns `path`.
 
     Args:
@@ -254,6 +255,8 @@ def report(trainer: Any, x_test: Any, y_test: Any, path: str | os.PathLike[str],
         data_checksums: {file name: SHA-256} of the data files (the dataset loaders verify
             these); the SHA-256 of the test arrays given is recorded either way.
         batch_size: images per forward pass for evaluating the test set.
+        test_metrics: ``trainer.evaluate(x_test, y_test)`` when already computed (saves a
+            pass over the test set); else it is computed here.
     """
     from . import __version__, _core, built_with_cuda
     from . import plot as _plot
@@ -282,7 +285,8 @@ def report(trainer: Any, x_test: Any, y_test: Any, path: str | os.PathLike[str],
         hist = _history_from_csv(os.path.join(run_dir, "history.csv"))
 
     # numbers
-    test = trainer.evaluate(xs, ys, batch_size=batch_size)
+    test = dict(test_metrics) if test_metrics is not None else \
+        trainer.evaluate(xs, ys, batch_size=batch_size)
     probs = trainer.predict(xs, batch_size=batch_size)
     n_classes = probs.shape[1]
     if ys.size and (ys.min() < 0 or ys.max() >= n_classes):
@@ -375,11 +379,12 @@ def report(trainer: Any, x_test: Any, y_test: Any, path: str | os.PathLike[str],
     parts.append(_section("misclassified", "Most confidently misclassified", body))
 
     # filters and feature maps
-    has_conv = any(type(m).__name__ == "Conv2d" for m in model._nodes)
-    if has_conv:
+    convs = _plot._conv_indices(model)[:4]  # the first four: a deep model's would fill pages
+    if convs:
         png = _matplotlib_png(lambda p: _plot.conv_filters(model, p))
         body = _img(png, "first Conv2d filters") if png is not None else _no_plot("filters")
-        png = _matplotlib_png(lambda p: _plot.feature_maps(model, xs[0], p, max_channels=8))
+        png = _matplotlib_png(lambda p: _plot.feature_maps(model, xs[0], p, max_channels=8,
+                                                           layers=convs))
         maps = (_img(png, "feature maps of test image 0") +
                 f'<p class="note">Test image 0 (true class {_e(names[ys[0]])}, predicted '
                 f"{_e(names[pred[0]])}).</p>") if png is not None else _no_plot("feature maps")
