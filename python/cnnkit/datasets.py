@@ -1038,3 +1038,13 @@ def load_fashion_mnist(
         mirrors=mirrors,
         timeout=timeout,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR-10/100 (binary distributions) and ImageFolder: their own modules, exported here
+# --------------------------------------------------------------------------------------------
+from ._cifar import CIFAR_MIRRORS, CIFAR_SPECS, load_cifar10, load_cifar100  # noqa: E402
+from ._image_folder import IMG_EXTENSIONS, ImageFolder  # noqa: E402
+
+__all__ += ["CIFAR_MIRRORS", "CIFAR_SPECS", "IMG_EXTENSIONS", "ImageFolder", "load_cifar10",
+            "load_cifar100"]
