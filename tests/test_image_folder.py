@@ -92,3 +92,24 @@ def test_trains_through_a_loader(tmp_path):
     m = ck.Sequential(ck.Conv2d(3, 2, 3), ck.Flatten(), ck.Linear(2 * 6 * 6, 3))
     h = ck.Trainer(m, optimizer="sgd").fit(loader, epochs=1, verbose=0)
     assert np.isfinite(h.history["loss"][0])
+
+
+def test_cli_dataset_choices_and_augmentation(tmp_path):
+    import argparse
+
+    from cnnkit import cli
+
+    assert cli._dataset_arg("cifar100") == "cifar100"
+    assert cli._dataset_arg(f"folder:{tmp_path}") == f"folder:{tmp_path}"
+    with pytest.raises(argparse.ArgumentTypeError, match="folder:PATH"):
+        cli._dataset_arg("imagenet")
+    _tree(tmp_path)
+    with pytest.warns(UserWarning):
+        (xt, yt), (xs, ys) = cli._load_dataset(f"folder:{tmp_path}", None)
+    assert xt.shape[1:] == (3, 32, 32) and len(xt) + len(xs) == 5 and len(xs) == 1
+    tf = cli._augmentation(np.zeros((1, 1, 28, 28), np.uint8), "mnist")
+    assert [type(t).__name__ for t in tf.transforms] == ["RandomCrop"]
+    assert tf.transforms[0]._pad == [2, 2, 2, 2]
+    tf = cli._augmentation(xt, "cifar10")
+    assert [type(t).__name__ for t in tf.transforms] == ["RandomCrop", "RandomHorizontalFlip"]
+    assert tf.transforms[0]._pad == [4, 4, 4, 4]

@@ -30,7 +30,7 @@ import numpy as np
 
 from ._checks import DEVICES, parse_device
 
-DATASETS = ("mnist", "fashion-mnist")
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "cifar100")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad")
 CLASS_NAMES = {"fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")}
@@ -132,8 +132,35 @@ def _one_line(e: BaseException) -> str:
 def _load_dataset(name: str, data_dir: str | None):
     from . import datasets
 
-    loader = datasets.load_mnist if name == "mnist" else datasets.load_fashion_mnist
+    if name.startswith("folder:"):  # class-per-folder images, a seeded 90/10 split
+        ds = datasets.ImageFolder(name[len("folder:"):], size=(32, 32))
+        order = np.random.default_rng(0).permutation(len(ds))
+        cut = len(ds) - max(1, len(ds) // 10)
+        tr, te = order[:cut], order[cut:]
+        return (ds.x[tr], ds.y[tr]), (ds.x[te], ds.y[te])
+    loader = {"mnist": datasets.load_mnist, "fashion-mnist": datasets.load_fashion_mnist,
+              "cifar10": datasets.load_cifar10, "cifar100": datasets.load_cifar100}[name]
     return loader(data_dir=data_dir)
+
+
+def _dataset_arg(value: str) -> str:
+    """--dataset of train: a known name or folder:PATH."""
+    if value in DATASETS or (value.startswith("folder:") and len(value) > len("folder:")):
+        return value
+    raise argparse.ArgumentTypeError(f"must be one of {', '.join(DATASETS)} or folder:PATH, got "
+                                     f"{value!r}")
+
+
+def _augmentation(x: np.ndarray, dataset: str):
+    """--augment: random crop with padding (4 at 32x32 and above, else 2) and, except for
+    digits, a horizontal flip."""
+    from . import transforms as T
+
+    h, w = x.shape[-2:]
+    steps = [T.RandomCrop((h, w), padding=4 if min(h, w) >= 32 else 2)]
+    if dataset != "mnist":
+        steps.append(T.RandomHorizontalFlip())
+    return T.Compose(steps)
 
 
 def _make_optimizer(name: str, lr: float | None, momentum: float, weight_decay: float):
@@ -172,17 +199,19 @@ def _load_model_file(path: str):
     return io.load_model(path)
 
 
-def _build_model(spec: str, in_channels: int = 1):
-    """A model by name (built for the datasets' channels: the CLI's are grayscale) or file."""
+def _build_model(spec: str, in_channels: int = 1, num_classes: int | None = None):
+    """A model by name (built for the dataset's channels and classes) or file."""
     import inspect
 
     from . import models
 
     if spec in models.MODELS:
         factory = models.MODELS[spec]
-        if "in_channels" in inspect.signature(factory).parameters:
-            return factory(in_channels=in_channels)
-        return factory()
+        params = inspect.signature(factory).parameters
+        kw = {"in_channels": in_channels} if "in_channels" in params else {}
+        if num_classes is not None and num_classes != 10 and "num_classes" in params:
+            kw["num_classes"] = num_classes
+        return factory(**kw)
     if os.path.lexists(spec):
         return _load_model_file(spec)
     raise SystemExit(
@@ -225,7 +254,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     x_fit, y_fit = x_train[: len(x_train) - n_val], y_train[: len(y_train) - n_val]
     val = (x_train[len(x_train) - n_val :], y_train[len(y_train) - n_val :]) if n_val else None
 
-    out = args.out or os.path.join("runs", f"{args.dataset}-{os.path.basename(args.model)}")
+    run_name = (f"folder-{os.path.basename(os.path.normpath(args.dataset[7:]))}"
+                if args.dataset.startswith("folder:") else args.dataset)
+    out = args.out or os.path.join("runs", f"{run_name}-{os.path.basename(args.model)}")
     if main:
         os.makedirs(out, exist_ok=True)
     ckpt = os.path.join(out, "checkpoint.cnnkit")
@@ -236,7 +267,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise SystemExit(f"cnnkit: {args.resume} is a model file, not a training checkpoint")
     else:
         ck.manual_seed(args.seed)
-        model = _build_model(args.model)
+        chans = x_train.shape[1] if x_train.ndim == 4 else 1
+        model = _build_model(args.model, in_channels=chans,
+                             num_classes=int(max(y_train.max(), y_test.max())) + 1)
         opt = _make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay)
         trainer = ck.Trainer(model, loss="cross_entropy", optimizer=opt, metrics=["accuracy"],
                              device=device, seed=args.seed)  # fmt: skip
@@ -277,8 +310,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"({len(x_fit)} train / {n_val} validation images), device={device}, "
         f"threads={ck.get_num_threads()}, optimizer={args.optimizer}{procs}")  # fmt: skip
     t0 = time.perf_counter()
+    fit_x, fit_y = x_fit, y_fit
+    if getattr(args, "augment", False):  # crop (+ flip) natively, batches prepared ahead
+        fit_x = ck.data.DataLoader(x_fit, y_fit, batch_size=args.batch_size, shuffle=True,
+                                   seed=args.seed, transform=_augmentation(x_fit, args.dataset),
+                                   prefetch=2)
+        fit_y = None
     history = trainer.fit(
-        x_fit, y_fit, epochs=args.epochs, batch_size=args.batch_size, validation_data=val,
+        fit_x, fit_y, epochs=args.epochs, batch_size=args.batch_size, validation_data=val,
         callbacks=cbs, verbose=args.verbose, checkpoint_path=ckpt,
     )  # fmt: skip  (a --resume checkpoint is loaded above)
     train_time = time.perf_counter() - t0
@@ -666,8 +705,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 "('cnnkit COMMAND -h' for its options)")  # fmt: skip
 
     t = sub.add_parser("train", help="train a model on MNIST or Fashion-MNIST")
-    t.add_argument("--dataset", choices=DATASETS, default="mnist",
-                   help="dataset to train on (default: mnist)")
+    t.add_argument("--dataset", type=_dataset_arg, default="mnist",
+                   help="mnist, fashion-mnist, cifar10, cifar100 or folder:PATH (class "
+                        "folders of images, resized to 32x32, 10%% held out for the test) "
+                        "(default: mnist)")
+    t.add_argument("--augment", action="store_true",
+                   help="random crop with padding and (except mnist) horizontal flips, applied "
+                        "natively with batches prepared ahead")
     t.add_argument("--model", default="lenet5",
                    help="lenet5, fashion_cnn, resnet20, resnet18 or a model file (.cnnkit or "
                         ".onnx) to start from (default: lenet5)")
