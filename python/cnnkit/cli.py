@@ -442,9 +442,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         if not isinstance(summary, dict):
             raise ValueError(f"{summary_path}: expected a JSON object")
     dataset = args.dataset or summary.get("dataset")
-    if dataset not in DATASETS:
+    if not isinstance(dataset, str) or not (dataset in DATASETS or dataset.startswith("folder:")):
         raise SystemExit(f"cnnkit: {run} does not say which dataset it was trained on; give "
-                         f"--dataset ({' or '.join(DATASETS)})")
+                         f"--dataset ({', '.join(DATASETS)} or folder:PATH)")
     device = _pick_device(args.device)
     ckpt, model_file = os.path.join(run, "checkpoint.cnnkit"), os.path.join(run, "model.cnnkit")
     if os.path.lexists(ckpt):
@@ -796,8 +796,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a folder written by cnnkit train (e.g. runs/mnist-lenet5)")
     r.add_argument("--out", default=None, help="the HTML file to write (default: "
                                                "RUN_DIR/report.html)")
-    r.add_argument("--dataset", choices=DATASETS, default=None,
-                   help="whose test set to use (default: the one summary.json names)")
+    r.add_argument("--dataset", type=_dataset_arg, default=None,
+                   help=f"whose test set to use: {', '.join(DATASETS)} or folder:PATH "
+                        "(default: the one summary.json names)")
     r.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     r.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
     r.add_argument("--threads", type=_positive_int, default=None, help=THREADS_HELP)
