@@ -493,3 +493,27 @@ def test_python_layers_on_cuda_match_cpu(rng):
     np.testing.assert_allclose(gpu[2].weight, cpu[2].weight, rtol=1e-3, atol=1e-5)
     with pytest.raises(ValueError, match="load_state_dict"):
         gpu[2].weight = np.ones(4)
+
+
+# ---- the worked example of docs/training.md --------------------------------------------------
+
+
+def test_docs_worked_example_runs(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    section = text.split("## Writing a layer in Python", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    saved, names = dict(ck._py_layer._REGISTRY), dict(ck._py_layer._NAMES)
+    for k in ("Swish", "Scale"):  # the example registers its own classes by these names
+        ck._py_layer._REGISTRY.pop(k, None)
+    try:
+        ns: dict = {"__name__": "docs_example"}
+        exec(compile(code, "docs/training.md", "exec"), ns)
+        assert isinstance(ns["again"][2], ns["Scale"])
+    finally:
+        ck._py_layer._REGISTRY.clear()
+        ck._py_layer._REGISTRY.update(saved)
+        ck._py_layer._NAMES.clear()
+        ck._py_layer._NAMES.update(names)
