@@ -101,6 +101,39 @@ def test_conv2d_forward_backward(N, C, H, W, K, k, s, p, d, groups, bias, rng, c
         assert_close(g["0.bias"], rdb, "conv", " db", scale=scale)
 
 
+@pytest.mark.parametrize(
+    "C,K,H,W,k,p", [(3, 19, 32, 32, 3, 1), (5, 25, 6, 40, 3, 1), (6, 16, 14, 14, 5, 0),
+                    (32, 40, 9, 9, 3, 1)]
+)
+def test_direct_conv_avx512_matches_avx2_bits(C, K, H, W, k, p, rng):
+    # The AVX-512 direct-conv tiles do the AVX2 kernels' operations in the same order per
+    # element: forward, dx, dw and db are bit-identical between the two sets.
+    if "avx512" not in ck.available_cpu_kernels():
+        pytest.skip("this CPU has no avx512 kernels")
+    model = ck.Sequential([ck.Conv2d(C, K, k, padding=p), ck.ReLU()])
+    x = rng.standard_normal((4, C, H, W)).astype(np.float32)
+    dy = None
+    out = []
+    before = _core.requested_cpu_kernels()
+    try:
+        for name in ("avx512", "avx2"):
+            ck.set_cpu_kernels(name)
+            model.zero_grad()
+            y = model.forward(x, training=True)
+            if dy is None:
+                dy = rng.standard_normal(y.shape).astype(np.float32)
+            dx = model.backward(dy)
+            g = model.grad_dict()
+            out.append((y, dx, g["0.weight"], g["0.bias"]))
+    finally:
+        ck.set_cpu_kernels(before)
+    for a, b in zip(*out, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert_close(out[0][0], np.maximum(ref.conv2d(x, model.state_dict()["0.weight"],
+                                                  model.state_dict()["0.bias"], (1, 1), (p, p)),
+                                       0), "conv", scale=np.sqrt(C * k * k) / 3)
+
+
 def test_conv2d_large_batch_chunks(rng):
     # The column matrix is built for several images at a time; a large batch spans chunks.
     layer, w, b = _conv_layer(8, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1, True, rng)
