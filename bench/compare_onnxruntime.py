@@ -147,9 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     import cnnkit as ck
 
     t_start = time.time()
+    cpu, kernels = cpu_model(), kernel_set()  # asked once, before any timing
     print(f"cnnkit {ck.__version__} vs onnxruntime {ort.__version__} (CPUExecutionProvider, "
-          f"intra-op threads = cnnkit's, inter-op 1, sequential); {cpu_model()}, "
-          f"{os.cpu_count()} cpus; cnnkit: {kernel_set()}; median of {args.repeats} "
+          f"intra-op threads = cnnkit's, inter-op 1, sequential); {cpu}, "
+          f"{os.cpu_count()} cpus; cnnkit: {kernels}; median of {args.repeats} "
           f"alternating runs of {args.seconds:g} s")
     head = (f"{'net':9}{'batch':>6}{'thr':>4}{'cnnkit predict':>16}{'cnnkit forward':>16}"
             f"{'onnxruntime':>13}{'predict/ort':>13}{'load':>12}")
@@ -190,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as fh:
             json.dump({"cnnkit": ck.__version__, "onnxruntime": ort.__version__,
-                       "date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(),
-                       "cnnkit_kernels": kernel_set(), "repeats": args.repeats,
+                       "date": time.strftime("%Y-%m-%d"), "cpu": cpu,
+                       "cnnkit_kernels": kernels, "repeats": args.repeats,
                        "seconds": args.seconds, "took_s": took, "rows": rows}, fh, indent=1)
     return 0
 
