@@ -147,8 +147,8 @@ def _dataset_arg(value: str) -> str:
     """--dataset of train: a known name or folder:PATH."""
     if value in DATASETS or (value.startswith("folder:") and len(value) > len("folder:")):
         return value
-    raise argparse.ArgumentTypeError(f"must be one of {', '.join(DATASETS)} or folder:PATH, got "
-                                     f"{value!r}")
+    raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from "
+                                     f"{', '.join(DATASETS)} or folder:PATH)")
 
 
 def _augmentation(x: np.ndarray, dataset: str):
