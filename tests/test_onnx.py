@@ -216,6 +216,17 @@ def test_upsample_size_and_scale_factor(rng, tmp_path):
             check_export(_seq(ck.Upsample(**kw)), shape, rng, tmp_path, opset=opset)
 
 
+@pytest.mark.skipif("bilinear" not in str(ck.layers.schemas()["Upsample"]),
+                    reason="no bilinear Upsample yet")
+def test_upsample_bilinear(rng, tmp_path):
+    for opset in (11, 17):
+        for kw, shape in [({"scale_factor": 2.0}, (2, 3, 4)), ({"scale_factor": 1.5}, (1, 4, 6)),
+                          ({"size": (7, 9)}, (2, 3, 4)), ({"size": (2, 3)}, (1, 5, 6))]:
+            for ac in (None, True):
+                check_export(_seq(ck.Upsample(mode="bilinear", align_corners=ac, **kw)), shape,
+                             rng, tmp_path, opset=opset)
+
+
 def test_add_concat_and_fan_out_graphs(rng, tmp_path):
     inp = ck.Input((3, 6, 6))
     a = ck.Conv2d(3, 4, 3, padding=1, name="a")(inp)
@@ -477,13 +488,13 @@ def test_unsupported_attributes_are_listed(tmp_path):
                          dilations=[2, 2]),
         helper.make_node("BatchNormalization", ["a", "s", "b", "m", "v"], ["c"], name="bn",
                          training_mode=1),
-        helper.make_node("Resize", ["c", "", "sc"], ["y"], name="up", mode="linear")],
+        helper.make_node("Resize", ["c", "", "sc"], ["y"], name="up", mode="cubic")],
         [numpy_helper.from_array(np.ones(2, np.float32), n) for n in "sbmv"]
         + [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "sc")])
     with pytest.raises(ck.onnx.OnnxImportError) as e:
         ck.onnx.load(_write(tmp_path, m))
     msg = str(e.value)
-    for part in ("'pool'", "dilations", "'bn'", "training_mode", "'up'", "mode='linear'"):
+    for part in ("'pool'", "dilations", "'bn'", "training_mode", "'up'", "mode='cubic'"):
         assert part in msg, msg
 
 

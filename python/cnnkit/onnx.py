@@ -321,10 +321,19 @@ def _e_softmax(c: _Ctx) -> None:
 
 def _e_upsample(c: _Ctx) -> None:
     cfg = c.cfg
-    if cfg.get("mode", "nearest") != "nearest":
-        raise c.fail(f"mode={cfg['mode']!r} (exported: 'nearest')")
-    attrs = dict(mode="nearest", coordinate_transformation_mode="asymmetric",
-                 nearest_mode="floor")
+    mode = cfg.get("mode", "nearest")
+    if mode == "nearest":
+        attrs = dict(mode="nearest", coordinate_transformation_mode="asymmetric",
+                     nearest_mode="floor")
+    elif mode == "bilinear":  # PyTorch's half-pixel rule, or its align_corners one
+        attrs = dict(mode="linear", coordinate_transformation_mode="align_corners"
+                     if cfg.get("align_corners") else "pytorch_half_pixel")
+        if not cfg.get("align_corners") and any(
+                o == 1 < n for o, n in zip(c.out_shape[1:3], c.in_shapes[0][1:3], strict=True)):
+            raise c.fail("bilinear to a size of 1 from a larger axis: ONNX's half-pixel rule "
+                         "reads the first row there, PyTorch's the middle")
+    else:
+        raise c.fail(f"mode={mode!r} (exported: 'nearest', 'bilinear')")
     x = c.xs[0]
     empty = c.const("empty", np.zeros(0)) if c.opset < 13 else ""
     if cfg["size"] is None:
@@ -574,12 +583,17 @@ def _attr_problems(n: _Node) -> list[str]:
     if n.op == "Gelu" and a.get("approximate", "none") not in ("none", "tanh"):
         bad("approximate", "none or tanh")
     if n.op == "Resize":
-        if a.get("mode", "nearest") != "nearest":
-            bad("mode", "cnnkit's Upsample is nearest-neighbour")
-        if a.get("coordinate_transformation_mode", "half_pixel") != "asymmetric":
+        mode = a.get("mode", "nearest")
+        ctm = a.get("coordinate_transformation_mode", "half_pixel")
+        if mode not in ("nearest", "linear"):
+            bad("mode", "cnnkit's Upsample is nearest or bilinear")
+        elif mode == "nearest" and ctm != "asymmetric":
             bad("coordinate_transformation_mode", "PyTorch's nearest is 'asymmetric'")
-        if a.get("nearest_mode", "round_prefer_floor") != "floor":
+        elif mode == "nearest" and a.get("nearest_mode", "round_prefer_floor") != "floor":
             bad("nearest_mode", "PyTorch's nearest is 'floor'")
+        elif mode == "linear" and ctm not in ("pytorch_half_pixel", "align_corners"):
+            bad("coordinate_transformation_mode", "PyTorch's bilinear is 'pytorch_half_pixel' "
+                "or 'align_corners'")
         if a.get("antialias", 0) != 0:
             bad("antialias", "no antialiasing")
         if a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
@@ -1432,7 +1446,8 @@ class _Importer:
             if s[0] != s[1]:
                 raise self.fail(f"{n.where()}: scales {s} differ between height and width; "
                                 "cnnkit's Upsample has one scale_factor (or give sizes)")
-            self.add_layer(n, "Upsample", {"scale_factor": _f32(s[0])}, [x])
+            self.add_layer(n, "Upsample", {"scale_factor": _f32(s[0]), **self._resize_mode(n)},
+                           [x])
             return
         z = list(sizes.reshape(-1))
         if axes is None:
@@ -1442,7 +1457,18 @@ class _Importer:
             z = z[2:]
         if not all(isinstance(v, (int, np.integer)) and v > 0 for v in z):
             raise self.fail(f"{n.where()}: sizes {z} are not positive numbers")
-        self.add_layer(n, "Upsample", {"size": (int(z[0]), int(z[1]))}, [x])
+        self.add_layer(n, "Upsample", {"size": (int(z[0]), int(z[1])), **self._resize_mode(n)},
+                       [x])
+
+    def _resize_mode(self, n: _Node) -> dict[str, Any]:
+        if n.attrs.get("mode", "nearest") == "nearest":
+            return {}
+        if "mode" not in {a["name"] for a in L.schemas()["Upsample"]["args"]} or \
+                "bilinear" not in next(a["choices"] for a in L.schemas()["Upsample"]["args"]
+                                       if a["name"] == "mode"):
+            raise self.fail(f"{n.where()}: this cnnkit's Upsample has no bilinear mode")
+        ac = n.attrs.get("coordinate_transformation_mode") == "align_corners"
+        return {"mode": "bilinear", "align_corners": True if ac else None}
 
     # -- the whole graph ---------------------------------------------------------------------
     def build(self, name: str | None) -> Any:
