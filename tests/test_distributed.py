@@ -286,3 +286,12 @@ def test_cli_trains_lenet5_on_mnist_distributed(tmp_path):
     summ = json.loads(next((tmp_path / "runs").rglob("summary.json")).read_text())
     acc = summ["test_accuracy"] if "test_accuracy" in summ else summ["test"]["accuracy"]
     assert 0.95 <= acc <= 1.0, summ
+
+
+def test_abort_ends_the_job_at_once(tmp_path):
+    p = mpirun(tmp_path, """
+        if R == 1:
+            ck.distributed.abort(3)  # e.g. a CLI that caught an error and gives up
+        ck.distributed.barrier()     # rank 0 would otherwise wait here until the timeout
+    """, expect_ok=False, timeout=60)
+    assert p.returncode != 0 and p.elapsed < 20, (p.returncode, p.elapsed)

@@ -273,7 +273,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         opt = _make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay)
         trainer = ck.Trainer(model, loss="cross_entropy", optimizer=opt, metrics=["accuracy"],
                              device=device, seed=args.seed)  # fmt: skip
-    cbs = [callbacks.ModelCheckpoint(ckpt), callbacks.CSVLogger(os.path.join(out, "history.csv"))]
+    # rank 0 writes the run's files (the trainer also runs file-writing callbacks there only)
+    cbs = [callbacks.ModelCheckpoint(ckpt), callbacks.CSVLogger(os.path.join(out, "history.csv"))
+           ] if main else []
     if args.tensorboard:
         samples = val if val is not None else (x_fit, y_fit)
         try:
@@ -318,7 +320,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         fit_y = None
     history = trainer.fit(
         fit_x, fit_y, epochs=args.epochs, batch_size=args.batch_size, validation_data=val,
-        callbacks=cbs, verbose=args.verbose, checkpoint_path=ckpt,
+        callbacks=cbs, verbose=args.verbose, checkpoint_path=ckpt if main else None,
     )  # fmt: skip  (a --resume checkpoint is loaded above)
     train_time = time.perf_counter() - t0
     if trainer.interrupted:
@@ -839,10 +841,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # as summary.json records it
     _model_argument(args)
+    from . import distributed
+
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("\ncnnkit: interrupted", file=sys.stderr)
+        distributed.abort(130)  # in a distributed run, the other processes stop too
         return 130
     except (OSError, ValueError, RuntimeError, MemoryError) as e:
         # CheckpointError, the datasets' IDXFormatError / ChecksumError /
@@ -852,7 +857,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = _one_line(e)
         if isinstance(e, MemoryError):
             msg = "out of memory" + (f": {msg}" if msg != type(e).__name__ else "")
-        print(f"cnnkit: error: {msg}", file=sys.stderr)
+        rank = f"rank {distributed.rank()}: " if distributed.world_size() > 1 else ""
+        print(f"cnnkit: error: {rank}{msg}", file=sys.stderr)
+        distributed.abort(1)
         return 1
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["init", "is_initialized", "rank", "world_size", "is_main", "barrier",
-           "all_reduce", "broadcast", "launched_by_mpi", "DistributedError"]
+           "all_reduce", "broadcast", "abort", "launched_by_mpi", "DistributedError"]
 
 # Environment variables MPI launchers set in every process they start (MPICH/Hydra, Open MPI,
 # PMIx, Slurm's PMI2 and Intel MPI); any of them means "started by a launcher".
@@ -128,6 +128,16 @@ def _install_abort_hook() -> None:
             _S.comm.Abort(1)
 
     sys.excepthook = hook
+
+
+def abort(exit_code: int = 1) -> None:
+    """End the whole job now (MPI_Abort) with `exit_code`: what a process that gives up must
+    do so that the others do not wait for it until their timeout. Outside a distributed job
+    (one process) it does nothing."""
+    if _S.comm is not None and _S.size > 1:
+        sys.stderr.flush()
+        sys.stdout.flush()
+        _S.comm.Abort(int(exit_code))
 
 
 def is_initialized() -> bool:
