@@ -517,3 +517,32 @@ def test_docs_worked_example_runs(tmp_path, monkeypatch):
         ck._py_layer._REGISTRY.update(saved)
         ck._py_layer._NAMES.clear()
         ck._py_layer._NAMES.update(names)
+
+
+def test_calls_that_would_wait_for_themselves_are_refused():
+    class ForwardOnly(ck.Layer):
+        def forward(self, x, training):
+            return x
+
+    class BackwardOnly(ck.Layer):
+        def backward(self, dy):
+            return dy
+
+    class PeeksAtItself(Swish):
+        def forward(self, x, training):
+            self.state_dict()  # the layer's own one-layer model, locked by this very step
+            return x
+
+    x = np.ones((2, 3), np.float32)
+    m = ck.Sequential(ck.Linear(3, 3), ForwardOnly())
+    m.forward(x, training=True)  # forward-only layers run for inference
+    with pytest.raises(NotImplementedError, match=r"ForwardOnly \(layer 1\): ForwardOnly "
+                                                  r"defines no backward\(self, dy\)"):
+        m.backward(np.ones((2, 3), np.float32))
+    with pytest.raises(NotImplementedError, match="defines no forward"):
+        ck.Sequential(BackwardOnly()).forward(x)
+    with pytest.raises(RuntimeError, match=r"PeeksAtItself \(layer 0\): forward raised "
+                                           r"RuntimeError: PeeksAtItself: its own model"):
+        layer = PeeksAtItself()
+        layer.state_dict()
+        layer._solo.forward(x)

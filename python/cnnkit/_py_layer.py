@@ -260,11 +260,31 @@ def _as_float32(label: str, what: str, v: np.ndarray) -> np.ndarray:
     return a
 
 
+def _user_method(layer: Any, label: str, name: str) -> Any:
+    """The layer's own `name` method; NotImplementedError when it only has Layer's (which
+    would run the layer's model from inside its own step)."""
+    from .layers import Layer
+
+    if getattr(type(layer), name) is getattr(Layer, name):
+        args = "x, training" if name == "forward" else "dy"
+        raise NotImplementedError(f"{label}: {type(layer).__name__} defines no {name}(self, "
+                                  f"{args}); a layer written in Python needs forward and backward")
+    return getattr(layer, name)
+
+
+def _busy(layer: Any, on: bool) -> None:
+    layer.__dict__["_py_busy"] = on  # Layer._model() refuses meanwhile (it would wait for itself)
+
+
 def call_forward(layer: Any, label: str, x: np.ndarray, training: bool, y: np.ndarray) -> None:
+    fn = _user_method(layer, label, "forward")
+    _busy(layer, True)
     try:
-        out = layer.forward(x, bool(training))
+        out = fn(x, bool(training))
     except Exception as e:
         raise _raised(label, "forward", e) from e
+    finally:
+        _busy(layer, False)
     y[...] = _as_float32(label, "forward", _checked_array(label, "forward", out, y.shape))
 
 
@@ -297,10 +317,14 @@ def split_backward(layer: Any, label: str, res: Any, x_shape: tuple[int, ...],
 
 def call_backward(layer: Any, label: str, x_shape: list[int], dy: np.ndarray,
                   dx: np.ndarray | None, grads: list[np.ndarray]) -> None:
+    fn = _user_method(layer, label, "backward")
+    _busy(layer, True)
     try:
-        res = layer.backward(dy)
+        res = fn(dy)
     except Exception as e:
         raise _raised(label, "backward", e) from e
+    finally:
+        _busy(layer, False)
     names = list(layer.__dict__["_py_params"])
     shapes = {n: g.shape for n, g in zip(names, grads, strict=True)}
     gx, gp = split_backward(layer, label, res, tuple(x_shape), shapes)
@@ -313,10 +337,13 @@ def call_backward(layer: Any, label: str, x_shape: list[int], dy: np.ndarray,
 
 
 def call_output_shape(layer: Any, label: str, in_shape: list[int]) -> list[int]:
+    _busy(layer, True)
     try:
         out = layer.output_shape(tuple(in_shape))
     except Exception as e:
         raise _raised(label, "output_shape", e) from e
+    finally:
+        _busy(layer, False)
     try:
         out = list(out)
         ok = all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in out)

@@ -168,6 +168,9 @@ class Layer:
 
     # -- standalone use -----------------------------------------------------------------
     def _model(self):
+        if self.__dict__.get("_py_busy"):
+            raise RuntimeError(f"{self.type}: its own model was called from inside its forward/"
+                               "backward (which runs while that model is locked)")
         if self._owner is not None:
             raise ValueError(
                 f"{self.type}: this layer belongs to a Sequential; call the model instead"
