@@ -30,10 +30,10 @@ NETS = {
 
 
 def cifar_net() -> ck.Sequential:
-    return ck.Sequential([
-        ck.Conv2d(3, 32, 3, padding=1), ck.ReLU(), ck.MaxPool2d(2),
-        ck.Conv2d(32, 64, 3, padding=1), ck.ReLU(), ck.MaxPool2d(2),
-        ck.Flatten(), ck.Linear(64 * 8 * 8, 128), ck.ReLU(), ck.Linear(128, 10)])
+    """The CIFAR-style CNN of `cnnkit bench` and docs/performance.md."""
+    from cnnkit.bench import build_cnnkit
+
+    return build_cnnkit("cifar")
 
 
 def cpu_model() -> str:

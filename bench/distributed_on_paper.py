@@ -54,7 +54,8 @@ def main() -> None:
             for n in NS:
                 t = step_ms(compute, nbytes, n, bw, lat)
                 eff = compute / t
-                cells.append(f"{t:.3g} ms ({100 * eff:.0f}%)")
+                cells.append(f"{t:.3g} ms ({100 * eff:.0f}%)" if t < 100 else
+                             f"{t:.0f} ms ({100 * eff:.0f}%)")
                 if stop is None and eff < 0.5:
                     stop = n
             print(f"| {name} | " + " | ".join(cells) + f" | {f'N={stop}' if stop else '> 256'} |")
