@@ -11,7 +11,6 @@ seconds per epoch and the ratio to the plain epoch without prefetch.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -19,16 +18,7 @@ import numpy as np
 
 import cnnkit as ck
 from cnnkit import transforms as T
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from cnnkit.bench import cpu_model
 
 
 def small_cifar_cnn() -> ck.Sequential:

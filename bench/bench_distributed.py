@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 
@@ -21,6 +20,7 @@ import numpy as np
 
 import cnnkit as ck
 from cnnkit import distributed as dist
+from cnnkit.bench import cpu_model
 
 NETS = {
     "lenet5": ((1, 28, 28), 10, lambda: ck.models.lenet5()),
@@ -34,21 +34,6 @@ def cifar_net() -> ck.Sequential:
     from cnnkit.bench import build_cnnkit
 
     return build_cnnkit("cifar")
-
-
-def cpu_model() -> str:
-    """"AMD EPYC (family 25 model 17)": the model name and, as lscpu prints them, the
-    family and model numbers that tell the generations apart."""
-    info: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                info.setdefault(k.strip(), v.strip())
-    except OSError:
-        return platform.processor() or "unknown"
-    return (f"{info.get('model name', 'unknown')} (family {info.get('cpu family', '?')} "
-            f"model {info.get('model', '?')})")
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -94,23 +93,6 @@ def run_worker(lib: str, path: str, net: str, batch: int, threads: int, seconds:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def cpu_model() -> str:
-    """lscpu's "Model name" with the CPU family and model; /proc/cpuinfo or the platform's
-    processor name where lscpu is missing."""
-    info: dict[str, str] = {}
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in text.splitlines():
-            k, _, v = line.partition(":")
-            info.setdefault(k.strip(), v.strip())
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    name = info.get("Model name") or platform.processor() or platform.machine()
-    if "CPU family" in info and "Model" in info:
-        name += f" (family {info['CPU family']}, model {info['Model']})"
-    return name
-
-
 def kernel_set() -> str:
     import cnnkit as ck
 
@@ -147,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     import cnnkit as ck
 
     t_start = time.time()
+    from cnnkit.bench import cpu_model
+
     cpu, kernels = cpu_model(), kernel_set()  # asked once, before any timing
     print(f"cnnkit {ck.__version__} vs onnxruntime {ort.__version__} (CPUExecutionProvider, "
           f"intra-op threads = cnnkit's, inter-op 1, sequential); {cpu}, "
