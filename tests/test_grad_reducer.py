@@ -2,6 +2,8 @@
 process: called between backward and update with the flat gradients, scaled, and joined by
 non-finite steps. Runs on CUDA too where there is a device (or the CUDA emulation)."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -99,3 +101,329 @@ def test_bad_arguments():
         _core.set_grad_reducer(m._net, 3, 1.0)
     with pytest.raises(ValueError, match="scale must be a positive number"):
         _core.set_grad_reducer(m._net, lambda g: None, 0.0)
+
+
+# -- bucketed reduction, overlapped with the backward -----------------------------------------
+
+
+def _residual(seed=0):
+    """A residual block with BatchNorm (a graph model: the Add's input fans out)."""
+    ck.manual_seed(seed)
+    inp = ck.Input((2, 8, 8))
+    h = ck.ReLU()(ck.BatchNorm2d(4)(ck.Conv2d(2, 4, 3, padding=1)(inp)))
+    y = ck.BatchNorm2d(4)(ck.Conv2d(4, 4, 3, padding=1)(ck.ReLU()(
+        ck.BatchNorm2d(4)(ck.Conv2d(4, 4, 3, padding=1)(h)))))
+    h = ck.ReLU()(ck.Add()([h, y]))
+    return ck.Model(inp, ck.Linear(4 * 8 * 8, 3)(ck.Flatten()(h)))
+
+
+def _chain(seed=0):
+    ck.manual_seed(seed)
+    return ck.Sequential(ck.Conv2d(2, 6, 3), ck.ReLU(), ck.MaxPool2d(2), ck.Conv2d(6, 8, 3),
+                         ck.ReLU(), ck.Flatten(), ck.Linear(8, 16), ck.ReLU(),
+                         ck.Linear(16, 3))
+
+
+MODELS = {"chain": _chain, "residual": _residual}
+
+
+def _data(n=32):
+    rng = np.random.default_rng(3)
+    return rng.random((n, 2, 8, 8), dtype=np.float32), rng.integers(0, 3, n)
+
+
+def _starts(model):
+    """Offset (floats) in the flat buffer of each layer's first parameter, and the buffer's
+    size (parameters are laid out layer by layer, each at a 64-byte boundary)."""
+    at, starts, layers = 0, [], set()
+    for k, g in model.grad_dict().items():
+        layer = k.rsplit(".", 1)[0]
+        if layer not in layers:
+            layers.add(layer)
+            starts.append(at)
+        at += -(-g.size // 16) * 16
+    return starts, at
+
+
+class Recorder:
+    """A fake all-reduce of 2 identical processes (x2, with scale 0.5: exact), recording the
+    address and size of every call and the thread it ran on."""
+
+    def __init__(self, fail_at=None):
+        self.calls, self.threads, self.fail_at = [], set(), fail_at
+
+    def __call__(self, g):
+        assert g.dtype == np.float32 and g.ndim == 1 and g.flags.c_contiguous
+        self.calls.append((g.__array_interface__["data"][0], g.shape[0]))
+        self.threads.add(threading.get_ident())
+        if self.fail_at is not None and len(self.calls) == self.fail_at:
+            raise ConnectionError("the peer is gone")
+        g *= 2
+
+    def steps(self, per_step):
+        """The calls as (offset, size) in floats, one list per step (offset 0: the lowest
+        address, which the exact cover checked below makes the buffer's start)."""
+        base = min(a for a, _ in self.calls)
+        out = [((a - base) // 4, n) for a, n in self.calls]
+        return [out[i:i + per_step] for i in range(0, len(out), per_step)]
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_bucket_plan_covers_the_buffer_once_at_layer_boundaries(kind):
+    m = MODELS[kind]()
+    starts, n = _starts(m)
+    assert n == m._net.flat_params().shape[0]
+    assert _core.grad_buckets(m._net, 0) == [(0, n)]
+    for bucket_bytes in (1, 64, 700, 2048, 4 * n - 4, 4 * n, 1 << 30):
+        plan = _core.grad_buckets(m._net, bucket_bytes)
+        assert plan == _core.grad_buckets(m._net, bucket_bytes)  # deterministic
+        # from the end of the buffer to its start, contiguous, each byte once
+        assert plan[0][0] + plan[0][1] == n and plan[-1][0] == 0
+        for (o1, _), (o2, s2) in zip(plan[:-1], plan[1:], strict=True):
+            assert o2 + s2 == o1
+        assert sum(s for _, s in plan) == n
+        assert all(o in starts for o, _ in plan)  # cut where a layer's parameters start
+        assert all(4 * s >= bucket_bytes for _, s in plan[:-1])
+        # a bucket closes at the first layer boundary that makes it big enough
+        layer_starts = starts + [n]
+        for o, s in plan[:-1]:
+            nxt = layer_starts[layer_starts.index(o) + 1]
+            assert 4 * (o + s - nxt) < bucket_bytes
+    assert [o for o, _ in _core.grad_buckets(m._net, 1)] == starts[::-1]  # one per layer
+    assert _core.grad_buckets(m._net, 4 * n) == [(0, n)]
+    with pytest.raises(ValueError, match="bucket_bytes must be >= 0"):
+        _core.grad_buckets(m._net, -1)
+
+
+def _fit(kind, bucket_bytes, reducer=None, epochs=2, optimizer=None):
+    m = MODELS[kind]()
+    t = ck.Trainer(m, optimizer=optimizer or ck.optim.SGD(lr=0.1, momentum=0.9), device="cpu",
+                   seed=0)
+    x, y = _data()
+    if reducer is not None:
+        _core.set_grad_reducer(m._net, reducer, 0.5, bucket_bytes)
+    try:
+        t.fit(x, y, epochs=epochs, batch_size=8, verbose=0, shuffle=False)
+    finally:
+        _core.set_grad_reducer(m._net, None)
+    return m
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_bucketed_reduction_matches_one_reduction_bitwise(kind):
+    plain = _fit(kind, 0, Recorder())
+    ref = _fit(kind, 0, None)  # x2 then x0.5 is exact: the same as no reducer
+    for k, v in ref.state_dict().items():
+        np.testing.assert_array_equal(plain.state_dict()[k], v, err_msg=k)
+    n = plain._net.flat_params().shape[0]
+    for bucket_bytes in (1, n, 2 * n):  # bytes: every layer, about 4 and 2 buckets
+        rec = Recorder()
+        m = _fit(kind, bucket_bytes, rec, optimizer=ck.optim.Adam(lr=1e-2))
+        r0 = _fit(kind, 0, Recorder(), optimizer=ck.optim.Adam(lr=1e-2))
+        for k, v in r0.state_dict().items():
+            np.testing.assert_array_equal(m.state_dict()[k], v, err_msg=f"{bucket_bytes} {k}")
+        plan = _core.grad_buckets(m._net, bucket_bytes)
+        assert len(plan) > 1
+        steps = rec.steps(len(plan))
+        assert len(steps) == 2 * 4  # 2 epochs of 4 batches, every step the same buckets
+        assert all(s == plan for s in steps), (steps[0], plan)
+        assert sum(s for _, s in plan) == n
+        assert threading.get_ident() not in rec.threads  # the communication thread
+    # bucket_bytes at least the buffer: one call, on the stepping thread, as bucket 0
+    rec = Recorder()
+    _fit(kind, 4 * n, rec, epochs=1)
+    assert [s for _, s in rec.calls] == [n] * 4 and rec.threads == {threading.get_ident()}
+
+
+class Gate(ck.Layer):
+    """Identity whose backward waits until the reducer has been called: it returns only if
+    the reduction of the later layers' gradients runs while the backward is still going."""
+
+    def __init__(self, started):
+        super().__init__()
+        self.started = started
+        self.waited = None
+
+    def forward(self, x, training):
+        return x
+
+    def backward(self, dy):
+        self.waited = self.started.wait(timeout=30)
+        return dy
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_buckets_are_reduced_while_the_backward_runs(graph):
+    started = threading.Event()
+    gate = Gate(started)
+    ck.manual_seed(0)
+    if graph:
+        inp = ck.Input((2, 8, 8))
+        h = ck.Conv2d(2, 4, 3, padding=1)(inp)
+        h = ck.Add()([ck.Conv2d(4, 4, 3)(gate(h)), ck.Conv2d(4, 4, 3)(h)])
+        m = ck.Model(inp, ck.Linear(4 * 6 * 6, 3)(ck.Flatten()(h)))
+    else:
+        m = ck.Sequential(ck.Conv2d(2, 4, 3), gate, ck.Flatten(), ck.Linear(4 * 6 * 6, 3))
+    ck.Trainer(m, optimizer=ck.optim.SGD(lr=0.1), device="cpu")
+    calls = []
+
+    def reducer(g):
+        calls.append(g.shape[0])
+        started.set()
+
+    _core.set_grad_reducer(m._net, reducer, 1.0, 1)
+    x, y = _data(8)
+    loss, _ = m._net.train_step(x, y)
+    _core.set_grad_reducer(m._net, None)
+    assert np.isfinite(loss)
+    assert gate.waited is True  # the Linear's bucket was reduced before the gate's backward
+    assert calls == [s for _, s in _core.grad_buckets(m._net, 1)]
+
+
+def _params(m):
+    state = m.state_dict()
+    return {k: state[k] for k in m.grad_dict()}
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+@pytest.mark.parametrize("when", ["first", "second", "third"])
+def test_a_failing_bucket_raises_from_fit_and_the_net_stays_usable(kind, when):
+    def trainer():
+        m = MODELS[kind]()
+        return m, ck.Trainer(m, optimizer=ck.optim.SGD(lr=0.1, momentum=0.9), device="cpu",
+                             seed=0)
+
+    m, t = trainer()
+    x, y = _data()
+    nb = len(_core.grad_buckets(m._net, 1))
+    # the first, the second bucket of the first step, or the first of the second step
+    fail_at = {"first": 1, "second": 2, "third": nb + 1}[when]
+    before = _params(m)
+    rec = Recorder(fail_at=fail_at)
+    _core.set_grad_reducer(m._net, rec, 0.5, 1)
+    with pytest.raises(ConnectionError, match="the peer is gone"):
+        t.fit(x, y, epochs=1, batch_size=8, verbose=0, shuffle=False)
+    assert len(rec.calls) == fail_at  # no call after the failing one
+    if fail_at <= nb:
+        for k, v in before.items():  # the update was not applied
+            np.testing.assert_array_equal(m.state_dict()[k], v, err_msg=k)
+    for k, g in m.grad_dict().items():  # and the next step starts from zero gradients
+        assert not g.any(), k
+    # the Net goes on: the same parameters as a model that never saw the failed step
+    _core.set_grad_reducer(m._net, Recorder(), 0.5, 1)
+    m._net.train_step(x[16:24], y[16:24])
+    _core.set_grad_reducer(m._net, None)
+    ref, rt = trainer()
+    if fail_at > nb:
+        rt.fit(x[:8], y[:8], epochs=1, batch_size=8, verbose=0, shuffle=False)
+    ref._net.train_step(x[16:24], y[16:24])
+    for k, v in _params(ref).items():
+        np.testing.assert_array_equal(m.state_dict()[k], v, err_msg=k)
+
+
+class Fails(ck.Layer):
+    def forward(self, x, training):
+        return x
+
+    def backward(self, dy):
+        raise ArithmeticError("backward failed")
+
+
+def test_a_failing_backward_quiesces_the_reducer_thread():
+    ck.manual_seed(0)
+    m = ck.Sequential(ck.Conv2d(2, 4, 3), Fails(), ck.Flatten(), ck.Linear(4 * 6 * 6, 3))
+    ck.Trainer(m, optimizer=ck.optim.SGD(lr=0.1), device="cpu")
+    before = m.state_dict()
+    rec = Recorder()
+    _core.set_grad_reducer(m._net, rec, 0.5, 1)
+    x, y = _data(8)
+    for _ in range(3):
+        with pytest.raises(ArithmeticError, match="backward failed"):
+            m._net.train_step(x, y)
+    _core.set_grad_reducer(m._net, None)
+    for k, v in before.items():
+        np.testing.assert_array_equal(m.state_dict()[k], v, err_msg=k)
+    for k, g in m.grad_dict().items():
+        assert not g.any(), k
+    # the Linear's bucket was reduced (or dropped, when the error came first); never the
+    # Conv2d's, whose gradients the failed backward never completed
+    linear = _core.grad_buckets(m._net, 1)[0][1]
+    assert len(rec.calls) <= 3 and all(n == linear for _, n in rec.calls)
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_a_non_finite_step_joins_every_bucket(kind):
+    m = MODELS[kind]()
+    t = ck.Trainer(m, optimizer=ck.optim.SGD(lr=0.1), device="cpu", seed=0)
+    before = m.state_dict()
+    seen = []
+
+    def reducer(g):
+        seen.append((g.shape[0], bool(np.isnan(g).all())))
+
+    _core.set_grad_reducer(m._net, reducer, 0.5, 1)
+    x, y = _data(8)
+    plan = _core.grad_buckets(m._net, 1)
+    flat = m._net.flat_params()
+    bad = flat.copy()
+    bad[plan[0][0]:] = np.nan  # the last Linear's parameters: NaN logits, a NaN loss
+    m._net.set_flat_params(bad)
+    loss, _ = m._net.train_step(x, y)
+    assert not np.isfinite(loss)
+    assert seen == [(s, True) for _, s in plan]  # the same buckets as a finite step's
+    np.testing.assert_array_equal(m._net.flat_params(), bad)  # no update
+    m._net.set_flat_params(flat)
+    for k, v in _params(m).items():
+        np.testing.assert_array_equal(before[k], v, err_msg=k)
+    seen.clear()
+    loss, _ = m._net.train_step(x, y)  # and a finite step afterwards is an ordinary one
+    _core.set_grad_reducer(m._net, None)
+    assert np.isfinite(loss) and [s for s, _ in seen] == [s for _, s in plan]
+    assert not any(nan for _, nan in seen)
+    del t
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bucket_bytes_on_every_device(device):
+    m, t, x, y = _setup(device)
+    n = m._net.flat_params().shape[0]
+    calls = []
+    _core.set_grad_reducer(m._net, lambda g: calls.append(g.shape[0]), 1.0, 1)
+    assert _core.grad_bucket_bytes(m._net) == 1
+    t.fit(x, y, epochs=1, batch_size=8, verbose=0, shuffle=False)
+    _core.set_grad_reducer(m._net, None)
+    assert _core.grad_bucket_bytes(m._net) == 0
+    plan = [s for _, s in _core.grad_buckets(m._net, 1)]
+    # CUDA gradients are staged through one host copy: one call after the backward
+    assert calls == (plan * 2 if device == "cpu" else [n, n])
+    with pytest.raises(ValueError, match="bucket_bytes must be >= 0"):
+        _core.set_grad_reducer(m._net, lambda g: None, 1.0, -1)
+
+
+def test_distributed_bucket_setting_and_thread_level(monkeypatch):
+    from cnnkit import distributed as dist
+
+    monkeypatch.setattr(dist._S, "bucket_mb", dist._S.bucket_mb)
+    monkeypatch.setattr(dist._S, "overlap_ok", True)
+    assert dist.init(bucket_mb=2.5) == 1
+    assert dist._bucket_bytes() == int(2.5 * (1 << 20))
+    assert dist.init(bucket_mb=0) == 1 and dist._bucket_bytes() == 0
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="bucket_mb must be a number >= 0"):
+            dist.init(bucket_mb=bad)
+
+    class FakeMPI:
+        THREAD_SINGLE, THREAD_FUNNELED, THREAD_SERIALIZED, THREAD_MULTIPLE = 0, 1, 2, 3
+
+        def __init__(self, level):
+            self.level = level
+
+        def Query_thread(self):  # noqa: N802 - mpi4py's name
+            return self.level
+
+    assert dist._thread_level_ok(FakeMPI(3)) and dist._thread_level_ok(FakeMPI(2))
+    with pytest.warns(RuntimeWarning, match="MPI_THREAD_FUNNELED, below MPI_THREAD_SERIALIZED"):
+        assert not dist._thread_level_ok(FakeMPI(1))
+    dist.init(bucket_mb=4)
+    monkeypatch.setattr(dist._S, "overlap_ok", False)
+    assert dist._bucket_bytes() == 0

@@ -1,7 +1,8 @@
 // Bindings for data-parallel training: the Net's gradient reducer, a Python callable (the
-// all-reduce of cnnkit.distributed, on mpi4py) that train_step calls between the backward and
-// the update with a numpy view of the flat gradient buffer. The step runs without the GIL;
-// the reducer takes it for its call only.
+// all-reduce of cnnkit.distributed, on mpi4py) that train_step calls before the update with a
+// numpy view of the flat gradient buffer, or of each bucket of it (overlapped with the
+// backward, from the Net's communication thread). The step runs without the GIL; the reducer
+// takes it for its call only.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -18,7 +19,7 @@ using namespace cnnkit;
 void bind_distributed(py::module_& m) {
     m.def(
         "set_grad_reducer",
-        [](nn::Net& net, py::object fn, float scale) {
+        [](nn::Net& net, py::object fn, float scale, int64_t bucket_bytes) {
             std::lock_guard<std::mutex> lock(net.mutex());
             if (fn.is_none()) {
                 net.set_grad_reducer({}, 1.f);
@@ -27,6 +28,8 @@ void bind_distributed(py::module_& m) {
             CNN_CHECK_ARG(PyCallable_Check(fn.ptr()), "set_grad_reducer: fn must be callable");
             CNN_CHECK_ARG(std::isfinite(scale) && scale > 0.f,
                           "set_grad_reducer: scale must be a positive number, got ", scale);
+            CNN_CHECK_ARG(bucket_bytes >= 0, "set_grad_reducer: bucket_bytes must be >= 0, got ",
+                          bucket_bytes);
             // Kept while the Net uses it; released with the GIL held.
             std::shared_ptr<py::object> keep(new py::object(std::move(fn)), [](py::object* o) {
                 py::gil_scoped_acquire gil;
@@ -35,18 +38,37 @@ void bind_distributed(py::module_& m) {
             net.set_grad_reducer(
                 [keep](float* g, int64_t n) {
                     py::gil_scoped_acquire gil;
-                    // A view of the gradients (no copy), valid for this call only.
+                    // A view of the gradients or of one bucket (no copy), valid for this call.
                     py::array_t<float> view({static_cast<py::ssize_t>(n)},
                                             {static_cast<py::ssize_t>(sizeof(float))}, g,
                                             py::capsule(g, [](void*) {}));
                     (*keep)(view);
                 },
-                scale);
+                scale, bucket_bytes);
         },
-        py::arg("net"), py::arg("fn"), py::arg("scale") = 1.f,
+        py::arg("net"), py::arg("fn"), py::arg("scale") = 1.f, py::arg("bucket_bytes") = 0,
         "Set (or, with None, clear) the gradient all-reduce train_step calls: fn(grads) must "
-        "sum the flat float32 gradient buffer of every process in place; the result is then "
-        "multiplied by scale. fn runs while the Net is locked: it must not call the Net.");
+        "sum a float32 slice of the flat gradient buffer over every process, in place; the "
+        "result is then multiplied by scale. bucket_bytes = 0: one call on the whole buffer "
+        "after the backward. bucket_bytes > 0 (CPU models): one call per bucket of "
+        "grad_buckets(net, bucket_bytes), in that order, from a communication thread while "
+        "the backward goes on. fn runs while the Net is locked: it must not call the Net.");
     m.def("has_grad_reducer", [](nn::Net& net) { return net.has_grad_reducer(); },
           py::arg("net"));
+    m.def("grad_bucket_bytes", [](nn::Net& net) { return net.grad_bucket_bytes(); },
+          py::arg("net"));
+    m.def(
+        "grad_buckets",
+        [](nn::Net& net, int64_t bucket_bytes) {
+            CNN_CHECK_ARG(bucket_bytes >= 0, "grad_buckets: bucket_bytes must be >= 0, got ",
+                          bucket_bytes);
+            py::list out;
+            for (const auto& b : net.grad_buckets(bucket_bytes))
+                out.append(py::make_tuple(b.offset, b.size));
+            return out;
+        },
+        py::arg("net"), py::arg("bucket_bytes"),
+        "The (offset, size) in floats of each bucket set_grad_reducer(..., bucket_bytes) "
+        "reduces, in the order it reduces them (from the end of the flat buffer to its "
+        "start): cut at layer boundaries, every bucket at least bucket_bytes but the last.");
 }

@@ -258,11 +258,13 @@ Tensor Net::backward(const Tensor& dy, bool need_dx) {
         const bool want_dx = ii > 0 || need_dx;
         if (layers_[ii]->is_view()) {
             d = d.reshape(act_shapes_[ii]);
+            grads_done(ii);
             continue;
         }
         Tensor dx;
         if (want_dx) dx = grad_store_[1 - cur].view(act_shapes_[ii]);
         layers_[ii]->backward(acts_[ii], acts_[ii + 1], d, want_dx ? &dx : nullptr, ws);
+        grads_done(ii);  // layer ii's parameter gradients are final (its backward runs once)
         if (!want_dx) return Tensor();
         d = dx;
         cur = 1 - cur;
@@ -304,15 +306,20 @@ StepResult Net::train_step(const Tensor& x, const int64_t* labels, const Tensor*
     Tensor dout = grad_store_[0].view(act_shapes_[L]);
     StepResult r;
     r.loss = loss_forward_backward(out, labels, target, &dout, &r.correct);
-    if (!std::isfinite(r.loss)) {
-        if (!reducer_) return r;  // caller reports divergence; no update applied
-        // Data-parallel: the other processes wait in the all-reduce; join it with NaN
-        // gradients, which makes every process refuse this update below.
-        grads_.fill(std::numeric_limits<float>::quiet_NaN());
+    const bool finite = std::isfinite(r.loss);
+    if (!finite && !reducer_) return r;  // caller reports divergence; no update applied
+    if (reducer_) {
+        // Data-parallel. A non-finite loss still joins the all-reduce (the other processes
+        // wait in it), with NaN gradients, which makes every process refuse this update below.
+        try {
+            backward_reduced(dout, finite);
+        } catch (...) {
+            grads_.fill(0.f);  // no update: the next step starts from zero gradients
+            throw;
+        }
     } else {
         backward(dout, false);
     }
-    if (reducer_) reduce_grads();
     // A finite loss can still overflow the update (huge lr or gradients): keep the previous
     // parameters and refuse the step, reported to the caller as an infinite loss. On every
     // device: the backup and the check stay on the parameters' device.
@@ -326,6 +333,78 @@ StepResult Net::train_step(const Tensor& x, const int64_t* labels, const Tensor*
         r.loss = std::numeric_limits<double>::infinity();
     }
     return r;
+}
+
+void Net::set_grad_reducer(GradReducer fn, float scale, int64_t bucket_bytes) {
+    CNN_CHECK_ARG(bucket_bytes >= 0, "set_grad_reducer: bucket_bytes must be >= 0, got ",
+                  bucket_bytes);
+    reducer_ = std::move(fn);
+    reduce_scale_ = scale;
+    bucket_bytes_ = reducer_ ? bucket_bytes : 0;
+    std::vector<GradBucketer::Bucket> plan = grad_buckets(bucket_bytes_);
+    if (plan.size() > 1) {
+        if (!bucketer_) bucketer_ = std::make_unique<GradBucketer>();
+        bucketer_->set_plan(std::move(plan));
+    } else {
+        bucketer_.reset();  // one bucket: reduced after the backward, on this thread
+    }
+}
+
+// Where each node's gradients start in the flat buffer: parameters are laid out node by
+// node in node order, so node i owns [starts[i], starts[i + 1]) (its parameters and their
+// alignment padding). A layer object at two nodes (refused by the Python API) would write
+// its gradients from both visits: one range, no overlap.
+std::vector<int64_t> Net::grad_node_starts() const {
+    const size_t L = layers_.size();
+    std::vector<int64_t> s(L + 1, 0);
+    size_t pi = 0;
+    int64_t at = 0;
+    for (size_t i = 0; i < L; ++i) {
+        s[i] = at;
+        for (size_t k = 0; k < layers_[i]->param_specs().size(); ++k, ++pi) {
+            const auto& e = param_index_[pi].second;
+            at = e.first + round_up(shape_numel(e.second));
+        }
+    }
+    s[L] = grads_.numel();
+    std::vector<const Layer*> seen;
+    for (const auto& l : layers_) seen.push_back(l.get());
+    std::sort(seen.begin(), seen.end());
+    if (std::adjacent_find(seen.begin(), seen.end()) != seen.end())
+        std::fill(s.begin(), s.begin() + static_cast<std::ptrdiff_t>(L), int64_t(0));
+    return s;
+}
+
+std::vector<GradBucketer::Bucket> Net::grad_buckets(int64_t bucket_bytes) const {
+    return GradBucketer::plan(grad_node_starts(), bucket_bytes);
+}
+
+void Net::backward_reduced(const Tensor& dout, bool finite) {
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    if (!bucketer_ || grads_.device() != Device::CPU) {
+        if (finite)
+            backward(dout, false);
+        else
+            grads_.fill(nan);
+        reduce_grads();
+        return;
+    }
+    // Overlapped: the buckets go to the reducer thread as the backward completes them (the
+    // same buckets in the same order on every process, NaN ones included).
+    if (!finite) grads_.fill(nan);
+    bucketer_->begin(grads_.data(), &reducer_, reduce_scale_);
+    try {
+        if (finite) {
+            live_ = bucketer_.get();
+            backward(dout, false);
+            live_ = nullptr;
+        }
+        bucketer_->finish();  // the rest, then waits for all; rethrows the reducer's error
+    } catch (...) {
+        live_ = nullptr;
+        bucketer_->abandon();  // the thread is idle before the error leaves the step
+        throw;
+    }
 }
 
 void Net::reduce_grads() {

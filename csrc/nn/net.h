@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "nn/grad_bucketer.h"
 #include "nn/layer.h"
 #include "nn/optimizer.h"
 
@@ -73,18 +74,26 @@ class Net {
     // forward(eval) + loss, no gradients.
     StepResult eval_step(const Tensor& x, const int64_t* labels, const Tensor* target);
 
-    // Data-parallel training: train_step calls `fn` between the backward and the update with
-    // the flat gradient buffer in host memory (CUDA gradients are staged through a host copy);
-    // it must sum the gradients of every process in place (an MPI all-reduce). They are then
-    // multiplied by `scale` (1 / number of processes). A step whose loss is not finite still
-    // takes part, with NaN gradients, so that every process refuses the same update. An
-    // empty `fn` switches it off.
+    // Data-parallel training: train_step calls `fn` before the update on the flat gradient
+    // buffer in host memory; it must sum the gradients of every process in place (an MPI
+    // all-reduce). They are then multiplied by `scale` (1 / number of processes). With
+    // bucket_bytes = 0, one call on the whole buffer after the backward. With bucket_bytes > 0
+    // (CPU models), the buffer is cut at layer boundaries into buckets of at least that many
+    // bytes (grad_buckets), and `fn` is called on each from a communication thread, in a fixed
+    // order, as soon as the backward has completed it, overlapping the reduction with the
+    // rest of the backward; train_step waits for every bucket before the update. CUDA
+    // gradients are staged through a host copy and reduced in one call after the backward.
+    // A step whose loss is not finite still takes part, with NaN gradients (the same
+    // buckets), so that every process refuses the same update. An error from `fn` leaves the
+    // parameters unchanged and the gradients zero, and is rethrown by train_step once the
+    // thread is idle. An empty `fn` switches it off.
     using GradReducer = std::function<void(float* grads, int64_t n)>;
-    void set_grad_reducer(GradReducer fn, float scale) {
-        reducer_ = std::move(fn);
-        reduce_scale_ = scale;
-    }
+    void set_grad_reducer(GradReducer fn, float scale, int64_t bucket_bytes = 0);
     bool has_grad_reducer() const { return static_cast<bool>(reducer_); }
+    int64_t grad_bucket_bytes() const { return bucket_bytes_; }
+    // The buckets train_step reduces for `bucket_bytes`, in issue order (from the end of the
+    // flat buffer to its start); they depend only on the layers' parameter shapes.
+    std::vector<GradBucketer::Bucket> grad_buckets(int64_t bucket_bytes) const;
 
     // Dropout RNG: seed and a counter advanced once per training forward.
     void set_rng(uint64_t seed, uint64_t counter) {
@@ -144,9 +153,19 @@ class Net {
     int64_t act_bytes_ = 0;
 
     void reduce_grads();
+    // backward (finite loss) or NaN gradients, and the reduction, bucketed when planned
+    void backward_reduced(const Tensor& dout, bool finite);
+    // the backward of node i is done: hands the buckets it completes to the reducer thread
+    void grads_done(size_t i) {
+        if (live_) live_->node_done(static_cast<int64_t>(i));
+    }
+    std::vector<int64_t> grad_node_starts() const;
     GradReducer reducer_;
     float reduce_scale_ = 1.f;
     Tensor reduce_host_;  // host copy of CUDA gradients for the reducer
+    int64_t bucket_bytes_ = 0;
+    std::unique_ptr<GradBucketer> bucketer_;  // when the plan has more than one bucket
+    GradBucketer* live_ = nullptr;            // set during an overlapped backward
 
     LossKind loss_ = LossKind::None;
     std::shared_ptr<Optimizer> opt_;

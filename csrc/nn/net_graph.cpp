@@ -155,7 +155,10 @@ Tensor Net::backward_graph(const Tensor& dy, bool need_dx) {
     std::vector<char> acc;
     for (size_t ii = L; ii-- > 0;) {
         const int64_t v = static_cast<int64_t>(ii) + 1;
-        if (!has[v]) continue;  // nothing flows back through this node
+        if (!has[v]) {  // nothing flows back through this node (its gradients stay zero)
+            grads_done(ii);
+            continue;
+        }
         const auto& in = inputs_[ii];
         xs.clear();
         dx.assign(in.size(), Tensor());
@@ -175,7 +178,11 @@ Tensor Net::backward_graph(const Tensor& dy, bool need_dx) {
             }
             dxs[k] = &dx[k];
         }
+        // gvals_[v] is complete: every consumer of value v is a later node, visited before.
+        // This node's parameter gradients are final after this call (a layer sits at one
+        // node, so its backward runs once per step).
         layers_[ii]->backward_n(xs, acts_[v], gvals_[v], dxs, ws);
+        grads_done(ii);
         for (size_t k = 0; k < in.size(); ++k) {
             if (!dxs[k]) continue;
             if (acc[k]) ops::add_into(gvals_[in[k]], dx[k]);

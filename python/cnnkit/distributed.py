@@ -23,6 +23,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ _LAUNCHER_ENV = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "M
                  "MPIR_CVAR_CH3_INTERFACE_HOSTNAME", "HYDI_CONTROL_FD")
 
 _DEFAULT_TIMEOUT = 300.0  # seconds one collective may wait for the other processes
+_DEFAULT_BUCKET_MB = 0.0  # gradient bucket (MiB) reduced during the backward; 0: after it
 
 
 class DistributedError(RuntimeError):
@@ -49,6 +51,8 @@ class _State:
         self.rank = 0
         self.size = 1
         self.timeout = _DEFAULT_TIMEOUT
+        self.bucket_mb = _DEFAULT_BUCKET_MB
+        self.overlap_ok = True  # the MPI allows calls from the reducer thread
         self.lock = threading.Lock()
         self.pending: tuple[float, str] | None = None  # (deadline, what) of the collective
         self.watchdog: threading.Thread | None = None
@@ -62,7 +66,7 @@ def launched_by_mpi() -> bool:
     return any(k in os.environ for k in _LAUNCHER_ENV)
 
 
-def init(timeout: float = _DEFAULT_TIMEOUT) -> int:
+def init(timeout: float = _DEFAULT_TIMEOUT, bucket_mb: float = _DEFAULT_BUCKET_MB) -> int:
     """Join the MPI job this process was launched in; returns the number of processes.
 
     A no-op (1 process, mpi4py not imported) when no MPI launcher started this process.
@@ -70,14 +74,25 @@ def init(timeout: float = _DEFAULT_TIMEOUT) -> int:
     the other processes; past it a watchdog prints which rank waited for what and ends the
     whole job (MPI_Abort): a stuck peer becomes an error, never a hang. An uncaught
     exception in any process prints its rank and aborts the job (as ``python -m mpi4py``
-    does). Calling init again only updates the timeout.
+    does). `bucket_mb` (as DDP's ``bucket_cap_mb``, in MiB): > 0 cuts the gradients into
+    buckets of at least that size, at layer boundaries, each all-reduced by a communication
+    thread as soon as the backward has completed it (overlapping the all-reduce with the
+    backward; CPU models); 0 all-reduces them in one call after the backward. Overlap needs
+    an MPI that allows calls from a second thread (MPI_THREAD_SERIALIZED or better): with a
+    lower thread level, init warns and reduces after the backward. Every process must use
+    the same value. Calling init again only updates the timeout and bucket_mb.
     """
     t = float(timeout)
     if not t > 0 or t != t:
         raise ValueError(f"distributed.init: timeout must be a positive number of seconds, "
                          f"got {timeout!r}")
+    b = float(bucket_mb)
+    if not (b >= 0 and b < float("inf")):
+        raise ValueError(f"distributed.init: bucket_mb must be a number >= 0 (MiB; 0: no "
+                         f"overlap), got {bucket_mb!r}")
     with _S.lock:
         _S.timeout = t
+        _S.bucket_mb = b
         if _S.comm is not None or not launched_by_mpi():
             return _S.size
         try:
@@ -90,6 +105,7 @@ def init(timeout: float = _DEFAULT_TIMEOUT) -> int:
         _S.comm = MPI.COMM_WORLD
         _S.rank = _S.comm.Get_rank()
         _S.size = _S.comm.Get_size()
+        _S.overlap_ok = _thread_level_ok(MPI)
         if _S.size > 1:
             _install_abort_hook()
             _share_cores()
@@ -97,6 +113,28 @@ def init(timeout: float = _DEFAULT_TIMEOUT) -> int:
                                            daemon=True)
             _S.watchdog.start()
         return _S.size
+
+
+def _thread_level_ok(mpi: Any) -> bool:
+    """Whether the MPI lets the gradient reducer thread call it (the step's only MPI caller
+    while the step runs): MPI_THREAD_SERIALIZED or better. Otherwise warn: no overlap."""
+    provided = mpi.Query_thread()
+    if provided >= mpi.THREAD_SERIALIZED:
+        return True
+    names = {mpi.THREAD_SINGLE: "MPI_THREAD_SINGLE", mpi.THREAD_FUNNELED: "MPI_THREAD_FUNNELED"}
+    warnings.warn(f"cnnkit.distributed: the MPI provides {names.get(provided, provided)}, "
+                  "below MPI_THREAD_SERIALIZED, so the gradient all-reduce cannot run on a "
+                  "thread of its own; it runs after the backward (bucket_mb is ignored)",
+                  RuntimeWarning, stacklevel=3)
+    return False
+
+
+def _bucket_bytes() -> int:
+    """The bucket size the Trainer gives the Net's reducer (0: one all-reduce after the
+    backward)."""
+    if not _S.overlap_ok:
+        return 0
+    return int(_S.bucket_mb * (1 << 20))
 
 
 def _watch() -> None:
@@ -231,7 +269,9 @@ def broadcast(array: np.ndarray, root: int = 0) -> np.ndarray:
 
 
 def _reduce_gradients(grads: np.ndarray) -> None:
-    """The gradient reducer train_step calls (a view of the flat gradient buffer)."""
+    """The gradient reducer train_step calls (a view of the flat gradient buffer, or of one
+    bucket of it from the Net's communication thread, the only MPI caller while a step
+    runs)."""
     _blocking(lambda: _S.comm.Allreduce(_S.mpi.IN_PLACE, grads, op=_S.mpi.SUM),
               "the gradient all-reduce")
 

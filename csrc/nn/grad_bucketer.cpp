@@ -1,0 +1,145 @@
+// GradBucketer: the bucket plan and the communication thread that reduces the buckets of one
+// step in order while the backward goes on (see grad_bucketer.h).
+#include "nn/grad_bucketer.h"
+
+#include <unistd.h>
+
+#include <limits>
+#include <utility>
+
+namespace cnnkit {
+namespace nn {
+
+std::vector<GradBucketer::Bucket> GradBucketer::plan(const std::vector<int64_t>& starts,
+                                                     int64_t bucket_bytes) {
+    std::vector<Bucket> out;
+    if (starts.empty()) return out;
+    const int64_t L = static_cast<int64_t>(starts.size()) - 1, n = starts[L];
+    if (n <= 0) return out;
+    if (bucket_bytes > 0) {
+        const int64_t want = bucket_bytes / 4 + (bucket_bytes % 4 != 0);  // floats
+        int64_t hi = n;
+        // Node i's gradients are final once its backward ran; the nodes after it ran before,
+        // so [starts[i], n) is final then. The highest node that starts at lo owns float lo
+        // (a node without parameters starts where the next one does).
+        for (int64_t i = L; i-- > 0;) {
+            const int64_t lo = starts[i];
+            if (lo > 0 && hi - lo >= want) {
+                out.push_back({lo, hi - lo, i});
+                hi = lo;
+            }
+        }
+        if (hi > 0) out.push_back({0, hi, 0});
+    } else {
+        out.push_back({0, n, 0});
+    }
+    return out;
+}
+
+GradBucketer::~GradBucketer() {
+    if (!thread_.joinable()) return;
+    if (pid_ != static_cast<long>(getpid())) {
+        // A forked child holds a copy of the parent's handle, not the thread: leave it be.
+        new std::thread(std::move(thread_));
+        return;
+    }
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        stop_ = true;
+    }
+    work_cv_.notify_all();
+    thread_.join();
+}
+
+void GradBucketer::start_thread() {
+    const long pid = static_cast<long>(getpid());
+    if (thread_.joinable() && pid_ == pid) return;
+    if (thread_.joinable()) new std::thread(std::move(thread_));  // the parent's (see above)
+    stop_ = false;
+    pid_ = pid;
+    thread_ = std::thread([this] { worker(); });
+}
+
+void GradBucketer::begin(float* base, const Reducer* fn, float scale) {
+    start_thread();
+    std::lock_guard<std::mutex> lock(mu_);
+    base_ = base;
+    fn_ = fn;
+    scale_ = scale;
+    issued_ = done_ = 0;
+    next_ = 0;
+    cancel_ = false;
+    error_ = nullptr;
+    active_ = true;
+}
+
+void GradBucketer::issue(int64_t i) {
+    size_t n = next_;
+    while (n < buckets_.size() && buckets_[n].ready_after >= i) ++n;
+    if (n == next_) return;
+    next_ = n;
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        issued_ = n;
+    }
+    work_cv_.notify_one();
+}
+
+void GradBucketer::wait_all(std::unique_lock<std::mutex>& lock) {
+    done_cv_.wait(lock, [this] { return done_ == issued_; });
+    active_ = false;
+}
+
+void GradBucketer::finish() {
+    if (!active_) return;
+    issue(std::numeric_limits<int64_t>::min());
+    std::exception_ptr err;
+    {
+        std::unique_lock<std::mutex> lock(mu_);
+        wait_all(lock);
+        std::swap(err, error_);
+    }
+    if (err) std::rethrow_exception(err);
+}
+
+void GradBucketer::abandon() noexcept {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!active_) return;
+    cancel_ = true;
+    wait_all(lock);
+    error_ = nullptr;
+}
+
+void GradBucketer::worker() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+        work_cv_.wait(lock, [this] { return stop_ || done_ < issued_; });
+        if (done_ == issued_) return;  // stop_, and nothing left (never set during a step)
+        const Bucket b = buckets_[done_];
+        const bool skip = cancel_ || error_ != nullptr;  // after an error: no more calls
+        float* g = base_ + b.offset;
+        const Reducer* fn = fn_;
+        const float s = scale_;
+        lock.unlock();
+        std::exception_ptr err;
+        if (!skip) {
+            try {
+                (*fn)(g, b.size);
+                if (s != 1.f) {
+                    const int64_t n = b.size;
+#pragma omp simd
+                    for (int64_t k = 0; k < n; ++k) g[k] *= s;
+                }
+            } catch (...) {
+                err = std::current_exception();
+            }
+        }
+        lock.lock();
+        if (err && !error_) error_ = std::move(err);
+        ++done_;
+        if (done_ == issued_) done_cv_.notify_all();
+    }
+}
+
+}  // namespace nn
+}  // namespace cnnkit
