@@ -107,6 +107,14 @@ SHAPES = [
     (MC512 + 1, NR512 + 2, KC512),
     (2 * MC512 + 5, 2 * NR512 - 3, KC512 + 1),
     (MR512 + 2, 3 * NR512, 2 * KC512 + 7),
+    # 1-4 rows (the skinny nt path: dot products, no packing), K tails of every lane count
+    (1, 37, 1),
+    (2, 130, 17),
+    (3, 5, 33),
+    (4, 64, 300),
+    (4, 1001, 15),
+    (1, 2, 3000),
+    (5, 40, 31),
 ]
 
 
@@ -215,6 +223,19 @@ def test_thread_count_bit_identical(kernel, rng, threads, ta, tb):
     two = _testing.sgemm(a, b, trans_a=ta, trans_b=tb)
     np.testing.assert_array_equal(one, two)
     _check(two, opa @ opb, k)
+
+
+@pytest.mark.parametrize("m", [1, 3, 4])
+def test_skinny_thread_count_bit_identical(kernel, rng, threads, m):
+    # A few rows against a large B^T (Linear at batch 1-4): split over columns by thread
+    a, b, opa, opb = _operands(rng, m, 3000, 700, False, True)
+    bias = rng.uniform(-1, 1, size=3000).astype(np.float32)
+    threads(1)
+    one = _testing.sgemm(a, b, trans_b=True, bias=bias)
+    threads(2)
+    two = _testing.sgemm(a, b, trans_b=True, bias=bias)
+    np.testing.assert_array_equal(one, two)
+    _check(two, opa @ opb + bias, 700)
 
 
 def test_concurrent_python_threads(rng):

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <vector>
 #include <cstring>
 
 #include "bindings/convert.h"
@@ -286,6 +288,38 @@ PYBIND11_MODULE(_core, m) {
 
     // ---- GEMM kernel name (the raw GEMM and the other test hooks: bindings/testing.cpp) -----
     m.def("sgemm_kernel_name", &cpu::sgemm_kernel_name);
+
+    // ---- the probabilities of Model.predict ------------------------------------------------
+    m.def(
+        "softmax_rows",
+        [](FArray logits) {
+            CNN_CHECK_ARG(logits.ndim() == 2, "softmax_rows: expected logits of shape (N, C), got ",
+                          shape_str(shape_of(logits)));
+            const int64_t N = logits.shape(0), C = logits.shape(1);
+            py::array_t<float> out({N, C});
+            const float* z = logits.data();
+            float* y = out.mutable_data();
+            py::gil_scoped_release nogil;
+            // Each row in double after subtracting its max (NaN when the row holds a NaN or
+            // +inf, as numpy's float64 softmax gives), rounded to float32 once at the end.
+            std::vector<double> e(static_cast<size_t>(C));
+            for (int64_t n = 0; n < N; ++n) {
+                const float* zr = z + n * C;
+                double mx = -std::numeric_limits<double>::infinity();
+                bool nan = false;
+                for (int64_t c = 0; c < C; ++c) {
+                    nan |= std::isnan(zr[c]);
+                    mx = std::max(mx, static_cast<double>(zr[c]));
+                }
+                if (nan) mx = std::numeric_limits<double>::quiet_NaN();
+                double s = 0.0;
+                for (int64_t c = 0; c < C; ++c) s += (e[c] = std::exp(zr[c] - mx));
+                for (int64_t c = 0; c < C; ++c) y[n * C + c] = static_cast<float>(e[c] / s);
+            }
+            return out;
+        },
+        py::arg("logits"),
+        "Row-wise softmax of (N, C) float32 logits, computed in double (Model.predict).");
 
     // ---- losses (standalone; the Net calls the same kernels) --------------------------------
     m.def(

@@ -27,6 +27,8 @@ void pack_a(bool trans, const float* A, int64_t lda, int64_t i0, int64_t mc, int
             int64_t kc, float* out);
 void pack_b(bool trans, const float* B, int64_t ldb, int64_t j0, int64_t nc, int64_t k0,
             int64_t kc, float* out);
+void rows_nt(int m, int64_t j0, int64_t j1, int64_t K, float alpha, const float* A, int64_t lda,
+             const float* B, int64_t ldb, float beta, float* C, int64_t ldc, const float* bias);
 }  // namespace gemm_avx2
 
 // ---- interface to gemm_avx512.cpp (compiled with -mavx512f/bw/vl/dq -mfma) --------------------
@@ -41,6 +43,8 @@ void pack_a(bool trans, const float* A, int64_t lda, int64_t i0, int64_t mc, int
             int64_t kc, float* out);
 void pack_b(bool trans, const float* B, int64_t ldb, int64_t j0, int64_t nc, int64_t k0,
             int64_t kc, float* out);
+void rows_nt(int m, int64_t j0, int64_t j1, int64_t K, float alpha, const float* A, int64_t lda,
+             const float* B, int64_t ldb, float beta, float* C, int64_t ldc, const float* bias);
 }  // namespace gemm_avx512
 
 namespace {
@@ -452,6 +456,52 @@ bool run_team(const Problem& p, int nt) {
     return complete;
 }
 
+// ---- skinny A . B^T: a few rows against B stored N x K (Linear at batch 1-4) --------------
+
+// Up to this many rows of A, C = A . B^T is computed as dot products straight from A and B:
+// the packed path would pack all of B (the whole weight matrix of a Linear layer) for a tile
+// whose rows are mostly padding.
+constexpr int64_t kSkinnyRows = 4;
+
+void rows_nt_generic(int m, int64_t j0, int64_t j1, int64_t K, float alpha, const float* A,
+                     int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
+                     const float* bias) {
+    for (int i = 0; i < m; ++i)
+        for (int64_t j = j0; j < j1; ++j) {
+            float d = 0.f;
+            for (int64_t k = 0; k < K; ++k) d += A[i * lda + k] * B[j * ldb + k];
+            float r = alpha * d;
+            if (beta != 0.f) r += beta * C[i * ldc + j];
+            if (bias) r += bias[j];
+            C[i * ldc + j] = r;
+        }
+}
+
+// Each element's sum runs in the same order whatever the split over columns (threads).
+void skinny_nt(const Problem& p, int nt) {
+    using RowsFn = void (*)(int, int64_t, int64_t, int64_t, float, const float*, int64_t,
+                            const float*, int64_t, float, float*, int64_t, const float*);
+    RowsFn fn = rows_nt_generic;
+    if (kernel_set() == KernelSet::AVX512)
+        fn = gemm_avx512::rows_nt;
+    else if (kernel_set() == KernelSet::AVX2)
+        fn = gemm_avx2::rows_nt;
+    const int m = static_cast<int>(p.M);
+    nt = static_cast<int>(std::min<int64_t>(nt, ceil_div(p.N, 16)));
+    if (nt <= 1) {
+        fn(m, 0, p.N, p.K, p.alpha, p.A, p.lda, p.B, p.ldb, p.beta, p.C, p.ldc, p.bias);
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+        int64_t q0, q1;
+        split_panels(ceil_div(p.N, 16), omp_get_num_threads(), omp_get_thread_num(), &q0, &q1);
+        const int64_t j0 = q0 * 16, j1 = std::min(p.N, q1 * 16);
+        if (j0 < j1)
+            fn(m, j0, j1, p.K, p.alpha, p.A, p.lda, p.B, p.ldb, p.beta, p.C, p.ldc, p.bias);
+    }
+}
+
 }  // namespace
 
 // ---- public API -----------------------------------------------------------------------------
@@ -479,6 +529,12 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
     nt = static_cast<int>(std::min<double>(nt, std::max(1.0, work / kMinWorkPerThread)));
     nt = static_cast<int>(std::min<int64_t>(nt, ceil_div(M, p.kd.mr) * ceil_div(N, p.kd.nr)));
 
+    if (M <= kSkinnyRows && trans_b && !trans_a) {
+        skinny_nt(p, static_cast<int>(std::min<double>(
+                         omp_in_parallel() ? 1 : omp_get_max_threads(),
+                         std::max(1.0, work / kMinWorkPerThread))));
+        return;
+    }
     if (!run_team(p, nt)) run_team(p, 1);  // the runtime gave us fewer threads than asked
 }
 

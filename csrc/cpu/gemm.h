@@ -15,7 +15,10 @@ namespace cpu {
 // add fused in the write-back (with alpha = 1, the bits of a separate pass over C afterwards;
 // otherwise the SIMD kernels may fuse alpha's multiply with the add).
 // Deterministic: each C element sums over k in the same order whatever the thread count (within
-// one kernel set; the sets differ in rounding).
+// one kernel set; the sets differ in rounding). With 1-4 rows and B stored N x K (trans_b, not
+// trans_a: a Linear layer at batch 1-4) C is computed as dot products straight from A and B,
+// without packing; its rounding differs in the last bits from the tiled path's, so such rows
+// can differ by an ulp from the same rows computed in a larger batch.
 // Uses OpenMP threads (omp_get_max_threads()) when the problem is large enough; safe to call
 // from inside a parallel region (then it runs single-threaded).
 void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,

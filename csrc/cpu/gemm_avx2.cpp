@@ -195,12 +195,101 @@ void pack_b(bool trans, const float* B, int64_t ldb, int64_t j0, int64_t nc, int
     }
 }
 
+// ---- skinny A . B^T (a few rows of A, B stored N x K) -------------------------------------
+
+namespace {
+
+inline float epilogue(float d, float alpha, float beta, const float* c, const float* bias,
+                      int64_t j) {
+    float r = alpha * d;
+    if (beta != 0.f) r += beta * *c;
+    if (bias) r += bias[j];
+    return r;
+}
+
+// The 8 lanes summed by a fixed tree: (0+4, 1+5, 2+6, 3+7), then pairs, then the last two.
+inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+inline __m256i tail_mask(int64_t r) {
+    alignas(32) static const int32_t lanes[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
+                                                   0,  0,  0,  0,  0,  0,  0,  0};
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lanes + 8 - r));
+}
+
+template <int M, int NB>
+void dots(int64_t j, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
+          int64_t ldb, float beta, float* C, int64_t ldc, const float* bias) {
+    __m256 acc[M * NB];
+#pragma GCC unroll 16
+    for (int t = 0; t < M * NB; ++t) acc[t] = _mm256_setzero_ps();
+    const float* b = B + j * ldb;
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8) {
+        __m256 bv[NB];
+#pragma GCC unroll 4
+        for (int q = 0; q < NB; ++q) bv[q] = _mm256_loadu_ps(b + q * ldb + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < M; ++i) {
+            const __m256 av = _mm256_loadu_ps(A + i * lda + k);
+#pragma GCC unroll 4
+            for (int q = 0; q < NB; ++q) acc[i * NB + q] = _mm256_fmadd_ps(av, bv[q], acc[i * NB + q]);
+        }
+    }
+    if (k < K) {
+        const __m256i mk = tail_mask(K - k);
+        __m256 bv[NB];
+#pragma GCC unroll 4
+        for (int q = 0; q < NB; ++q) bv[q] = _mm256_maskload_ps(b + q * ldb + k, mk);
+#pragma GCC unroll 4
+        for (int i = 0; i < M; ++i) {
+            const __m256 av = _mm256_maskload_ps(A + i * lda + k, mk);
+#pragma GCC unroll 4
+            for (int q = 0; q < NB; ++q) acc[i * NB + q] = _mm256_fmadd_ps(av, bv[q], acc[i * NB + q]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < M; ++i)
+#pragma GCC unroll 4
+        for (int q = 0; q < NB; ++q) {
+            float* c = C + i * ldc + j + q;
+            *c = epilogue(hsum8(acc[i * NB + q]), alpha, beta, c, bias, j + q);
+        }
+}
+
+template <int M>
+void rows_nt_m(int64_t j0, int64_t j1, int64_t K, float alpha, const float* A, int64_t lda,
+               const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
+               const float* bias) {
+    int64_t j = j0;
+    for (; j + 2 <= j1; j += 2) dots<M, 2>(j, K, alpha, A, lda, B, ldb, beta, C, ldc, bias);
+    for (; j < j1; ++j) dots<M, 1>(j, K, alpha, A, lda, B, ldb, beta, C, ldc, bias);
+}
+
+}  // namespace
+
+void rows_nt(int m, int64_t j0, int64_t j1, int64_t K, float alpha, const float* A, int64_t lda,
+             const float* B, int64_t ldb, float beta, float* C, int64_t ldc, const float* bias) {
+    switch (m) {
+        case 1: return rows_nt_m<1>(j0, j1, K, alpha, A, lda, B, ldb, beta, C, ldc, bias);
+        case 2: return rows_nt_m<2>(j0, j1, K, alpha, A, lda, B, ldb, beta, C, ldc, bias);
+        case 3: return rows_nt_m<3>(j0, j1, K, alpha, A, lda, B, ldb, beta, C, ldc, bias);
+        default: return rows_nt_m<4>(j0, j1, K, alpha, A, lda, B, ldb, beta, C, ldc, bias);
+    }
+}
+
 #else  // !CNNKIT_GEMM_HAVE_AVX2: never called (compiled() is false), but must link.
 
 void ukernel_rows(int, int, int64_t, const float*, const float*, int64_t, float*, int64_t, float,
                   float, const float*) {}
 void pack_a(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, float*) {}
 void pack_b(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, float*) {}
+void rows_nt(int, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t,
+             float, float*, int64_t, const float*) {}
 
 #endif
 

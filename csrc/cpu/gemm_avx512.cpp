@@ -216,12 +216,90 @@ void pack_b(bool trans, const float* B, int64_t ldb, int64_t j0, int64_t nc, int
     }
 }
 
+// ---- skinny A . B^T (a few rows of A, B stored N x K) -------------------------------------
+
+namespace {
+
+// c = alpha * d (+ beta * c) (+ bias), the write-back of every GEMM path.
+inline float epilogue(float d, float alpha, float beta, const float* c, const float* bias,
+                      int64_t j) {
+    float r = alpha * d;
+    if (beta != 0.f) r += beta * *c;
+    if (bias) r += bias[j];
+    return r;
+}
+
+// Rows 0..M-1 of A against NB rows of B (j .. j+NB-1): M x NB dot products of length K, each
+// summed in 16 lanes over K in order, then across the lanes by a fixed tree.
+template <int M, int NB>
+void dots(int64_t j, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
+          int64_t ldb, float beta, float* C, int64_t ldc, const float* bias) {
+    __m512 acc[M * NB];
+#pragma GCC unroll 16
+    for (int t = 0; t < M * NB; ++t) acc[t] = _mm512_setzero_ps();
+    const float* b = B + j * ldb;
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m512 bv[NB];
+#pragma GCC unroll 4
+        for (int q = 0; q < NB; ++q) bv[q] = _mm512_loadu_ps(b + q * ldb + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < M; ++i) {
+            const __m512 av = _mm512_loadu_ps(A + i * lda + k);
+#pragma GCC unroll 4
+            for (int q = 0; q < NB; ++q) acc[i * NB + q] = _mm512_fmadd_ps(av, bv[q], acc[i * NB + q]);
+        }
+    }
+    if (k < K) {
+        const __mmask16 mk = static_cast<__mmask16>((1u << (K - k)) - 1);
+        __m512 bv[NB];
+#pragma GCC unroll 4
+        for (int q = 0; q < NB; ++q) bv[q] = _mm512_maskz_loadu_ps(mk, b + q * ldb + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < M; ++i) {
+            const __m512 av = _mm512_maskz_loadu_ps(mk, A + i * lda + k);
+#pragma GCC unroll 4
+            for (int q = 0; q < NB; ++q) acc[i * NB + q] = _mm512_fmadd_ps(av, bv[q], acc[i * NB + q]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < M; ++i)
+#pragma GCC unroll 4
+        for (int q = 0; q < NB; ++q) {
+            float* c = C + i * ldc + j + q;
+            *c = epilogue(_mm512_reduce_add_ps(acc[i * NB + q]), alpha, beta, c, bias, j + q);
+        }
+}
+
+template <int M>
+void rows_nt_m(int64_t j0, int64_t j1, int64_t K, float alpha, const float* A, int64_t lda,
+               const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
+               const float* bias) {
+    int64_t j = j0;
+    for (; j + 4 <= j1; j += 4) dots<M, 4>(j, K, alpha, A, lda, B, ldb, beta, C, ldc, bias);
+    for (; j < j1; ++j) dots<M, 1>(j, K, alpha, A, lda, B, ldb, beta, C, ldc, bias);
+}
+
+}  // namespace
+
+void rows_nt(int m, int64_t j0, int64_t j1, int64_t K, float alpha, const float* A, int64_t lda,
+             const float* B, int64_t ldb, float beta, float* C, int64_t ldc, const float* bias) {
+    switch (m) {
+        case 1: return rows_nt_m<1>(j0, j1, K, alpha, A, lda, B, ldb, beta, C, ldc, bias);
+        case 2: return rows_nt_m<2>(j0, j1, K, alpha, A, lda, B, ldb, beta, C, ldc, bias);
+        case 3: return rows_nt_m<3>(j0, j1, K, alpha, A, lda, B, ldb, beta, C, ldc, bias);
+        default: return rows_nt_m<4>(j0, j1, K, alpha, A, lda, B, ldb, beta, C, ldc, bias);
+    }
+}
+
 #else  // !CNNKIT_GEMM_HAVE_AVX512: never called (compiled() is false), but must link.
 
 void ukernel_rows(int, int, int64_t, const float*, const float*, int64_t, float*, int64_t, float,
                   float, const float*) {}
 void pack_a(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, float*) {}
 void pack_b(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, float*) {}
+void rows_nt(int, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t,
+             float, float*, int64_t, const float*) {}
 
 #endif
 

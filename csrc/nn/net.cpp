@@ -132,6 +132,7 @@ void Net::to(Device device) {
         l->bind(pv, gv, bv);
     }
     arena_n_ = 0;  // re-allocate activations on the new device
+    plan_valid_ = false;
     act_store_.clear();
     pool_.clear();
     grad_pool_.clear();
@@ -217,14 +218,16 @@ void Net::ensure_arena(const std::vector<Shape>& shapes) {
     for (size_t i = 0; i < shapes.size(); ++i)
         acts_[i] = act_store_[i].defined() ? act_store_[i].view(shapes[i]) : acts_[i - 1].reshape(shapes[i]);
     act_shapes_ = shapes;
+    plan_valid_ = true;
 }
 
 // ---- forward / backward ---------------------------------------------------------------------
 
 Tensor Net::forward(const Tensor& x, bool training) {
     if (!chain_) return forward_graph(x, training);
-    std::vector<Shape> s = shapes(x.shape());
-    ensure_arena(s);
+    // The shapes and the arena of the last call serve again for the same input shape (the
+    // common case: every batch but the last of an epoch, every call of a served model).
+    if (!planned_for(x.shape())) ensure_arena(shapes(x.shape()));
     acts_[0].copy_from(x);
     Workspace ws{ws_store_.defined() ? ws_store_.data() : nullptr,
                  ws_store_.defined() ? ws_store_.capacity() : 0};

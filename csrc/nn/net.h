@@ -110,6 +110,10 @@ class Net {
     void init(std::vector<std::string> names);
     void bind_storage();
     void ensure_arena(const std::vector<Shape>& shapes);
+    // Whether the activation arena is laid out for an input of shape `in` on the Net's device.
+    bool planned_for(const Shape& in) const {
+        return plan_valid_ && act_shapes_[0] == in && acts_[0].device() == params_.device();
+    }
     // the graph forms (net_graph.cpp)
     void plan_graph(const std::vector<Shape>& shapes, bool training);
     Tensor forward_graph(const Tensor& x, bool training);
@@ -138,6 +142,7 @@ class Net {
     Tensor ws_store_;
     Tensor backup_;  // parameters before the last update (to refuse an overflowing step)
     bool have_forward_ = false, last_training_ = false;
+    bool plan_valid_ = false;  // acts_/act_shapes_ describe a usable arena (see planned_for)
 
     // graph structure and its storage plan (unused for chains)
     std::vector<std::vector<int64_t>> inputs_;

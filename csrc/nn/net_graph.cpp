@@ -96,10 +96,12 @@ void Net::plan_graph(const std::vector<Shape>& shapes, bool training) {
         grad_store_[0] = Tensor({out_n}, dev);
     act_shapes_ = shapes;
     plan_training_ = training;
+    plan_valid_ = true;
 }
 
 Tensor Net::forward_graph(const Tensor& x, bool training) {
-    plan_graph(shapes(x.shape()), training);
+    if (!planned_for(x.shape()) || training != plan_training_)
+        plan_graph(shapes(x.shape()), training);
     acts_[0].copy_from(x);
     Workspace ws{ws_store_.defined() ? ws_store_.data() : nullptr,
                  ws_store_.defined() ? ws_store_.capacity() : 0};

@@ -40,13 +40,9 @@ def _as_values(v: Any, where: str, name: str) -> np.ndarray:
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of logits (N, C), stable (max subtracted), computed in float64."""
-    z = z.astype(np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):  # non-finite logits give NaN rows
-        z -= z.max(axis=1, keepdims=True)
-        np.exp(z, out=z)
-        z /= z.sum(axis=1, keepdims=True)
-    return z.astype(np.float32)
+    """Row-wise softmax of logits (N, C), stable (max subtracted), computed in float64
+    (natively; a row holding NaN or +inf comes out NaN)."""
+    return _core.softmax_rows(z)
 
 
 def _predictions(out: np.ndarray, loss: str | None) -> np.ndarray:
@@ -283,6 +279,8 @@ class Sequential:
         """
         batch_size = positive_int(batch_size, "batch_size", "Sequential.predict")
         xa = as_input(x, "Sequential.predict", model=self)
+        if len(xa) <= batch_size:  # one call (serving one request): nothing to join
+            return _predictions(self._net.forward(xa, False), self._loss)
         outs = [
             self._net.forward(xa[i : i + batch_size], False) for i in range(0, len(xa), batch_size)
         ]
