@@ -11,7 +11,10 @@
 #include <string>
 #include <vector>
 
+#include <time.h>
+
 #include "core/runtime.h"
+#include "cpu/conv_direct.h"
 #include "cpu/kernel_set.h"
 #include "cpu/kernels.h"
 
@@ -42,15 +45,29 @@ double median(std::vector<double> v) {
     return v[v.size() / 2];
 }
 
+// --cpu-time: the process's CPU time instead of wall time (with one thread, the time the
+// kernel actually ran: robust against other processes taking turns on the same cores).
+bool g_cpu_time = false;
+
+double now_ms() {
+    if (g_cpu_time) {
+        timespec ts;
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+        return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+    }
+    return std::chrono::duration<double, std::milli>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
 template <typename F>
 double time_ms(F&& f, int repeats) {
     f();  // warm-up
     std::vector<double> t;
     for (int i = 0; i < repeats; ++i) {
-        auto t0 = std::chrono::steady_clock::now();
+        const double t0 = now_ms();
         f();
-        auto t1 = std::chrono::steady_clock::now();
-        t.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+        t.push_back(now_ms() - t0);
     }
     return median(t);
 }
@@ -71,16 +88,32 @@ double direct(const ConvGeom& g, const float* x, const float* w, int64_t n, int6
     return acc;
 }
 
+// A kernel set name, optionally with "/im2col": the set with strided layers sent to im2col +
+// GEMM instead of the direct path (A/B of the strided direct convolution in one process).
+void use_set(const std::string& name) {
+    const size_t slash = name.find('/');
+    cpu::set_kernel_set(name.substr(0, slash));
+    cpu::conv_direct::set_strided_direct(slash == std::string::npos ||
+                                          name.substr(slash + 1) != "im2col");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     int repeats = 7, rounds = 1;
+    std::string net;  // "resnet20": ResNet-20's convolution shapes instead of the default list
+    int64_t batch = 128;
+    std::string only;  // run only the layers whose name contains this
     std::vector<std::string> sets;  // kernel sets to alternate (empty: the current one)
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
         if (a == "--threads" && i + 1 < argc) set_num_threads(std::atoi(argv[++i]));
         else if (a == "--repeats" && i + 1 < argc) repeats = std::atoi(argv[++i]);
         else if (a == "--rounds" && i + 1 < argc) rounds = std::max(1, std::atoi(argv[++i]));
+        else if (a == "--net" && i + 1 < argc) net = argv[++i];
+        else if (a == "--only" && i + 1 < argc) only = argv[++i];
+        else if (a == "--cpu-time") g_cpu_time = true;
+        else if (a == "--batch" && i + 1 < argc) batch = std::atoll(argv[++i]);
         else if (a == "--kernels" && i + 1 < argc) {
             const std::string list = argv[++i];
             for (size_t p = 0; p <= list.size();) {
@@ -93,12 +126,13 @@ int main(int argc, char** argv) {
             // times alternating; prints each set's median and the median per-round speed-up
             // of the first set over each other one.
             std::printf("usage: bench_conv [--threads N] [--repeats R] [--kernels SET[,SET...]] "
-                        "[--rounds N]\n");
+                        "[--rounds N] [--net resnet20 [--batch N]] [--only NAME] [--cpu-time]\n"
+                        "  a set may be written SET/im2col: strided layers through im2col + GEMM\n");
             return a == "--help" ? 0 : 2;
         }
     }
     try {
-        for (const std::string& k : sets) cpu::set_kernel_set(k);
+        for (const std::string& k : sets) use_set(k);
     } catch (const std::exception& e) {
         std::printf("%s\n", e.what());
         return 2;
@@ -112,7 +146,22 @@ int main(int argc, char** argv) {
         {"pointwise 64x64x16x16->128", make(64, 64, 16, 16, 128, 1, 1, 0)},
         {"depthwise 64x64x16x16 3x3", make(64, 64, 16, 16, 64, 3, 1, 1, 64)},
     };
-    cpu::set_kernel_set(sets[0]);
+    if (net == "resnet20") {  // the distinct convolutions of ResNet-20 (CIFAR, 32x32 input)
+        const int64_t N = batch;
+        cases = {
+            {"r20.conv1 3->16 32x32", make(N, 3, 32, 32, 16, 3, 1, 1)},
+            {"r20.s1 16->16 32x32", make(N, 16, 32, 32, 16, 3, 1, 1)},
+            {"r20.s2 16->32 32x32/2", make(N, 16, 32, 32, 32, 3, 2, 1)},
+            {"r20.s1 32->32 16x16", make(N, 32, 16, 16, 32, 3, 1, 1)},
+            {"r20.s2 32->64 16x16/2", make(N, 32, 16, 16, 64, 3, 2, 1)},
+            {"r20.s1 64->64 8x8", make(N, 64, 8, 8, 64, 3, 1, 1)},
+            {"r20.proj 16->32 1x1/2", make(N, 16, 32, 32, 32, 1, 2, 0)},
+        };
+    } else if (!net.empty()) {
+        std::printf("unknown --net %s\n", net.c_str());
+        return 2;
+    }
+    use_set(sets[0]);
     std::printf("threads=%d kernel sets:", get_num_threads());
     for (const std::string& k : sets) std::printf(" %s", k.c_str());
     std::printf(" (cpu [%s])\n", cpu_features().c_str());
@@ -120,6 +169,7 @@ int main(int argc, char** argv) {
     std::mt19937 gen(1);
     std::uniform_real_distribution<float> dist(-1.f, 1.f);
     for (const Case& c : cases) {
+        if (!only.empty() && std::string(c.name).find(only) == std::string::npos) continue;
         const ConvGeom& g = c.g;
         std::vector<float> x(g.N * g.C * g.H * g.W), w(g.K * (g.C / g.groups) * g.R * g.S),
             b(g.K), y(g.N * g.K * g.P * g.Q), dy(y.size()), dx(x.size()), dw(w.size()), db(g.K);
@@ -127,7 +177,7 @@ int main(int argc, char** argv) {
             for (float& e : *v) e = dist(gen);
         std::vector<float> ws(std::max<int64_t>(1, cpu::conv2d_workspace_floats(g)));
         for (const std::string& set : sets) {
-        cpu::set_kernel_set(set);
+        use_set(set);
         cpu::conv2d_forward(y.data(), x.data(), w.data(), b.data(), g, ws.data());
         for (int t = 0; t < 5; ++t) {  // spot-check against a direct loop
             int64_t n = t % g.N, k = (7 * t) % g.K, p = (3 * t) % g.P, q = (5 * t) % g.Q;
@@ -155,7 +205,7 @@ int main(int argc, char** argv) {
             std::vector<std::vector<double>> ms(sets.size()), speedup(sets.size());
             for (int r = 0; r < rounds; ++r)
                 for (size_t k = 0; k < sets.size(); ++k) {
-                    cpu::set_kernel_set(sets[k]);
+                    use_set(sets[k]);
                     ms[k].push_back(time_ms(run, repeats));
                     if (k > 0) speedup[k].push_back(ms[k].back() / ms[0].back());
                 }

@@ -69,6 +69,15 @@ CONV_CASES = [
     (2, 3, 32, 32, 19, (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
     (2, 5, 6, 40, 25, (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
     (3, 4, 11, 11, 12, (3, 3), (1, 1), (0, 0), (1, 1), 1, False),
+    # strided layers on the direct path (forward and dw through the image's stride phases):
+    # ResNet's 3x3/2 and 1x1/2 shapes, odd sizes (phases of unequal length), stride 3 with
+    # dilation 2 (phases 0 and 2 of 3), unequal strides, padding wider than the kernel
+    (2, 16, 32, 32, 32, (3, 3), (2, 2), (1, 1), (1, 1), 1, False),
+    (1, 32, 16, 16, 64, (3, 3), (2, 2), (1, 1), (1, 1), 1, False),
+    (3, 16, 32, 32, 32, (1, 1), (2, 2), (0, 0), (1, 1), 1, False),
+    (2, 5, 15, 13, 13, (3, 3), (2, 2), (1, 1), (1, 1), 1, True),
+    (2, 3, 17, 19, 7, (5, 4), (3, 2), (2, 1), (2, 3), 1, True),
+    (1, 4, 9, 20, 26, (3, 3), (1, 3), (4, 2), (1, 1), 1, True),
 ]
 
 
@@ -132,6 +141,61 @@ def test_direct_conv_avx512_matches_avx2_bits(C, K, H, W, k, p, rng):
     assert_close(out[0][0], np.maximum(ref.conv2d(x, model.state_dict()["0.weight"],
                                                   model.state_dict()["0.bias"], (1, 1), (p, p)),
                                        0), "conv", scale=np.sqrt(C * k * k) / 3)
+
+
+def test_conv2d_random_strided_direct(rng, cpu_kernels):
+    # Random strided geometries (the direct path's phase split: which phases exist, their
+    # lengths, the row and column shifts of each tap) against the float64 reference.
+    for _ in range(20):
+        N = int(rng.integers(1, 4))
+        C, K = int(rng.integers(1, 20)), int(rng.integers(1, 40))
+        k = (int(rng.integers(1, 6)), int(rng.integers(1, 6)))
+        s = (int(rng.integers(1, 5)), int(rng.integers(1, 5)))
+        d = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+        p = (int(rng.integers(0, 4)), int(rng.integers(0, 4)))
+        H = int(rng.integers(max(1, d[0] * (k[0] - 1) + 1 - 2 * p[0]), 24))
+        W = int(rng.integers(max(1, d[1] * (k[1] - 1) + 1 - 2 * p[1]), 24))
+        bias = bool(rng.integers(0, 2))
+        layer, w, b = _conv_layer(C, K, k, s, p, d, 1, bias, rng)
+        x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+        what = f" N={N} C={C} H={H} W={W} K={K} k={k} s={s} p={p} d={d}"
+        y = layer.forward(x, training=True)
+        assert_close(y, ref.conv2d(x, w, b, s, p, d), "conv", " forward" + what,
+                     scale=max(1.0, np.sqrt(C * k[0] * k[1]) / 10))
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        dx = layer.backward(dy)
+        rdx, rdw, rdb = ref.conv2d_backward(x, w, dy, s, p, d)
+        assert_close(dx, rdx, "conv", " dx" + what)
+        scale = max(1.0, np.sqrt(dy[:, 0].size) / 10)
+        assert_close(layer.grad_dict()["0.weight"], rdw, "conv", " dw" + what, scale=scale)
+
+
+def test_conv2d_strided_im2col_path_still_works():
+    # CNNKIT_CONV_STRIDED_DIRECT=0 sends strided layers back to im2col + GEMM (the A/B switch):
+    # that path must stay correct too.
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, cnnkit as ck, sys; sys.path.insert(0, sys.argv[1])\n"
+        "import reference as ref\n"
+        "rng = np.random.default_rng(5)\n"
+        "for s, k, p in [((2, 2), (3, 3), (1, 1)), ((2, 1), (1, 3), (0, 1))]:\n"
+        "    layer = ck.Conv2d(6, 20, k, stride=s, padding=p)\n"
+        "    w = rng.standard_normal((20, 6, *k)).astype(np.float32)\n"
+        "    b = rng.standard_normal(20).astype(np.float32)\n"
+        "    layer.load_state_dict({'0.weight': w, '0.bias': b})\n"
+        "    x = rng.standard_normal((3, 6, 11, 12)).astype(np.float32)\n"
+        "    r = ref.conv2d(x, w, b, s, p)\n"
+        "    assert np.abs(layer.forward(x) - r).max() < 1e-3, s\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, CNNKIT_CONV_STRIDED_DIRECT="0")
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run([sys.executable, "-c", code, here], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 def test_conv2d_large_batch_chunks(rng):

@@ -85,6 +85,60 @@ inline void dispatch(int rows, int cols, int64_t kc, const float* a, const float
     }
 }
 
+// M (<= PR) output channels x 16*NV columns from one PR-row weight panel (a[k*PR + i]); the
+// last columns stored masked (only the first `cols`). The same per-element operations as
+// fwd_tile (one FMA per tap in tap order, then bias, then ReLU), so the same bits.
+template <int M, int NV, int PR>
+void fwd_tile_panel(int cols, int64_t kc, const float* a, const float* x, const int32_t* off,
+                    float* c, int64_t ldc, const float* bias, bool relu) {
+    __m512 acc[M * NV];
+#pragma GCC unroll 32
+    for (int i = 0; i < M * NV; ++i) acc[i] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < kc; ++k) {
+        const float* b = x + off[k];
+        __m512 bv[NV];
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_ps(b + 16 * v);
+#pragma GCC unroll 16
+        for (int i = 0; i < M; ++i) {
+            const __m512 av = _mm512_set1_ps(a[i]);
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; ++v) acc[i * NV + v] = _mm512_fmadd_ps(av, bv[v], acc[i * NV + v]);
+        }
+        a += PR;
+    }
+    __mmask16 mk[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+        const int r = cols - 16 * v;
+        mk[v] = r >= 16 ? __mmask16(0xFFFF) : r <= 0 ? __mmask16(0) : __mmask16((1u << r) - 1);
+    }
+    const __m512 zero = _mm512_setzero_ps();
+#pragma GCC unroll 16
+    for (int i = 0; i < M; ++i) {
+        const __m512 bv = bias ? _mm512_set1_ps(bias[i]) : zero;
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) {
+            __m512 r = acc[i * NV + v];
+            if (bias) r = _mm512_add_ps(r, bv);
+            if (relu) r = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(r, zero, _CMP_GT_OQ), r);
+            _mm512_mask_storeu_ps(c + i * ldc + 16 * v, mk[v], r);
+        }
+    }
+}
+
+template <int M, int NV, int PR>
+inline void dispatch_panel(int rows, int cols, int64_t kc, const float* a, const float* x,
+                           const int32_t* off, float* c, int64_t ldc, const float* bias,
+                           bool relu) {
+    if constexpr (M == 1) {
+        fwd_tile_panel<1, NV, PR>(cols, kc, a, x, off, c, ldc, bias, relu);
+    } else {
+        if (rows >= M) return fwd_tile_panel<M, NV, PR>(cols, kc, a, x, off, c, ldc, bias, relu);
+        dispatch_panel<M - 1, NV, PR>(rows, cols, kc, a, x, off, c, ldc, bias, relu);
+    }
+}
+
 // 12 taps (rows of dw^T) x 16*NV output channels, the B columns past `cols` neither read nor
 // stored (mask); the A element of row i at depth j is x[off[i] + j]. Per element the AVX2
 // kernel's FMAs in the same order (accumulating onto c).
@@ -139,7 +193,22 @@ void fwd_12x32(int rows, int cols, int64_t kc, const float* a, const float* x,
     dispatch<12>(rows, cols, kc, a, x, off, c, ldc, bias, relu);
 }
 
+void fwd_panel(int mr, int nv, int rows, int cols, int64_t kc, const float* a, const float* x,
+               const int32_t* off, float* c, int64_t ldc, const float* bias, bool relu) {
+    if (mr == 8 && nv == 3)
+        return dispatch_panel<8, 3, 8>(rows, cols, kc, a, x, off, c, ldc, bias, relu);
+    if (mr == 4 && nv == 5)
+        return dispatch_panel<4, 5, 4>(rows, cols, kc, a, x, off, c, ldc, bias, relu);
+    if (mr == 6 && nv == 4)
+        return dispatch_panel<6, 4, 6>(rows, cols, kc, a, x, off, c, ldc, bias, relu);
+    if (mr == 16 && nv == 1)
+        return dispatch_panel<16, 1, 16>(rows, cols, kc, a, x, off, c, ldc, bias, relu);
+}
+
 #else  // never called (compiled() is false), but must link
+
+void fwd_panel(int, int, int, int, int64_t, const float*, const float*, const int32_t*, float*,
+               int64_t, const float*, bool) {}
 
 void fwd_12x32(int, int, int64_t, const float*, const float*, const int32_t*, float*, int64_t,
                const float*, bool) {}

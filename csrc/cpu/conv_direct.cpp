@@ -1,4 +1,4 @@
-// Direct convolution for stride 1 and one group (layout and contracts in conv_direct.h).
+// Direct convolution for one group (layout and contracts in conv_direct.h).
 //
 // Why: im2col writes C*R*S*P*Q floats per image and the GEMM packs them again; for the layers
 // people train here (LeNet, small CIFAR nets) that copying cost more than the arithmetic. Here
@@ -15,7 +15,10 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
+#include <string>
+#include <cstdlib>
 #include <cstring>
 
 #include "cpu/gemm.h"
@@ -32,55 +35,120 @@ constexpr int64_t kMR = 6;             // output channels per micro-tile (forwar
 constexpr int64_t kNR = 16;            // output columns per micro-tile
 constexpr int64_t kMR512 = 12;         // the AVX-512 forward tile: two weight panels
 constexpr int64_t kNR512 = 32;         // ... by 32 columns
-constexpr int64_t kColBlock = 256;     // output columns per forward task (multiple of kNR512)
+constexpr int64_t kMaxNR = 80;         // widest forward tile (4 x 80, AVX-512)
+constexpr int64_t kMaxPanel = 16;      // tallest weight panel
+constexpr int64_t kColBlock = 256;     // output columns per forward task (rounded up to the tile)
 constexpr int64_t kDepthBlock = 256;   // columns per weight-gradient depth block
 constexpr int64_t kMaxGroups = 16;     // image groups of the weight gradient
 constexpr int64_t kMaxPartials = int64_t(1) << 23;  // floats of weight-gradient partials
 constexpr double kParallelMinMacs = 1 << 18;        // below this, no thread team
+constexpr int64_t kMaxStride = 8;      // strides the direct path takes (phase tables)
 
 int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
+// Strided layers on the direct path (forward, backward-weight); CNNKIT_CONV_STRIDED_DIRECT=0
+// at start-up, or set_strided_direct(false), sends them to im2col + GEMM as before (A/B runs).
+std::atomic<bool>& strided_flag() {
+    static std::atomic<bool> on{[] {
+        const char* e = std::getenv("CNNKIT_CONV_STRIDED_DIRECT");
+        return !(e && e[0] == '0' && e[1] == 0);
+    }()};
+    return on;
+}
+bool strided_enabled() { return strided_flag().load(std::memory_order_relaxed); }
+
 // Geometry of one direct convolution: input (N,C,H,W) padded to (Hp,Wp), K output channels,
-// R x S taps with dilation, output (P,Q), J = P*Wp output columns per image.
+// R x S taps with dilation (dh, dw) and stride (sh, sw), output (P,Q).
+//
+// With stride 1 the padded image of a channel is one plane of Hs = Hp rows, Ws = Wp apart.
+// With a stride, each channel is split into its stride phases: phase (a, b) is the plane of
+// padded pixels (i*sh + a, j*sw + b), Hs = ceil(Hp/sh) rows of Ws = ceil(Wp/sw), and only the
+// phases some tap reads are stored (a in {r*dh % sh}, b in {s*dw % sw}). Tap (r, s) of output
+// (p, q) then reads phase (r*dh % sh, s*dw % sw) at row p + r*dh/sh, column q + s*dw/sw: a
+// stride-1 read, so the same micro-kernels run. Output pixel (p, q) is column j = p*Ws + q, of
+// J = P*Ws per image (columns q >= Q are computed and thrown away).
 struct DGeom {
-    int64_t N, C, H, W, K, R, S, ph, pw, dh, dw;
-    int64_t Hp, Wp, P, Q, J, CRS;
+    int64_t N, C, H, W, K, R, S, ph, pw, dh, dw, sh, sw;
+    int64_t Hp, Wp, Hs, Ws, P, Q, J, CRS;
+    int64_t nra, nca;         // stored row and column phases per channel
+    int8_t rslot[kMaxStride], cslot[kMaxStride];  // phase -> its slot (-1: not stored)
+    int8_t rphase[kMaxStride], cphase[kMaxStride];  // slot -> its phase
+    int64_t plane() const { return Hs * Ws; }
+    int64_t image_floats() const { return C * nra * nca * plane(); }
 };
 
 DGeom make_dgeom(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
-                 int64_t ph, int64_t pw, int64_t dh, int64_t dw) {
-    DGeom d{N, C, H, W, K, R, S, ph, pw, dh, dw, 0, 0, 0, 0, 0, 0};
+                 int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t sh = 1,
+                 int64_t sw = 1) {
+    DGeom d{};
+    d.N = N; d.C = C; d.H = H; d.W = W; d.K = K; d.R = R; d.S = S;
+    d.ph = ph; d.pw = pw; d.dh = dh; d.dw = dw; d.sh = sh; d.sw = sw;
     d.Hp = H + 2 * ph;
     d.Wp = W + 2 * pw;
-    d.P = d.Hp - dh * (R - 1);
-    d.Q = d.Wp - dw * (S - 1);
-    d.J = d.P * d.Wp;
     d.CRS = C * R * S;
+    if (sh < 1 || sw < 1 || sh > kMaxStride || sw > kMaxStride || dh < 1 || dw < 1) return d;
+    d.Hs = (d.Hp + sh - 1) / sh;
+    d.Ws = (d.Wp + sw - 1) / sw;
+    const int64_t span_h = d.Hp - dh * (R - 1) - 1, span_w = d.Wp - dw * (S - 1) - 1;
+    d.P = span_h < 0 ? 0 : span_h / sh + 1;
+    d.Q = span_w < 0 ? 0 : span_w / sw + 1;
+    d.J = d.P * d.Ws;
+    for (int64_t i = 0; i < kMaxStride; ++i) d.rslot[i] = d.cslot[i] = -1;
+    for (int64_t r = 0; r < R; ++r) {
+        const int64_t a = r * dh % sh;
+        if (d.rslot[a] < 0) d.rslot[a] = 0;
+    }
+    for (int64_t s = 0; s < S; ++s) {
+        const int64_t b = s * dw % sw;
+        if (d.cslot[b] < 0) d.cslot[b] = 0;
+    }
+    for (int64_t a = 0; a < sh; ++a)
+        if (d.rslot[a] >= 0) {
+            d.rphase[d.nra] = static_cast<int8_t>(a);
+            d.rslot[a] = static_cast<int8_t>(d.nra++);
+        }
+    for (int64_t b = 0; b < sw; ++b)
+        if (d.cslot[b] >= 0) {
+            d.cphase[d.nca] = static_cast<int8_t>(b);
+            d.cslot[b] = static_cast<int8_t>(d.nca++);
+        }
     return d;
 }
 
 DGeom forward_dgeom(const ConvGeom& g) {
-    return make_dgeom(g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.pad_h, g.pad_w, g.dil_h, g.dil_w);
+    return make_dgeom(g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.pad_h, g.pad_w, g.dil_h, g.dil_w,
+                      g.stride_h, g.stride_w);
 }
 
-// Backward-input as a convolution of dy (K channels, P x Q) producing C channels of H x W.
+// Backward-input as a convolution of dy (K channels, P x Q) producing C channels of H x W
+// (stride 1 only).
 DGeom backward_input_dgeom(const ConvGeom& g) {
     return make_dgeom(g.N, g.K, g.P, g.Q, g.C, g.R, g.S, g.dil_h * (g.R - 1) - g.pad_h,
                       g.dil_w * (g.S - 1) - g.pad_w, g.dil_h, g.dil_w);
 }
 
-// Floats of the padded image buffer plus a zero tail the last taps read into: tap (C-1, R-1,
-// S-1) sits at C*Hp*Wp - J + dw*(S-1) and flat tiles run up to 31 columns past J (15 for the
-// 16-column tiles), so reads stay below C*Hp*Wp + dw*(S-1) + kNR512, and dw*(S-1) = Wp - Q < Wp.
-int64_t padded_floats(const DGeom& d) {
-    return round_up(d.C * d.Hp * d.Wp + d.Wp + kNR512, 16);
-}
+// Floats of the padded image buffer plus a zero tail the last taps read into: the last tap
+// of the last stored plane sits at image_floats() - plane() + (Hs - P)*Ws + Ws - Q at most (a
+// tap's row shift is at most Hs - P, its column shift at most Ws - Q) and flat tiles run up to
+// 31 columns past J = P*Ws (15 for the 16-column tiles), so reads stay below image_floats() +
+// Ws + kMaxNR.
+int64_t padded_floats(const DGeom& d) { return round_up(d.image_floats() + d.Ws + kMaxNR, 16); }
 
 bool geometry_ok(const DGeom& d) {
-    return d.P > 0 && d.Q > 0 && d.ph >= 0 && d.pw >= 0 && padded_floats(d) < INT32_MAX;
+    return d.P > 0 && d.Q > 0 && d.ph >= 0 && d.pw >= 0 && d.nra > 0 && d.nca > 0 &&
+           padded_floats(d) < INT32_MAX;
 }
 
+// Forward and backward-weight: one group, not a 1x1 stride-1 GEMM, strides up to kMaxStride
+// (phase-split image). Backward-input: stride 1 only.
 bool plain(const ConvGeom& g) {
+    return g.groups == 1 && !conv_is_pointwise(g) && g.dil_h >= 1 && g.dil_w >= 1 &&
+           g.stride_h >= 1 && g.stride_w >= 1 &&
+           ((g.stride_h == 1 && g.stride_w == 1) ||
+            (strided_enabled() && g.stride_h <= kMaxStride && g.stride_w <= kMaxStride));
+}
+
+bool plain_stride1(const ConvGeom& g) {
     return g.stride_h == 1 && g.stride_w == 1 && g.groups == 1 && !conv_is_pointwise(g) &&
            g.dil_h >= 1 && g.dil_w >= 1;
 }
@@ -150,33 +218,115 @@ WgtKernel wgt_kernel() {
 
 // ---- pieces ---------------------------------------------------------------------------------
 
-// off[c*R*S + r*S + s] = offset of tap (c, r, s) in the padded image; entries [CRS, rows) are 0
-// (padding rows of a micro-panel read valid memory and are discarded).
+// off[c*R*S + r*S + s] = offset of tap (c, r, s) in the padded (phase-split) image; entries
+// [CRS, rows) are 0 (padding rows of a micro-panel read valid memory and are discarded).
 void tap_offsets(int32_t* off, const DGeom& d, int64_t rows) {
     for (int64_t c = 0; c < d.C; ++c)
         for (int64_t r = 0; r < d.R; ++r)
-            for (int64_t s = 0; s < d.S; ++s)
-                off[(c * d.R + r) * d.S + s] =
-                    static_cast<int32_t>(c * d.Hp * d.Wp + r * d.dh * d.Wp + s * d.dw);
+            for (int64_t s = 0; s < d.S; ++s) {
+                const int64_t slot =
+                    (c * d.nra + d.rslot[r * d.dh % d.sh]) * d.nca + d.cslot[s * d.dw % d.sw];
+                off[(c * d.R + r) * d.S + s] = static_cast<int32_t>(
+                    slot * d.plane() + (r * d.dh / d.sh) * d.Ws + s * d.dw / d.sw);
+            }
     for (int64_t i = d.CRS; i < rows; ++i) off[i] = 0;
 }
 
 // Image n of x into the padded buffer; the border (and the slack after it) is already zero.
 void pad_image(float* xp, const float* x, const DGeom& d, int64_t n) {
     const float* src = x + n * d.C * d.H * d.W;
+    if (d.sh == 1 && d.sw == 1) {
+        for (int64_t c = 0; c < d.C; ++c)
+            for (int64_t h = 0; h < d.H; ++h)
+                std::memcpy(xp + (c * d.Hp + h + d.ph) * d.Wp + d.pw,
+                            src + (c * d.H + h) * d.W, sizeof(float) * d.W);
+        return;
+    }
+    // Phase (a, b), row i, column j holds padded pixel (i*sh + a, j*sw + b), that is input
+    // pixel (i*sh + a - ph, j*sw + b - pw) where it lies inside the image.
     for (int64_t c = 0; c < d.C; ++c)
-        for (int64_t h = 0; h < d.H; ++h)
-            std::memcpy(xp + (c * d.Hp + h + d.ph) * d.Wp + d.pw, src + (c * d.H + h) * d.W,
-                        sizeof(float) * d.W);
+        for (int64_t ia = 0; ia < d.nra; ++ia) {
+            const int64_t a = d.rphase[ia];
+            for (int64_t i = 0; i < d.Hs; ++i) {
+                const int64_t h = i * d.sh + a - d.ph;
+                if (h < 0 || h >= d.H) continue;
+                const float* row = src + (c * d.H + h) * d.W;
+                float* dst0 = xp + (c * d.nra + ia) * d.nca * d.plane() + i * d.Ws;
+                if (d.sw == 1) {
+                    std::memcpy(dst0 + d.pw, row, sizeof(float) * d.W);
+                    continue;
+                }
+                if (d.sw == 2) {
+                    // Input column w goes to phase (w + pw) % 2, column (w + pw) / 2: the even
+                    // columns to phase pw % 2 from column pw / 2, the odd ones to the other
+                    // phase from column (pw + 1) / 2 (a loop GCC vectorizes, unlike a stride
+                    // known only at run time).
+                    const int64_t be = d.pw & 1, bo = (d.pw + 1) & 1;
+                    float* de = d.cslot[be] >= 0
+                                    ? dst0 + d.cslot[be] * d.plane() + d.pw / 2 : nullptr;
+                    float* dd = d.cslot[bo] >= 0
+                                    ? dst0 + d.cslot[bo] * d.plane() + (d.pw + 1) / 2 : nullptr;
+                    const int64_t half = d.W / 2;
+                    if (de && dd) {
+                        for (int64_t j = 0; j < half; ++j) {
+                            de[j] = row[2 * j];
+                            dd[j] = row[2 * j + 1];
+                        }
+                    } else if (de) {
+                        for (int64_t j = 0; j < half; ++j) de[j] = row[2 * j];
+                    } else {
+                        for (int64_t j = 0; j < half; ++j) dd[j] = row[2 * j + 1];
+                    }
+                    if ((d.W & 1) && de) de[half] = row[d.W - 1];
+                    continue;
+                }
+                for (int64_t ib = 0; ib < d.nca; ++ib) {
+                    const int64_t b = d.cphase[ib];
+                    // columns j with 0 <= j*sw + b - pw < W
+                    const int64_t lo = d.pw - b, j0 = lo <= 0 ? 0 : (lo + d.sw - 1) / d.sw;
+                    const int64_t j1 = std::min(d.Ws, (d.W + d.pw - b + d.sw - 1) / d.sw);
+                    float* dst = dst0 + ib * d.plane();
+                    const float* s0 = row + b - d.pw;
+                    for (int64_t j = j0; j < j1; ++j) dst[j] = s0[j * d.sw];
+                }
+            }
+        }
 }
 
-// Packs weights (rows x cols, element (i, k) from `at`) into 6-row panels, k-major.
+// Packs weights (rows x cols, element (i, k) from `at`) into pr-row panels, k-major.
 template <typename At>
-void pack_weights(float* out, int64_t rows, int64_t cols, At at) {
-    for (int64_t i0 = 0; i0 < rows; i0 += kMR)
+void pack_weights(float* out, int64_t rows, int64_t cols, int64_t pr, At at) {
+    for (int64_t i0 = 0; i0 < rows; i0 += pr)
         for (int64_t k = 0; k < cols; ++k)
-            for (int64_t i = 0; i < kMR; ++i)
-                out[i0 * cols + k * kMR + i] = i0 + i < rows ? at(i0 + i, k) : 0.f;
+            for (int64_t i = 0; i < pr; ++i)
+                out[i0 * cols + k * pr + i] = i0 + i < rows ? at(i0 + i, k) : 0.f;
+}
+
+// Floats of packed weights for `rows` rows in any panel height used here.
+int64_t packed_floats(int64_t rows, int64_t cols) {
+    return std::max({round_up(rows, kMR), round_up(rows, 8), round_up(rows, kMaxPanel)}) * cols;
+}
+
+// The forward tile: up to mr output channels x nr columns, weights in pr-row panels. kind 0:
+// the portable/AVX2 6 x 16; 1: AVX-512 12 x 32 over two 6-row panels; 2: AVX-512 mr x nr
+// from one mr-row panel (conv_avx512::fwd_panel).
+struct Tile {
+    int kind;
+    int64_t mr, nr, pr;
+};
+
+// Tile shapes of the AVX-512 set: 12 x 32 (two 6-row panels), 8 x 48, 4 x 80, 6 x 64,
+// 16 x 16. CNNKIT_CONV_TILE=MRxNR forces one (for measurements).
+Tile choose_tile(const DGeom& d, bool wide) {
+    if (!wide) return {0, kMR, kNR, kMR};
+    static const char* forced = std::getenv("CNNKIT_CONV_TILE");
+    const Tile cands[] = {{1, 12, 32, 6}, {2, 8, 48, 8}, {2, 4, 80, 4}, {2, 6, 64, 6},
+                          {2, 16, 16, 16}};
+    if (forced) {
+        for (const Tile& t : cands)
+            if (std::to_string(t.mr) + "x" + std::to_string(t.nr) == forced) return t;
+    }
+    return cands[0];
 }
 
 // Output columns are computed 16 at a time. Flat tiles run along j = p*Wp + q straight across
@@ -187,34 +337,38 @@ bool row_tiles(const DGeom& d, int64_t nr) {
     return d.P * ((d.Q + nr - 1) / nr) <= (d.J + nr - 1) / nr;
 }
 
-// y (N, K, P, Q) = act(conv(x, packed weights) + bias) over the direct geometry d.
+// y (N, K, P, Q) = act(conv(x, packed weights) + bias) over the direct geometry d, with the
+// weights packed for tile t.
 void run_forward(float* y, const float* x, const float* wpk, const float* bias, bool relu,
-                 const DGeom& d, const int32_t* off) {
-    const int64_t Kp = round_up(d.K, kMR), PQ = d.P * d.Q;
-    // Tiles of mr channels x nr columns: 12 x 32 with AVX-512 (masked stores for a row's last
-    // columns), else 6 x 16 (a row's last columns through a scratch tile).
-    const bool wide = use_avx512() && conv_avx512::compiled();
-    const int64_t mr = wide ? kMR512 : kMR, nr = wide ? kNR512 : kNR;
+                 const DGeom& d, const int32_t* off, const Tile& t) {
+    const int64_t PQ = d.P * d.Q;
+    // Tiles of mr channels x nr columns: AVX-512 tiles store a row's last columns masked, the
+    // 6 x 16 tiles through a scratch tile.
+    const bool wide = t.kind != 0;
+    const int64_t mr = t.mr, nr = t.nr;
     const FwdKernel kern = fwd_kernel();
     auto run_tile = [&](int rows, int cols, const float* a, const float* xj, float* c,
                         int64_t ldc, const float* bk, bool act) {
-        if (wide)
+        if (t.kind == 1)
             conv_avx512::fwd_12x32(rows, cols, d.CRS, a, xj, off, c, ldc, bk, act);
+        else if (t.kind == 2)
+            conv_avx512::fwd_panel(static_cast<int>(mr), static_cast<int>(nr / 16), rows, cols,
+                                   d.CRS, a, xj, off, c, ldc, bk, act);
         else
             kern(rows, d.CRS, a, xj, off, c, ldc, bk, act);
     };
     const double macs = double(d.N) * d.J * d.K * d.CRS;
     const bool rows_mode = row_tiles(d, nr);
-    // A task is a block of output columns of one image: whole rows in row mode, kColBlock
-    // flat columns otherwise.
+    // A task is a block of output columns of one image: whole rows in row mode, about
+    // kColBlock flat columns (a multiple of the tile width) otherwise.
     const int64_t tiles_per_row = (d.Q + nr - 1) / nr;
     const int64_t rows_per_task = std::max<int64_t>(1, kColBlock / (tiles_per_row * nr));
-    const int64_t jb_size = std::min(kColBlock, round_up(d.J, nr));
+    const int64_t jb_size = std::min(round_up(kColBlock, nr), round_up(d.J, nr));
     const int64_t blocks = rows_mode ? (d.P + rows_per_task - 1) / rows_per_task
                                      : (d.J + jb_size - 1) / jb_size;
     const int64_t tasks = d.N * blocks;
     const int64_t xp_floats = padded_floats(d);
-    const int64_t tile_floats = rows_mode ? kMR * kNR : Kp * jb_size;
+    const int64_t tile_floats = rows_mode ? kMR * kNR : d.K * jb_size;
     const bool team = !omp_in_parallel() && macs > kParallelMinMacs && tasks > 1;
 #pragma omp parallel if (team)
     {
@@ -236,7 +390,7 @@ void run_forward(float* y, const float* x, const float* wpk, const float* bias, 
                 for (int64_t p = blk * rows_per_task; p < p1; ++p)
                     for (int64_t q0 = 0; q0 < d.Q; q0 += nr) {
                         const int64_t qn = std::min(nr, d.Q - q0);
-                        const float* xj = xp + p * d.Wp + q0;
+                        const float* xj = xp + p * d.Ws + q0;
                         for (int64_t k0 = 0; k0 < d.K; k0 += mr) {
                             const int rows = static_cast<int>(std::min(mr, d.K - k0));
                             const float* bk = bias ? bias + k0 : nullptr;
@@ -261,11 +415,11 @@ void run_forward(float* y, const float* x, const float* wpk, const float* bias, 
                              nullptr, false);
             // Valid columns of the block back to (K, P, Q), adding the bias (and ReLU) as the
             // row tiles' kernel does.
-            for (int64_t p = j0 / d.Wp; p * d.Wp < j0 + jn; ++p) {
-                const int64_t q0 = std::max<int64_t>(0, j0 - p * d.Wp);
-                const int64_t q1 = std::min(d.Q, j0 + jn - p * d.Wp);
+            for (int64_t p = j0 / d.Ws; p * d.Ws < j0 + jn; ++p) {
+                const int64_t q0 = std::max<int64_t>(0, j0 - p * d.Ws);
+                const int64_t q1 = std::min(d.Q, j0 + jn - p * d.Ws);
                 if (q1 <= q0) continue;
-                const int64_t src0 = p * d.Wp + q0 - j0;
+                const int64_t src0 = p * d.Ws + q0 - j0;
                 for (int64_t k = 0; k < d.K; ++k) {
                     const float* src = tile + k * jb_size + src0;
                     float* dst = yn + k * PQ + p * d.Q + q0;
@@ -290,10 +444,13 @@ void run_forward(float* y, const float* x, const float* wpk, const float* bias, 
 
 // ---- public ---------------------------------------------------------------------------------
 
+void set_strided_direct(bool on) { strided_flag().store(on); }
+bool strided_direct() { return strided_enabled(); }
+
 bool applicable_forward(const ConvGeom& g) { return plain(g) && geometry_ok(forward_dgeom(g)); }
 
 bool applicable_backward_input(const ConvGeom& g) {
-    return plain(g) && geometry_ok(backward_input_dgeom(g));
+    return plain_stride1(g) && geometry_ok(backward_input_dgeom(g));
 }
 
 bool applicable_backward_weight(const ConvGeom& g) {
@@ -304,9 +461,9 @@ bool applicable_backward_weight(const ConvGeom& g) {
 int64_t workspace_floats(const ConvGeom& g) {
     int64_t n = 0;
     const int64_t CRS = g.C * g.R * g.S, KRS = g.K * g.R * g.S;
-    if (applicable_forward(g)) n = std::max(n, round_up(CRS, 16) + round_up(g.K, kMR) * CRS);
+    if (applicable_forward(g)) n = std::max(n, round_up(CRS, 16) + packed_floats(g.K, CRS));
     if (applicable_backward_input(g))
-        n = std::max(n, round_up(KRS, 16) + round_up(g.C, kMR) * KRS);
+        n = std::max(n, round_up(KRS, 16) + packed_floats(g.C, KRS));
     if (applicable_backward_weight(g))
         n = std::max(n, wgt_offset_floats(CRS) + weight_groups(g) * partial_floats(g));
     return n;
@@ -318,8 +475,9 @@ void forward(float* y, const float* x, const float* w, const float* b, const Con
     int32_t* off = reinterpret_cast<int32_t*>(ws);
     float* wpk = ws + round_up(d.CRS, 16);
     tap_offsets(off, d, d.CRS);
-    pack_weights(wpk, g.K, d.CRS, [&](int64_t k, int64_t crs) { return w[k * d.CRS + crs]; });
-    run_forward(y, x, wpk, b, relu, d, off);
+    const Tile t = choose_tile(d, use_avx512() && conv_avx512::compiled());
+    pack_weights(wpk, g.K, d.CRS, t.pr, [&](int64_t k, int64_t crs) { return w[k * d.CRS + crs]; });
+    run_forward(y, x, wpk, b, relu, d, off, t);
 }
 
 void backward_input(float* dx, const float* dy, const float* w, const ConvGeom& g, float* ws) {
@@ -329,11 +487,12 @@ void backward_input(float* dx, const float* dy, const float* w, const ConvGeom& 
     float* wpk = ws + round_up(d.CRS, 16);
     tap_offsets(off, d, d.CRS);
     // Row c, column (k, r, s) of the transposed, flipped filter is w[k, c, R-1-r, S-1-s].
-    pack_weights(wpk, g.C, d.CRS, [&](int64_t c, int64_t krs) {
+    const Tile t = choose_tile(d, use_avx512() && conv_avx512::compiled());
+    pack_weights(wpk, g.C, d.CRS, t.pr, [&](int64_t c, int64_t krs) {
         const int64_t k = krs / RS, rs = krs % RS;
         return w[k * CRS + c * RS + (RS - 1 - rs)];
     });
-    run_forward(dx, dy, wpk, nullptr, false, d, off);
+    run_forward(dx, dy, wpk, nullptr, false, d, off, t);
 }
 
 void backward_weight(float* dw, const float* dy, const float* x, const ConvGeom& g, float* ws) {
@@ -369,13 +528,13 @@ void backward_weight(float* dw, const float* dy, const float* x, const ConvGeom&
                 const float* dyn = dy + n * g.K * PQ;
                 for (int64_t p = 0; p < g.P; ++p) {
                     if (simd) {
-                        conv_avx2::transpose(dyt + p * d.Wp * Kp, Kp, dyn + p * g.Q, PQ, g.K,
+                        conv_avx2::transpose(dyt + p * d.Ws * Kp, Kp, dyn + p * g.Q, PQ, g.K,
                                              g.Q);
                         continue;
                     }
                     for (int64_t k = 0; k < g.K; ++k) {
                         const float* src = dyn + k * PQ + p * g.Q;
-                        float* dst = dyt + p * d.Wp * Kp + k;
+                        float* dst = dyt + p * d.Ws * Kp + k;
                         for (int64_t q = 0; q < g.Q; ++q) dst[q * Kp] = src[q];
                     }
                 }

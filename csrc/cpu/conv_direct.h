@@ -1,4 +1,4 @@
-// Direct ("implicit GEMM") convolution for stride 1 and one group: no column matrix.
+// Direct ("implicit GEMM") convolution for one group: no column matrix.
 //
 // The image is copied once into a zero-padded buffer xp (C, Hp, Wp). Output pixel (p, q) gets
 // the flat column index j = p * Wp + q, so tap (c, r, s) of every output column reads
@@ -6,7 +6,8 @@
 // padded image itself, one row offset per tap. Columns with q >= Q (the Wp - Q "wrap-around"
 // columns of each row) are computed and thrown away. Backward-input is the same convolution
 // of the padded dy with the flipped, transposed weights; backward-weight reads xp the same way
-// against a transposed dy.
+// against a transposed dy. A strided layer's image is stored split into its stride phases
+// (conv_direct.cpp, DGeom), which makes every tap a stride-1 read again.
 #pragma once
 
 #include <cstdint>
@@ -17,10 +18,17 @@ namespace cnnkit {
 namespace cpu {
 namespace conv_direct {
 
-// Whether the direct path handles this geometry (stride 1, one group, not 1x1 pointwise).
+// Whether the direct path handles this geometry: one group, not 1x1 stride-1 pointwise; the
+// forward and the weight gradient take strides up to 8 (the image split into its stride
+// phases), the input gradient stride 1 only.
 bool applicable_forward(const ConvGeom& g);
 bool applicable_backward_input(const ConvGeom& g);
 bool applicable_backward_weight(const ConvGeom& g);
+
+// Strided layers on the direct path (default on; CNNKIT_CONV_STRIDED_DIRECT=0 at start-up
+// turns it off): for A/B measurements and tests of both paths.
+void set_strided_direct(bool on);
+bool strided_direct();
 
 // Floats of caller workspace the three routines need (0 when no routine applies).
 int64_t workspace_floats(const ConvGeom& g);
@@ -63,6 +71,10 @@ bool compiled();
 // 6..11 from the next one (a + 6*kc); B row k is the 32 floats at x + off[k]; only the first
 // `cols` (1..32) columns of each row are stored (masked).
 void fwd_12x32(int rows, int cols, int64_t kc, const float* a, const float* x,
+               const int32_t* off, float* c, int64_t ldc, const float* bias, bool relu);
+// Forward tiles of up to mr rows x 16*nv columns from one mr-row weight panel (a[k*mr + i]),
+// (mr, nv) one of (8, 3), (4, 5), (6, 4), (16, 1); otherwise as fwd_12x32.
+void fwd_panel(int mr, int nv, int rows, int cols, int64_t kc, const float* a, const float* x,
                const int32_t* off, float* c, int64_t ldc, const float* bias, bool relu);
 // The weight-gradient kernel for 12 taps: c[i][0:cols] += sum_j x[off[i] + j] * b[j*ldb + 0:cols]
 // for i < 12, j < kc; cols is 8, 16 or 32 (columns past it are neither read nor written).
