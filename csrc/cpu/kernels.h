@@ -109,14 +109,15 @@ void linear_backward(float* dx, float* dw, float* db, const float* dy, const flo
 
 // ---- batch normalisation ----------------------------------------------------------------
 // x, y are (N,C,HW). Training: batch statistics; saves mean and 1/sqrt(var+eps) per channel,
-// updates running stats with momentum (unbiased variance, as PyTorch).
+// updates running stats with momentum (unbiased variance, as PyTorch). relu: y = max(bn(x), 0) in
+// the same pass (v > 0 ? v : +0, as the ReLU kernels; the Net fuses BatchNorm -> ReLU this way).
 void batchnorm_forward_train(float* y, float* save_mean, float* save_invstd, float* running_mean,
                              float* running_var, const float* x, const float* gamma,
                              const float* beta, int64_t N, int64_t C, int64_t HW, float momentum,
-                             float eps);
+                             float eps, bool relu = false);
 void batchnorm_forward_eval(float* y, const float* x, const float* gamma, const float* beta,
                             const float* running_mean, const float* running_var, int64_t N,
-                            int64_t C, int64_t HW, float eps);
+                            int64_t C, int64_t HW, float eps, bool relu = false);
 // dx overwritten; dgamma, dbeta accumulated.
 void batchnorm_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
                         const float* save_mean, const float* save_invstd, const float* gamma,

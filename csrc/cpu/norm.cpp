@@ -27,13 +27,41 @@ double lane_sum(int64_t N, int64_t plane_stride, int64_t HW, F f) {
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
+// Two lane_sums in one pass: f(i, &a_lane, &b_lane) adds element i's terms to both; each sum
+// takes its terms in lane_sum's order, so the results are lane_sum's bits.
+template <class F>
+void lane_sum2(int64_t N, int64_t plane_stride, int64_t HW, double* sa, double* sb, F f) {
+    double a[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0}, b[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
+    const int64_t full = HW - HW % kLanes;
+    for (int64_t n = 0; n < N; ++n) {
+        const int64_t base = n * plane_stride;
+        for (int64_t i = 0; i < full; i += kLanes)
+            for (int l = 0; l < kLanes; ++l) f(base + i + l, &a[l], &b[l]);
+        for (int64_t i = full; i < HW; ++i) f(base + i, &a[i - full], &b[i - full]);
+    }
+    *sa = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    *sb = ((b[0] + b[1]) + (b[2] + b[3])) + ((b[4] + b[5]) + (b[6] + b[7]));
+}
+
+// y = x * a + b over n floats, then ReLU (v > 0 ? v : +0) when relu.
+inline void scale_shift(float* y, const float* x, int64_t n, float a, float b, bool relu) {
+    if (relu) {
+        for (int64_t i = 0; i < n; ++i) {
+            const float v = x[i] * a + b;
+            y[i] = v > 0.f ? v : 0.f;
+        }
+    } else {
+        for (int64_t i = 0; i < n; ++i) y[i] = x[i] * a + b;
+    }
+}
+
 }  // namespace
 
 // x, y are (N,C,HW); gamma/beta (C) or null; save_mean/save_invstd (C) written.
 void batchnorm_forward_train(float* y, float* save_mean, float* save_invstd, float* running_mean,
                              float* running_var, const float* x, const float* gamma,
                              const float* beta, int64_t N, int64_t C, int64_t HW, float momentum,
-                             float eps) {
+                             float eps, bool relu) {
     const int64_t M = N * HW;
 #pragma omp parallel for schedule(static)
     for (int64_t c = 0; c < C; ++c) {
@@ -59,14 +87,14 @@ void batchnorm_forward_train(float* y, float* save_mean, float* save_invstd, flo
         for (int64_t n = 0; n < N; ++n) {
             const float* xc = x + (n * C + c) * HW;
             float* yc = y + (n * C + c) * HW;
-            for (int64_t i = 0; i < HW; ++i) yc[i] = xc[i] * a + bsh;
+            scale_shift(yc, xc, HW, a, bsh, relu);
         }
     }
 }
 
 void batchnorm_forward_eval(float* y, const float* x, const float* gamma, const float* beta,
                             const float* running_mean, const float* running_var, int64_t N,
-                            int64_t C, int64_t HW, float eps) {
+                            int64_t C, int64_t HW, float eps, bool relu) {
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t n = 0; n < N; ++n) {
         for (int64_t c = 0; c < C; ++c) {
@@ -75,7 +103,7 @@ void batchnorm_forward_eval(float* y, const float* x, const float* gamma, const 
             const float bsh = (beta ? beta[c] : 0.f) - running_mean[c] * a;
             const float* xc = x + (n * C + c) * HW;
             float* yc = y + (n * C + c) * HW;
-            for (int64_t i = 0; i < HW; ++i) yc[i] = xc[i] * a + bsh;
+            scale_shift(yc, xc, HW, a, bsh, relu);
         }
     }
 }
@@ -90,10 +118,10 @@ void batchnorm_backward(float* dx, float* dgamma, float* dbeta, const float* dy,
         const float mean = save_mean[c], invstd = save_invstd[c];
         const float* x0 = x + c * HW;
         const float* dy0 = dy + c * HW;
-        const double sdy =
-            lane_sum(N, C * HW, HW, [dy0](int64_t i) { return static_cast<double>(dy0[i]); });
-        const double sdyx = lane_sum(N, C * HW, HW, [x0, dy0, mean, invstd](int64_t i) {
-            return static_cast<double>(dy0[i] * ((x0[i] - mean) * invstd));
+        double sdy, sdyx;  // both sums in one pass over dy and x
+        lane_sum2(N, C * HW, HW, &sdy, &sdyx, [x0, dy0, mean, invstd](int64_t i, double* a, double* b) {
+            *a += static_cast<double>(dy0[i]);
+            *b += static_cast<double>(dy0[i] * ((x0[i] - mean) * invstd));
         });
         if (dgamma) dgamma[c] += static_cast<float>(sdyx);
         if (dbeta) dbeta[c] += static_cast<float>(sdy);

@@ -432,6 +432,14 @@ class BatchNorm : public Layer {
         return in;
     }
     void forward_impl(const Tensor& x, Tensor& y, bool training, const Workspace&) override {
+        run(x, y, training, false);
+    }
+    // BatchNorm -> ReLU in one pass (backward reads x and the saved statistics, never y).
+    bool fuses_relu() const override { return true; }
+    void forward_relu_impl(const Tensor& x, Tensor& y, bool training, const Workspace&) override {
+        run(x, y, training, true);
+    }
+    void run(const Tensor& x, Tensor& y, bool training, bool relu) {
         const Tensor* gamma = affine_ ? &params_[0] : nullptr;
         const Tensor* beta = affine_ ? &params_[1] : nullptr;
         if (save_mean_.device() != x.device()) {
@@ -445,10 +453,10 @@ class BatchNorm : public Layer {
             ops::batchnorm_forward_train(y, save_mean_, save_invstd_,
                                          track_ && training ? &buffers_[0] : nullptr,
                                          track_ && training ? &buffers_[1] : nullptr, x, gamma,
-                                         beta, momentum_, eps_);
+                                         beta, momentum_, eps_, relu);
             batch_stats_ = true;
         } else {
-            ops::batchnorm_forward_eval(y, x, gamma, beta, buffers_[0], buffers_[1], eps_);
+            ops::batchnorm_forward_eval(y, x, gamma, beta, buffers_[0], buffers_[1], eps_, relu);
             batch_stats_ = false;
         }
     }

@@ -167,30 +167,35 @@ int64_t spatial(const Tensor& x) {
 
 void batchnorm_forward_train(Tensor& y, Tensor& save_mean, Tensor& save_invstd,
                              Tensor* running_mean, Tensor* running_var, const Tensor& x,
-                             const Tensor* gamma, const Tensor* beta, float momentum, float eps) {
+                             const Tensor* gamma, const Tensor* beta, float momentum, float eps,
+                             bool relu) {
     if (common_device("batchnorm_forward", {&y, &save_mean, &save_invstd, running_mean,
                                             running_var, &x, gamma, beta}) == Device::CUDA) {
         CNN_ON_CUDA(cuda::batchnorm_forward_train(
             y.data(), save_mean.data(), save_invstd.data(), ptr(running_mean), ptr(running_var),
             x.data(), cptr(gamma), cptr(beta), x.size(0), x.size(1), spatial(x), momentum, eps));
+        if (relu) activation_forward(y, y, cpu::Act::ReLU, 0.f);
     } else {
         cpu::batchnorm_forward_train(y.data(), save_mean.data(), save_invstd.data(),
                                      ptr(running_mean), ptr(running_var), x.data(), cptr(gamma),
-                                     cptr(beta), x.size(0), x.size(1), spatial(x), momentum, eps);
+                                     cptr(beta), x.size(0), x.size(1), spatial(x), momentum, eps,
+                                     relu);
     }
 }
 
 void batchnorm_forward_eval(Tensor& y, const Tensor& x, const Tensor* gamma, const Tensor* beta,
-                            const Tensor& running_mean, const Tensor& running_var, float eps) {
+                            const Tensor& running_mean, const Tensor& running_var, float eps,
+                            bool relu) {
     if (common_device("batchnorm_forward", {&y, &x, gamma, beta, &running_mean,
                                             &running_var}) == Device::CUDA) {
         CNN_ON_CUDA(cuda::batchnorm_forward_eval(y.data(), x.data(), cptr(gamma), cptr(beta),
                                                  running_mean.data(), running_var.data(),
                                                  x.size(0), x.size(1), spatial(x), eps));
+        if (relu) activation_forward(y, y, cpu::Act::ReLU, 0.f);
     } else {
         cpu::batchnorm_forward_eval(y.data(), x.data(), cptr(gamma), cptr(beta),
                                     running_mean.data(), running_var.data(), x.size(0), x.size(1),
-                                    spatial(x), eps);
+                                    spatial(x), eps, relu);
     }
 }
 

@@ -41,9 +41,12 @@ void linear_backward(Tensor* dx, Tensor& dw, Tensor* db, const Tensor& dy, const
 
 void batchnorm_forward_train(Tensor& y, Tensor& save_mean, Tensor& save_invstd,
                              Tensor* running_mean, Tensor* running_var, const Tensor& x,
-                             const Tensor* gamma, const Tensor* beta, float momentum, float eps);
+                             const Tensor* gamma, const Tensor* beta, float momentum, float eps,
+                             bool relu = false);
+// relu: y = max(bn(x), 0) (fused in the CPU kernel's pass; a second pass on CUDA).
 void batchnorm_forward_eval(Tensor& y, const Tensor& x, const Tensor* gamma, const Tensor* beta,
-                            const Tensor& running_mean, const Tensor& running_var, float eps);
+                            const Tensor& running_mean, const Tensor& running_var, float eps,
+                            bool relu = false);
 void batchnorm_backward(Tensor* dx, Tensor* dgamma, Tensor* dbeta, const Tensor& dy,
                         const Tensor& x, const Tensor& save_mean, const Tensor& save_invstd,
                         const Tensor* gamma);
