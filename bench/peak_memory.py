@@ -1,11 +1,15 @@
-"""Peak resident memory of a LeNet-5 training loop, cnnkit vs PyTorch, under /usr/bin/time -v.
+"""Peak resident memory of a training loop, cnnkit vs PyTorch, under /usr/bin/time -v.
 
-Each library runs the same loop in its own process: an MNIST-sized dataset held as uint8
-(60,000 x 28 x 28, converted to float32 one batch at a time), LeNet-5, cross-entropy, SGD with
-momentum, batch 256, one pass over the data. The figure is "Maximum resident set size" as
-reported by GNU time (whole process: interpreter, libraries, data, model, buffers).
+Each library runs the same loop in its own process: a dataset held as uint8 (MNIST-sized
+60,000 x 1 x 28 x 28 for LeNet-5, CIFAR-sized 3 x 32 x 32 images for ResNet-20, converted to
+float32 one batch at a time), cross-entropy, SGD with momentum, one pass over the data. cnnkit
+runs either its native step in a Python loop (--via step, the loop PyTorch runs) or
+`Trainer.fit` (--via fit: what users run; the uint8 data gathered natively). The figure is
+"Maximum resident set size" as reported by GNU time (whole process: interpreter, libraries,
+data, model, buffers).
 
     python bench/peak_memory.py --threads 2 --json bench/results/peak_memory.json
+    python bench/peak_memory.py --net resnet20 --batch 128 --n 10000 --via fit
 """
 
 from __future__ import annotations
@@ -21,23 +25,34 @@ import time
 N_TRAIN = 60_000
 
 
-def _data(n: int):
+SHAPES = {"lenet5": (1, 28, 28), "resnet20": (3, 32, 32)}
+
+
+def _data(n: int, net: str = "lenet5"):
     import numpy as np
 
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (n, 1, 28, 28), dtype=np.uint8)
+    x = rng.integers(0, 256, (n, *SHAPES[net]), dtype=np.uint8)
     y = rng.integers(0, 10, n).astype(np.int64)
     return x, y
 
 
-def worker(lib: str, batch: int, threads: int, n: int) -> None:
-    x, y = _data(n)
+def worker(lib: str, batch: int, threads: int, n: int, net: str = "lenet5",
+           via: str = "step") -> None:
+    x, y = _data(n, net)
     t0 = time.perf_counter()
-    if lib == "cnnkit":
+    if lib == "cnnkit" and via == "fit":
         import cnnkit as ck
 
         ck.set_num_threads(threads)
-        m = ck.models.lenet5()._net
+        t = ck.Trainer(getattr(ck.models, net)(), optimizer=ck.optim.SGD(lr=0.01, momentum=0.9),
+                       device="cpu", seed=0)
+        t.fit(x, y, epochs=1, batch_size=batch, verbose=0)
+    elif lib == "cnnkit":
+        import cnnkit as ck
+
+        ck.set_num_threads(threads)
+        m = getattr(ck.models, net)()._net
         m.set_loss("cross_entropy")
         m.set_optimizer("sgd", {"lr": 0.01, "momentum": 0.9})
         for i in range(0, n, batch):
@@ -49,7 +64,7 @@ def worker(lib: str, batch: int, threads: int, n: int) -> None:
         torch.set_num_threads(threads)
         from cnnkit.bench import build_torch
 
-        model = build_torch("lenet5")
+        model = build_torch(net)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         loss_fn = torch.nn.CrossEntropyLoss()
         for i in range(0, n, batch):
@@ -61,9 +76,11 @@ def worker(lib: str, batch: int, threads: int, n: int) -> None:
     print(json.dumps({"seconds": time.perf_counter() - t0}))
 
 
-def measure(lib: str, batch: int, threads: int, n: int) -> dict:
+def measure(lib: str, batch: int, threads: int, n: int, net: str = "lenet5",
+            via: str = "step") -> dict:
     cmd = ["/usr/bin/time", "-v", sys.executable, os.path.abspath(__file__), "--worker", lib,
-           "--batch", str(batch), "--threads", str(threads), "--n", str(n)]  # fmt: skip
+           "--batch", str(batch), "--threads", str(threads), "--n", str(n), "--net", net,
+           "--via", via]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if p.returncode != 0:
@@ -82,18 +99,21 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n", type=int, default=N_TRAIN, help="training images (one pass)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--net", choices=sorted(SHAPES), default="lenet5")
+    ap.add_argument("--via", choices=["step", "fit"], default="step",
+                    help="cnnkit's loop: the native step from Python, or Trainer.fit")
     ap.add_argument("--json", help="write the results here")
     a = ap.parse_args(argv)
     if a.worker:
-        worker(a.worker, a.batch, a.threads, a.n)
+        worker(a.worker, a.batch, a.threads, a.n, a.net, a.via)
         return 0
     runs = {"cnnkit": [], "torch": []}
     for _ in range(a.repeats):
         for lib in runs:  # alternate the two libraries
-            runs[lib].append(measure(lib, a.batch, a.threads, a.n))
+            runs[lib].append(measure(lib, a.batch, a.threads, a.n, a.net, a.via))
     rows = []
-    print(f"LeNet-5 training loop, batch {a.batch}, {a.n} images, {a.threads} threads; "
-          f"max RSS (MB) of {a.repeats} runs each")  # fmt: skip
+    print(f"{a.net} training loop (cnnkit via {a.via}), batch {a.batch}, {a.n} images, "
+          f"{a.threads} threads; max RSS (MB) of {a.repeats} runs each")  # fmt: skip
     print(f"{'lib':8} {'max RSS MB (median)':>20} {'min':>8} {'max':>8} {'seconds':>8}")
     for lib, rs in runs.items():
         mem = sorted(r["max_rss_mb"] for r in rs)
@@ -112,7 +132,8 @@ def main(argv=None) -> int:
     ratio = rows[0]["max_rss_mb_median"] / rows[1]["max_rss_mb_median"]
     print(f"cnnkit / torch peak memory: {ratio:.2f}")
     if a.json:
-        meta = {"batch": a.batch, "threads": a.threads, "n": a.n, "repeats": a.repeats}
+        meta = {"net": a.net, "via": a.via, "batch": a.batch, "threads": a.threads, "n": a.n,
+                "repeats": a.repeats}
         tmp = a.json + ".tmp"
         with open(tmp, "w") as f:
             json.dump({"config": meta, "results": rows, "ratio": ratio}, f, indent=1)
