@@ -48,6 +48,7 @@ double median(std::vector<double> v) {
 // --cpu-time: the process's CPU time instead of wall time (with one thread, the time the
 // kernel actually ran: robust against other processes taking turns on the same cores).
 bool g_cpu_time = false;
+bool g_min = false;  // --min: the fastest of the repeats instead of their median
 
 double now_ms() {
     if (g_cpu_time) {
@@ -69,7 +70,7 @@ double time_ms(F&& f, int repeats) {
         f();
         t.push_back(now_ms() - t0);
     }
-    return median(t);
+    return g_min ? *std::min_element(t.begin(), t.end()) : median(t);
 }
 
 // Direct-loop value of y[n,k,p,q] for the correctness check.
@@ -113,6 +114,7 @@ int main(int argc, char** argv) {
         else if (a == "--net" && i + 1 < argc) net = argv[++i];
         else if (a == "--only" && i + 1 < argc) only = argv[++i];
         else if (a == "--cpu-time") g_cpu_time = true;
+        else if (a == "--min") g_min = true;
         else if (a == "--batch" && i + 1 < argc) batch = std::atoll(argv[++i]);
         else if (a == "--kernels" && i + 1 < argc) {
             const std::string list = argv[++i];
@@ -126,7 +128,7 @@ int main(int argc, char** argv) {
             // times alternating; prints each set's median and the median per-round speed-up
             // of the first set over each other one.
             std::printf("usage: bench_conv [--threads N] [--repeats R] [--kernels SET[,SET...]] "
-                        "[--rounds N] [--net resnet20 [--batch N]] [--only NAME] [--cpu-time]\n"
+                        "[--rounds N] [--net resnet20 [--batch N]] [--only NAME] [--cpu-time] [--min]\n"
                         "  a set may be written SET/im2col: strided layers through im2col + GEMM\n");
             return a == "--help" ? 0 : 2;
         }

@@ -315,26 +315,40 @@ struct Tile {
     int64_t mr, nr, pr;
 };
 
-// Tile shapes of the AVX-512 set: 12 x 32 (two 6-row panels), 8 x 48, 4 x 80, 6 x 64,
-// 16 x 16. CNNKIT_CONV_TILE=MRxNR forces one (for measurements).
-Tile choose_tile(const DGeom& d, bool wide) {
-    if (!wide) return {0, kMR, kNR, kMR};
-    static const char* forced = std::getenv("CNNKIT_CONV_TILE");
-    const Tile cands[] = {{1, 12, 32, 6}, {2, 8, 48, 8}, {2, 4, 80, 4}, {2, 6, 64, 6},
-                          {2, 16, 16, 16}};
-    if (forced) {
-        for (const Tile& t : cands)
-            if (std::to_string(t.mr) + "x" + std::to_string(t.nr) == forced) return t;
-    }
-    return cands[0];
-}
-
-// Output columns are computed 16 at a time. Flat tiles run along j = p*Wp + q straight across
+// Output columns are computed nr at a time. Flat tiles run along j = p*Ws + q straight across
 // the wrap-around columns (best when Q is small, e.g. 10 of Wp = 14); row tiles start at every
 // output row and skip them (best when Q is a multiple of the tile width nr). Pick the one with
 // fewer tiles.
 bool row_tiles(const DGeom& d, int64_t nr) {
     return d.P * ((d.Q + nr - 1) / nr) <= (d.J + nr - 1) / nr;
+}
+
+// Output columns the tiles of width nr compute per image (row or flat tiles, as run_forward
+// picks them).
+int64_t computed_columns(const DGeom& d, int64_t nr) {
+    return row_tiles(d, nr) ? d.P * ((d.Q + nr - 1) / nr) * nr : round_up(d.J, nr);
+}
+
+// Tile shapes of the AVX-512 set. 12 x 32 (two 6-row panels) by default; 4 x 80 where it
+// computes at least 15% fewer columns (small planes: ResNet-20's 8x8 layers compute 96
+// columns for 64 outputs in 32-wide tiles, 80 in one 80-wide tile) or for at most 4 output
+// channels (12 x 32 then has at most 8 accumulators, too few to cover the FMA latency).
+// Measured on Zen 5 (bench_conv --net resnet20, one thread): 64->64 at 8x8 forward 1.23x,
+// backward-input 1.15x; 3x3/2 32->64 forward 1.11x; backward-input of the 3-channel first
+// layer 1.2x; 4 x 80 lost 10-35% on the 16- and 32-channel 32x32 and 16x16 layers, as did
+// 8 x 48, 6 x 64 and 16 x 16 on most shapes. CNNKIT_CONV_TILE=MRxNR forces one of these
+// (and 8x48, 6x64, 16x16) for measurements.
+Tile choose_tile(const DGeom& d, bool wide) {
+    if (!wide) return {0, kMR, kNR, kMR};
+    const Tile t12{1, 12, 32, 6}, t4{2, 4, 80, 4};
+    static const char* forced = std::getenv("CNNKIT_CONV_TILE");
+    if (forced) {
+        const Tile cands[] = {t12, t4, {2, 8, 48, 8}, {2, 6, 64, 6}, {2, 16, 16, 16}};
+        for (const Tile& t : cands)
+            if (std::to_string(t.mr) + "x" + std::to_string(t.nr) == forced) return t;
+    }
+    if (d.K <= 4) return t4;
+    return computed_columns(d, t4.nr) * 100 <= computed_columns(d, t12.nr) * 85 ? t4 : t12;
 }
 
 // y (N, K, P, Q) = act(conv(x, packed weights) + bias) over the direct geometry d, with the
