@@ -28,9 +28,21 @@ import os, sys, time
 import numpy as np
 import cnnkit as ck
 ck.set_num_threads(1)
-ck.distributed.init(timeout=float(os.environ.get("T_TIMEOUT", "60")))
+ck.distributed.init(timeout=float(os.environ.get("T_TIMEOUT", "60")),
+                    bucket_mb=float(os.environ.get("T_BUCKET_MB", "0")))
 R, W = ck.distributed.rank(), ck.distributed.world_size()
 OUT = sys.argv[1]
+
+def count_reductions():
+    # wraps the gradient all-reduce: the size of every call and the threads it ran on
+    import threading
+    calls, threads, reduce = [], set(), ck.distributed._reduce_gradients
+    def counted(g):
+        calls.append(g.shape[0])
+        threads.add(threading.get_ident() != threading.main_thread().ident)
+        reduce(g)
+    ck.distributed._reduce_gradients = counted
+    return calls, threads
 
 def data(n=512, seed=0):
     rng = np.random.default_rng(seed)
@@ -90,14 +102,26 @@ def history(tmp_path, tag, rank):
     return (tmp_path / f"h{tag}.rank{rank}.txt").read_text()
 
 
-def test_ranks_hold_identical_weights_and_history(tmp_path):
+# bucket_mb: 0, one all-reduce after the backward; 1e-6 (1 byte), a bucket per layer with
+# parameters, each all-reduced by the communication thread during the backward
+BUCKETS = pytest.mark.parametrize("bucket_mb", ["0", "1e-6"], ids=["after", "overlapped"])
+
+
+@BUCKETS
+def test_ranks_hold_identical_weights_and_history(tmp_path, bucket_mb):
     mpirun(tmp_path, """
+        from cnnkit import _core
         x, y = data(500)  # 500 % 2 == 0, but 250 % 32 != 0: a smaller last batch
         m = model(bn=True, dropout=True)
         t = ck.Trainer(m, optimizer=ck.optim.Adam(lr=1e-2), device="cpu", seed=3)
+        calls, threads = count_reductions()
         h = t.fit(x, y, epochs=2, batch_size=32, verbose=0, validation_data=data(101, 1))
+        plan = [s for _, s in _core.grad_buckets(m._net, ck.distributed._bucket_bytes())]
+        assert calls == plan * 2 * 8, (calls, plan)  # 2 epochs of 8 steps, the same buckets
+        assert threads == {len(plan) > 1}, threads   # a thread of its own when overlapped
+        assert len(plan) == (3 if float(os.environ["T_BUCKET_MB"]) else 1), plan  # conv, bn, fc
         dump(m, h)
-    """)
+    """, env={"T_BUCKET_MB": bucket_mb})
     a, b = weights(tmp_path, "", 0), weights(tmp_path, "", 1)
     assert list(a) == list(b)
     for k in a:
@@ -106,7 +130,8 @@ def test_ranks_hold_identical_weights_and_history(tmp_path):
     assert "val_loss" in history(tmp_path, "", 0)
 
 
-def test_two_processes_at_32_equal_one_at_64(tmp_path):
+@BUCKETS
+def test_two_processes_at_32_equal_one_at_64(tmp_path, bucket_mb):
     body = """
         x, y = data(512)
         m = model()
@@ -114,7 +139,7 @@ def test_two_processes_at_32_equal_one_at_64(tmp_path):
         h = t.fit(x, y, epochs=1, batch_size=64 // W, verbose=0)
         dump(m, h, f"-w{W}")
     """
-    mpirun(tmp_path, body)
+    mpirun(tmp_path, body, env={"T_BUCKET_MB": bucket_mb})
     run_single(tmp_path, body)
     two, one = weights(tmp_path, "-w2", 0), weights(tmp_path, "-w1", 0)
     for k in one:
@@ -214,7 +239,8 @@ def test_killing_a_rank_ends_the_job(tmp_path):
     assert p.elapsed < 30, p.elapsed
 
 
-def test_a_stuck_peer_is_a_timeout_error(tmp_path):
+@BUCKETS
+def test_a_stuck_peer_is_a_timeout_error(tmp_path, bucket_mb):
     p = mpirun(tmp_path, """
         x, y = data(1024)
         m = model()
@@ -224,10 +250,50 @@ def test_a_stuck_peer_is_a_timeout_error(tmp_path):
                 if R == 1 and epoch == 0:
                     time.sleep(600)  # rank 0 waits in the next step's all-reduce
         t.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[Stall()])
-    """, env={"T_TIMEOUT": "3"}, expect_ok=False, timeout=90)
+    """, env={"T_TIMEOUT": "3", "T_BUCKET_MB": bucket_mb}, expect_ok=False, timeout=90)
     assert p.returncode != 0
     assert p.elapsed < 30, p.elapsed
     assert "waited more than 3 s for the other processes" in p.stderr
+    assert "the gradient all-reduce waited" in p.stderr
+
+
+def test_a_failing_reducer_raises_on_its_rank_and_ends_the_job(tmp_path):
+    p = mpirun(tmp_path, """
+        x, y = data(1024)
+        m = model()
+        t = ck.Trainer(m, optimizer=ck.optim.SGD(lr=0.01), device="cpu")
+        calls, _ = count_reductions()
+        reduce = ck.distributed._reduce_gradients
+        def failing(g):
+            if R == 1 and len(calls) == 7:  # the 4th step's first bucket (2 a step)
+                raise ck.distributed.DistributedError("bucket seven failed")
+            reduce(g)
+        ck.distributed._reduce_gradients = failing
+        t.fit(x, y, epochs=3, batch_size=32, verbose=0)
+    """, env={"T_BUCKET_MB": "1e-6"}, expect_ok=False, timeout=60)
+    assert p.returncode != 0 and p.elapsed < 30, (p.returncode, p.elapsed)
+    assert "bucket seven failed" in p.stderr and "rank 1 of 2 failed" in p.stderr
+
+
+def test_an_mpi_below_thread_serialized_reduces_after_the_backward(tmp_path):
+    mpirun(tmp_path, """
+        from mpi4py import MPI
+        assert MPI.Query_thread() == MPI.THREAD_FUNNELED, MPI.Query_thread()
+        assert ck.distributed._bucket_bytes() == 0
+        x, y = data(256)
+        m = model()
+        t = ck.Trainer(m, optimizer=ck.optim.SGD(lr=0.1), device="cpu", seed=1)
+        calls, threads = count_reductions()
+        h = t.fit(x, y, epochs=1, batch_size=32, verbose=0)
+        assert len(calls) == 4 and threads == {False}, (calls, threads)
+        dump(m, h)
+    """, env={"T_BUCKET_MB": "1e-6", "MPI4PY_RC_THREAD_LEVEL": "funneled"})
+    p = mpirun(tmp_path, "ck.distributed.init()",
+               env={"T_BUCKET_MB": "1e-6", "MPI4PY_RC_THREAD_LEVEL": "funneled"})
+    assert p.stderr.count("MPI_THREAD_FUNNELED, below MPI_THREAD_SERIALIZED") == 2, p.stderr
+    a, b = weights(tmp_path, "", 0), weights(tmp_path, "", 1)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 def test_processes_that_disagree_on_the_data_are_refused(tmp_path):

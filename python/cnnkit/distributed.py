@@ -147,8 +147,17 @@ def _watch() -> None:
             sys.stderr.write(
                 f"cnnkit.distributed: rank {_S.rank}: {p[1]} waited more than {_S.timeout:g} s "
                 "for the other processes (a peer is stuck or has died); ending the job\n")
-            sys.stderr.flush()
-            _S.comm.Abort(1)
+            _abort_job(1)
+
+
+def _abort_job(code: int) -> None:
+    """MPI_Abort after the launcher has had a moment to forward what this process wrote:
+    the launcher kills every process at once, and under load the tail of the error message
+    was lost."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    time.sleep(0.5)
+    _S.comm.Abort(code)
 
 
 def _share_cores() -> None:
@@ -177,9 +186,8 @@ def _install_abort_hook() -> None:
             previous(kind, value, tb)
             sys.stderr.write(f"cnnkit.distributed: rank {_S.rank} of {_S.size} failed with "
                              f"{kind.__name__}; ending the job\n")
-            sys.stderr.flush()
         finally:
-            _S.comm.Abort(1)
+            _abort_job(1)
 
     sys.excepthook = hook
 
@@ -189,9 +197,7 @@ def abort(exit_code: int = 1) -> None:
     do so that the others do not wait for it until their timeout. Outside a distributed job
     (one process) it does nothing."""
     if _S.comm is not None and _S.size > 1:
-        sys.stderr.flush()
-        sys.stdout.flush()
-        _S.comm.Abort(int(exit_code))
+        _abort_job(int(exit_code))
 
 
 def is_initialized() -> bool:
