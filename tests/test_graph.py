@@ -101,6 +101,45 @@ def test_fan_out_add_and_concat_match_torch(rng):
     _check_fwd_bwd(model, tm, x, training=True)
 
 
+def test_shared_gradient_buffers_with_a_long_skip_match_torch(rng):
+    # Gradient buffers are shared between values whose gradients are never live together: a
+    # value feeding a node far ahead (r) keeps its gradient across the whole chain between.
+    t = _torch()
+    ck.manual_seed(4)
+    inp = ck.Input((2, 5, 5))
+    r = ck.ReLU(name="r")(ck.Conv2d(2, 3, 3, padding=1, name="a")(inp))
+    h = r
+    for i in range(4):
+        h = ck.ReLU(name=f"q{i}")(ck.Conv2d(3, 3, 3, padding=1, name=f"c{i}")(h))
+    s = ck.Add(name="s")([r, h])
+    c = ck.Concat(dim=1, name="cat")([s, r, h])
+    out = ck.Linear(9 * 25, 4, name="fc")(ck.Flatten(name="f")(c))
+    model = ck.Model(inp, out)
+
+    class T(t.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = t.nn.Conv2d(2, 3, 3, padding=1)
+            for i in range(4):
+                setattr(self, f"c{i}", t.nn.Conv2d(3, 3, 3, padding=1))
+            self.fc = t.nn.Linear(9 * 25, 4)
+
+        def forward(self, x):
+            r = t.relu(self.a(x))
+            h = r
+            for i in range(4):
+                h = t.relu(getattr(self, f"c{i}")(h))
+            return self.fc(t.cat([r + h, r, h], 1).flatten(1))
+
+    tm = T()
+    _copy_to_torch(model, tm)
+    for n in (3, 5, 2):  # other batch sizes re-plan the buffers
+        x = rng.standard_normal((n, 2, 5, 5)).astype(np.float32)
+        model.zero_grad()
+        tm.zero_grad()
+        _check_fwd_bwd(model, tm, x, training=True)
+
+
 def _torch_resnet18(num_classes):
     t = _torch()
     nn = t.nn

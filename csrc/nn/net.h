@@ -118,6 +118,7 @@ class Net {
     void plan_graph(const std::vector<Shape>& shapes, bool training);
     Tensor forward_graph(const Tensor& x, bool training);
     Tensor backward_graph(const Tensor& dy, bool need_dx);
+    std::vector<int64_t> plan_grad_buffers(bool need_dx, std::vector<int64_t>* need) const;
     double loss_forward_backward(const Tensor& out, const int64_t* labels, const Tensor* target,
                                  Tensor* dout, int64_t* correct);
 

@@ -2,6 +2,8 @@
 // order with activation storage planned from liveness, backward with gradients summed where a
 // value feeds several nodes. Chains (Sequential) keep the code in net.cpp.
 #include <algorithm>
+#include <cstdlib>
+#include <limits>
 
 #include "nn/net.h"
 #include "ops/ops.h"
@@ -122,6 +124,55 @@ Tensor Net::forward_graph(const Tensor& x, bool training) {
     return acts_.back();
 }
 
+// The gradient of value v is live from the backward of its last consumer (the first to add
+// to it; the output's from the start) through the backward of its producer, node v - 1,
+// which reads it; the input's (v = 0) to the end. Backward visits nodes from the last, so at
+// step t = L - 1 - i it runs node i. Values whose live ranges do not meet share a buffer
+// (greedy, by start; a buffer's size is the largest value it holds): a chain's gradients then
+// take two buffers and a residual network's a handful, not one per value. Returns the buffer
+// of each value (-1: none) and each buffer's size in `need`.
+std::vector<int64_t> Net::plan_grad_buffers(bool need_dx, std::vector<int64_t>* need) const {
+    const int64_t L = static_cast<int64_t>(layers_.size());
+    std::vector<int64_t> start(L + 1, std::numeric_limits<int64_t>::max()), end(L + 1);
+    start[L] = -1;
+    for (int64_t i = 0; i < L; ++i)
+        for (int64_t u : inputs_[i]) start[u] = std::min(start[u], L - 1 - i);
+    for (int64_t v = 1; v <= L; ++v) end[v] = L - v;  // node v - 1 runs at step L - v
+    end[0] = std::numeric_limits<int64_t>::max();
+    std::vector<int64_t> order;
+    for (int64_t v = need_dx ? 0 : 1; v <= L; ++v)
+        if (start[v] != std::numeric_limits<int64_t>::max()) order.push_back(v);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t a, int64_t b) { return start[a] < start[b]; });
+    std::vector<int64_t> buf(L + 1, -1), free_after;  // free_after[b]: last step b is in use
+    need->clear();
+    for (int64_t v : order) {
+        const int64_t n = shape_numel(act_shapes_[v]);
+        int64_t pick = -1;
+        for (size_t b = 0; b < free_after.size(); ++b) {  // the free buffer closest in size
+            if (free_after[b] >= start[v]) continue;
+            if (pick < 0 || std::llabs((*need)[b] - n) < std::llabs((*need)[pick] - n))
+                pick = static_cast<int64_t>(b);
+        }
+        if (pick < 0) {
+            pick = static_cast<int64_t>(free_after.size());
+            free_after.push_back(0);
+            need->push_back(0);
+        }
+        buf[v] = pick;
+        free_after[pick] = end[v];
+        (*need)[pick] = std::max((*need)[pick], n);
+    }
+    // a value nothing flows back to (no consumer) still gets a view: the last buffer, unused
+    if (need->empty()) need->push_back(1);
+    for (int64_t v = need_dx ? 0 : 1; v <= L; ++v)
+        if (buf[v] < 0) {
+            buf[v] = static_cast<int64_t>(need->size()) - 1;
+            (*need)[buf[v]] = std::max((*need)[buf[v]], shape_numel(act_shapes_[v]));
+        }
+    return buf;
+}
+
 Tensor Net::backward_graph(const Tensor& dy, bool need_dx) {
     CNN_CHECK_ARG(have_forward_, "Model.backward: call forward first");
     CNN_CHECK_ARG(last_training_, "Model.backward: the last forward was in eval mode, which "
@@ -130,19 +181,22 @@ Tensor Net::backward_graph(const Tensor& dy, bool need_dx) {
     CNN_CHECK_ARG(dy.shape() == act_shapes_[L], "Model.backward: expected a gradient of shape ",
                   shape_str(act_shapes_[L]), " (the last output), got ", shape_str(dy.shape()));
     const Device dev = device();
-    // one gradient buffer per value (the input's only when asked for), and a scratch slot per
-    // input of the widest node for contributions summed into a value that already has one
+    // Gradient buffers shared between values whose gradients are never live at once (see
+    // plan_grad_buffers), the input's its own when asked for, and a scratch slot per input of
+    // the widest node for contributions summed into a value that already has one.
     int64_t widest = 1, biggest = 1;
     for (size_t i = 0; i < L; ++i) widest = std::max<int64_t>(widest, inputs_[i].size());
-    if (grad_pool_.size() < L + 1) grad_pool_.resize(L + 1);
+    std::vector<int64_t> need;
+    const std::vector<int64_t> buf = plan_grad_buffers(need_dx, &need);
+    if (grad_pool_.size() < need.size()) grad_pool_.resize(need.size());
+    for (size_t b = 0; b < need.size(); ++b)
+        if (!grad_pool_[b].defined() || grad_pool_[b].capacity() < need[b] ||
+            grad_pool_[b].device() != dev)
+            grad_pool_[b] = Tensor({need[b]}, dev);
     gvals_.assign(L + 1, Tensor());
     for (size_t v = need_dx ? 0 : 1; v <= L; ++v) {
-        const int64_t n = shape_numel(act_shapes_[v]);
-        biggest = std::max(biggest, n);
-        if (!grad_pool_[v].defined() || grad_pool_[v].capacity() < n ||
-            grad_pool_[v].device() != dev)
-            grad_pool_[v] = Tensor({n}, dev);
-        gvals_[v] = grad_pool_[v].view(act_shapes_[v]);
+        biggest = std::max(biggest, shape_numel(act_shapes_[v]));
+        gvals_[v] = grad_pool_[buf[v]].view(act_shapes_[v]);
     }
     const int64_t scratch = mul_size(widest, biggest, "Model: gradient scratch");
     if (!scratch_.defined() || scratch_.capacity() < scratch || scratch_.device() != dev)
