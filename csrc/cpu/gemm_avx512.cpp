@@ -229,6 +229,16 @@ inline float epilogue(float d, float alpha, float beta, const float* c, const fl
     return r;
 }
 
+// The 16 lanes summed by a fixed tree (lanes i and i + 8, then i + 4, i + 2, i + 1), from memory:
+// once per dot product, and free of GCC 12's -Wuninitialized in the shuffle intrinsics.
+inline float hsum16(__m512 v) {
+    alignas(64) float t[16];
+    _mm512_store_ps(t, v);
+    for (int w = 8; w >= 1; w /= 2)
+        for (int i = 0; i < w; ++i) t[i] += t[i + w];
+    return t[0];
+}
+
 // Rows 0..M-1 of A against NB rows of B (j .. j+NB-1): M x NB dot products of length K, each
 // summed in 16 lanes over K in order, then across the lanes by a fixed tree.
 template <int M, int NB>
@@ -267,7 +277,7 @@ void dots(int64_t j, int64_t K, float alpha, const float* A, int64_t lda, const 
 #pragma GCC unroll 4
         for (int q = 0; q < NB; ++q) {
             float* c = C + i * ldc + j + q;
-            *c = epilogue(_mm512_reduce_add_ps(acc[i * NB + q]), alpha, beta, c, bias, j + q);
+            *c = epilogue(hsum16(acc[i * NB + q]), alpha, beta, c, bias, j + q);
         }
 }
 
