@@ -96,7 +96,7 @@ def _prepared(x: Any, where: str = "x", name: str = "x", model: Any = None) -> n
         kind = a.dtype.kind
         with np.errstate(over="ignore", invalid="ignore"):  # too large for float32 -> inf
             a = np.ascontiguousarray(a, dtype=np.float32)
-        if kind == "f" and not np.isfinite(a).all():
+        if kind == "f" and not np.isfinite(a).all():  # one vectorized pass; per sample if not
             finite = np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)
             if not finite.all():
                 i = int(np.argmin(finite))
