@@ -85,3 +85,56 @@ def test_fused_relu_in_a_graph_model_matches_torch():
     ty.backward(torch.from_numpy(dy))
     np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("arity", [2, 3])
+def test_fused_add_relu_gives_the_bits_of_the_unfused_pair(arity):
+    # a residual Add -> ReLU runs as one pass; an Identity between them keeps them apart
+    def build(fused: bool):
+        ck.manual_seed(1)
+        inp = ck.Input((3, 5, 5))
+        a = ck.Conv2d(3, 3, 3, padding=1, name="a")(inp)
+        b = ck.BatchNorm2d(3, name="bn")(ck.Conv2d(3, 3, 1, name="b")(a))
+        s = ck.Add(name="s")([a, b, inp][:arity])
+        if not fused:
+            s = ck.Identity(name="id")(s)
+        out = ck.ReLU(name="r")(s)
+        return ck.Model(inp, ck.Linear(75, 4, name="fc")(ck.Flatten(name="f")(out)))
+
+    rng = np.random.default_rng(2)
+    fused, plain = build(True), build(False)
+    plain.load_state_dict(fused.state_dict())
+    x = rng.standard_normal((4, 3, 5, 5)).astype(np.float32)
+    for training in (True, False):
+        yf, yp = fused.forward(x, training=training), plain.forward(x, training=training)
+        np.testing.assert_array_equal(yf, yp)
+    yf = fused.forward(x, training=True)
+    plain.forward(x, training=True)
+    dy = rng.standard_normal(yf.shape).astype(np.float32)
+    np.testing.assert_array_equal(fused.backward(dy), plain.backward(dy))
+    gf, gp = fused.grad_dict(), plain.grad_dict()
+    assert gf.keys() == gp.keys()
+    assert all(np.array_equal(gf[k], gp[k]) for k in gf)
+
+
+def test_a_view_of_a_fused_relu_in_a_graph_reads_the_fused_storage():
+    # Conv -> ReLU (fused) -> Flatten in a branching graph: the view takes the storage the
+    # conv writes the rectified values into
+    rng = np.random.default_rng(4)
+    ck.manual_seed(2)
+    inp = ck.Input((2, 4, 4))
+    a = ck.Conv2d(2, 2, 3, padding=1, name="a")(inp)
+    s = ck.Add(name="s")([a, inp])
+    h = ck.Flatten(name="f")(ck.ReLU(name="r")(ck.Conv2d(2, 3, 3, padding=1, name="c")(s)))
+    m = ck.Model(inp, ck.Linear(48, 2, name="fc")(h))
+    x = rng.standard_normal((3, 2, 4, 4)).astype(np.float32)
+    sd = m.state_dict()
+    conv = lambda z, w, b: np.stack([  # noqa: E731
+        sum(np.pad(z[:, ci], ((0, 0), (1, 1), (1, 1)))[:, i:i + 4, j:j + 4] * w[co, ci, i, j]
+            for ci in range(w.shape[1]) for i in range(3) for j in range(3)) + b[co]
+        for co in range(w.shape[0])], axis=1)
+    ref = conv(x, sd["a.weight"], sd["a.bias"]) + x
+    ref = np.maximum(conv(ref, sd["c.weight"], sd["c.bias"]), 0).reshape(3, -1)
+    ref = ref @ sd["fc.weight"].T + sd["fc.bias"]
+    for training in (True, False):
+        np.testing.assert_allclose(m.forward(x, training=training), ref, rtol=1e-4, atol=1e-5)

@@ -126,6 +126,8 @@ void batchnorm_backward(float* dx, float* dgamma, float* dbeta, const float* dy,
 // ---- merging activations (merge.*): graph nodes Add and Concat ------------------------------
 // y (n) += x (n).
 void add_into(float* y, const float* x, int64_t n);
+// y = a + b (then ReLU when relu), n floats.
+void add2(float* y, const float* a, const float* b, int64_t n, bool relu);
 // dst[o * dst_stride + j] = src[o * src_stride + j] for o < outer, j < len.
 void copy_blocks(float* dst, const float* src, int64_t outer, int64_t len, int64_t dst_stride,
                  int64_t src_stride);

@@ -13,6 +13,21 @@ void add_into(float* y, const float* x, int64_t n) {
     for (int64_t i = 0; i < n; ++i) y[i] += x[i];
 }
 
+// y (n) = a + b, then ReLU (v > 0 ? v : +0, as the ReLU kernels) when relu: a residual Add and
+// the ReLU after it in one pass.
+void add2(float* y, const float* a, const float* b, int64_t n, bool relu) {
+    if (relu) {
+#pragma omp parallel for simd schedule(static) if (n > (1 << 15))
+        for (int64_t i = 0; i < n; ++i) {
+            const float v = a[i] + b[i];
+            y[i] = v > 0.f ? v : 0.f;
+        }
+    } else {
+#pragma omp parallel for simd schedule(static) if (n > (1 << 15))
+        for (int64_t i = 0; i < n; ++i) y[i] = a[i] + b[i];
+    }
+}
+
 // dst[o * dst_stride + j] = src[o * src_stride + j] for o < outer, j < len: one input's slab of
 // a concatenation (forward) or of its gradient (backward).
 void copy_blocks(float* dst, const float* src, int64_t outer, int64_t len, int64_t dst_stride,

@@ -71,6 +71,9 @@ class Layer {
     virtual int arity() const { return 1; }
     Shape output_shape_n(const std::vector<Shape>& in) const;
     void forward_n(const std::vector<Tensor>& xs, Tensor& y, bool training, const Workspace& ws);
+    // forward_n then ReLU (see forward_relu), for a multi-input node that fuses_relu().
+    void forward_relu_n(const std::vector<Tensor>& xs, Tensor& y, bool training,
+                        const Workspace& ws);
     // dxs[k] null: that input needs no gradient.
     void backward_n(const std::vector<Tensor>& xs, const Tensor& y, const Tensor& dy,
                     const std::vector<Tensor*>& dxs, const Workspace& ws);
@@ -104,6 +107,9 @@ class Layer {
     virtual Shape output_shape_n_impl(const std::vector<Shape>& in) const;
     virtual void forward_n_impl(const std::vector<Tensor>& xs, Tensor& y, bool training,
                                 const Workspace& ws);
+    // Default: forward_n_impl then a separate ReLU pass over y.
+    virtual void forward_relu_n_impl(const std::vector<Tensor>& xs, Tensor& y, bool training,
+                                     const Workspace& ws);
     virtual void backward_n_impl(const std::vector<Tensor>& xs, const Tensor& y, const Tensor& dy,
                                  const std::vector<Tensor*>& dxs, const Workspace& ws);
     // Default: forward_impl then a separate ReLU pass over y.

@@ -62,9 +62,26 @@ void Layer::forward_n(const std::vector<Tensor>& xs, Tensor& y, bool training,
     forward_n_impl(xs, y, training, ws);
 }
 
+void Layer::forward_relu_n(const std::vector<Tensor>& xs, Tensor& y, bool training,
+                           const Workspace& ws) {
+    if (arity() == 1) return forward_relu(xs.at(0), y, training, ws);
+    std::vector<Shape> shapes;
+    for (const Tensor& x : xs) shapes.push_back(x.shape());
+    CNN_CHECK(y.shape() == output_shape_n(shapes), label(), ": output buffer ",
+              shape_str(y.shape()));
+    last_training_ = training;
+    forward_relu_n_impl(xs, y, training, ws);
+}
+
 void Layer::forward_n_impl(const std::vector<Tensor>& xs, Tensor& y, bool training,
                            const Workspace& ws) {
     forward_impl(xs[0], y, training, ws);
+}
+
+void Layer::forward_relu_n_impl(const std::vector<Tensor>& xs, Tensor& y, bool training,
+                                const Workspace& ws) {
+    forward_n_impl(xs, y, training, ws);
+    ops::activation_forward(y, y, cpu::Act::ReLU, 0.f);
 }
 
 void Layer::backward_n(const std::vector<Tensor>& xs, const Tensor& y, const Tensor& dy,

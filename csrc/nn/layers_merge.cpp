@@ -44,8 +44,19 @@ class Add : public Merge {
         return in[0];
     }
     void forward_n_impl(const std::vector<Tensor>& xs, Tensor& y, bool, const Workspace&) override {
+        sum(xs, y, false);
+    }
+    // Add -> ReLU (a residual block's end) in one pass for two inputs; backward never reads y.
+    bool fuses_relu() const override { return true; }
+    void forward_relu_n_impl(const std::vector<Tensor>& xs, Tensor& y, bool,
+                             const Workspace&) override {
+        sum(xs, y, true);
+    }
+    static void sum(const std::vector<Tensor>& xs, Tensor& y, bool relu) {
+        if (xs.size() == 2) return ops::add2(y, xs[0], xs[1], relu);
         y.copy_from(xs[0]);
         for (size_t k = 1; k < xs.size(); ++k) ops::add_into(y, xs[k]);
+        if (relu) ops::activation_forward(y, y, cpu::Act::ReLU, 0.f);
     }
     void backward_n_impl(const std::vector<Tensor>&, const Tensor&, const Tensor& dy,
                          const std::vector<Tensor*>& dxs, const Workspace&) override {

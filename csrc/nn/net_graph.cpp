@@ -22,20 +22,22 @@ void Net::plan_graph(const std::vector<Shape>& shapes, bool training) {
         return;
     root_.assign(L + 1, 0);
     skip_.assign(L, 0);
+    // In node order, so that a view of a fused ReLU's output (ReLU -> Flatten) finds the
+    // storage the ReLU writes into: every root is final before a later node reads it.
+    std::vector<int64_t> fused_by(L, -1);  // ReLU node -> the node that runs it
+    for (size_t i = 0; i < L; ++i)
+        if (fused_relu_[i] >= 0) fused_by[fused_relu_[i]] = static_cast<int64_t>(i);
     for (size_t i = 0; i < L; ++i) {
         const int64_t v = static_cast<int64_t>(i) + 1;
         root_[v] = v;
-        if (layers_[i]->is_view()) {
+        if (fused_by[i] >= 0) {
+            root_[v] = root_[fused_by[i] + 1];
+            skip_[i] = 1;
+        } else if (layers_[i]->is_view()) {
             root_[v] = root_[inputs_[i][0]];
             skip_[i] = 1;
         }
     }
-    for (size_t i = 0; i < L; ++i)
-        if (fused_relu_[i] >= 0) {
-            const int64_t j = fused_relu_[i];
-            root_[j + 1] = root_[i + 1];
-            skip_[j] = 1;
-        }
     // last node that reads each root's storage (the output lives to the end)
     std::vector<int64_t> last(L + 1, -1);
     for (size_t j = 0; j < L; ++j)
@@ -114,7 +116,9 @@ Tensor Net::forward_graph(const Tensor& x, bool training) {
         layers_[i]->set_rng(rng_seed_, (static_cast<uint64_t>(i) << 40) ^ rng_counter_);
         xs.clear();
         for (int64_t v : inputs_[i]) xs.push_back(acts_[v]);
-        if (fused_relu_[i] >= 0)
+        if (fused_relu_[i] >= 0 && xs.size() > 1)
+            layers_[i]->forward_relu_n(xs, acts_[i + 1], training, ws);
+        else if (fused_relu_[i] >= 0)
             layers_[i]->forward_relu(xs[0], acts_[i + 1], training, ws);
         else
             layers_[i]->forward_n(xs, acts_[i + 1], training, ws);

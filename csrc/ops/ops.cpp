@@ -246,6 +246,18 @@ void add_into(Tensor& y, const Tensor& x) {
     }
 }
 
+void add2(Tensor& y, const Tensor& a, const Tensor& b, bool relu) {
+    CNN_CHECK(y.numel() == a.numel() && y.numel() == b.numel(), "add2: ", shape_str(y.shape()),
+              " = ", shape_str(a.shape()), " + ", shape_str(b.shape()));
+    if (common_device("add2", {&y, &a, &b}) == Device::CUDA) {
+        y.copy_from(a);
+        add_into(y, b);
+        if (relu) activation_forward(y, y, cpu::Act::ReLU, 0.f);
+    } else {
+        cpu::add2(y.data(), a.data(), b.data(), y.numel(), relu);
+    }
+}
+
 namespace {
 // (outer, this tensor's extent along dim, inner) of x and the extent along dim of the whole
 int64_t prod(const Shape& s, size_t a, size_t b) {

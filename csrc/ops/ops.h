@@ -53,6 +53,8 @@ void batchnorm_backward(Tensor* dx, Tensor* dgamma, Tensor* dbeta, const Tensor&
 
 // y += x (same numel, same device).
 void add_into(Tensor& y, const Tensor& x);
+// y = a + b, then ReLU when relu (one pass on the CPU; copy, add and ReLU passes on CUDA).
+void add2(Tensor& y, const Tensor& a, const Tensor& b, bool relu);
 // Concatenation along dim `dim` of NCHW-like tensors: x is one input, placed at `offset`
 // along that dim of y (forward), or its gradient slab taken from dy (backward).
 void concat_forward(Tensor& y, const Tensor& x, int64_t dim, int64_t offset);
