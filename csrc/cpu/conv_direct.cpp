@@ -17,9 +17,9 @@
 #include <algorithm>
 #include <atomic>
 #include <climits>
-#include <string>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "cpu/gemm.h"
 #include "cpu/kernel_set.h"
@@ -380,7 +380,21 @@ void run_forward(float* y, const float* x, const float* wpk, const float* bias, 
     const int64_t jb_size = std::min(round_up(kColBlock, nr), round_up(d.J, nr));
     const int64_t blocks = rows_mode ? (d.P + rows_per_task - 1) / rows_per_task
                                      : (d.J + jb_size - 1) / jb_size;
-    const int64_t tasks = d.N * blocks;
+    // Few images and blocks (batch 1, small planes: ResNet-20's 8x8 layers are one block)
+    // leave threads idle: then tasks also split the output channels, in groups of whole
+    // mr-row tiles, so every output is still computed by the same tile as in one task.
+    // CNNKIT_CONV_KSPLIT=0 turns the split off (for measurements).
+    const int64_t k_tiles = (d.K + mr - 1) / mr;
+    const int nthreads = omp_in_parallel() ? 1 : omp_get_max_threads();
+    static const bool ksplit = [] {
+        const char* e = std::getenv("CNNKIT_CONV_KSPLIT");
+        return !(e && e[0] == '0');
+    }();
+    const int64_t kgroups = !ksplit ? 1 : std::min<int64_t>(
+        k_tiles, std::max<int64_t>(1, (4 * nthreads + d.N * blocks - 1) / (d.N * blocks)));
+    const int64_t kg_size = ((k_tiles + kgroups - 1) / kgroups) * mr;
+    const int64_t kgn = (d.K + kg_size - 1) / kg_size;
+    const int64_t tasks = d.N * blocks * kgn;
     const int64_t xp_floats = padded_floats(d);
     const int64_t tile_floats = rows_mode ? kMR * kNR : d.K * jb_size;
     const bool team = !omp_in_parallel() && macs > kParallelMinMacs && tasks > 1;
@@ -393,7 +407,8 @@ void run_forward(float* y, const float* x, const float* wpk, const float* bias, 
         int64_t cur = -1;
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
-            const int64_t n = t / blocks, blk = t % blocks;
+            const int64_t n = t / (blocks * kgn), blk = t / kgn % blocks;
+            const int64_t kb0 = t % kgn * kg_size, kb1 = std::min(d.K, kb0 + kg_size);
             if (n != cur) {
                 pad_image(xp, x, d, n);
                 cur = n;
@@ -405,7 +420,7 @@ void run_forward(float* y, const float* x, const float* wpk, const float* bias, 
                     for (int64_t q0 = 0; q0 < d.Q; q0 += nr) {
                         const int64_t qn = std::min(nr, d.Q - q0);
                         const float* xj = xp + p * d.Ws + q0;
-                        for (int64_t k0 = 0; k0 < d.K; k0 += mr) {
+                        for (int64_t k0 = kb0; k0 < kb1; k0 += mr) {
                             const int rows = static_cast<int>(std::min(mr, d.K - k0));
                             const float* bk = bias ? bias + k0 : nullptr;
                             float* yk = yn + k0 * PQ + p * d.Q + q0;
@@ -423,7 +438,7 @@ void run_forward(float* y, const float* x, const float* wpk, const float* bias, 
             }
             const int64_t j0 = blk * jb_size, jn = std::min(jb_size, d.J - j0);
             for (int64_t jt = 0; jt < jn; jt += nr)
-                for (int64_t k0 = 0; k0 < d.K; k0 += mr)
+                for (int64_t k0 = kb0; k0 < kb1; k0 += mr)
                     run_tile(static_cast<int>(std::min(mr, d.K - k0)), static_cast<int>(nr),
                              wpk + k0 * d.CRS, xp + j0 + jt, tile + k0 * jb_size + jt, jb_size,
                              nullptr, false);
@@ -434,7 +449,7 @@ void run_forward(float* y, const float* x, const float* wpk, const float* bias, 
                 const int64_t q1 = std::min(d.Q, j0 + jn - p * d.Ws);
                 if (q1 <= q0) continue;
                 const int64_t src0 = p * d.Ws + q0 - j0;
-                for (int64_t k = 0; k < d.K; ++k) {
+                for (int64_t k = kb0; k < kb1; ++k) {
                     const float* src = tile + k * jb_size + src0;
                     float* dst = yn + k * PQ + p * d.Q + q0;
                     const float bk = bias ? bias[k] : 0.f;
