@@ -427,3 +427,29 @@ def test_distributed_bucket_setting_and_thread_level(monkeypatch):
     dist.init(bucket_mb=4)
     monkeypatch.setattr(dist._S, "overlap_ok", False)
     assert dist._bucket_bytes() == 0
+
+
+def test_reducer_threads_end_with_their_nets_and_at_exit():
+    import subprocess
+    import sys
+
+    code = """
+import gc, threading, numpy as np, cnnkit as ck
+from cnnkit import _core
+x = np.random.default_rng(0).random((8, 2, 8, 8), dtype=np.float32)
+y = np.arange(8) % 3
+def net():
+    ck.manual_seed(0)
+    m = ck.Sequential(ck.Conv2d(2, 4, 3), ck.ReLU(), ck.Flatten(), ck.Linear(144, 3))
+    ck.Trainer(m, optimizer=ck.optim.SGD(lr=0.1), device="cpu")
+    _core.set_grad_reducer(m._net, lambda g: None, 1.0, 1)
+    m._net.train_step(x, y)
+    return m
+for _ in range(50):  # each Net starts its thread and joins it when it goes
+    net()
+    gc.collect()
+kept = net()  # and one still alive (its thread idle) when the interpreter exits
+print("ok")
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-2000:]

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -266,6 +267,69 @@ void test_net_training() {
     check(threw, "label out of range throws ValueError");
 }
 
+// The gradient reducer with buckets reduced by the Net's thread during the backward: the same
+// parameters, bitwise, as one reduction after it; a throwing reducer leaves the Net usable.
+void test_bucketed_reducer() {
+    using namespace nn;
+    auto build = [] {
+        std::vector<LayerPtr> layers = {
+            make_conv2d(1, 6, 5, 5, 1, 1, 2, 2, 1, 1, 1, true), make_activation("ReLU", 0),
+            make_maxpool2d(2, 2, 2, 2, 0, 0, false), make_conv2d(6, 16, 5, 5, 1, 1, 0, 0, 1, 1, 1, true),
+            make_activation("ReLU", 0), make_maxpool2d(2, 2, 2, 2, 0, 0, false), make_flatten(),
+            make_linear(400, 120, true), make_activation("Tanh", 0), make_linear(120, 10, true)};
+        for (size_t i = 0; i < layers.size(); ++i) layers[i]->reset_parameters(200 + i);
+        auto net = std::make_unique<Net>(layers);
+        net->set_loss(LossKind::CrossEntropy);
+        OptimizerConfig oc;
+        oc.kind = "sgd";
+        oc.lr = 0.05f;
+        oc.momentum = 0.9f;
+        net->set_optimizer(std::make_shared<Optimizer>(oc));
+        return net;
+    };
+    Tensor x({8, 1, 28, 28});
+    for (int64_t i = 0; i < x.numel(); ++i) x.data()[i] = philox_uniform(3, 4, i);
+    std::vector<int64_t> labels(8);
+    for (int i = 0; i < 8; ++i) labels[i] = (3 * i) % 10;
+    auto twice = [](float* g, int64_t n) {
+        for (int64_t i = 0; i < n; ++i) g[i] *= 2.f;
+    };
+    auto ref = build(), net = build();
+    ref->set_grad_reducer(twice, 0.5f, 0);
+    net->set_grad_reducer(twice, 0.5f, 1);
+    check(net->grad_buckets(1).size() == 4, "one bucket per layer with parameters");
+    for (int s = 0; s < 5; ++s) {
+        ref->train_step(x, labels.data(), nullptr);
+        net->train_step(x, labels.data(), nullptr);
+    }
+    const Tensor &a = ref->flat_params(), &b = net->flat_params();
+    bool same = true;
+    for (int64_t i = 0; i < a.numel(); ++i) same = same && a.data()[i] == b.data()[i];
+    check(same, "bucketed reduction equals one reduction, bitwise");
+    int calls = 0;
+    net->set_grad_reducer(
+        [&calls](float*, int64_t) {
+            if (++calls == 2) throw RuntimeError("reducer failed");
+        },
+        1.f, 1);
+    bool threw = false;
+    try {
+        net->train_step(x, labels.data(), nullptr);
+    } catch (const RuntimeError&) {
+        threw = true;
+    }
+    check(threw && calls == 2, "a reducer error stops the calls and leaves train_step");
+    bool zero = true;
+    for (int64_t i = 0; i < net->flat_grads().numel(); ++i) zero = zero && net->flat_grads().data()[i] == 0.f;
+    check(zero, "after a reducer error the gradients are zero");
+    net->set_grad_reducer(twice, 0.5f, 1);
+    ref->train_step(x, labels.data(), nullptr);
+    net->train_step(x, labels.data(), nullptr);
+    same = true;
+    for (int64_t i = 0; i < a.numel(); ++i) same = same && a.data()[i] == b.data()[i];
+    check(same, "the step after a reducer error is an ordinary one");
+}
+
 }  // namespace
 
 int main() {
@@ -280,6 +344,7 @@ int main() {
             test_conv(gen);
             test_small_kernels(gen);
             test_net_training();
+            test_bucketed_reducer();
         }
     }
     cpu::set_kernel_set("auto");
