@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "cpu/conv_direct.h"
+#include "cpu/conv_winograd.h"
 #include "cpu/kernels.h"
 
 namespace cnnkit {
@@ -151,7 +152,7 @@ void depthwise_backward_weight(float* dw, float* db, const float* dy, const floa
 
 int64_t conv2d_workspace_floats(const ConvGeom& g) {
     if (is_pointwise(g) || is_depthwise(g)) return 0;
-    int64_t n = conv_direct::workspace_floats(g);
+    int64_t n = std::max(conv_direct::workspace_floats(g), conv_winograd::workspace_floats(g));
     if (!conv_direct::applicable_forward(g) || !conv_direct::applicable_backward_input(g) ||
         !conv_direct::applicable_backward_weight(g)) {
         const int64_t cols = images_per_chunk(g) * g.P * g.Q;
@@ -217,6 +218,7 @@ void forward_unfused(float* y, const float* x, const float* w, const float* b, c
 // x is (N,C,H,W), w is (K,C/groups,R,S), b is (K) or null, y is (N,K,P,Q).
 void conv2d_forward(float* y, const float* x, const float* w, const float* b, const ConvGeom& g,
                     float* ws, bool relu) {
+    if (conv_winograd::use_forward(g)) return conv_winograd::forward(y, x, w, b, g, ws, relu);
     if (conv_direct::applicable_forward(g)) return conv_direct::forward(y, x, w, b, g, ws, relu);
     forward_unfused(y, x, w, b, g, ws);
     if (relu) activation_forward(y, y, g.N * g.K * g.P * g.Q, Act::ReLU, 0.f);
@@ -227,6 +229,8 @@ void conv2d_backward_input(float* dx, const float* dy, const float* w, const Con
                            float* ws) {
     const int64_t PQ = g.P * g.Q, HW = g.H * g.W;
     if (is_depthwise(g)) return depthwise_backward_input(dx, dy, w, g);
+    if (conv_winograd::use_backward_input(g))
+        return conv_winograd::backward_input(dx, dy, w, g, ws);
     if (conv_direct::applicable_backward_input(g))
         return conv_direct::backward_input(dx, dy, w, g, ws);
     if (is_pointwise(g)) {

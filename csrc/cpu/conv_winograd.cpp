@@ -1,0 +1,199 @@
+// Winograd F(2x2, 3x3) driver (conv_winograd.h): applicability, the filter transform, blocking
+// and the thread split; the block routine is in conv_winograd_impl.h.
+#include "cpu/conv_winograd.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "cpu/kernel_set.h"
+#include "cpu/scratch.h"
+
+namespace cnnkit {
+namespace cpu {
+namespace conv_winograd {
+
+namespace {
+
+// Smallest channel count (input and output) sent here: the 16 GEMMs have a depth of C only.
+// Not tuned yet (the path is off by default; docs/performance.md).
+constexpr int64_t kMinChannels = 16;
+// Floats of one block's transformed input and products (16 (C + K) per tile): ~512 KB, half
+// of Zen 5's 1 MB L2.
+constexpr int64_t kBlockFloats = int64_t(1) << 17;
+constexpr int64_t kMaxBlock = 512;
+
+int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+
+std::atomic<bool>& flag() {
+    static std::atomic<bool> on{[] {
+        const char* e = std::getenv("CNNKIT_CONV_WINOGRAD");
+        return e && e[0] == '1' && e[1] == 0;
+    }()};
+    return on;
+}
+
+bool set_ok() {
+    const KernelSet s = kernel_set();
+    return (s == KernelSet::AVX512 && avx512::compiled()) ||
+           (s == KernelSet::AVX2 && avx2::compiled());
+}
+
+// Stride-1, dilation-1, one-group 3x3 with padding 0..2 (the backward-input is then the same
+// convolution of dy padded by 2 - pad).
+bool geometry_ok(const ConvGeom& g) {
+    return g.R == 3 && g.S == 3 && g.stride_h == 1 && g.stride_w == 1 && g.dil_h == 1 &&
+           g.dil_w == 1 && g.groups == 1 && g.pad_h >= 0 && g.pad_h <= 2 && g.pad_w >= 0 &&
+           g.pad_w <= 2 && g.P >= 1 && g.Q >= 1 && g.H >= 1 && g.W >= 1 &&
+           g.C >= kMinChannels && g.K >= kMinChannels;
+}
+
+// Rows of one packed weight matrix for any panel height used (4, 6, 8, 16).
+int64_t packed_rows(int64_t rows) {
+    return std::max({round_up(rows, 6), round_up(rows, 8), round_up(rows, 16)});
+}
+
+int64_t pass_floats(int64_t Ko, int64_t Ci) {
+    return 16 * packed_rows(Ko) * Ci + round_up(Ci, 16) + 16;
+}
+
+WGeom make_wgeom(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t ph,
+                 int64_t pw) {
+    WGeom d{};
+    d.N = N; d.C = C; d.H = H; d.W = W; d.K = K; d.ph = ph; d.pw = pw;
+    d.P = H + 2 * ph - 2;
+    d.Q = W + 2 * pw - 2;
+    d.TH = (d.P + 1) / 2;
+    d.TW = (d.Q + 1) / 2;
+    const int64_t total = N * d.TH * d.TW;
+    int64_t tb = kBlockFloats / (16 * (C + K)) / 16 * 16;
+    tb = std::max<int64_t>(16, std::min(kMaxBlock, tb));
+    // at least ~4 blocks where there are enough tiles (a fixed function of the geometry)
+    tb = std::min(tb, std::max<int64_t>(16, round_up((total + 3) / 4, 16)));
+    d.Tb = tb;
+    return d;
+}
+
+// The GEMM tile for Ko output rows. AVX-512: 12 x 32 where 12 divides Ko, else 8 x 48 where 8
+// does (16 and 32 channels: no partial row tiles), else 12 x 32. CNNKIT_CONV_WINOGRAD_TILE
+// forces one for measurements.
+WTile choose_tile(int64_t Ko) {
+    if (kernel_set() != KernelSet::AVX512) return {0, 6, 16, 6};
+    const WTile t12{1, 12, 32, 6}, t8{2, 8, 48, 8};
+    static const char* forced = std::getenv("CNNKIT_CONV_WINOGRAD_TILE");
+    if (forced) {
+        const WTile cands[] = {t12, t8, {2, 4, 80, 4}, {2, 6, 64, 6}, {2, 16, 16, 16}};
+        for (const WTile& t : cands)
+            if (std::to_string(t.mr) + "x" + std::to_string(t.nr) == forced) return t;
+    }
+    if (Ko % 12 == 0) return t12;
+    if (Ko % 8 == 0) return t8;
+    return t12;
+}
+
+ScratchBuffer& thread_scratch() {
+    thread_local ScratchBuffer s;
+    return s;
+}
+
+// u[xi] = G g G^T for each (ko, ci), g(ko, ci, r, s) the 3x3 filter; computed in double,
+// packed into pr-row panels of Ko x Ci (rows past Ko zero).
+template <typename Filt>
+void transform_filters(float* u, int64_t upk, int64_t Ko, int64_t Ci, int64_t pr, Filt filt) {
+    const int64_t rows = round_up(Ko, pr);
+    for (int64_t ko = 0; ko < rows; ++ko)
+        for (int64_t ci = 0; ci < Ci; ++ci) {
+            double tg[4][3];
+            double gg[3][3] = {};
+            if (ko < Ko)
+                for (int r = 0; r < 3; ++r)
+                    for (int s = 0; s < 3; ++s) gg[r][s] = filt(ko, ci, r, s);
+            for (int s = 0; s < 3; ++s) {  // G g: rows
+                tg[0][s] = gg[0][s];
+                tg[1][s] = 0.5 * (gg[0][s] + gg[1][s] + gg[2][s]);
+                tg[2][s] = 0.5 * (gg[0][s] - gg[1][s] + gg[2][s]);
+                tg[3][s] = gg[2][s];
+            }
+            const int64_t at = (ko / pr) * pr * Ci + ci * pr + ko % pr;
+            for (int i = 0; i < 4; ++i) {
+                const double v[4] = {tg[i][0], 0.5 * (tg[i][0] + tg[i][1] + tg[i][2]),
+                                     0.5 * (tg[i][0] - tg[i][1] + tg[i][2]), tg[i][2]};
+                for (int j = 0; j < 4; ++j) u[(i * 4 + j) * upk + at] = static_cast<float>(v[j]);
+            }
+        }
+}
+
+void run(float* y, const float* x, const float* u, int64_t upk, int32_t* off, const float* bias,
+         bool relu, const WGeom& wg, const WTile& t) {
+    for (int64_t c = 0; c < wg.C; ++c) off[c] = static_cast<int32_t>(c * wg.Tb);
+    const BlockFn fn = kernel_set() == KernelSet::AVX512 ? avx512::run_block : avx2::run_block;
+    const int64_t total = wg.N * wg.TH * wg.TW, blocks = (total + wg.Tb - 1) / wg.Tb;
+    const int64_t sc = block_scratch_floats(wg);
+    const bool team = !omp_in_parallel() && blocks > 1;
+#pragma omp parallel if (team)
+    {
+        float* s = thread_scratch().get(sc);
+        // the slack past V and M that the widest tiles read (masked lanes): keep it finite
+        std::memset(s + 16 * wg.C * wg.Tb, 0, sizeof(float) * 128);
+        std::memset(s + 16 * (wg.C + wg.K) * wg.Tb + 128, 0, sizeof(float) * 128);
+#pragma omp for schedule(static)
+        for (int64_t bi = 0; bi < blocks; ++bi) {
+            const int64_t t0 = bi * wg.Tb;
+            fn(y, x, u, upk, off, bias, relu, wg, t, t0, std::min(wg.Tb, total - t0), s);
+        }
+    }
+}
+
+}  // namespace
+
+int64_t block_scratch_floats(const WGeom& wg) {
+    return 16 * (wg.C + wg.K) * wg.Tb + 256 + 8 * (wg.TH + 1) * wg.TW + 4 * wg.Tb;
+}
+
+void set_enabled(bool on) { flag().store(on); }
+bool enabled() { return flag().load(std::memory_order_relaxed); }
+
+bool use_forward(const ConvGeom& g) { return enabled() && set_ok() && geometry_ok(g); }
+bool use_backward_input(const ConvGeom& g) { return use_forward(g); }
+
+int64_t workspace_floats(const ConvGeom& g) {
+    if (!geometry_ok(g)) return 0;
+    return std::max(pass_floats(g.K, g.C), pass_floats(g.C, g.K));
+}
+
+void forward(float* y, const float* x, const float* w, const float* b, const ConvGeom& g,
+             float* ws, bool relu) {
+    const WGeom wg = make_wgeom(g.N, g.C, g.H, g.W, g.K, g.pad_h, g.pad_w);
+    const WTile t = choose_tile(g.K);
+    const int64_t upk = packed_rows(g.K) * g.C;
+    float* u = ws;
+    int32_t* off = reinterpret_cast<int32_t*>(ws + 16 * upk);
+    const int64_t C = g.C;
+    transform_filters(u, upk, g.K, g.C, t.pr, [&](int64_t k, int64_t c, int r, int s) {
+        return double(w[((k * C + c) * 3 + r) * 3 + s]);
+    });
+    run(y, x, u, upk, off, b, relu, wg, t);
+}
+
+// dx = the convolution of dy (K channels, P x Q) padded by 2 - pad with the flipped,
+// transposed weights w'[c][k][r][s] = w[k][c][2 - r][2 - s].
+void backward_input(float* dx, const float* dy, const float* w, const ConvGeom& g, float* ws) {
+    const WGeom wg = make_wgeom(g.N, g.K, g.P, g.Q, g.C, 2 - g.pad_h, 2 - g.pad_w);
+    const WTile t = choose_tile(g.C);
+    const int64_t upk = packed_rows(g.C) * g.K;
+    float* u = ws;
+    int32_t* off = reinterpret_cast<int32_t*>(ws + 16 * upk);
+    const int64_t C = g.C;
+    transform_filters(u, upk, g.C, g.K, t.pr, [&](int64_t c, int64_t k, int r, int s) {
+        return double(w[((k * C + c) * 3 + (2 - r)) * 3 + (2 - s)]);
+    });
+    run(dx, dy, u, upk, off, nullptr, false, wg, t);
+}
+
+}  // namespace conv_winograd
+}  // namespace cpu
+}  // namespace cnnkit

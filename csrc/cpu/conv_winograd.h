@@ -1,0 +1,69 @@
+// Winograd F(2x2, 3x3) convolution for stride-1, dilation-1, single-group 3x3 layers (forward
+// and backward-input), on the AVX-512 and AVX2 kernel sets; the generic set stays on the
+// direct path.
+//
+// Output tiles of 2x2 read overlapping 4x4 input patches d; per tile and channel the input
+// transform V = B^T d B (16 values), per (output, input) channel pair the filter transform
+// U = G g G^T (computed in double each call, rounded to float), then for each of the 16
+// transform positions one GEMM M = U (K x C) * V (C x tiles) on the direct convolution's
+// micro-kernels (B rows addressed through a tap-offset table, no packing), and the output
+// transform y = A^T M A (+ bias, optional ReLU). 16 multiplies per tile and channel pair
+// instead of 36 (2.25x fewer). Tiles are processed in blocks sized from the geometry only
+// (transformed input and products of a block stay in L2); each block is one thread's, so the
+// results do not depend on the thread count.
+#pragma once
+
+#include <cstdint>
+
+#include "core/geometry.h"
+
+namespace cnnkit {
+namespace cpu {
+namespace conv_winograd {
+
+// Off by default: this first version measured 2.4-8x slower than the direct kernels on
+// ResNet-20's layers (docs/performance.md). CNNKIT_CONV_WINOGRAD=1 at start-up, or
+// set_enabled(true), turns it on (A/B measurements, tests of both paths).
+void set_enabled(bool on);
+bool enabled();
+
+// Whether the forward / backward-input of g runs here now (switch, kernel set, geometry).
+bool use_forward(const ConvGeom& g);
+bool use_backward_input(const ConvGeom& g);
+
+// Floats of caller workspace (transformed weights, offset table) for either pass; 0 when the
+// geometry never qualifies. Independent of the kernel set and the switch.
+int64_t workspace_floats(const ConvGeom& g);
+
+void forward(float* y, const float* x, const float* w, const float* b, const ConvGeom& g,
+             float* ws, bool relu);
+void backward_input(float* dx, const float* dy, const float* w, const ConvGeom& g, float* ws);
+
+// ---- internals shared with the ISA files ----------------------------------------------------
+
+// One Winograd convolution: input (N, C, H, W) zero-padded by (ph, pw), K output channels of
+// P x Q, TH x TW tiles per image, Tb tiles per block.
+struct WGeom {
+    int64_t N, C, H, W, K, ph, pw, P, Q, TH, TW, Tb;
+};
+
+// The GEMM micro-tile (mr rows x nr columns) and weight panel height pr; kind 0: AVX2 6 x 16,
+// 1: AVX-512 12 x 32 (two 6-row panels), 2: AVX-512 mr x nr from one panel.
+struct WTile {
+    int kind, mr, nr, pr;
+};
+
+// Tiles [t0, t0 + nt) of the flattened (image, tile row, tile column) order. u: 16 packed
+// weight matrices (pr-row panels of K x C, upk floats apart); off[c] = c * Tb.
+using BlockFn = void (*)(float* y, const float* x, const float* u, int64_t upk,
+                         const int32_t* off, const float* bias, bool relu, const WGeom& wg,
+                         const WTile& t, int64_t t0, int64_t nt, float* scratch);
+// Floats of per-thread scratch the block routine needs.
+int64_t block_scratch_floats(const WGeom& wg);
+
+namespace avx512 { bool compiled(); void run_block(float*, const float*, const float*, int64_t, const int32_t*, const float*, bool, const WGeom&, const WTile&, int64_t, int64_t, float*); }
+namespace avx2 { bool compiled(); void run_block(float*, const float*, const float*, int64_t, const int32_t*, const float*, bool, const WGeom&, const WTile&, int64_t, int64_t, float*); }
+
+}  // namespace conv_winograd
+}  // namespace cpu
+}  // namespace cnnkit
