@@ -8,7 +8,8 @@
 model; rank 0's initial weights are broadcast; each epoch's seeded permutation is cut into
 disjoint, equal shards (interleaved, the last ``N % world_size`` samples of the permutation
 left out on every rank); the gradients of every step are summed by an in-place all-reduce of
-the model's flat gradient buffer (no copy on the CPU; CUDA gradients through a host copy) and
+the model's flat gradient buffer (no copy on the CPU; CUDA gradients through a host copy;
+with ``init(bucket_mb=...)``, in buckets overlapped with the backward) and
 divided by the number of processes, so every rank applies the same update and the weights
 stay bit-identical. BatchNorm running statistics are averaged at the end of each epoch, loss
 and metrics are reduced, and only rank 0 prints and writes files. See docs/distributed.md.
