@@ -117,6 +117,8 @@ class Layer {
                                    const Workspace& ws);
     // Shared by forward and forward_relu: y and the workspace fit x; records `training`.
     void check_forward(const Tensor& x, const Tensor& y, bool training, const Workspace& ws);
+    // The same for the multi-input forms: y fits output_shape_n of the inputs.
+    void check_forward_n(const std::vector<Tensor>& xs, const Tensor& y, bool training);
     // Throws ValueError "<Type> (layer i): <what>: expected <e>, got <shape>".
     [[noreturn]] void shape_error(const std::string& expected, const Shape& got) const;
     // ValueError when a window over a padded axis has extents that do not fit in 64 bits.

@@ -51,25 +51,25 @@ Shape Layer::output_shape_n(const std::vector<Shape>& in) const {
 
 Shape Layer::output_shape_n_impl(const std::vector<Shape>& in) const { return output_shape(in[0]); }
 
-void Layer::forward_n(const std::vector<Tensor>& xs, Tensor& y, bool training,
-                      const Workspace& ws) {
-    if (arity() == 1) return forward(xs.at(0), y, training, ws);
+void Layer::check_forward_n(const std::vector<Tensor>& xs, const Tensor& y, bool training) {
     std::vector<Shape> shapes;
     for (const Tensor& x : xs) shapes.push_back(x.shape());
     CNN_CHECK(y.shape() == output_shape_n(shapes), label(), ": output buffer ",
               shape_str(y.shape()));
     last_training_ = training;
+}
+
+void Layer::forward_n(const std::vector<Tensor>& xs, Tensor& y, bool training,
+                      const Workspace& ws) {
+    if (arity() == 1) return forward(xs.at(0), y, training, ws);
+    check_forward_n(xs, y, training);
     forward_n_impl(xs, y, training, ws);
 }
 
 void Layer::forward_relu_n(const std::vector<Tensor>& xs, Tensor& y, bool training,
                            const Workspace& ws) {
     if (arity() == 1) return forward_relu(xs.at(0), y, training, ws);
-    std::vector<Shape> shapes;
-    for (const Tensor& x : xs) shapes.push_back(x.shape());
-    CNN_CHECK(y.shape() == output_shape_n(shapes), label(), ": output buffer ",
-              shape_str(y.shape()));
-    last_training_ = training;
+    check_forward_n(xs, y, training);
     forward_relu_n_impl(xs, y, training, ws);
 }
 
