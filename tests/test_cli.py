@@ -141,9 +141,12 @@ def test_bench_options_are_real_options():
     assert (a.threads, a.repeats, a.seconds, a.json) == ([1], 3, 0.5, "x.json")
     assert a.cases == [("lenet5", "train", 8), ("conv", "fwdbwd", 4)]
     for bad in (["--threads", "0"], ["--cases", "lenet5:train"], ["--cases", "vgg:train:8"],
-                ["--cases", "lenet5:train:0"], ["--seconds", "nan"], ["--frobnicate"]):
+                ["--cases", "lenet5:train:0"], ["--cases", "conv:train:8"],
+                ["--seconds", "nan"], ["--frobnicate"]):
         code, _, err = run("bench", *bad)
         assert code == 2 and "Traceback" not in err, (bad, err)
+    code, _, err = run("bench", "--cases", "conv:train:8")
+    assert "conv:fwdbwd:BATCH" in err, err  # says what to ask for instead
 
 
 @pytest.mark.parametrize("argv", [

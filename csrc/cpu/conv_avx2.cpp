@@ -141,6 +141,23 @@ void transpose(float* dst, int64_t ld_dst, const float* src, int64_t ld_src, int
             dst[q0 * ld_dst + k] = k < rows ? src[k * ld_src + q0] : 0.f;
 }
 
+void bias_act_row(float* dst, const float* src, int64_t n, float b, bool relu) {
+    const __m256 bv = _mm256_set1_ps(b), zero = _mm256_setzero_ps();
+    int64_t q = 0;
+    if (relu) {
+        for (; q + 8 <= n; q += 8)
+            _mm256_storeu_ps(dst + q, _mm256_max_ps(_mm256_add_ps(_mm256_loadu_ps(src + q), bv),
+                                                    zero));
+    } else {
+        for (; q + 8 <= n; q += 8)
+            _mm256_storeu_ps(dst + q, _mm256_add_ps(_mm256_loadu_ps(src + q), bv));
+    }
+    for (; q < n; ++q) {
+        const float v = src[q] + b;
+        dst[q] = !relu ? v : v > 0.f ? v : 0.f;
+    }
+}
+
 #else  // never called (compiled() is false), but must link
 
 void fwd_6x16(int, int64_t, const float*, const float*, const int32_t*, float*, int64_t,
@@ -148,6 +165,7 @@ void fwd_6x16(int, int64_t, const float*, const float*, const int32_t*, float*, 
 void wgt_6x16(int, int64_t, const float*, const int32_t*, const float*, int64_t, float*,
               int64_t) {}
 void transpose(float*, int64_t, const float*, int64_t, int64_t, int64_t) {}
+void bias_act_row(float*, const float*, int64_t, float, bool) {}
 
 #endif
 

@@ -361,6 +361,7 @@ void run_forward(float* y, const float* x, const float* wpk, const float* bias, 
     const bool wide = t.kind != 0;
     const int64_t mr = t.mr, nr = t.nr;
     const FwdKernel kern = fwd_kernel();
+    const bool simd_store = kern == conv_avx2::fwd_6x16;  // the AVX2 copy-out of flat tiles
     auto run_tile = [&](int rows, int cols, const float* a, const float* xj, float* c,
                         int64_t ldc, const float* bk, bool act) {
         if (t.kind == 1)
@@ -453,7 +454,9 @@ void run_forward(float* y, const float* x, const float* wpk, const float* bias, 
                     const float* src = tile + k * jb_size + src0;
                     float* dst = yn + k * PQ + p * d.Q + q0;
                     const float bk = bias ? bias[k] : 0.f;
-                    if (relu) {
+                    if ((relu || bias) && simd_store) {
+                        conv_avx2::bias_act_row(dst, src, q1 - q0, bk, relu);
+                    } else if (relu) {
                         for (int64_t q = 0; q < q1 - q0; ++q) {
                             const float v = src[q] + bk;
                             dst[q] = v > 0.f ? v : 0.f;

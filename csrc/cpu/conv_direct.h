@@ -63,6 +63,9 @@ void wgt_6x16(int cols, int64_t kc, const float* x, const int32_t* off, const fl
 // rows..round_up(rows, 8) of dst are set to zero.
 void transpose(float* dst, int64_t ld_dst, const float* src, int64_t ld_src, int64_t rows,
                int64_t cols);
+// dst[q] = src[q] + b for q < n, then max(., 0) if relu: the flat tiles' copy-out, with the
+// scalar loop's arithmetic (one add, and NaN and -0 to +0 under the ReLU).
+void bias_act_row(float* dst, const float* src, int64_t n, float b, bool relu);
 }  // namespace conv_avx2
 
 namespace conv_avx512 {

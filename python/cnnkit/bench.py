@@ -313,6 +313,12 @@ def _case(text: str) -> tuple[str, str, int]:
             f"expected NET:MODE:BATCH with NET one of {', '.join(NETS)} and MODE one of "
             f"{', '.join(MODES)}, got {text!r}"
         )
+    if parts[0] == "conv" and parts[1] == "train":
+        # a single layer has no classifier output to train against a loss
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: conv is one convolution layer, not a classifier; time its training "
+            "pass as conv:fwdbwd:BATCH (forward + backward) or its inference as conv:forward:BATCH"
+        )
     return parts[0], parts[1], _positive_int(parts[2])
 
 
