@@ -338,14 +338,16 @@ def test_collectives_across_processes(tmp_path):
 
 @pytest.mark.slow
 def test_cli_trains_lenet5_on_mnist_distributed(tmp_path):
+    """The whole CLI job on 2 processes, gradients all-reduced in buckets during the backward
+    (--bucket-mb 0.05: LeNet-5's 0.24 MB of gradients in several buckets)."""
     try:
         ck.datasets.load_mnist()
     except Exception as e:  # noqa: BLE001 - no data here: say why
         pytest.skip(f"MNIST is not available here: {e}")
     env = _env()
     p = subprocess.run([MPIRUN, "-n", "2", sys.executable, "-m", "cnnkit", "train",
-                        "--distributed", "--epochs", "1", "--out", str(tmp_path / "runs"),
-                        "--verbose", "2"],
+                        "--distributed", "--bucket-mb", "0.05", "--epochs", "1",
+                        "--out", str(tmp_path / "runs"), "--verbose", "2"],
                        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     import json

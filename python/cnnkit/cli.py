@@ -233,8 +233,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from . import serialization as io
 
     world = 1
+    if args.bucket_mb is not None and not args.distributed:
+        raise SystemExit("cnnkit: --bucket-mb is for data-parallel training: add --distributed "
+                         "(mpirun -n N cnnkit train --distributed --bucket-mb MIB ...)")
     if args.distributed:  # before threads: init picks a default for the processes per host
-        world = ck.distributed.init()
+        world = ck.distributed.init(bucket_mb=args.bucket_mb or 0.0)
         if world == 1:
             print("cnnkit: --distributed, but not started by an MPI launcher (mpirun -n N "
                   "cnnkit train --distributed ...): training in one process", file=sys.stderr)
@@ -747,6 +750,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data-parallel training over MPI: start with `mpirun -n N cnnkit "
                         "train --distributed ...` (needs pip install \"cnnkit[mpi]\"); "
                         "--batch-size is per process; rank 0 prints and writes the files")
+    t.add_argument("--bucket-mb", type=_nonneg_float, default=None, metavar="MIB",
+                   help="with --distributed: all-reduce the gradients in buckets of at least "
+                        "MIB MiB during the backward, overlapping it (as DDP's bucket_cap_mb); "
+                        "0, the default, all-reduces them in one call after the backward")
     t.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                    help="0: quiet, 1: progress bar, 2: one line per epoch (default: 1)")
     t.add_argument("--tensorboard", default=None, metavar="DIR",
