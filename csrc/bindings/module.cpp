@@ -523,7 +523,7 @@ PYBIND11_MODULE(_core, m) {
                 Tensor xt = borrow_tensor(x), y;
                 {
                     NetLock lock(n);
-                    y = n.forward(xt, training).to(Device::CPU);  // copy out of the arena
+                    y = n.forward_to_host(xt, training);  // no copy for most last layers
                 }
                 return adopt_numpy(std::move(y));
             },

@@ -46,6 +46,8 @@ class Tensor {
     static Tensor borrow(float* data, const Shape& shape);
 
     bool defined() const { return storage_ != nullptr; }
+    // True when no other tensor (no view, no array that adopted one) shares this storage.
+    bool sole_owner() const { return storage_ && storage_.use_count() == 1; }
     const Shape& shape() const { return shape_; }
     int64_t dim() const { return static_cast<int64_t>(shape_.size()); }
     int64_t size(int64_t i) const { return shape_.at(i < 0 ? i + dim() : i); }

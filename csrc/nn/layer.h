@@ -45,6 +45,9 @@ class Layer {
     virtual int64_t workspace_floats(const Shape& in) const { return 0; }
     // True when y is x reshaped (Flatten): the Net aliases instead of calling forward.
     virtual bool is_view() const { return false; }
+    // False when backward never reads y (its y argument unused): then the Net may write this
+    // layer's output straight into a caller's buffer that it does not keep (Net::forward).
+    virtual bool backward_reads_output() const { return true; }
     // Short description of the configuration, for summary() and errors.
     virtual std::string config() const { return ""; }
 

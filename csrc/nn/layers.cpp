@@ -268,6 +268,7 @@ class Conv2d : public Layer {
         ops::conv2d_forward(y, x, params_[0], bias_ ? &params_[1] : nullptr, geom(x.shape()),
                             ws.data, true);
     }
+    bool backward_reads_output() const override { return false; }
     void backward_impl(const Tensor& x, const Tensor&, const Tensor& dy, Tensor* dx,
                        const Workspace& ws) override {
         ConvGeom g = geom(x.shape());
@@ -328,6 +329,7 @@ class Pool2d : public Layer {
             ops::avgpool2d_forward(y, x, g);
         }
     }
+    bool backward_reads_output() const override { return false; }
     void backward_impl(const Tensor& x, const Tensor&, const Tensor& dy, Tensor* dx,
                        const Workspace&) override {
         if (!dx) return;
@@ -367,6 +369,7 @@ class Linear : public Layer {
     void forward_impl(const Tensor& x, Tensor& y, bool, const Workspace&) override {
         ops::linear_forward(y, x, params_[0], bias_ ? &params_[1] : nullptr);
     }
+    bool backward_reads_output() const override { return false; }
     void backward_impl(const Tensor& x, const Tensor&, const Tensor& dy, Tensor* dx,
                        const Workspace&) override {
         ops::linear_backward(dx, grads_[0], bias_ ? &grads_[1] : nullptr, dy, x, params_[0]);
@@ -410,6 +413,7 @@ class Dropout : public Layer {
         Tensor m = mask_.view(x.shape());
         ops::dropout_forward(y, m, x, p_, rng_seed_, rng_stream_);
     }
+    bool backward_reads_output() const override { return false; }
     void backward_impl(const Tensor& x, const Tensor&, const Tensor& dy, Tensor* dx,
                        const Workspace&) override {
         if (!dx) return;
@@ -477,6 +481,7 @@ class BatchNorm : public Layer {
             batch_stats_ = false;
         }
     }
+    bool backward_reads_output() const override { return false; }
     void backward_impl(const Tensor& x, const Tensor&, const Tensor& dy, Tensor* dx,
                        const Workspace&) override {
         CNN_CHECK_ARG(batch_stats_, label(),

@@ -223,6 +223,39 @@ void Net::ensure_arena(const std::vector<Shape>& shapes) {
 
 // ---- forward / backward ---------------------------------------------------------------------
 
+Tensor Net::forward_to_host(const Tensor& x, bool training) {
+    const size_t L = layers_.size();
+    const bool direct = chain_ && L > 0 && device() == Device::CPU && x.device() == Device::CPU &&
+                        !aliases_input(L - 1) && !layers_[L - 1]->backward_reads_output();
+    if (!direct) {
+        Tensor y = forward(x, training);
+        Tensor out = host_buffer(y.shape());
+        out.copy_from(y);
+        return out;
+    }
+    if (!planned_for(x.shape())) ensure_arena(shapes(x.shape()));
+    Tensor out = host_buffer(act_shapes_[L]);
+    // The last layer writes into `out`; the arena's view comes back afterwards (also when a
+    // layer throws), so the Net never keeps the caller's buffer. Backward then passes the
+    // stale arena view as that layer's y, which its backward does not read.
+    Tensor arena_view = acts_[L];
+    struct Restore {
+        Tensor& slot;
+        Tensor view;
+        ~Restore() { slot = view; }
+    } restore{acts_[L], arena_view};
+    acts_[L] = out;
+    forward(x, training);
+    return out;
+}
+
+Tensor Net::host_buffer(const Shape& s) {
+    const int64_t n = shape_numel(s);
+    if (!host_out_.defined() || !host_out_.sole_owner() || host_out_.capacity() < n)
+        host_out_ = Tensor({std::max<int64_t>(n, 1)}, Device::CPU);
+    return host_out_.view(s);
+}
+
 Tensor Net::forward(const Tensor& x, bool training) {
     if (!chain_) return forward_graph(x, training);
     // The shapes and the arena of the last call serve again for the same input shape (the

@@ -59,6 +59,11 @@ class Net {
     // Forward; returns the output (a view into the arena, valid until the next call).
     // `x` may be on the CPU (copied to the Net's device).
     Tensor forward(const Tensor& x, bool training);
+    // Forward with the output in a CPU tensor the caller keeps (handed to numpy): the buffer
+    // of the last such call again when nobody else holds it any more (no allocation, no page
+    // faults), else a new one. A CPU chain whose last layer's backward does not read its
+    // output writes it there directly; otherwise the arena's output is copied in.
+    Tensor forward_to_host(const Tensor& x, bool training);
     // Backward from dL/d(output) of the last forward; returns dL/dx (arena view) if need_dx.
     Tensor backward(const Tensor& dy, bool need_dx);
 
@@ -138,6 +143,8 @@ class Net {
     Shape arena_sample_;
     int64_t arena_n_ = 0;
     std::vector<Tensor> act_store_, acts_;
+    Tensor host_out_;  // forward_to_host's last output buffer (see there)
+    Tensor host_buffer(const Shape& s);
     std::vector<Shape> act_shapes_;
     Tensor grad_store_[2];
     Tensor ws_store_;
