@@ -30,6 +30,16 @@ void free_device(void* p);
 // as soon as this returns), device->host waits for the stream (the data is there on return).
 void memcpy(void* dst, const void* src, size_t bytes, int kind);
 void memset_zero(void* p, size_t bytes);
+// Page-locked host memory (cudaHostAlloc) for buffers that cross to and from the device every
+// step, as the data-parallel gradient staging does: device->host copies land in it directly
+// and host->device copies from it skip the staging buffers. nullptr when none can be had (or
+// in a build without CUDA); free_pinned(nullptr) does nothing.
+void* malloc_pinned(size_t bytes);
+void free_pinned(void* p);
+// host->device from page-locked memory (malloc_pinned), queued on cnnkit's stream without a
+// staging copy: `src` must not change until the stream has passed this copy (the next
+// device->host memcpy, which waits for the stream, or synchronize()).
+void upload_pinned(void* dst, const void* src, size_t bytes);
 // Wait until every kernel and copy cnnkit has queued has finished (and surface its errors).
 void synchronize();
 

@@ -311,6 +311,26 @@ void memcpy(void* dst, const void* src, size_t bytes, int kind) {
     }
 }
 
+void* malloc_pinned(size_t bytes) {
+    if (!available()) return nullptr;
+    void* p = nullptr;
+    if (cudaHostAlloc(&p, bytes == 0 ? 1 : bytes, cudaHostAllocDefault) != cudaSuccess) {
+        (void)cudaGetLastError();  // no page-locked memory to be had: the caller falls back
+        return nullptr;
+    }
+    return p;
+}
+
+void free_pinned(void* p) {
+    if (p && cudaFreeHost(p) != cudaSuccess) (void)cudaGetLastError();
+}
+
+void upload_pinned(void* dst, const void* src, size_t bytes) {
+    if (bytes == 0) return;
+    require_device();
+    CNN_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream()));
+}
+
 void memset_zero(void* p, size_t bytes) {
     if (bytes == 0) return;
     CNN_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream()));

@@ -14,6 +14,9 @@ void* malloc_device(size_t) { throw RuntimeError(kNoCuda); }
 void free_device(void*) { throw RuntimeError(kNoCuda); }
 void memcpy(void*, const void*, size_t, int) { throw RuntimeError(kNoCuda); }
 void memset_zero(void*, size_t) { throw RuntimeError(kNoCuda); }
+void* malloc_pinned(size_t) { return nullptr; }
+void free_pinned(void*) {}
+void upload_pinned(void*, const void*, size_t) { throw RuntimeError(kNoCuda); }
 void synchronize() { throw RuntimeError(kNoCuda); }
 MemoryStats memory_stats() { return MemoryStats(); }
 void empty_cache() {}

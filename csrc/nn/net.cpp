@@ -446,18 +446,39 @@ void Net::backward_reduced(const Tensor& dout, bool finite) {
 void Net::reduce_grads() {
     const int64_t n = grads_.numel();
     const bool host = grads_.device() == Device::CPU;
+    float* g = grads_.data();
+    const size_t bytes = static_cast<size_t>(n) * sizeof(float);
     if (!host) {
-        if (!reduce_host_.defined() || reduce_host_.numel() != n) reduce_host_ = Tensor({n});
-        reduce_host_.copy_from(grads_);
+        // CUDA: the gradients cross to the host for the MPI all-reduce (Horovod's path without
+        // NCCL) through a page-locked buffer kept for the run: the device->host copy lands in
+        // it directly and the copy back skips the staging buffers. Pageable memory when no
+        // page-locked memory can be had.
+        if (pinned_floats_ != n) {
+            pinned_.reset(static_cast<float*>(cuda::malloc_pinned(bytes)));
+            pinned_floats_ = n;  // also when none was had: not asked again every step
+        }
+        if (pinned_) {
+            g = pinned_.get();
+            cuda::memcpy(g, grads_.data(), bytes, 1);
+        } else {
+            if (!reduce_host_.defined() || reduce_host_.numel() != n) reduce_host_ = Tensor({n});
+            reduce_host_.copy_from(grads_);
+            g = reduce_host_.data();
+        }
     }
-    float* g = host ? grads_.data() : reduce_host_.data();
     reducer_(g, n);
     if (reduce_scale_ != 1.f) {
         const float s = reduce_scale_;
 #pragma omp parallel for simd schedule(static) if (n > (1 << 16))
         for (int64_t i = 0; i < n; ++i) g[i] *= s;
     }
-    if (!host) grads_.copy_from(reduce_host_);
+    if (host) return;
+    // Asynchronous from the page-locked buffer: the next step's device->host copy into it
+    // waits for the stream, so it cannot overwrite the buffer before this copy has read it.
+    if (pinned_)
+        cuda::upload_pinned(grads_.data(), g, bytes);
+    else
+        grads_.copy_from(reduce_host_);
 }
 
 StepResult Net::eval_step(const Tensor& x, const int64_t* labels, const Tensor* target) {

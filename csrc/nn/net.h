@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/runtime.h"
 #include "nn/grad_bucketer.h"
 #include "nn/layer.h"
 #include "nn/optimizer.h"
@@ -175,7 +176,12 @@ class Net {
     std::vector<int64_t> grad_node_starts() const;
     GradReducer reducer_;
     float reduce_scale_ = 1.f;
-    Tensor reduce_host_;  // host copy of CUDA gradients for the reducer
+    Tensor reduce_host_;  // host copy of CUDA gradients for the reducer (no pinned memory)
+    struct PinnedFree {
+        void operator()(float* p) const { cuda::free_pinned(p); }
+    };
+    std::unique_ptr<float, PinnedFree> pinned_;  // page-locked host copy of CUDA gradients
+    int64_t pinned_floats_ = -1;
     int64_t bucket_bytes_ = 0;
     std::unique_ptr<GradBucketer> bucketer_;  // when the plan has more than one bucket
     GradBucketer* live_ = nullptr;            // set during an overlapped backward
