@@ -605,20 +605,26 @@ def test_mse(rng):
 @pytest.mark.parametrize("n,c,k,hw", [(1, 64, 64, 8), (1, 16, 16, 32), (1, 32, 32, 16),
                                       (2, 64, 40, 8), (3, 5, 30, 9)])
 def test_conv_forward_small_batch_same_bits_at_any_thread_count(cpu_kernels, n, c, k, hw):
-    # At batch 1-3 the forward also splits output channels across threads (whole tiles):
-    # the bits do not change with the thread count; the values match the float64 reference.
+    # At batch 1-3 the forward (and the backward-input, the same driver) splits the output
+    # columns into smaller blocks and the output channels into groups across threads (whole
+    # tiles): the bits do not change with the thread count; the values match float64.
     rng = np.random.default_rng(n * 1000 + k)
     m = ck.Sequential(ck.Conv2d(c, k, 3, padding=1), ck.ReLU())
     x = rng.standard_normal((n, c, hw, hw)).astype(np.float32)
+    dy = rng.standard_normal((n, k, hw, hw)).astype(np.float32)
     before = ck.get_num_threads()
+    outs = []
     try:
-        ck.set_num_threads(1)
-        one = m.forward(x)
-        ck.set_num_threads(2)
-        two = m.forward(x)
+        for t in (1, 2, 3):
+            ck.set_num_threads(t)
+            y = m.forward(x, training=True)
+            outs.append((y, m.backward(dy)))
     finally:
         ck.set_num_threads(before)
-    np.testing.assert_array_equal(one, two)
+    one, two = outs[0][0], outs[1][0]
+    for y, dx in outs[1:]:
+        np.testing.assert_array_equal(y, one)
+        np.testing.assert_array_equal(dx, outs[0][1])
     sd = m.state_dict()
     want = np.maximum(ref.conv2d(x.astype(np.float64), sd["0.weight"].astype(np.float64),
                                  sd["0.bias"].astype(np.float64), padding=(1, 1)), 0)

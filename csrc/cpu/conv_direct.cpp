@@ -375,24 +375,39 @@ void run_forward(float* y, const float* x, const float* wpk, const float* bias, 
     const double macs = double(d.N) * d.J * d.K * d.CRS;
     const bool rows_mode = row_tiles(d, nr);
     // A task is a block of output columns of one image: whole rows in row mode, about
-    // kColBlock flat columns (a multiple of the tile width) otherwise.
-    const int64_t tiles_per_row = (d.Q + nr - 1) / nr;
-    const int64_t rows_per_task = std::max<int64_t>(1, kColBlock / (tiles_per_row * nr));
-    const int64_t jb_size = std::min(round_up(kColBlock, nr), round_up(d.J, nr));
-    const int64_t blocks = rows_mode ? (d.P + rows_per_task - 1) / rows_per_task
-                                     : (d.J + jb_size - 1) / jb_size;
-    // Few images and blocks (batch 1, small planes: ResNet-20's 8x8 layers are one block)
-    // leave threads idle: then tasks also split the output channels, in groups of whole
-    // mr-row tiles, so every output is still computed by the same tile as in one task.
-    // CNNKIT_CONV_KSPLIT=0 turns the split off (for measurements).
-    const int64_t k_tiles = (d.K + mr - 1) / mr;
+    // kColBlock flat columns (whole tiles, spread evenly over the blocks) otherwise.
+    // Few images (batch 1) leave threads idle: then the blocks get smaller, down to a row or
+    // a tile, until there are about 4 tasks a thread, and if that is not enough tasks also
+    // split the output channels, in groups of whole mr-row tiles. Either way every output is
+    // computed by the same tile as in one task (tiles start at multiples of nr in j, rows in
+    // row mode, multiples of mr in k): the results do not depend on the thread count.
+    // CNNKIT_CONV_KSPLIT=0 turns both splits off (for measurements).
     const int nthreads = omp_in_parallel() ? 1 : omp_get_max_threads();
     static const bool ksplit = [] {
         const char* e = std::getenv("CNNKIT_CONV_KSPLIT");
         return !(e && e[0] == '0');
     }();
-    const int64_t kgroups = !ksplit ? 1 : std::min<int64_t>(
-        k_tiles, std::max<int64_t>(1, (4 * nthreads + d.N * blocks - 1) / (d.N * blocks)));
+    static const bool csplit = [] {  // CNNKIT_CONV_CSPLIT=0: the channel split alone
+        const char* e = std::getenv("CNNKIT_CONV_CSPLIT");
+        return !(e && e[0] == '0');
+    }();
+    const int64_t want = ksplit ? 4 * int64_t(nthreads) : 1;  // tasks wanted for the team
+    const int64_t per_image = csplit ? (want + d.N - 1) / d.N : 1;  // blocks wanted per image
+    const int64_t tiles_per_row = (d.Q + nr - 1) / nr;
+    int64_t rows_per_task = std::max<int64_t>(1, kColBlock / (tiles_per_row * nr));
+    int64_t jb_size = std::min(round_up(kColBlock, nr), round_up(d.J, nr));
+    const int64_t j_tiles = (d.J + nr - 1) / nr;
+    if (rows_mode && (d.P + rows_per_task - 1) / rows_per_task < per_image) {
+        rows_per_task = std::max<int64_t>(1, d.P / std::min<int64_t>(d.P, per_image));
+    } else if (!rows_mode && (d.J + jb_size - 1) / jb_size < per_image) {
+        const int64_t j_blocks = std::min(j_tiles, per_image);  // evenly, whole tiles
+        jb_size = (j_tiles + j_blocks - 1) / j_blocks * nr;
+    }
+    const int64_t blocks = rows_mode ? (d.P + rows_per_task - 1) / rows_per_task
+                                     : (d.J + jb_size - 1) / jb_size;
+    const int64_t k_tiles = (d.K + mr - 1) / mr;
+    const int64_t kgroups = std::min<int64_t>(
+        k_tiles, std::max<int64_t>(1, (want + d.N * blocks - 1) / (d.N * blocks)));
     const int64_t kg_size = ((k_tiles + kgroups - 1) / kgroups) * mr;
     const int64_t kgn = (d.K + kg_size - 1) / kg_size;
     const int64_t tasks = d.N * blocks * kgn;
@@ -406,7 +421,11 @@ void run_forward(float* y, const float* x, const float* wpk, const float* bias, 
         float* xp = tile + round_up(tile_floats, 16);
         std::memset(xp, 0, sizeof(float) * xp_floats);
         int64_t cur = -1;
-#pragma omp for schedule(static)
+        // Tasks of unequal size (the last block, the last channel group) are handed out one
+        // at a time when there are few images; otherwise in contiguous runs, so that each
+        // thread pads each image once.
+        const int64_t chunk = csplit && d.N < 2 * nthreads ? 1 : (tasks + nthreads - 1) / nthreads;
+#pragma omp for schedule(dynamic, chunk)
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t n = t / (blocks * kgn), blk = t / kgn % blocks;
             const int64_t kb0 = t % kgn * kg_size, kb1 = std::min(d.K, kb0 + kg_size);
