@@ -238,12 +238,11 @@ Tensor Net::forward_to_host(const Tensor& x, bool training) {
     // The last layer writes into `out`; the arena's view comes back afterwards (also when a
     // layer throws), so the Net never keeps the caller's buffer. Backward then passes the
     // stale arena view as that layer's y, which its backward does not read.
-    Tensor arena_view = acts_[L];
     struct Restore {
         Tensor& slot;
         Tensor view;
         ~Restore() { slot = view; }
-    } restore{acts_[L], arena_view};
+    } restore{acts_[L], acts_[L]};
     acts_[L] = out;
     forward(x, training);
     return out;
