@@ -743,6 +743,32 @@ def test_dropout2d_masks_bit_identical_to_cpu(p, rng):
         np.testing.assert_array_equal(dxg, dxc)
 
 
+@pytest.mark.parametrize("shape", [(3, 5, 4, 3), (6, 4), (2, 3, 4, 5)])
+def test_sync_batchnorm_synced_pass_parity(shape, rng):
+    """SyncBatchNorm's synced pass (statistics collective set: here one process) on the GPU
+    against the CPU: its four kernels and the host-side combination between them."""
+    C = shape[1]
+    calls = []
+    ck._core.set_stats_reducer(lambda a: calls.append(a.shape[0]))
+    try:
+        cpu, gpu = twin(lambda: ck.SyncBatchNorm(C, momentum=0.3))
+        x = (rng.standard_normal(shape) * 2 + 1).astype(np.float32)
+        dy = rng.standard_normal(shape).astype(np.float32)
+        for _ in range(2):
+            yc, dxc, gc = fwd_bwd(cpu, x, dy)
+            yg, dxg, gg = fwd_bwd(gpu, x, dy)
+            assert_parity(yg, yc, "sync bn forward", rtol=1e-5)
+            assert_parity(dxg, dxc, "sync bn backward", rtol=1e-4)
+            for k in gc:
+                assert_parity(gg[k], gc[k], f"sync bn grad {k}", rtol=1e-4)
+        sc, sg = cpu.state_dict(), gpu.state_dict()
+        for k in sc:
+            assert_parity(sg[k], sc[k], f"sync bn state {k}", rtol=1e-5)
+    finally:
+        ck._core.set_stats_reducer(None)
+    assert calls == [C + 1, C, 2 * C] * 4, calls  # 2 steps on each device
+
+
 @pytest.mark.parametrize("shape", [(6, 4), (3, 4, 5)])
 def test_batchnorm1d_parity(shape, rng):
     cpu, gpu = twin(lambda: ck.BatchNorm1d(shape[1]))

@@ -151,6 +151,34 @@ def test_two_processes_at_32_equal_one_at_64(tmp_path, bucket_mb):
     assert h2["accuracy"] == h1["accuracy"]
 
 
+@BUCKETS
+def test_sync_batchnorm_two_processes_at_32_equal_batchnorm_at_64(tmp_path, bucket_mb):
+    """SyncBatchNorm: 2 processes at batch 32 normalise with the statistics of their 64
+    samples together, so they train as one process with BatchNorm at batch 64 (weights and
+    running statistics, to float32 summation order); the ranks stay bit-identical."""
+    body = """
+        x, y = data(512)
+        m = model(bn=True)
+        if W > 1:
+            m = ck.SyncBatchNorm.convert_sync_batchnorm(m)
+            overlapped = float(os.environ["T_BUCKET_MB"]) > 0
+            assert (ck.distributed._bucket_bytes(m) > 0) == overlapped  # MPI_THREAD_MULTIPLE
+        t = ck.Trainer(m, optimizer=ck.optim.SGD(lr=0.1, momentum=0.9), device="cpu", seed=5)
+        h = t.fit(x, y, epochs=1, batch_size=64 // W, verbose=0)
+        dump(m, h, f"-w{W}")
+    """
+    mpirun(tmp_path, body, env={"T_BUCKET_MB": bucket_mb})
+    run_single(tmp_path, body)
+    two, one = weights(tmp_path, "-w2", 0), weights(tmp_path, "-w1", 0)
+    other = weights(tmp_path, "-w2", 1)
+    assert list(two) == list(one) and "1.running_var" in one
+    for k in one:
+        np.testing.assert_array_equal(other[k], two[k], err_msg=k)
+        np.testing.assert_allclose(two[k], one[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    h2, h1 = eval(history(tmp_path, "-w2", 0)), eval(history(tmp_path, "-w1", 0))
+    np.testing.assert_allclose(h2["loss"], h1["loss"], rtol=1e-4)
+
+
 def test_batchnorm_statistics_are_averaged(tmp_path):
     mpirun(tmp_path, """
         x, y = data(256)

@@ -44,6 +44,7 @@ BASE = {
     "BatchNorm1d": ({"num_features": 2}, (2, 3)),
     "Upsample": ({"scale_factor": 2.0, "mode": "bilinear"}, (2, 3, 3)),  # align_corners both
     "ConvTranspose2d": ({"in_channels": 2, "out_channels": 4, "kernel_size": 3}, (2, 4, 4)),
+    "SyncBatchNorm": ({"num_features": 2}, (2, 3, 3)),
 }
 
 
@@ -82,7 +83,7 @@ def test_every_option_combination_round_trips(t, tmp_path, rng):
         layer = layers.from_config(t, {**base, **flags})
         model = ck.Sequential([layer])
         x = rng.standard_normal((4, *sample)).astype(np.float32)
-        if t in ("BatchNorm2d", "BatchNorm1d"):
+        if t in ("BatchNorm2d", "BatchNorm1d", "SyncBatchNorm"):
             model.forward(x, training=True)  # running statistics away from their init
         y = model.forward(x)
         p = tmp_path / f"{t}.cnnkit"

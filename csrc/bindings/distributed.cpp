@@ -11,6 +11,7 @@
 #include <mutex>
 
 #include "core/common.h"
+#include "nn/collective.h"
 #include "nn/net.h"
 
 namespace py = pybind11;
@@ -61,6 +62,34 @@ void bind_distributed(py::module_& m) {
         "after the backward. bucket_bytes > 0 (CPU models): one call per bucket of "
         "grad_buckets(net, bucket_bytes), in that order, from a communication thread while "
         "the backward goes on. fn runs while the Net is locked: it must not call the Net.");
+    m.def(
+        "set_stats_reducer",
+        [](py::object fn) {
+            if (fn.is_none()) {
+                nn::set_stats_reducer({});
+                return;
+            }
+            CNN_CHECK_ARG(PyCallable_Check(fn.ptr()), "set_stats_reducer: fn must be callable");
+            // Process-wide: still set when the interpreter ends (cnnkit.distributed also
+            // clears it at exit); after Python's finalization the object is left alone.
+            std::shared_ptr<py::object> keep(new py::object(std::move(fn)), [](py::object* o) {
+                if (!Py_IsInitialized()) return;
+                py::gil_scoped_acquire gil;
+                delete o;
+            });
+            nn::set_stats_reducer([keep](double* d, int64_t n) {
+                py::gil_scoped_acquire gil;
+                py::array_t<double> view({static_cast<py::ssize_t>(n)},
+                                         {static_cast<py::ssize_t>(sizeof(double))}, d,
+                                         py::capsule(d, [](void*) {}));
+                (*keep)(view);
+            });
+        },
+        py::arg("fn"),
+        "Set (or, with None, clear) the process-wide collective SyncBatchNorm sums its "
+        "statistics with while training: fn(a) must sum the float64 array a over every "
+        "process of the job, in place. Unset, SyncBatchNorm is BatchNorm.");
+    m.def("has_stats_reducer", [] { return nn::has_stats_reducer(); });
     m.def("has_grad_reducer", [](nn::Net& net) { return net.has_grad_reducer(); },
           py::arg("net"));
     m.def("grad_bucket_bytes", [](nn::Net& net) { return net.grad_bucket_bytes(); },

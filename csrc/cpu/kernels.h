@@ -122,6 +122,25 @@ void batchnorm_forward_eval(float* y, const float* x, const float* gamma, const 
 void batchnorm_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
                         const float* save_mean, const float* save_invstd, const float* gamma,
                         int64_t N, int64_t C, int64_t HW);
+// The same training BatchNorm in pieces, for statistics summed over several processes between
+// them (SyncBatchNorm). Each sum runs in the order of the kernels above, so with one process
+// the pieces give their bits. out[c] = sum of x over channel c, or of (x - center[c])^2 when
+// center is given (double).
+void batchnorm_channel_sums(double* out, const float* x, const double* center, int64_t N,
+                            int64_t C, int64_t HW);
+// y = x * a + b (then ReLU), a = gamma * invstd, b = beta - mean * a per channel.
+void batchnorm_apply(float* y, const float* x, const float* gamma, const float* beta,
+                     const float* mean, const float* invstd, int64_t N, int64_t C, int64_t HW,
+                     bool relu);
+// out[c] = sum of dy, out[C + c] = sum of dy * xhat (double); dgamma += the second, dbeta +=
+// the first (when not null).
+void batchnorm_backward_sums(double* out, float* dgamma, float* dbeta, const float* dy,
+                             const float* x, const float* save_mean, const float* save_invstd,
+                             int64_t N, int64_t C, int64_t HW);
+// dx = gamma * invstd * (dy - coef[c] - xhat * coef[C + c]), dx overwritten.
+void batchnorm_backward_apply(float* dx, const float* dy, const float* x, const float* save_mean,
+                              const float* save_invstd, const float* gamma, const float* coef,
+                              int64_t N, int64_t C, int64_t HW);
 
 // ---- merging activations (merge.*): graph nodes Add and Concat ------------------------------
 // y (n) += x (n).

@@ -141,5 +141,80 @@ void batchnorm_backward(float* dx, float* dgamma, float* dbeta, const float* dy,
     }
 }
 
+// ---- the pieces of a training BatchNorm whose statistics span several processes ------------
+// (SyncBatchNorm: the caller sums each piece's output over the processes between the calls).
+// Each sum takes its terms in the order batchnorm_forward_train / batchnorm_backward take
+// them, so with one process the pieces give those kernels' bits.
+
+void batchnorm_channel_sums(double* out, const float* x, const double* center, int64_t N,
+                            int64_t C, int64_t HW) {
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < C; ++c) {
+        const float* x0 = x + c * HW;
+        if (!center) {
+            out[c] = lane_sum(N, C * HW, HW, [x0](int64_t i) { return static_cast<double>(x0[i]); });
+        } else {
+            const double m = center[c];
+            out[c] = lane_sum(N, C * HW, HW, [x0, m](int64_t i) {
+                const double d = x0[i] - m;
+                return d * d;
+            });
+        }
+    }
+}
+
+void batchnorm_apply(float* y, const float* x, const float* gamma, const float* beta,
+                     const float* mean, const float* invstd, int64_t N, int64_t C, int64_t HW,
+                     bool relu) {
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+        for (int64_t c = 0; c < C; ++c) {
+            const float a = (gamma ? gamma[c] : 1.f) * invstd[c];
+            const float bsh = (beta ? beta[c] : 0.f) - mean[c] * a;
+            scale_shift(y + (n * C + c) * HW, x + (n * C + c) * HW, HW, a, bsh, relu);
+        }
+    }
+}
+
+void batchnorm_backward_sums(double* out, float* dgamma, float* dbeta, const float* dy,
+                             const float* x, const float* save_mean, const float* save_invstd,
+                             int64_t N, int64_t C, int64_t HW) {
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < C; ++c) {
+        const float mean = save_mean[c], invstd = save_invstd[c];
+        const float* x0 = x + c * HW;
+        const float* dy0 = dy + c * HW;
+        double sdy, sdyx;
+        lane_sum2(N, C * HW, HW, &sdy, &sdyx, [x0, dy0, mean, invstd](int64_t i, double* a, double* b) {
+            *a += static_cast<double>(dy0[i]);
+            *b += static_cast<double>(dy0[i] * ((x0[i] - mean) * invstd));
+        });
+        if (dgamma) dgamma[c] += static_cast<float>(sdyx);
+        if (dbeta) dbeta[c] += static_cast<float>(sdy);
+        out[c] = sdy;
+        out[C + c] = sdyx;
+    }
+}
+
+void batchnorm_backward_apply(float* dx, const float* dy, const float* x, const float* save_mean,
+                              const float* save_invstd, const float* gamma, const float* coef,
+                              int64_t N, int64_t C, int64_t HW) {
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+        for (int64_t c = 0; c < C; ++c) {
+            const float mean = save_mean[c], invstd = save_invstd[c];
+            const float k = (gamma ? gamma[c] : 1.f) * invstd;
+            const float mdy = coef[c], mdyx = coef[C + c];
+            const float* xc = x + (n * C + c) * HW;
+            const float* dyc = dy + (n * C + c) * HW;
+            float* dxc = dx + (n * C + c) * HW;
+            for (int64_t i = 0; i < HW; ++i) {
+                float xhat = (xc[i] - mean) * invstd;
+                dxc[i] = k * (dyc[i] - mdy - xhat * mdyx);
+            }
+        }
+    }
+}
+
 }  // namespace cpu
 }  // namespace cnnkit

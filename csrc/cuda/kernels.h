@@ -78,6 +78,18 @@ void batchnorm_forward_eval(float* y, const float* x, const float* gamma, const 
 void batchnorm_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
                         const float* save_mean, const float* save_invstd, const float* gamma,
                         int64_t N, int64_t C, int64_t HW);
+// SyncBatchNorm's pieces, as cpu:: (no fused ReLU in batchnorm_apply). host_out / host_center
+// are host memory: these two copy the C (2C) double sums back, waiting for the stream.
+void batchnorm_channel_sums(double* host_out, const float* x, const double* host_center,
+                            int64_t N, int64_t C, int64_t HW);
+void batchnorm_apply(float* y, const float* x, const float* gamma, const float* beta,
+                     const float* mean, const float* invstd, int64_t N, int64_t C, int64_t HW);
+void batchnorm_backward_sums(double* host_out, float* dgamma, float* dbeta, const float* dy,
+                             const float* x, const float* save_mean, const float* save_invstd,
+                             int64_t N, int64_t C, int64_t HW);
+void batchnorm_backward_apply(float* dx, const float* dy, const float* x, const float* save_mean,
+                              const float* save_invstd, const float* gamma, const float* coef,
+                              int64_t N, int64_t C, int64_t HW);
 
 // ---- merging activations (merge.*): graph nodes Add and Concat ------------------------------
 // y (n) += x (n).

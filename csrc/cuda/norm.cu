@@ -98,6 +98,81 @@ __global__ void __launch_bounds__(kBlock)
     }
 }
 
+// ---- the pieces of SyncBatchNorm's training pass (each sum as the kernels above take it) ----
+
+// out[c] = sum over channel c of x, or of (x - center[c])^2 when center is given.
+__global__ void __launch_bounds__(kBlock)
+    bn_channel_sums_kernel(double* __restrict__ out, const float* __restrict__ x,
+                           const double* __restrict__ center, int64_t N, int64_t C, int64_t HW) {
+    __shared__ double sm[kBlock];
+    const int64_t c = blockIdx.x, M = N * HW;
+    double s = 0.0;
+    if (!center) {
+        for (int64_t j = threadIdx.x; j < M; j += kBlock) s += x[((j / HW) * C + c) * HW + j % HW];
+    } else {
+        const double mean = center[c];
+        for (int64_t j = threadIdx.x; j < M; j += kBlock) {
+            const double d = x[((j / HW) * C + c) * HW + j % HW] - mean;
+            s += d * d;
+        }
+    }
+    s = block_sum<kBlock>(s, sm);
+    if (threadIdx.x == 0) out[c] = s;
+}
+
+__global__ void bn_apply_kernel(float* __restrict__ y, const float* __restrict__ x,
+                                const float* __restrict__ gamma, const float* __restrict__ beta,
+                                const float* __restrict__ mean, const float* __restrict__ invstd,
+                                int64_t N, int64_t C, int64_t HW) {
+    CNN_GRID_LOOP(i, N * C * HW) {
+        const int64_t c = (i / HW) % C;
+        const float a = (gamma ? gamma[c] : 1.f) * invstd[c];
+        const float bsh = (beta ? beta[c] : 0.f) - mean[c] * a;
+        y[i] = x[i] * a + bsh;
+    }
+}
+
+__global__ void __launch_bounds__(kBlock)
+    bn_backward_sums_kernel(double* __restrict__ out, float* __restrict__ dgamma,
+                            float* __restrict__ dbeta, const float* __restrict__ dy,
+                            const float* __restrict__ x, const float* __restrict__ save_mean,
+                            const float* __restrict__ save_invstd, int64_t N, int64_t C,
+                            int64_t HW) {
+    __shared__ double sm[kBlock];
+    const int64_t c = blockIdx.x, M = N * HW;
+    const float mean = save_mean[c], invstd = save_invstd[c];
+    double sdy = 0.0, sdyx = 0.0;
+    for (int64_t j = threadIdx.x; j < M; j += kBlock) {
+        const int64_t i = ((j / HW) * C + c) * HW + j % HW;
+        sdy += dy[i];
+        sdyx += dy[i] * ((x[i] - mean) * invstd);
+    }
+    sdy = block_sum<kBlock>(sdy, sm);
+    sdyx = block_sum<kBlock>(sdyx, sm);
+    if (threadIdx.x == 0) {
+        if (dgamma) dgamma[c] += static_cast<float>(sdyx);
+        if (dbeta) dbeta[c] += static_cast<float>(sdy);
+        out[c] = sdy;
+        out[C + c] = sdyx;
+    }
+}
+
+__global__ void bn_backward_apply_kernel(float* __restrict__ dx, const float* __restrict__ dy,
+                                         const float* __restrict__ x,
+                                         const float* __restrict__ save_mean,
+                                         const float* __restrict__ save_invstd,
+                                         const float* __restrict__ gamma,
+                                         const float* __restrict__ coef, int64_t N, int64_t C,
+                                         int64_t HW) {
+    CNN_GRID_LOOP(i, N * C * HW) {
+        const int64_t c = (i / HW) % C;
+        const float mean = save_mean[c], invstd = save_invstd[c];
+        const float k = (gamma ? gamma[c] : 1.f) * invstd;
+        const float xhat = (x[i] - mean) * invstd;
+        dx[i] = k * (dy[i] - coef[c] - xhat * coef[C + c]);
+    }
+}
+
 }  // namespace
 
 void batchnorm_forward_train(float* y, float* save_mean, float* save_invstd, float* running_mean,
@@ -121,6 +196,39 @@ void batchnorm_backward(float* dx, float* dgamma, float* dbeta, const float* dy,
                         int64_t N, int64_t C, int64_t HW) {
     CNN_LAUNCH(dim3(static_cast<unsigned>(C)), dim3(kBlock), bn_backward_kernel, dx, dgamma, dbeta,
                dy, x, save_mean, save_invstd, gamma, N, C, HW);
+}
+
+void batchnorm_channel_sums(double* host_out, const float* x, const double* host_center,
+                            int64_t N, int64_t C, int64_t HW) {
+    const size_t bytes = static_cast<size_t>(C) * sizeof(double);
+    DeviceBuffer out(bytes), center(host_center ? bytes : 0);
+    if (host_center) memcpy(center.as<double>(), host_center, bytes, 0);
+    CNN_LAUNCH(dim3(static_cast<unsigned>(C)), dim3(kBlock), bn_channel_sums_kernel,
+               out.as<double>(), x, host_center ? center.as<const double>() : nullptr, N, C, HW);
+    memcpy(host_out, out.as<double>(), bytes, 1);
+}
+
+void batchnorm_apply(float* y, const float* x, const float* gamma, const float* beta,
+                     const float* mean, const float* invstd, int64_t N, int64_t C, int64_t HW) {
+    CNN_LAUNCH(dim3(grid_for(N * C * HW, kBlock)), dim3(kBlock), bn_apply_kernel, y, x, gamma,
+               beta, mean, invstd, N, C, HW);
+}
+
+void batchnorm_backward_sums(double* host_out, float* dgamma, float* dbeta, const float* dy,
+                             const float* x, const float* save_mean, const float* save_invstd,
+                             int64_t N, int64_t C, int64_t HW) {
+    const size_t bytes = 2 * static_cast<size_t>(C) * sizeof(double);
+    DeviceBuffer out(bytes);
+    CNN_LAUNCH(dim3(static_cast<unsigned>(C)), dim3(kBlock), bn_backward_sums_kernel,
+               out.as<double>(), dgamma, dbeta, dy, x, save_mean, save_invstd, N, C, HW);
+    memcpy(host_out, out.as<double>(), bytes, 1);
+}
+
+void batchnorm_backward_apply(float* dx, const float* dy, const float* x, const float* save_mean,
+                              const float* save_invstd, const float* gamma, const float* coef,
+                              int64_t N, int64_t C, int64_t HW) {
+    CNN_LAUNCH(dim3(grid_for(N * C * HW, kBlock)), dim3(kBlock), bn_backward_apply_kernel, dx,
+               dy, x, save_mean, save_invstd, gamma, coef, N, C, HW);
 }
 
 }  // namespace cuda

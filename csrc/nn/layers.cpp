@@ -1,10 +1,15 @@
 // The CNN layers: Conv2d, MaxPool2d, AvgPool2d, activations, Linear, Flatten, Dropout,
-// BatchNorm2d. Each validates its input shape and calls the device ops.
+// BatchNorm2d, BatchNorm1d, SyncBatchNorm. Each validates its input shape and calls the device
+// ops.
 #include <cmath>
 #include <functional>
+#include <memory>
+#include <mutex>
+#include <vector>
 
 #include "core/rng.h"
 #include "nn/activation_layer.h"
+#include "nn/collective.h"
 #include "nn/layer.h"
 #include "nn/schema.h"
 #include "ops/ops.h"
@@ -433,6 +438,40 @@ class Dropout : public Layer {
 
 // Per-channel batch normalisation; the kernels take the spatial extent as the product of the
 // dimensions after C, so BatchNorm1d ((N, C) or (N, C, L)) runs the same code as BatchNorm2d.
+// ---- the statistics collective of SyncBatchNorm (nn/collective.h) ---------------------------
+
+namespace {
+std::mutex g_stats_mutex;
+std::shared_ptr<const StatsReducer> g_stats_reducer;  // null: no job of several processes
+}  // namespace
+
+void set_stats_reducer(StatsReducer fn) {
+    std::shared_ptr<const StatsReducer> p;
+    if (fn) p = std::make_shared<const StatsReducer>(std::move(fn));
+    std::lock_guard<std::mutex> lock(g_stats_mutex);
+    g_stats_reducer.swap(p);  // the old one is released outside the lock, below
+    (void)0;
+}
+
+bool has_stats_reducer() {
+    std::lock_guard<std::mutex> lock(g_stats_mutex);
+    return static_cast<bool>(g_stats_reducer);
+}
+
+bool reduce_stats(double* data, int64_t n) {
+    std::shared_ptr<const StatsReducer> fn;
+    {
+        std::lock_guard<std::mutex> lock(g_stats_mutex);
+        fn = g_stats_reducer;
+    }
+    if (!fn) return false;
+    (*fn)(data, n);
+    return true;
+}
+
+// BatchNorm1d (dims 1), BatchNorm2d (dims 2) and SyncBatchNorm (dims 0: (N, C, ...) of 2 to 5
+// dimensions; batch statistics summed over every process of a data-parallel job while
+// training, when cnnkit.distributed has set the statistics collective; BatchNorm otherwise).
 class BatchNorm : public Layer {
   public:
     BatchNorm(int dims, const Args& a)
@@ -448,8 +487,10 @@ class BatchNorm : public Layer {
     Shape output_shape_impl(const Shape& in) const override {
         if (dims_ == 2)
             expect_nchw(*this, in, C_, "C", [this](const std::string& e, const Shape& s) { shape_error(e, s); });
-        else if ((in.size() != 2 && in.size() != 3) || in[1] != C_)
+        else if (dims_ == 1 && ((in.size() != 2 && in.size() != 3) || in[1] != C_))
             shape_error(str_cat("(N, ", C_, ") or (N, ", C_, ", L)"), in);
+        else if (dims_ == 0 && (in.size() < 2 || in.size() > 5 || in[1] != C_))
+            shape_error(str_cat("(N, ", C_, ", ...) with 2 to 5 dimensions"), in);
         return in;
     }
     void forward_impl(const Tensor& x, Tensor& y, bool training, const Workspace&) override {
@@ -467,19 +508,70 @@ class BatchNorm : public Layer {
             save_mean_ = Tensor({C_}, x.device());
             save_invstd_ = Tensor({C_}, x.device());
         }
+        synced_count_ = 0;
         if (training || !track_) {
             CNN_CHECK_ARG(x.numel() / C_ > 1, label(),
                           ": expected more than 1 value per channel when training, got input ",
                           shape_str(x.shape()));
-            ops::batchnorm_forward_train(y, save_mean_, save_invstd_,
-                                         track_ && training ? &buffers_[0] : nullptr,
-                                         track_ && training ? &buffers_[1] : nullptr, x, gamma,
-                                         beta, momentum_, eps_, relu);
+            if (dims_ == 0 && training && has_stats_reducer()) {
+                run_synced(x, y, gamma, beta, relu);
+            } else {
+                ops::batchnorm_forward_train(y, save_mean_, save_invstd_,
+                                             track_ && training ? &buffers_[0] : nullptr,
+                                             track_ && training ? &buffers_[1] : nullptr, x,
+                                             gamma, beta, momentum_, eps_, relu);
+            }
             batch_stats_ = true;
         } else {
             ops::batchnorm_forward_eval(y, x, gamma, beta, buffers_[0], buffers_[1], eps_, relu);
             batch_stats_ = false;
         }
+    }
+    // The statistics of the whole job's batch: each process's per-channel sums (and its
+    // element count) summed over the processes, then the sums of squares about that mean
+    // (two passes, as batchnorm_forward_train; with one process the same bits).
+    void run_synced(const Tensor& x, Tensor& y, const Tensor* gamma, const Tensor* beta,
+                    bool relu) {
+        const int64_t C = C_;
+        std::vector<double> sums(static_cast<size_t>(C) + 1);
+        ops::batchnorm_channel_sums(sums.data(), x, nullptr);
+        sums[C] = static_cast<double>(x.numel() / C);
+        reduce_stats(sums.data(), C + 1);
+        const double M = sums[C];
+        CNN_CHECK_ARG(M > 1, label(), ": expected more than 1 value per channel over the "
+                      "processes when training, got ", M);
+        std::vector<double> mean(static_cast<size_t>(C)), sq(static_cast<size_t>(C));
+        for (int64_t c = 0; c < C; ++c) mean[c] = sums[c] / M;
+        ops::batchnorm_channel_sums(sq.data(), x, mean.data());
+        reduce_stats(sq.data(), C);
+        Tensor hm({C}), hi({C});
+        Tensor hrm, hrv;
+        if (track_) {
+            hrm = Tensor({C});
+            hrv = Tensor({C});
+            hrm.copy_from(buffers_[0]);
+            hrv.copy_from(buffers_[1]);
+        }
+        for (int64_t c = 0; c < C; ++c) {
+            const double var = sq[c] / M;
+            hm.data()[c] = static_cast<float>(mean[c]);
+            hi.data()[c] = static_cast<float>(1.0 / std::sqrt(var + eps_));
+            if (track_) {
+                const double unbiased = sq[c] / (M - 1);
+                float& rm = hrm.data()[c];
+                float& rv = hrv.data()[c];
+                rm = static_cast<float>((1.0 - momentum_) * rm + momentum_ * mean[c]);
+                rv = static_cast<float>((1.0 - momentum_) * rv + momentum_ * unbiased);
+            }
+        }
+        save_mean_.copy_from(hm);
+        save_invstd_.copy_from(hi);
+        if (track_) {
+            buffers_[0].copy_from(hrm);
+            buffers_[1].copy_from(hrv);
+        }
+        ops::batchnorm_apply(y, x, gamma, beta, save_mean_, save_invstd_, relu);
+        synced_count_ = M;
     }
     bool backward_reads_output() const override { return false; }
     void backward_impl(const Tensor& x, const Tensor&, const Tensor& dy, Tensor* dx,
@@ -487,9 +579,30 @@ class BatchNorm : public Layer {
         CNN_CHECK_ARG(batch_stats_, label(),
                       ": backward after an eval-mode forward is not supported; call forward "
                       "with training=True first");
-        ops::batchnorm_backward(dx, affine_ ? &grads_[0] : nullptr,
-                                affine_ ? &grads_[1] : nullptr, dy, x, save_mean_, save_invstd_,
-                                affine_ ? &params_[0] : nullptr);
+        Tensor* dgamma = affine_ ? &grads_[0] : nullptr;
+        Tensor* dbeta = affine_ ? &grads_[1] : nullptr;
+        const Tensor* gamma = affine_ ? &params_[0] : nullptr;
+        if (synced_count_ == 0) {
+            ops::batchnorm_backward(dx, dgamma, dbeta, dy, x, save_mean_, save_invstd_, gamma);
+            return;
+        }
+        // The gradient of the job's loss through statistics over every process: the sums of
+        // dy and dy * xhat over the processes (each process's dgamma / dbeta stay its own
+        // share; the gradient all-reduce sums them with the other parameters' gradients).
+        const int64_t C = C_;
+        std::vector<double> s(2 * static_cast<size_t>(C));
+        ops::batchnorm_backward_sums(s.data(), dgamma, dbeta, dy, x, save_mean_, save_invstd_);
+        reduce_stats(s.data(), 2 * C);  // every process takes part, dx wanted or not
+        if (!dx) return;
+        Tensor coef({2 * C});
+        for (int64_t i = 0; i < 2 * C; ++i)
+            coef.data()[i] = static_cast<float>(s[i] / synced_count_);
+        if (x.device() != Device::CPU) {
+            Tensor dev({2 * C}, x.device());
+            dev.copy_from(coef);
+            coef = dev;
+        }
+        ops::batchnorm_backward_apply(*dx, dy, x, save_mean_, save_invstd_, gamma, coef);
     }
 
   private:
@@ -499,6 +612,7 @@ class BatchNorm : public Layer {
     bool affine_, track_;
     Tensor save_mean_, save_invstd_;
     bool batch_stats_ = false;
+    double synced_count_ = 0;  // > 0: the last forward used the job's statistics (its count)
 };
 
 // ---- schemas ---------------------------------------------------------------------------------
@@ -654,6 +768,7 @@ LayerSchema batchnorm_schema(const char* type, int dims) {
 
 LayerSchema schema_BatchNorm2d() { return batchnorm_schema("BatchNorm2d", 2); }
 LayerSchema schema_BatchNorm1d() { return batchnorm_schema("BatchNorm1d", 1); }
+LayerSchema schema_SyncBatchNorm() { return batchnorm_schema("SyncBatchNorm", 0); }
 
 // ---- typed shortcuts for native code ----------------------------------------------------------
 

@@ -214,6 +214,59 @@ void batchnorm_backward(Tensor* dx, Tensor* dgamma, Tensor* dbeta, const Tensor&
     }
 }
 
+void batchnorm_channel_sums(double* out, const Tensor& x, const double* center) {
+    if (x.device() == Device::CUDA) {
+        CNN_ON_CUDA(cuda::batchnorm_channel_sums(out, x.data(), center, x.size(0), x.size(1),
+                                                 spatial(x)));
+    } else {
+        cpu::batchnorm_channel_sums(out, x.data(), center, x.size(0), x.size(1), spatial(x));
+    }
+}
+
+void batchnorm_apply(Tensor& y, const Tensor& x, const Tensor* gamma, const Tensor* beta,
+                     const Tensor& mean, const Tensor& invstd, bool relu) {
+    if (common_device("batchnorm_forward", {&y, &x, gamma, beta, &mean, &invstd}) ==
+        Device::CUDA) {
+        CNN_ON_CUDA(cuda::batchnorm_apply(y.data(), x.data(), cptr(gamma), cptr(beta),
+                                          mean.data(), invstd.data(), x.size(0), x.size(1),
+                                          spatial(x)));
+        if (relu) activation_forward(y, y, cpu::Act::ReLU, 0.f);
+    } else {
+        cpu::batchnorm_apply(y.data(), x.data(), cptr(gamma), cptr(beta), mean.data(),
+                             invstd.data(), x.size(0), x.size(1), spatial(x), relu);
+    }
+}
+
+void batchnorm_backward_sums(double* out, Tensor* dgamma, Tensor* dbeta, const Tensor& dy,
+                             const Tensor& x, const Tensor& save_mean, const Tensor& save_invstd) {
+    if (common_device("batchnorm_backward", {dgamma, dbeta, &dy, &x, &save_mean,
+                                             &save_invstd}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::batchnorm_backward_sums(out, ptr(dgamma), ptr(dbeta), dy.data(),
+                                                  x.data(), save_mean.data(), save_invstd.data(),
+                                                  x.size(0), x.size(1), spatial(x)));
+    } else {
+        cpu::batchnorm_backward_sums(out, ptr(dgamma), ptr(dbeta), dy.data(), x.data(),
+                                     save_mean.data(), save_invstd.data(), x.size(0), x.size(1),
+                                     spatial(x));
+    }
+}
+
+void batchnorm_backward_apply(Tensor& dx, const Tensor& dy, const Tensor& x,
+                              const Tensor& save_mean, const Tensor& save_invstd,
+                              const Tensor* gamma, const Tensor& coef) {
+    if (common_device("batchnorm_backward", {&dx, &dy, &x, &save_mean, &save_invstd, gamma,
+                                             &coef}) == Device::CUDA) {
+        CNN_ON_CUDA(cuda::batchnorm_backward_apply(dx.data(), dy.data(), x.data(),
+                                                   save_mean.data(), save_invstd.data(),
+                                                   cptr(gamma), coef.data(), x.size(0),
+                                                   x.size(1), spatial(x)));
+    } else {
+        cpu::batchnorm_backward_apply(dx.data(), dy.data(), x.data(), save_mean.data(),
+                                      save_invstd.data(), cptr(gamma), coef.data(), x.size(0),
+                                      x.size(1), spatial(x));
+    }
+}
+
 void channel_bias_forward(Tensor& y, const Tensor& b) {
     CNN_CHECK(y.dim() >= 2 && b.numel() == y.size(1), "channel_bias_forward: bias ",
               shape_str(b.shape()), " for ", shape_str(y.shape()));

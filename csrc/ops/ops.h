@@ -50,6 +50,16 @@ void batchnorm_forward_eval(Tensor& y, const Tensor& x, const Tensor* gamma, con
 void batchnorm_backward(Tensor* dx, Tensor* dgamma, Tensor* dbeta, const Tensor& dy,
                         const Tensor& x, const Tensor& save_mean, const Tensor& save_invstd,
                         const Tensor* gamma);
+// SyncBatchNorm's pieces (cpu::batchnorm_channel_sums and the rest): the double sums come
+// back in host memory (out: C, or 2C for the backward), center is host memory too.
+void batchnorm_channel_sums(double* out, const Tensor& x, const double* center);
+void batchnorm_apply(Tensor& y, const Tensor& x, const Tensor* gamma, const Tensor* beta,
+                     const Tensor& mean, const Tensor& invstd, bool relu);
+void batchnorm_backward_sums(double* out, Tensor* dgamma, Tensor* dbeta, const Tensor& dy,
+                             const Tensor& x, const Tensor& save_mean, const Tensor& save_invstd);
+void batchnorm_backward_apply(Tensor& dx, const Tensor& dy, const Tensor& x,
+                              const Tensor& save_mean, const Tensor& save_invstd,
+                              const Tensor* gamma, const Tensor& coef);
 
 // y += x (same numel, same device).
 void add_into(Tensor& y, const Tensor& x);

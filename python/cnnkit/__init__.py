@@ -56,6 +56,7 @@ from .layers import (
     Sigmoid,
     SiLU,
     Softmax,
+    SyncBatchNorm,
     Tanh,
     Upsample,
 )
@@ -144,6 +145,6 @@ __all__ = [
     "Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Linear",
     "Flatten", "Dropout", "BatchNorm2d", "ELU", "SiLU", "GELU", "ReLU6", "Hardswish", "Identity",
     "Softmax", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Dropout2d", "BatchNorm1d", "Upsample",
-    "Add", "Concat", "ConvTranspose2d", "Model", "Input", "GraphTensor", "Residual",
-    "register_layer", "utils",
+    "Add", "Concat", "ConvTranspose2d", "SyncBatchNorm", "Model", "Input", "GraphTensor",
+    "Residual", "register_layer", "utils",
 ]  # fmt: skip

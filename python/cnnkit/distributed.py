@@ -20,6 +20,7 @@ mpi4py only when :func:`init` finds an MPI launcher.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import threading
@@ -54,8 +55,13 @@ class _State:
         self.timeout = _DEFAULT_TIMEOUT
         self.bucket_mb = _DEFAULT_BUCKET_MB
         self.overlap_ok = True  # the MPI allows calls from the reducer thread
+        self.multiple = True  # MPI_THREAD_MULTIPLE: two threads may call MPI at once
+        self.stats_comm: Any = None  # SyncBatchNorm's communicator (a duplicate of comm)
         self.lock = threading.Lock()
-        self.pending: tuple[float, str] | None = None  # (deadline, what) of the collective
+        # (deadline, what) of the collective each thread is in (the step's thread and the
+        # gradient reducer's thread may both be in one: SyncBatchNorm beside a bucket)
+        self.pending: dict[int, tuple[float, str]] = {}
+        self.warned_sync_overlap = False
         self.watchdog: threading.Thread | None = None
 
 
@@ -107,7 +113,15 @@ def init(timeout: float = _DEFAULT_TIMEOUT, bucket_mb: float = _DEFAULT_BUCKET_M
         _S.rank = _S.comm.Get_rank()
         _S.size = _S.comm.Get_size()
         _S.overlap_ok = _thread_level_ok(MPI)
+        _S.multiple = MPI.Query_thread() >= MPI.THREAD_MULTIPLE
         if _S.size > 1:
+            from . import _core
+
+            # SyncBatchNorm's statistics travel on a communicator of their own: the step's
+            # thread sums them while the reducer thread may be summing a gradient bucket
+            _S.stats_comm = _S.comm.Dup()
+            _core.set_stats_reducer(_reduce_stats)
+            atexit.register(_core.set_stats_reducer, None)
             _install_abort_hook()
             _share_cores()
             _S.watchdog = threading.Thread(target=_watch, name="cnnkit-mpi-watchdog",
@@ -130,12 +144,30 @@ def _thread_level_ok(mpi: Any) -> bool:
     return False
 
 
-def _bucket_bytes() -> int:
+def _bucket_bytes(model: Any = None) -> int:
     """The bucket size the Trainer gives the Net's reducer (0: one all-reduce after the
-    backward)."""
+    backward). A model with SyncBatchNorm layers overlaps only under MPI_THREAD_MULTIPLE
+    (its statistics are summed by the step's thread while the reducer thread sums a
+    bucket)."""
     if not _S.overlap_ok:
         return 0
-    return int(_S.bucket_mb * (1 << 20))
+    b = int(_S.bucket_mb * (1 << 20))
+    if b and not _S.multiple and model is not None and _has_sync_bn(model):
+        if not _S.warned_sync_overlap:
+            _S.warned_sync_overlap = True
+            warnings.warn("cnnkit.distributed: SyncBatchNorm sums its statistics during the "
+                          "backward, beside the gradient buckets, which needs "
+                          "MPI_THREAD_MULTIPLE; this MPI provides less, so the gradients are "
+                          "all-reduced after the backward (bucket_mb is ignored)",
+                          RuntimeWarning, stacklevel=3)
+        return 0
+    return b
+
+
+def _has_sync_bn(model: Any) -> bool:
+    config = model.get_config()
+    entries = config["nodes"] if isinstance(config, dict) else config
+    return any(e["type"] == "SyncBatchNorm" for e in entries)
 
 
 def _watch() -> None:
@@ -143,12 +175,14 @@ def _watch() -> None:
     collectives block inside MPI, which no Python exception can interrupt."""
     while True:
         time.sleep(min(0.5, _S.timeout / 4))
-        p = _S.pending
-        if p is not None and time.monotonic() > p[0]:
-            sys.stderr.write(
-                f"cnnkit.distributed: rank {_S.rank}: {p[1]} waited more than {_S.timeout:g} s "
-                "for the other processes (a peer is stuck or has died); ending the job\n")
-            _abort_job(1)
+        now = time.monotonic()
+        for p in list(_S.pending.values()):
+            if now > p[0]:
+                sys.stderr.write(
+                    f"cnnkit.distributed: rank {_S.rank}: {p[1]} waited more than "
+                    f"{_S.timeout:g} s for the other processes (a peer is stuck or has died); "
+                    "ending the job\n")
+                _abort_job(1)
 
 
 def _abort_job(code: int) -> None:
@@ -224,11 +258,12 @@ def is_main() -> bool:
 def _blocking(call: Any, what: str) -> None:
     """Run one blocking collective under the watchdog's deadline. (Blocking calls: MPICH's
     non-blocking all-reduce polled to completion took 5-9x longer on one host.)"""
-    _S.pending = (time.monotonic() + _S.timeout, what)
+    me = threading.get_ident()
+    _S.pending[me] = (time.monotonic() + _S.timeout, what)
     try:
         call()
     finally:
-        _S.pending = None
+        _S.pending.pop(me, None)
 
 
 def barrier() -> None:
@@ -281,6 +316,13 @@ def _reduce_gradients(grads: np.ndarray) -> None:
     runs)."""
     _blocking(lambda: _S.comm.Allreduce(_S.mpi.IN_PLACE, grads, op=_S.mpi.SUM),
               "the gradient all-reduce")
+
+
+def _reduce_stats(stats: np.ndarray) -> None:
+    """The collective SyncBatchNorm calls while training (float64 per-channel sums, in
+    place), from the step's thread, on a communicator of its own."""
+    _blocking(lambda: _S.stats_comm.Allreduce(_S.mpi.IN_PLACE, stats, op=_S.mpi.SUM),
+              "the SyncBatchNorm statistics all-reduce")
 
 
 # -- what the Trainer uses ----------------------------------------------------------------------

@@ -42,6 +42,7 @@ __all__ = [
     "Add",
     "Concat",
     "ConvTranspose2d",
+    "SyncBatchNorm",
 ]
 
 
@@ -431,6 +432,48 @@ class BatchNorm1d(Layer):
                          track_running_stats=track_running_stats, name=name)
 
 
+class SyncBatchNorm(Layer):
+    """BatchNorm over the whole batch of a data-parallel job (PyTorch's ``SyncBatchNorm``):
+    while training under ``cnnkit.distributed`` with more than one process, the mean and
+    variance of each channel are those of every process's batch together (each forward sums
+    the per-channel statistics over the processes, each backward the two gradient sums), so
+    W processes at batch B normalise as one process at batch W x B. Otherwise (one process,
+    or eval mode) it is BatchNorm. x is (N, C, ...) with 2 to 5 dimensions. Every process must
+    run the same training steps: a forward on one process alone waits for the others (up to
+    the distributed timeout). ``SyncBatchNorm.convert_sync_batchnorm(model)`` swaps the
+    BatchNorm layers of a model for these."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, *,
+                 name: str | None = None) -> None:
+        super().__init__(num_features=num_features, eps=eps, momentum=momentum, affine=affine,
+                         track_running_stats=track_running_stats, name=name)
+
+    @classmethod
+    def convert_sync_batchnorm(cls, model: Any) -> Any:
+        """A copy of `model` (a Sequential or Model) with every BatchNorm1d and BatchNorm2d
+        replaced by a SyncBatchNorm of the same arguments and name, the weights and running
+        statistics copied, on the model's device; the other layers are rebuilt from their
+        configs. (PyTorch's ``SyncBatchNorm.convert_sync_batchnorm``.)"""
+        from .model import Model, Sequential
+
+        if not isinstance(model, Sequential):
+            raise ValueError(f"SyncBatchNorm.convert_sync_batchnorm: expected a Sequential or "
+                             f"Model, got {type(model).__name__}")
+        config = model.get_config()
+        entries = config["nodes"] if isinstance(config, dict) else config
+        swap = ("BatchNorm1d", "BatchNorm2d")
+        layers = [from_config("SyncBatchNorm" if e["type"] in swap else e["type"],
+                              e["config"], name=e.get("name")) for e in entries]
+        if isinstance(config, dict):
+            out: Any = Model.from_nodes(layers, [e["inputs"] for e in entries],
+                                        [e["name"] for e in entries])
+        else:
+            out = Sequential(layers)
+        out.load_state_dict(model.state_dict())
+        return out.to(model.device) if model.device != "cpu" else out
+
+
 class Upsample(Layer):
     """Upsampling: x (N, C, H, W) -> y (N, C, P, Q) with (P, Q) = size, or
     (floor(H * scale_factor), floor(W * scale_factor)); give exactly one.
@@ -493,6 +536,7 @@ LAYER_TYPES: dict[str, type[Layer]] = {
         Add,
         Concat,
         ConvTranspose2d,
+        SyncBatchNorm,
     )
 }
 

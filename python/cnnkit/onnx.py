@@ -388,6 +388,7 @@ _EXPORT = {
     "Dropout2d": _e_dropout,
     "BatchNorm2d": _e_batchnorm,
     "BatchNorm1d": _e_batchnorm,
+    "SyncBatchNorm": _e_batchnorm,  # the same inference form (its statistics are the job's)
     "Identity": _unary("Identity"),
     "Softmax": _e_softmax,
     "Upsample": _e_upsample,

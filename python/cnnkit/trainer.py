@@ -582,7 +582,8 @@ class Trainer:
         with _SigintGuard(enabled=not dist) as guard:
             if dist:
                 _core.set_grad_reducer(self.model._net, _dist._reduce_gradients,
-                                       1.0 / _dist.world_size(), _dist._bucket_bytes())
+                                       1.0 / _dist.world_size(),
+                                       _dist._bucket_bytes(self.model))
             cb_list.on_train_begin({})
             try:
                 for epoch in range(start, epochs):
