@@ -475,3 +475,11 @@ def test_train_summary_is_one_consistent_pair(fake_mnist, tmp_path):  # noqa: F8
     assert "training steps" in s["timing"] and "validation" in s["timing"]
     assert s["fit_seconds"] >= sum(times) * (1 - 1e-6)
     assert f"{s['images_per_sec']:.0f} images/s" in stdout
+
+
+def test_sync_bn_needs_distributed_and_a_new_run(tmp_path):
+    code, _, err = run("train", "--sync-bn", "--epochs", "1", "--out", str(tmp_path))
+    assert code != 0 and "--sync-bn is for data-parallel training" in err, err
+    code, _, err = run("train", "--distributed", "--sync-bn", "--resume",
+                       str(tmp_path / "c.cnnkit"), "--out", str(tmp_path))
+    assert code != 0 and "a checkpoint resumes with the layers" in err, err

@@ -384,6 +384,28 @@ def test_cli_trains_lenet5_on_mnist_distributed(tmp_path):
     assert 0.95 <= acc <= 1.0, summ
 
 
+def test_cli_trains_with_sync_batchnorm(tmp_path):
+    """`cnnkit train --distributed --sync-bn` on 2 processes: ResNet-20 on a small image
+    folder, its BatchNorm layers SyncBatchNorm in the checkpoint rank 0 writes."""
+    Image = pytest.importorskip("PIL.Image")
+    g = np.random.default_rng(0)
+    root = tmp_path / "images"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(20):
+            Image.fromarray(g.integers(0, 256, (32, 32, 3)).astype(np.uint8)).save(
+                root / c / f"{i}.png")
+    p = subprocess.run([MPIRUN, "-n", "2", sys.executable, "-m", "cnnkit", "train",
+                        "--dataset", f"folder:{root}", "--model", "resnet20", "--distributed",
+                        "--sync-bn", "--epochs", "1", "--batch-size", "8", "--val-size", "0",
+                        "--out", str(tmp_path / "runs"), "--verbose", "0"],
+                       capture_output=True, text=True, timeout=300, env=_env(), cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    trainer = ck.load(tmp_path / "runs" / "checkpoint.cnnkit")
+    types = [e["type"] for e in trainer.model.get_config()["nodes"]]
+    assert types.count("SyncBatchNorm") == 21 and "BatchNorm2d" not in types, types
+
+
 def test_abort_ends_the_job_at_once(tmp_path):
     p = mpirun(tmp_path, """
         if R == 1:

@@ -236,6 +236,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.bucket_mb is not None and not args.distributed:
         raise SystemExit("cnnkit: --bucket-mb is for data-parallel training: add --distributed "
                          "(mpirun -n N cnnkit train --distributed --bucket-mb MIB ...)")
+    if args.sync_bn and not args.distributed:
+        raise SystemExit("cnnkit: --sync-bn is for data-parallel training: add --distributed "
+                         "(mpirun -n N cnnkit train --distributed --sync-bn ...)")
+    if args.sync_bn and args.resume:
+        raise SystemExit("cnnkit: --sync-bn converts the BatchNorm layers of a new run; a "
+                         "checkpoint resumes with the layers it was saved with")
     if args.distributed:  # before threads: init picks a default for the processes per host
         world = ck.distributed.init(bucket_mb=args.bucket_mb or 0.0)
         if world == 1:
@@ -273,6 +279,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         chans = x_train.shape[1] if x_train.ndim == 4 else 1
         model = _build_model(args.model, in_channels=chans,
                              num_classes=int(max(y_train.max(), y_test.max())) + 1)
+        if args.sync_bn:
+            model = ck.SyncBatchNorm.convert_sync_batchnorm(model)
         opt = _make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay)
         trainer = ck.Trainer(model, loss="cross_entropy", optimizer=opt, metrics=["accuracy"],
                              device=device, seed=args.seed)  # fmt: skip
@@ -754,6 +762,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --distributed: all-reduce the gradients in buckets of at least "
                         "MIB MiB during the backward, overlapping it (as DDP's bucket_cap_mb); "
                         "0, the default, all-reduces them in one call after the backward")
+    t.add_argument("--sync-bn", action="store_true",
+                   help="with --distributed: replace the model's BatchNorm layers by "
+                        "SyncBatchNorm (batch statistics over every process, as one process "
+                        "at N times the batch size; new runs only)")
     t.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                    help="0: quiet, 1: progress bar, 2: one line per epoch (default: 1)")
     t.add_argument("--tensorboard", default=None, metavar="DIR",
