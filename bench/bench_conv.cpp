@@ -91,7 +91,15 @@ double direct(const ConvGeom& g, const float* x, const float* w, int64_t n, int6
 
 // A kernel set name, optionally with "/im2col": the set with strided layers sent to im2col +
 // GEMM instead of the direct path (A/B of the strided direct convolution in one process).
-void use_set(const std::string& name) {
+// "SET@MRxNR": the set with that AVX-512 tile forced for every layer; "SET#TABLE" with that
+// tile table (t12, t16) for the per-layer choice (A/B of tile shapes).
+void use_set(const std::string& spec) {
+    const size_t hash = spec.find('#');
+    cpu::conv_direct::set_tile_table(hash == std::string::npos ? "auto" : spec.substr(hash + 1));
+    const std::string base = spec.substr(0, hash);
+    const size_t at = base.find('@');
+    const std::string name = base.substr(0, at);
+    cpu::conv_direct::set_forced_tile(at == std::string::npos ? "" : base.substr(at + 1));
     const size_t slash = name.find('/');
     cpu::set_kernel_set(name.substr(0, slash));
     cpu::conv_direct::set_strided_direct(slash == std::string::npos ||
@@ -129,7 +137,9 @@ int main(int argc, char** argv) {
             // of the first set over each other one.
             std::printf("usage: bench_conv [--threads N] [--repeats R] [--kernels SET[,SET...]] "
                         "[--rounds N] [--net resnet20 [--batch N]] [--only NAME] [--cpu-time] [--min]\n"
-                        "  a set may be written SET/im2col: strided layers through im2col + GEMM\n");
+                        "  a set may be written SET/im2col: strided layers through im2col + GEMM,\n"
+                        "  or SET@MRxNR: that AVX-512 tile for every layer (12x32, 4x80, 8x48,\n"
+                        "  6x64, 16x16), or SET#TABLE: that tile table (t12, t16)\n");
             return a == "--help" ? 0 : 2;
         }
     }

@@ -143,6 +143,50 @@ def test_direct_conv_avx512_matches_avx2_bits(C, K, H, W, k, p, rng):
                                        0), "conv", scale=np.sqrt(C * k * k) / 3)
 
 
+@pytest.mark.parametrize(
+    "C,K,H,W,k,p,s", [(6, 16, 14, 14, 5, 0, 1), (16, 32, 16, 16, 3, 1, 1), (3, 16, 32, 32, 3, 1, 1),
+                      (16, 32, 17, 15, 3, 1, 2), (32, 64, 8, 8, 3, 1, 1), (5, 21, 9, 30, 3, 1, 1)]
+)
+def test_direct_conv_every_avx512_tile_and_table_gives_the_same_bits(C, K, H, W, k, p, s, rng):
+    # The per-layer tile choice depends on the CPU's vendor (tables t12 and t16): every tile,
+    # forced for the layer, and both tables give the bits of the 12 x 32 tiles, so a machine
+    # of either vendor tests what the other runs.
+    if "avx512" not in ck.available_cpu_kernels():
+        pytest.skip("this CPU has no avx512 kernels")
+    t = _core._testing
+    model = ck.Sequential([ck.Conv2d(C, K, k, stride=s, padding=p), ck.ReLU()])
+    x = rng.standard_normal((3, C, H, W)).astype(np.float32)
+    dy = None
+    out = {}
+    before = _core.requested_cpu_kernels()
+    table = t.conv_tile_table()
+    try:
+        ck.set_cpu_kernels("avx512")
+        for what in ("12x32", "4x80", "8x48", "6x64", "16x16", "#t12", "#t16"):
+            if what.startswith("#"):
+                t.set_conv_tile("")
+                t.set_conv_tile_table(what[1:])
+            else:
+                t.set_conv_tile(what)
+            model.zero_grad()
+            y = model.forward(x, training=True)
+            if dy is None:
+                dy = rng.standard_normal(y.shape).astype(np.float32)
+            dx = model.backward(dy)
+            out[what] = (y, dx, model.grad_dict()["0.weight"])
+    finally:
+        t.set_conv_tile("")
+        t.set_conv_tile_table(table)
+        ck.set_cpu_kernels(before)
+    for what, got in out.items():
+        for a, b, name in zip(got, out["12x32"], ("y", "dx", "dw"), strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=f"{what} {name}")
+    with pytest.raises(ValueError, match="unknown tile"):
+        t.set_conv_tile("7x7")
+    with pytest.raises(ValueError, match="set_tile_table"):
+        t.set_conv_tile_table("t99")
+
+
 def test_conv2d_random_strided_direct(rng, cpu_kernels):
     # Random strided geometries (the direct path's phase split: which phases exist, their
     # lengths, the row and column shifts of each tap) against the float64 reference.

@@ -13,6 +13,7 @@
 #include "bindings/convert.h"
 #include "core/runtime.h"
 #include "core/tensor.h"
+#include "cpu/conv_direct.h"
 #include "cpu/kernels.h"
 #include "nn/net.h"
 #ifdef CNNKIT_WITH_CUDA
@@ -73,6 +74,12 @@ void bind_testing(py::module_& core) {
         py::arg("bias") = py::none());
     // The older kernel switch: true selects the "generic" kernel set, false "auto".
     m.def("sgemm_force_generic", &cpu::sgemm_force_generic, py::arg("force"));
+    // The direct convolution's AVX-512 tile: one forced for every layer ("12x32", "4x80",
+    // "8x48", "6x64", "16x16"; "" for the per-layer choice) and the table of that choice
+    // ("t12", "t16", "auto"): any tile gives the same bits (tests/test_kernels.py).
+    m.def("set_conv_tile", &cpu::conv_direct::set_forced_tile, py::arg("name"));
+    m.def("set_conv_tile_table", &cpu::conv_direct::set_tile_table, py::arg("name"));
+    m.def("conv_tile_table", &cpu::conv_direct::tile_table_name);
 
     // ---- GEMM on the GPU (tests and bench/gpu_bench.py) ---------------------------------------
     // Same arguments as sgemm; a, b and c are copied to the device and the result back. c, when

@@ -42,6 +42,18 @@ bool cpu_has_avx512() {
 #endif
 }
 
+bool cpu_is_intel() {
+#if defined(__x86_64__) || defined(_M_X64)
+    static const bool ok = [] {
+        __builtin_cpu_init();
+        return __builtin_cpu_is("intel") != 0;
+    }();
+    return ok;
+#else
+    return false;
+#endif
+}
+
 std::string cpu_features() {
     std::string s;
 #if defined(__x86_64__) || defined(_M_X64)

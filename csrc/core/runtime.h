@@ -16,6 +16,7 @@ int get_num_threads();
 bool cpu_has_avx2_fma();
 bool cpu_has_avx512();  // AVX-512 F, BW, VL and DQ (and AVX2/FMA), with OS support
 std::string cpu_features();
+bool cpu_is_intel();  // CPUID vendor GenuineIntel (the direct convolution's tile table)
 
 bool built_with_cuda();
 

@@ -21,6 +21,8 @@
 #include <cstring>
 #include <string>
 
+#include "core/common.h"
+#include "core/runtime.h"
 #include "cpu/gemm.h"
 #include "cpu/kernel_set.h"
 #include "cpu/scratch.h"
@@ -329,26 +331,66 @@ int64_t computed_columns(const DGeom& d, int64_t nr) {
     return row_tiles(d, nr) ? d.P * ((d.Q + nr - 1) / nr) * nr : round_up(d.J, nr);
 }
 
-// Tile shapes of the AVX-512 set. 12 x 32 (two 6-row panels) by default; 4 x 80 where it
+// Tile shapes of the AVX-512 set, from one of two tables (the same bits with any tile: each
+// output element takes its FMAs in tap order whatever the tile).
+//
+// Table "t12" (AMD, and the default elsewhere): 12 x 32 (two 6-row panels); 4 x 80 where it
 // computes at least 15% fewer columns (small planes: ResNet-20's 8x8 layers compute 96
 // columns for 64 outputs in 32-wide tiles, 80 in one 80-wide tile) or for at most 4 output
 // channels (12 x 32 then has at most 8 accumulators, too few to cover the FMA latency).
 // Measured on Zen 5 (bench_conv --net resnet20, one thread): 64->64 at 8x8 forward 1.23x,
 // backward-input 1.15x; 3x3/2 32->64 forward 1.11x; backward-input of the 3-channel first
 // layer 1.2x; 4 x 80 lost 10-35% on the 16- and 32-channel 32x32 and 16x16 layers, as did
-// 8 x 48, 6 x 64 and 16 x 16 on most shapes. CNNKIT_CONV_TILE=MRxNR forces one of these
-// (and 8x48, 6x64, 16x16) for measurements.
+// 8 x 48, 6 x 64 and 16 x 16 on most shapes.
+//
+// Table "t16" (Intel): as t12, then 16 x 16 instead of 12 x 32 for more than 8 channels
+// where 16-row tiles pad no more rows than 12-row ones (K = 16, 32, 48, 64, ...). Measured
+// on an Intel Xeon with AVX-512 and AMX (family 6 model 167; bench_conv --kernels
+// avx512#t12,avx512#t16, 5 alternating rounds, one thread): LeNet-5's conv2 forward 1.27x,
+// ResNet-20's 32-channel 16x16 layers 1.29x forward and backward-input, its 16-channel 32x32
+// layers 1.18x, the 64->64 CIFAR layer 1.03-1.07x; 8x8 layers stay on 4 x 80 (equal there).
+// CNNKIT_CONV_TILE=MRxNR forces one tile for every layer, CNNKIT_CONV_TILE_TABLE=t12|t16 a
+// table (set_forced_tile / set_tile_table: A/B measurements and tests).
+constexpr Tile kTiles[] = {{1, 12, 32, 6}, {2, 4, 80, 4}, {2, 8, 48, 8}, {2, 6, 64, 6},
+                           {2, 16, 16, 16}};
+
+int tile_index(const std::string& name) {
+    for (int i = 0; i < 5; ++i)
+        if (std::to_string(kTiles[i].mr) + "x" + std::to_string(kTiles[i].nr) == name) return i;
+    return -1;
+}
+
+// -1: the per-layer choice; else the index in kTiles forced for every layer.
+std::atomic<int>& forced_tile() {
+    static std::atomic<int> t{[] {
+        const char* e = std::getenv("CNNKIT_CONV_TILE");
+        return e ? tile_index(e) : -1;
+    }()};
+    return t;
+}
+
+// 0: t12, 1: t16 (see above); the default by the CPU's vendor.
+std::atomic<int>& tile_table() {
+    static std::atomic<int> t{[] {
+        const char* e = std::getenv("CNNKIT_CONV_TILE_TABLE");
+        if (e && std::string(e) == "t12") return 0;
+        if (e && std::string(e) == "t16") return 1;
+        return cpu_is_intel() ? 1 : 0;
+    }()};
+    return t;
+}
+
 Tile choose_tile(const DGeom& d, bool wide) {
     if (!wide) return {0, kMR, kNR, kMR};
-    const Tile t12{1, 12, 32, 6}, t4{2, 4, 80, 4};
-    static const char* forced = std::getenv("CNNKIT_CONV_TILE");
-    if (forced) {
-        const Tile cands[] = {t12, t4, {2, 8, 48, 8}, {2, 6, 64, 6}, {2, 16, 16, 16}};
-        for (const Tile& t : cands)
-            if (std::to_string(t.mr) + "x" + std::to_string(t.nr) == forced) return t;
-    }
+    const Tile t12 = kTiles[0], t4 = kTiles[1], t16 = kTiles[4];
+    const int forced = forced_tile().load(std::memory_order_relaxed);
+    if (forced >= 0) return kTiles[forced];
     if (d.K <= 4) return t4;
-    return computed_columns(d, t4.nr) * 100 <= computed_columns(d, t12.nr) * 85 ? t4 : t12;
+    if (computed_columns(d, t4.nr) * 100 <= computed_columns(d, t12.nr) * 85) return t4;
+    if (tile_table().load(std::memory_order_relaxed) == 1 && d.K > 8 &&
+        round_up(d.K, 16) <= round_up(d.K, 12))
+        return t16;
+    return t12;
 }
 
 // y (N, K, P, Q) = act(conv(x, packed weights) + bias) over the direct geometry d, with the
@@ -496,6 +538,21 @@ void run_forward(float* y, const float* x, const float* wpk, const float* bias, 
 // ---- public ---------------------------------------------------------------------------------
 
 void set_strided_direct(bool on) { strided_flag().store(on); }
+
+void set_tile_table(const std::string& name) {
+    CNN_CHECK_ARG(name == "t12" || name == "t16" || name == "auto",
+                  "set_tile_table: expected 't12', 't16' or 'auto', got '", name, "'");
+    tile_table().store(name == "t12" ? 0 : name == "t16" ? 1 : (cpu_is_intel() ? 1 : 0));
+}
+
+std::string tile_table_name() { return tile_table().load() == 1 ? "t16" : "t12"; }
+
+void set_forced_tile(const std::string& name) {
+    const int i = name.empty() ? -1 : tile_index(name);
+    CNN_CHECK_ARG(name.empty() || i >= 0, "set_forced_tile: unknown tile '", name,
+                  "' (12x32, 4x80, 8x48, 6x64, 16x16 or empty)");
+    forced_tile().store(i);
+}
 bool strided_direct() { return strided_enabled(); }
 
 bool applicable_forward(const ConvGeom& g) { return plain(g) && geometry_ok(forward_dgeom(g)); }

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "core/geometry.h"
 
@@ -29,6 +30,16 @@ bool applicable_backward_weight(const ConvGeom& g);
 // turns it off): for A/B measurements and tests of both paths.
 void set_strided_direct(bool on);
 bool strided_direct();
+
+// The AVX-512 forward/backward-input tile forced for every layer ("12x32", "4x80", "8x48",
+// "6x64", "16x16"), or "" for the per-layer choice; CNNKIT_CONV_TILE sets it at start-up.
+// For A/B measurements in one process (bench_conv --kernels avx512@8x48,...). Throws on an
+// unknown name.
+void set_forced_tile(const std::string& name);
+// The tile table of the per-layer choice: "t12" (AMD's), "t16" (Intel's: 16 x 16 tiles where
+// they pad no more rows) or "auto" (by the CPU's vendor; CNNKIT_CONV_TILE_TABLE at start-up).
+void set_tile_table(const std::string& name);
+std::string tile_table_name();
 
 // Floats of caller workspace the three routines need (0 when no routine applies).
 int64_t workspace_floats(const ConvGeom& g);
