@@ -673,3 +673,19 @@ def test_conv_forward_small_batch_same_bits_at_any_thread_count(cpu_kernels, n, 
     want = np.maximum(ref.conv2d(x.astype(np.float64), sd["0.weight"].astype(np.float64),
                                  sd["0.bias"].astype(np.float64), padding=(1, 1)), 0)
     np.testing.assert_allclose(two, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("n", [1, 17, 1000, (1 << 18) + 5])
+def test_count_nonfinite_matches_numpy(n, rng):
+    # the input check of forward/predict/fit: a test on the exponent bits, every NaN payload,
+    # both infinities, and the largest finite, the smallest subnormal and -0 counted right
+    a = rng.standard_normal(n).astype(np.float32)
+    special = np.array([np.nan, np.inf, -np.inf, np.finfo(np.float32).max, -0.0,
+                        np.float32(1e-45)], np.float32)
+    idx = rng.integers(0, n, min(n, 6))
+    a[idx] = special[: len(idx)]
+    bits = a.view(np.uint32)
+    if n > 10:
+        bits[-1] = 0xFFC00001  # a negative NaN with a payload
+    assert _core.count_nonfinite(a) == int((~np.isfinite(a)).sum())
+    assert _core.count_nonfinite(a.reshape(1, -1)) == int((~np.isfinite(a)).sum())

@@ -253,6 +253,17 @@ PYBIND11_MODULE(_core, m) {
 
     // ---- runtime --------------------------------------------------------------------------
     m.def("set_num_threads", &set_num_threads, py::arg("n"));
+    m.def(
+        "count_nonfinite",
+        [](const py::array_t<float, py::array::c_style>& a) {
+            const float* p = a.data();
+            const int64_t n = static_cast<int64_t>(a.size());
+            py::gil_scoped_release nogil;
+            return cpu::count_nonfinite(p, n);
+        },
+        py::arg("a"),
+        "The number of NaN and +-Inf entries of a C-contiguous float32 array, in one pass "
+        "(the input check of forward, predict and fit).");
     m.def("get_num_threads", &get_num_threads);
     m.def("cpu_features", &cpu_features);
     m.def("cpu_has_avx2_fma", &cpu_has_avx2_fma);

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _core
 from ._checks import positive_int, to_numpy
 from ._seeding import derive_seed
 from .transforms import _BatchKeys, augment_seed, native_pipeline
@@ -96,7 +97,7 @@ def _prepared(x: Any, where: str = "x", name: str = "x", model: Any = None) -> n
         kind = a.dtype.kind
         with np.errstate(over="ignore", invalid="ignore"):  # too large for float32 -> inf
             a = np.ascontiguousarray(a, dtype=np.float32)
-        if kind == "f" and not np.isfinite(a).all():  # one vectorized pass; per sample if not
+        if kind == "f" and _core.count_nonfinite(a):  # one native pass; per sample if not
             finite = np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)
             if not finite.all():
                 i = int(np.argmin(finite))
