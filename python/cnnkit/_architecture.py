@@ -135,7 +135,8 @@ def check_runs(net: Any, specs: list[dict[str, Any]], input_shape: Any) -> None:
                                     f"{tuple(input_shape)}: {why}")
         return
     first = next((s for s in specs
-                  if s["type"] in ("Linear", "Conv2d", "ConvTranspose2d", "BatchNorm2d")), None)
+                  if s["type"] in ("Linear", "Conv2d", "ConvTranspose2d", "BatchNorm2d",
+                                 "SyncBatchNorm")), None)
     if first is None:
         candidates = [(1, n, n) for n in _CANDIDATE_SIZES]
     elif first["type"] == "Linear":
