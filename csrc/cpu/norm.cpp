@@ -55,6 +55,37 @@ inline void scale_shift(float* y, const float* x, int64_t n, float a, float b, b
     }
 }
 
+// Channel c's sums over its N planes (x0 = x + c * HW, planes C * HW apart): of x, of
+// (x - m)^2, and of dy and dy * xhat in one pass. Shared by the fused kernels and
+// SyncBatchNorm's pieces, so both take the same terms in the same order.
+double channel_sum(const float* x0, int64_t N, int64_t C, int64_t HW) {
+    return lane_sum(N, C * HW, HW, [x0](int64_t i) { return static_cast<double>(x0[i]); });
+}
+
+double channel_sq(const float* x0, double m, int64_t N, int64_t C, int64_t HW) {
+    return lane_sum(N, C * HW, HW, [x0, m](int64_t i) {
+        const double d = x0[i] - m;
+        return d * d;
+    });
+}
+
+void channel_grad_sums(const float* x0, const float* dy0, float mean, float invstd, int64_t N,
+                       int64_t C, int64_t HW, double* sdy, double* sdyx) {
+    lane_sum2(N, C * HW, HW, sdy, sdyx, [x0, dy0, mean, invstd](int64_t i, double* a, double* b) {
+        *a += static_cast<double>(dy0[i]);
+        *b += static_cast<double>(dy0[i] * ((x0[i] - mean) * invstd));
+    });
+}
+
+// dx = k * (dy - mdy - xhat * mdyx) over one plane of HW floats.
+inline void dx_plane(float* dxc, const float* dyc, const float* xc, int64_t HW, float k,
+                     float mean, float invstd, float mdy, float mdyx) {
+    for (int64_t i = 0; i < HW; ++i) {
+        float xhat = (xc[i] - mean) * invstd;
+        dxc[i] = k * (dyc[i] - mdy - xhat * mdyx);
+    }
+}
+
 }  // namespace
 
 // x, y are (N,C,HW); gamma/beta (C) or null; save_mean/save_invstd (C) written.
@@ -66,13 +97,8 @@ void batchnorm_forward_train(float* y, float* save_mean, float* save_invstd, flo
 #pragma omp parallel for schedule(static)
     for (int64_t c = 0; c < C; ++c) {
         const float* x0 = x + c * HW;
-        const double s =
-            lane_sum(N, C * HW, HW, [x0](int64_t i) { return static_cast<double>(x0[i]); });
-        const double mean = s / static_cast<double>(M);
-        const double ss = lane_sum(N, C * HW, HW, [x0, mean](int64_t i) {
-            const double d = x0[i] - mean;
-            return d * d;
-        });
+        const double mean = channel_sum(x0, N, C, HW) / static_cast<double>(M);
+        const double ss = channel_sq(x0, mean, N, C, HW);
         const double var = ss / static_cast<double>(M);
         const float invstd = static_cast<float>(1.0 / std::sqrt(var + eps));
         save_mean[c] = static_cast<float>(mean);
@@ -119,10 +145,7 @@ void batchnorm_backward(float* dx, float* dgamma, float* dbeta, const float* dy,
         const float* x0 = x + c * HW;
         const float* dy0 = dy + c * HW;
         double sdy, sdyx;  // both sums in one pass over dy and x
-        lane_sum2(N, C * HW, HW, &sdy, &sdyx, [x0, dy0, mean, invstd](int64_t i, double* a, double* b) {
-            *a += static_cast<double>(dy0[i]);
-            *b += static_cast<double>(dy0[i] * ((x0[i] - mean) * invstd));
-        });
+        channel_grad_sums(x0, dy0, mean, invstd, N, C, HW, &sdy, &sdyx);
         if (dgamma) dgamma[c] += static_cast<float>(sdyx);
         if (dbeta) dbeta[c] += static_cast<float>(sdy);
         if (!dx) continue;
@@ -133,10 +156,7 @@ void batchnorm_backward(float* dx, float* dgamma, float* dbeta, const float* dy,
             const float* xc = x + (n * C + c) * HW;
             const float* dyc = dy + (n * C + c) * HW;
             float* dxc = dx + (n * C + c) * HW;
-            for (int64_t i = 0; i < HW; ++i) {
-                float xhat = (xc[i] - mean) * invstd;
-                dxc[i] = k * (dyc[i] - mdy - xhat * mdyx);
-            }
+            dx_plane(dxc, dyc, xc, HW, k, mean, invstd, mdy, mdyx);
         }
     }
 }
@@ -151,15 +171,7 @@ void batchnorm_channel_sums(double* out, const float* x, const double* center, i
 #pragma omp parallel for schedule(static)
     for (int64_t c = 0; c < C; ++c) {
         const float* x0 = x + c * HW;
-        if (!center) {
-            out[c] = lane_sum(N, C * HW, HW, [x0](int64_t i) { return static_cast<double>(x0[i]); });
-        } else {
-            const double m = center[c];
-            out[c] = lane_sum(N, C * HW, HW, [x0, m](int64_t i) {
-                const double d = x0[i] - m;
-                return d * d;
-            });
-        }
+        out[c] = center ? channel_sq(x0, center[c], N, C, HW) : channel_sum(x0, N, C, HW);
     }
 }
 
@@ -185,10 +197,7 @@ void batchnorm_backward_sums(double* out, float* dgamma, float* dbeta, const flo
         const float* x0 = x + c * HW;
         const float* dy0 = dy + c * HW;
         double sdy, sdyx;
-        lane_sum2(N, C * HW, HW, &sdy, &sdyx, [x0, dy0, mean, invstd](int64_t i, double* a, double* b) {
-            *a += static_cast<double>(dy0[i]);
-            *b += static_cast<double>(dy0[i] * ((x0[i] - mean) * invstd));
-        });
+        channel_grad_sums(x0, dy0, mean, invstd, N, C, HW, &sdy, &sdyx);
         if (dgamma) dgamma[c] += static_cast<float>(sdyx);
         if (dbeta) dbeta[c] += static_cast<float>(sdy);
         out[c] = sdy;
@@ -208,10 +217,7 @@ void batchnorm_backward_apply(float* dx, const float* dy, const float* x, const 
             const float* xc = x + (n * C + c) * HW;
             const float* dyc = dy + (n * C + c) * HW;
             float* dxc = dx + (n * C + c) * HW;
-            for (int64_t i = 0; i < HW; ++i) {
-                float xhat = (xc[i] - mean) * invstd;
-                dxc[i] = k * (dyc[i] - mdy - xhat * mdyx);
-            }
+            dx_plane(dxc, dyc, xc, HW, k, mean, invstd, mdy, mdyx);
         }
     }
 }

@@ -12,6 +12,37 @@ namespace {
 
 constexpr int kBlock = 256;
 
+// Channel c's sums over the block (every thread its strided share, then block_sum's fixed
+// tree): of x, or of (x - center)^2; and of dy and dy * xhat. Shared by the fused kernels and
+// SyncBatchNorm's pieces, so both take the same terms in the same order.
+__device__ double channel_sum(const float* __restrict__ x, int64_t c, int64_t N, int64_t C,
+                              int64_t HW, bool centered, double center, double* sm) {
+    double s = 0.0;
+    for (int64_t j = threadIdx.x; j < N * HW; j += kBlock) {
+        const float v = x[((j / HW) * C + c) * HW + j % HW];
+        if (centered) {
+            const double d = v - center;
+            s += d * d;
+        } else {
+            s += v;
+        }
+    }
+    return block_sum<kBlock>(s, sm);
+}
+
+__device__ void channel_grad_sums(const float* __restrict__ dy, const float* __restrict__ x,
+                                  int64_t c, int64_t N, int64_t C, int64_t HW, float mean,
+                                  float invstd, double* sm, double* sdy_out, double* sdyx_out) {
+    double sdy = 0.0, sdyx = 0.0;
+    for (int64_t j = threadIdx.x; j < N * HW; j += kBlock) {
+        const int64_t i = ((j / HW) * C + c) * HW + j % HW;
+        sdy += dy[i];
+        sdyx += dy[i] * ((x[i] - mean) * invstd);
+    }
+    *sdy_out = block_sum<kBlock>(sdy, sm);
+    *sdyx_out = block_sum<kBlock>(sdyx, sm);
+}
+
 // x, y are (N,C,HW): block c handles channel c.
 __global__ void __launch_bounds__(kBlock)
     bn_forward_train_kernel(float* __restrict__ y, float* __restrict__ save_mean,
@@ -21,15 +52,8 @@ __global__ void __launch_bounds__(kBlock)
                             int64_t N, int64_t C, int64_t HW, float momentum, float eps) {
     __shared__ double sm[kBlock];
     const int64_t c = blockIdx.x, M = N * HW;
-    double s = 0.0;
-    for (int64_t j = threadIdx.x; j < M; j += kBlock) s += x[((j / HW) * C + c) * HW + j % HW];
-    const double mean = block_sum<kBlock>(s, sm) / static_cast<double>(M);
-    double ss = 0.0;
-    for (int64_t j = threadIdx.x; j < M; j += kBlock) {
-        const double d = x[((j / HW) * C + c) * HW + j % HW] - mean;
-        ss += d * d;
-    }
-    ss = block_sum<kBlock>(ss, sm);
+    const double mean = channel_sum(x, c, N, C, HW, false, 0.0, sm) / static_cast<double>(M);
+    const double ss = channel_sum(x, c, N, C, HW, true, mean, sm);
     const double var = ss / static_cast<double>(M);
     const float invstd = static_cast<float>(1.0 / sqrt(var + eps));
     if (threadIdx.x == 0) {
@@ -76,14 +100,8 @@ __global__ void __launch_bounds__(kBlock)
     __shared__ double sm[kBlock];
     const int64_t c = blockIdx.x, M = N * HW;
     const float mean = save_mean[c], invstd = save_invstd[c];
-    double sdy = 0.0, sdyx = 0.0;
-    for (int64_t j = threadIdx.x; j < M; j += kBlock) {
-        const int64_t i = ((j / HW) * C + c) * HW + j % HW;
-        sdy += dy[i];
-        sdyx += dy[i] * ((x[i] - mean) * invstd);
-    }
-    sdy = block_sum<kBlock>(sdy, sm);
-    sdyx = block_sum<kBlock>(sdyx, sm);
+    double sdy, sdyx;
+    channel_grad_sums(dy, x, c, N, C, HW, mean, invstd, sm, &sdy, &sdyx);
     if (threadIdx.x == 0) {
         if (dgamma) dgamma[c] += static_cast<float>(sdyx);
         if (dbeta) dbeta[c] += static_cast<float>(sdy);
@@ -105,18 +123,8 @@ __global__ void __launch_bounds__(kBlock)
     bn_channel_sums_kernel(double* __restrict__ out, const float* __restrict__ x,
                            const double* __restrict__ center, int64_t N, int64_t C, int64_t HW) {
     __shared__ double sm[kBlock];
-    const int64_t c = blockIdx.x, M = N * HW;
-    double s = 0.0;
-    if (!center) {
-        for (int64_t j = threadIdx.x; j < M; j += kBlock) s += x[((j / HW) * C + c) * HW + j % HW];
-    } else {
-        const double mean = center[c];
-        for (int64_t j = threadIdx.x; j < M; j += kBlock) {
-            const double d = x[((j / HW) * C + c) * HW + j % HW] - mean;
-            s += d * d;
-        }
-    }
-    s = block_sum<kBlock>(s, sm);
+    const int64_t c = blockIdx.x;
+    const double s = channel_sum(x, c, N, C, HW, center != nullptr, center ? center[c] : 0.0, sm);
     if (threadIdx.x == 0) out[c] = s;
 }
 
@@ -139,16 +147,10 @@ __global__ void __launch_bounds__(kBlock)
                             const float* __restrict__ save_invstd, int64_t N, int64_t C,
                             int64_t HW) {
     __shared__ double sm[kBlock];
-    const int64_t c = blockIdx.x, M = N * HW;
+    const int64_t c = blockIdx.x;
     const float mean = save_mean[c], invstd = save_invstd[c];
-    double sdy = 0.0, sdyx = 0.0;
-    for (int64_t j = threadIdx.x; j < M; j += kBlock) {
-        const int64_t i = ((j / HW) * C + c) * HW + j % HW;
-        sdy += dy[i];
-        sdyx += dy[i] * ((x[i] - mean) * invstd);
-    }
-    sdy = block_sum<kBlock>(sdy, sm);
-    sdyx = block_sum<kBlock>(sdyx, sm);
+    double sdy, sdyx;
+    channel_grad_sums(dy, x, c, N, C, HW, mean, invstd, sm, &sdy, &sdyx);
     if (threadIdx.x == 0) {
         if (dgamma) dgamma[c] += static_cast<float>(sdyx);
         if (dbeta) dbeta[c] += static_cast<float>(sdy);

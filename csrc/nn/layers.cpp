@@ -529,26 +529,28 @@ class BatchNorm : public Layer {
     }
     // The statistics of the whole job's batch: each process's per-channel sums (and its
     // element count) summed over the processes, then the sums of squares about that mean
-    // (two passes, as batchnorm_forward_train; with one process the same bits).
+    // (two passes, as batchnorm_forward_train; with one process the same bits). The host
+    // buffers are kept between steps (C-sized: the running statistics of a CUDA model come
+    // to the host and back, two small copies).
     void run_synced(const Tensor& x, Tensor& y, const Tensor* gamma, const Tensor* beta,
                     bool relu) {
         const int64_t C = C_;
-        std::vector<double> sums(static_cast<size_t>(C) + 1);
-        ops::batchnorm_channel_sums(sums.data(), x, nullptr);
+        sync_buffers(x.device());
+        double* sums = dstats_.data();       // C sums, then the count
+        double* mean = sums + C + 1;         // C
+        double* sq = mean + C;               // C
+        ops::batchnorm_channel_sums(sums, x, nullptr);
         sums[C] = static_cast<double>(x.numel() / C);
-        reduce_stats(sums.data(), C + 1);
+        reduce_stats(sums, C + 1);
         const double M = sums[C];
         CNN_CHECK_ARG(M > 1, label(), ": expected more than 1 value per channel over the "
                       "processes when training, got ", M);
-        std::vector<double> mean(static_cast<size_t>(C)), sq(static_cast<size_t>(C));
         for (int64_t c = 0; c < C; ++c) mean[c] = sums[c] / M;
-        ops::batchnorm_channel_sums(sq.data(), x, mean.data());
-        reduce_stats(sq.data(), C);
-        Tensor hm({C}), hi({C});
-        Tensor hrm, hrv;
+        ops::batchnorm_channel_sums(sq, x, mean);
+        reduce_stats(sq, C);
+        Tensor hm = host_stats_.view({C}), hi = host_stats_.view({C}, C);
+        Tensor hrm = host_stats_.view({C}, 2 * C), hrv = host_stats_.view({C}, 3 * C);
         if (track_) {
-            hrm = Tensor({C});
-            hrv = Tensor({C});
             hrm.copy_from(buffers_[0]);
             hrv.copy_from(buffers_[1]);
         }
@@ -573,6 +575,15 @@ class BatchNorm : public Layer {
         ops::batchnorm_apply(y, x, gamma, beta, save_mean_, save_invstd_, relu);
         synced_count_ = M;
     }
+    // SyncBatchNorm's reused buffers: 3C + 1 doubles, 4C host floats and, on a GPU, the 2C
+    // backward coefficients on the device.
+    void sync_buffers(Device dev) {
+        const int64_t C = C_;
+        if (static_cast<int64_t>(dstats_.size()) != 3 * C + 1) dstats_.assign(3 * C + 1, 0.0);
+        if (!host_stats_.defined()) host_stats_ = Tensor({4 * C});
+        if (dev != Device::CPU && (!coef_dev_.defined() || coef_dev_.device() != dev))
+            coef_dev_ = Tensor({2 * C}, dev);
+    }
     bool backward_reads_output() const override { return false; }
     void backward_impl(const Tensor& x, const Tensor&, const Tensor& dy, Tensor* dx,
                        const Workspace&) override {
@@ -590,17 +601,17 @@ class BatchNorm : public Layer {
         // dy and dy * xhat over the processes (each process's dgamma / dbeta stay its own
         // share; the gradient all-reduce sums them with the other parameters' gradients).
         const int64_t C = C_;
-        std::vector<double> s(2 * static_cast<size_t>(C));
-        ops::batchnorm_backward_sums(s.data(), dgamma, dbeta, dy, x, save_mean_, save_invstd_);
-        reduce_stats(s.data(), 2 * C);  // every process takes part, dx wanted or not
+        sync_buffers(x.device());
+        double* sums = dstats_.data();  // 2C of the 3C + 1
+        ops::batchnorm_backward_sums(sums, dgamma, dbeta, dy, x, save_mean_, save_invstd_);
+        reduce_stats(sums, 2 * C);  // every process takes part, dx wanted or not
         if (!dx) return;
-        Tensor coef({2 * C});
+        Tensor coef = host_stats_.view({2 * C});
         for (int64_t i = 0; i < 2 * C; ++i)
-            coef.data()[i] = static_cast<float>(s[i] / synced_count_);
+            coef.data()[i] = static_cast<float>(sums[i] / synced_count_);
         if (x.device() != Device::CPU) {
-            Tensor dev({2 * C}, x.device());
-            dev.copy_from(coef);
-            coef = dev;
+            coef_dev_.copy_from(coef);
+            coef = coef_dev_;
         }
         ops::batchnorm_backward_apply(*dx, dy, x, save_mean_, save_invstd_, gamma, coef);
     }
@@ -613,6 +624,8 @@ class BatchNorm : public Layer {
     Tensor save_mean_, save_invstd_;
     bool batch_stats_ = false;
     double synced_count_ = 0;  // > 0: the last forward used the job's statistics (its count)
+    std::vector<double> dstats_;      // SyncBatchNorm's sums (sync_buffers)
+    Tensor host_stats_, coef_dev_;    // its host floats, its device coefficients
 };
 
 // ---- schemas ---------------------------------------------------------------------------------
