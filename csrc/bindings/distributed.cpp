@@ -11,6 +11,7 @@
 #include <mutex>
 
 #include "core/common.h"
+#include "cuda/nccl.h"
 #include "nn/collective.h"
 #include "nn/net.h"
 
@@ -62,6 +63,53 @@ void bind_distributed(py::module_& m) {
         "after the backward. bucket_bytes > 0 (CPU models): one call per bucket of "
         "grad_buckets(net, bucket_bytes), in that order, from a communication thread while "
         "the backward goes on. fn runs while the Net is locked: it must not call the Net.");
+    // ---- NCCL (CUDA models): see csrc/cuda/nccl.h --------------------------------------
+    m.def("nccl_load", &nccl::load, py::arg("path"),
+          "Open the NCCL library at `path` (once per process) and return its version code.");
+    m.def("nccl_loaded", &nccl::loaded);
+    m.def("nccl_unique_id", [] { return py::bytes(nccl::unique_id()); },
+          "ncclGetUniqueId: 128 bytes rank 0 makes and broadcasts to every rank.");
+    py::class_<nccl::Comm, std::shared_ptr<nccl::Comm>>(m, "NcclComm")
+        .def(py::init([](py::bytes id, int nranks, int rank) {
+                 std::string s = id;  // copied with the GIL held
+                 py::gil_scoped_release release;  // collective: waits for every rank
+                 return std::make_shared<nccl::Comm>(s, nranks, rank);
+             }),
+             py::arg("unique_id"), py::arg("nranks"), py::arg("rank"))
+        .def_property_readonly("nranks", &nccl::Comm::nranks)
+        .def_property_readonly("rank", &nccl::Comm::rank)
+        .def_property_readonly("aborted", &nccl::Comm::aborted)
+        .def(
+            "all_reduce_sum",
+            [](nccl::Comm& c, int64_t device_ptr, int64_t n, double timeout) {
+                py::gil_scoped_release release;
+                c.all_reduce_sum(reinterpret_cast<float*>(device_ptr), n, timeout);
+            },
+            py::arg("device_ptr"), py::arg("n"), py::arg("timeout"),
+            "Testing aid: sum n float32 at a device address in place over every rank.");
+    m.def(
+        "set_grad_reducer_nccl",
+        [](nn::Net& net, std::shared_ptr<nccl::Comm> comm, float scale, double timeout) {
+            CNN_CHECK_ARG(comm != nullptr, "set_grad_reducer_nccl: no communicator");
+            CNN_CHECK_ARG(std::isfinite(scale) && scale > 0.f,
+                          "set_grad_reducer_nccl: scale must be a positive number, got ", scale);
+            CNN_CHECK_ARG(timeout > 0, "set_grad_reducer_nccl: timeout must be > 0 s, got ",
+                          timeout);
+            CNN_CHECK_ARG(net.flat_params().device() == Device::CUDA,
+                          "set_grad_reducer_nccl: the model's parameters are on the CPU; move "
+                          "it to CUDA first");
+            py::gil_scoped_release release;
+            std::lock_guard<std::mutex> lock(net.mutex());
+            // No Python in the step: the sum runs on the step's thread, without the GIL.
+            net.set_grad_reducer(
+                [comm, timeout](float* g, int64_t n) { comm->all_reduce_sum(g, n, timeout); },
+                scale, 0, /*on_device=*/true);
+        },
+        py::arg("net"), py::arg("comm"), py::arg("scale") = 1.f, py::arg("timeout") = 300.0,
+        "Set the gradient all-reduce of a CUDA model to an NCCL sum over `comm`, on the "
+        "device, in one call after the backward, then multiplied by scale; timeout: seconds "
+        "it may wait for the other processes before it aborts the communicator and raises. "
+        "Clear it with set_grad_reducer(net, None).");
     m.def(
         "set_stats_reducer",
         [](py::object fn) {

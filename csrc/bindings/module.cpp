@@ -277,6 +277,9 @@ PYBIND11_MODULE(_core, m) {
     m.def("cuda_available", &cuda::available);
     m.def("cuda_device_count", &cuda::device_count);
     m.def("cuda_device_name", &cuda::device_name, py::arg("index") = 0);
+    m.def("cuda_set_device", &cuda::set_device, py::arg("index"),
+          "Use CUDA device `index` in this process (before its first CUDA tensor or model).");
+    m.def("cuda_current_device", &cuda::current_device);
     m.def("cuda_synchronize", [] {
         require_cuda("cuda_synchronize");
         py::gil_scoped_release nogil;

@@ -24,6 +24,13 @@ namespace cuda {
 bool available();        // built with CUDA and at least one device present
 int device_count();
 std::string device_name(int index);
+// The CUDA device this process uses (default 0; one device per process). Every thread that
+// calls into CUDA through cnnkit is switched to it. Must be called before cnnkit first uses
+// CUDA (its stream, a device buffer): moving to another device afterwards throws, since
+// the tensors already made live on the first one. Data-parallel jobs give each local rank
+// its own device (cnnkit.distributed.init).
+void set_device(int index);
+int current_device();  // -1 in a build without CUDA
 void* malloc_device(size_t bytes);
 void free_device(void* p);
 // kind: 0 host->device, 1 device->host, 2 device->device. All copies run in order on cnnkit's

@@ -2,6 +2,7 @@
 // allocator, pinned staging for host->device copies, and launch checking. Every call checked;
 // failures throw cnnkit::RuntimeError with the call and location (never exit()).
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -40,12 +41,41 @@ std::string device_name(int index) {
 
 namespace {
 
+std::atomic<int> g_device{0};
+std::atomic<bool> g_started{false};  // the stream or a device buffer exists: device fixed
+
+// The CUDA runtime's current device is per host thread: switch this one to cnnkit's device
+// the first time it calls into CUDA through cnnkit (and again after set_device).
+void bind_thread() {
+    thread_local int bound = -1;
+    const int d = g_device.load(std::memory_order_relaxed);
+    if (bound == d) return;
+    CNN_CUDA_CHECK(cudaSetDevice(d));
+    bound = d;
+}
+
 void require_device() {
     if (!available())
         throw RuntimeError("CUDA requested but no CUDA device is available");
+    bind_thread();
 }
 
 }  // namespace
+
+void set_device(int index) {
+    CNN_CHECK_ARG(index >= 0 && index < device_count(), "cuda_set_device: no CUDA device ",
+                  index, " (", device_count(), " present)");
+    static std::mutex mu;
+    std::lock_guard<std::mutex> lock(mu);
+    if (index == g_device.load()) return;
+    if (g_started.load())
+        throw RuntimeError(str_cat("cuda_set_device(", index, "): cnnkit already uses CUDA "
+                                   "device ", g_device.load(), " in this process; choose the "
+                                   "device before the first CUDA tensor or model"));
+    g_device.store(index);
+}
+
+int current_device() { return g_device.load(); }
 
 // ---- the stream -----------------------------------------------------------------------------
 
@@ -55,10 +85,12 @@ void require_device() {
 cudaStream_t stream() {
     static cudaStream_t s = [] {
         require_device();
+        g_started.store(true);
         cudaStream_t st = nullptr;
         CNN_CUDA_CHECK(cudaStreamCreate(&st));
         return st;
     }();
+    bind_thread();
     return s;
 }
 
@@ -156,6 +188,7 @@ bool no_cache() {
 
 void* malloc_device(size_t bytes) {
     require_device();
+    g_started.store(true);
     const size_t size = no_cache() ? std::max<size_t>(bytes, 1) : bucket_size(bytes);
     Allocator& a = allocator();
     std::lock_guard<std::mutex> lock(a.mu);
@@ -201,6 +234,7 @@ void* malloc_device(size_t bytes) {
 
 void free_device(void* p) {
     if (!p) return;
+    bind_thread();
     Allocator& a = allocator();
     std::lock_guard<std::mutex> lock(a.mu);
     auto it = a.live.find(p);
@@ -313,6 +347,7 @@ void memcpy(void* dst, const void* src, size_t bytes, int kind) {
 
 void* malloc_pinned(size_t bytes) {
     if (!available()) return nullptr;
+    bind_thread();
     void* p = nullptr;
     if (cudaHostAlloc(&p, bytes == 0 ? 1 : bytes, cudaHostAllocDefault) != cudaSuccess) {
         (void)cudaGetLastError();  // no page-locked memory to be had: the caller falls back

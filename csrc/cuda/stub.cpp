@@ -1,6 +1,7 @@
 // CPU-only builds: the CUDA runtime entry points exist but report no GPU / throw.
 #include "core/common.h"
 #include "core/runtime.h"
+#include "cuda/nccl.h"
 
 namespace cnnkit {
 namespace cuda {
@@ -21,6 +22,20 @@ void synchronize() { throw RuntimeError(kNoCuda); }
 MemoryStats memory_stats() { return MemoryStats(); }
 void empty_cache() {}
 std::vector<double> time_ms(const std::function<void()>&, int) { throw RuntimeError(kNoCuda); }
+void set_device(int) { throw RuntimeError(kNoCuda); }
+int current_device() { return -1; }
 
 }  // namespace cuda
+
+namespace nccl {
+
+int load(const std::string&) { throw RuntimeError(cuda::kNoCuda); }
+bool loaded() { return false; }
+std::string unique_id() { throw RuntimeError(cuda::kNoCuda); }
+Comm::Comm(const std::string&, int, int) { throw RuntimeError(cuda::kNoCuda); }
+Comm::~Comm() {}
+void Comm::abort_comm() {}
+void Comm::all_reduce_sum(float*, int64_t, double) { throw RuntimeError(cuda::kNoCuda); }
+
+}  // namespace nccl
 }  // namespace cnnkit

@@ -370,11 +370,14 @@ StepResult Net::train_step(const Tensor& x, const int64_t* labels, const Tensor*
     return r;
 }
 
-void Net::set_grad_reducer(GradReducer fn, float scale, int64_t bucket_bytes) {
+void Net::set_grad_reducer(GradReducer fn, float scale, int64_t bucket_bytes, bool on_device) {
     CNN_CHECK_ARG(bucket_bytes >= 0, "set_grad_reducer: bucket_bytes must be >= 0, got ",
                   bucket_bytes);
+    CNN_CHECK_ARG(!on_device || bucket_bytes == 0,
+                  "set_grad_reducer: a device reducer takes the whole buffer (bucket_bytes 0)");
     reducer_ = std::move(fn);
     reduce_scale_ = scale;
+    reducer_on_device_ = reducer_ && on_device;
     bucket_bytes_ = reducer_ ? bucket_bytes : 0;
     std::vector<GradBucketer::Bucket> plan = grad_buckets(bucket_bytes_);
     if (plan.size() > 1) {
@@ -446,6 +449,15 @@ void Net::reduce_grads() {
     const int64_t n = grads_.numel();
     const bool host = grads_.device() == Device::CPU;
     float* g = grads_.data();
+    if (reducer_on_device_) {
+        // NCCL: summed in place on the device, then scaled there; nothing crosses to the host
+        if (host)
+            throw RuntimeError("the gradient reducer works on CUDA gradients, but this model's "
+                               "parameters are on the CPU (set it after moving the model)");
+        reducer_(g, n);
+        if (reduce_scale_ != 1.f) ops::scale_(grads_, reduce_scale_);
+        return;
+    }
     const size_t bytes = static_cast<size_t>(n) * sizeof(float);
     if (!host) {
         // CUDA: the gradients cross to the host for the MPI all-reduce (Horovod's path without

@@ -92,9 +92,13 @@ class Net {
     // A step whose loss is not finite still takes part, with NaN gradients (the same
     // buckets), so that every process refuses the same update. An error from `fn` leaves the
     // parameters unchanged and the gradients zero, and is rethrown by train_step once the
-    // thread is idle. An empty `fn` switches it off.
+    // thread is idle. An empty `fn` switches it off. With on_device (CUDA models, the NCCL
+    // all-reduce), `fn` gets the device pointer of the gradients instead, in one call after
+    // the backward, and the scaling runs on the device: nothing crosses to the host.
     using GradReducer = std::function<void(float* grads, int64_t n)>;
-    void set_grad_reducer(GradReducer fn, float scale, int64_t bucket_bytes = 0);
+    void set_grad_reducer(GradReducer fn, float scale, int64_t bucket_bytes = 0,
+                          bool on_device = false);
+    bool grad_reducer_on_device() const { return reducer_on_device_; }
     bool has_grad_reducer() const { return static_cast<bool>(reducer_); }
     int64_t grad_bucket_bytes() const { return bucket_bytes_; }
     // The buckets train_step reduces for `bucket_bytes`, in issue order (from the end of the
@@ -176,6 +180,7 @@ class Net {
     std::vector<int64_t> grad_node_starts() const;
     GradReducer reducer_;
     float reduce_scale_ = 1.f;
+    bool reducer_on_device_ = false;
     Tensor reduce_host_;  // host copy of CUDA gradients for the reducer (no pinned memory)
     struct PinnedFree {
         void operator()(float* p) const { cuda::free_pinned(p); }

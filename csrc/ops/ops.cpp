@@ -299,6 +299,17 @@ void add_into(Tensor& y, const Tensor& x) {
     }
 }
 
+void scale_(Tensor& t, float s) {
+    const int64_t n = t.numel();
+    float* p = t.data();
+    if (t.device() == Device::CUDA) {
+        CNN_ON_CUDA(cuda::scale(p, s, n));
+        return;
+    }
+#pragma omp parallel for simd schedule(static) if (n > (1 << 16))
+    for (int64_t i = 0; i < n; ++i) p[i] *= s;
+}
+
 void add2(Tensor& y, const Tensor& a, const Tensor& b, bool relu) {
     CNN_CHECK(y.numel() == a.numel() && y.numel() == b.numel(), "add2: ", shape_str(y.shape()),
               " = ", shape_str(a.shape()), " + ", shape_str(b.shape()));

@@ -63,6 +63,8 @@ void batchnorm_backward_apply(Tensor& dx, const Tensor& dy, const Tensor& x,
 
 // y += x (same numel, same device).
 void add_into(Tensor& y, const Tensor& x);
+// t *= s, element by element (one float multiply each: the same bits on every device).
+void scale_(Tensor& t, float s);
 // y = a + b, then ReLU when relu (one pass on the CPU; copy, add and ReLU passes on CUDA).
 void add2(Tensor& y, const Tensor& a, const Tensor& b, bool relu);
 // Concatenation along dim `dim` of NCHW-like tensors: x is one input, placed at `offset`

@@ -8,8 +8,9 @@
 model; rank 0's initial weights are broadcast; each epoch's seeded permutation is cut into
 disjoint, equal shards (interleaved, the last ``N % world_size`` samples of the permutation
 left out on every rank); the gradients of every step are summed by an in-place all-reduce of
-the model's flat gradient buffer (no copy on the CPU; CUDA gradients through a host copy;
-with ``init(bucket_mb=...)``, in buckets overlapped with the backward) and
+the model's flat gradient buffer (no copy on the CPU; CUDA gradients with NCCL on the GPUs
+where it is installed, else through a host copy; with ``init(bucket_mb=...)``, in buckets
+overlapped with the backward) and
 divided by the number of processes, so every rank applies the same update and the weights
 stay bit-identical. BatchNorm running statistics are averaged at the end of each epoch, loss
 and metrics are reduced, and only rank 0 prints and writes files. See docs/distributed.md.
@@ -40,6 +41,7 @@ _LAUNCHER_ENV = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "M
 
 _DEFAULT_TIMEOUT = 300.0  # seconds one collective may wait for the other processes
 _DEFAULT_BUCKET_MB = 0.0  # gradient bucket (MiB) reduced during the backward; 0: after it
+_BACKENDS = ("auto", "mpi", "nccl")  # how the gradients of CUDA models are summed
 
 
 class DistributedError(RuntimeError):
@@ -63,6 +65,11 @@ class _State:
         self.pending: dict[int, tuple[float, str]] = {}
         self.warned_sync_overlap = False
         self.watchdog: threading.Thread | None = None
+        self.backend = "auto"
+        self.local_rank = 0  # among the processes on this host
+        self.local_size = 1
+        self.nccl: Any = None  # the NCCL communicator (_core.NcclComm), made on first use
+        self.warned_nccl = False
 
 
 _S = _State()
@@ -73,7 +80,8 @@ def launched_by_mpi() -> bool:
     return any(k in os.environ for k in _LAUNCHER_ENV)
 
 
-def init(timeout: float = _DEFAULT_TIMEOUT, bucket_mb: float = _DEFAULT_BUCKET_MB) -> int:
+def init(timeout: float = _DEFAULT_TIMEOUT, bucket_mb: float = _DEFAULT_BUCKET_MB,
+         backend: str | None = None) -> int:
     """Join the MPI job this process was launched in; returns the number of processes.
 
     A no-op (1 process, mpi4py not imported) when no MPI launcher started this process.
@@ -87,7 +95,17 @@ def init(timeout: float = _DEFAULT_TIMEOUT, bucket_mb: float = _DEFAULT_BUCKET_M
     backward; CPU models); 0 all-reduces them in one call after the backward. Overlap needs
     an MPI that allows calls from a second thread (MPI_THREAD_SERIALIZED or better): with a
     lower thread level, init warns and reduces after the backward. Every process must use
-    the same value. Calling init again only updates the timeout and bucket_mb.
+    the same value.
+
+    `backend` says how the gradients of CUDA models are summed (default: the environment
+    variable ``CNNKIT_DISTRIBUTED_BACKEND``, else "auto"): "nccl" on the GPUs with NCCL
+    (the nvidia-nccl wheel, ``pip install "cnnkit[nccl]"``, or ``CNNKIT_NCCL_LIBRARY``; its
+    unique id is broadcast over MPI), "mpi" through a pinned host copy into the MPI
+    all-reduce, "auto" NCCL where every process can use it (one GPU per process, NCCL found)
+    and MPI otherwise, with a warning. CPU models always use MPI. With several GPUs on a
+    host, init gives each local rank its own (local rank modulo the device count) unless
+    ``CNNKIT_CUDA_DEVICE`` names one. Calling init again only updates the timeout,
+    bucket_mb and backend.
     """
     t = float(timeout)
     if not t > 0 or t != t:
@@ -97,9 +115,16 @@ def init(timeout: float = _DEFAULT_TIMEOUT, bucket_mb: float = _DEFAULT_BUCKET_M
     if not (b >= 0 and b < float("inf")):
         raise ValueError(f"distributed.init: bucket_mb must be a number >= 0 (MiB; 0: no "
                          f"overlap), got {bucket_mb!r}")
+    name = backend if backend is not None else os.environ.get("CNNKIT_DISTRIBUTED_BACKEND",
+                                                              "auto")
+    if name not in _BACKENDS:
+        where = "backend" if backend is not None else "CNNKIT_DISTRIBUTED_BACKEND"
+        raise ValueError(f"distributed.init: {where} must be 'auto', 'mpi' or 'nccl', got "
+                         f"{name!r}")
     with _S.lock:
         _S.timeout = t
         _S.bucket_mb = b
+        _S.backend = name
         if _S.comm is not None or not launched_by_mpi():
             return _S.size
         try:
@@ -122,8 +147,13 @@ def init(timeout: float = _DEFAULT_TIMEOUT, bucket_mb: float = _DEFAULT_BUCKET_M
             _S.stats_comm = _S.comm.Dup()
             _core.set_stats_reducer(_reduce_stats)
             atexit.register(_core.set_stats_reducer, None)
+            atexit.register(_release_nccl)
             _install_abort_hook()
+            local = _S.comm.Split_type(MPI.COMM_TYPE_SHARED)
+            _S.local_rank, _S.local_size = local.Get_rank(), local.Get_size()
+            local.Free()
             _share_cores()
+            _pick_device()
             _S.watchdog = threading.Thread(target=_watch, name="cnnkit-mpi-watchdog",
                                            daemon=True)
             _S.watchdog.start()
@@ -211,6 +241,32 @@ def _share_cores() -> None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
             else (os.cpu_count() or 1)
         _core.set_num_threads(max(1, cores // n_local))
+
+
+def _pick_device() -> None:
+    """One GPU per process: CNNKIT_CUDA_DEVICE, else the local rank modulo the device count
+    (where a host has more than one GPU; with one, every process uses it)."""
+    from . import _core
+
+    if not _core.cuda_available():
+        return
+    count = _core.cuda_device_count()
+    env = os.environ.get("CNNKIT_CUDA_DEVICE")
+    if env is not None:
+        try:
+            index = int(env)
+        except ValueError:
+            raise ValueError(f"CNNKIT_CUDA_DEVICE must be a device number, got {env!r}") \
+                from None
+    elif count > 1:
+        index = _S.local_rank % count
+    else:
+        return
+    try:
+        _core.cuda_set_device(index)
+    except RuntimeError as e:  # CUDA already used on another device in this process
+        warnings.warn(f"cnnkit.distributed: rank {_S.rank} keeps its CUDA device: {e}",
+                      RuntimeWarning, stacklevel=3)
 
 
 def _install_abort_hook() -> None:
@@ -316,6 +372,92 @@ def _reduce_gradients(grads: np.ndarray) -> None:
     runs)."""
     _blocking(lambda: _S.comm.Allreduce(_S.mpi.IN_PLACE, grads, op=_S.mpi.SUM),
               "the gradient all-reduce")
+
+
+def _nccl_library() -> str:
+    """Where NCCL is: CNNKIT_NCCL_LIBRARY, else the nvidia-nccl wheel's libnccl.so.2, else
+    the name for the system's loader to find."""
+    env = os.environ.get("CNNKIT_NCCL_LIBRARY")
+    if env:
+        return env
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("nvidia.nccl")
+    except (ImportError, ValueError):
+        spec = None
+    for d in (spec.submodule_search_locations or []) if spec is not None else []:
+        lib = os.path.join(d, "lib", "libnccl.so.2")
+        if os.path.exists(lib):
+            return lib
+    return "libnccl.so.2"
+
+
+def _nccl_problem(model: Any) -> str | None:
+    """Why this process cannot sum this model's gradients with NCCL (None: it can)."""
+    from . import _core
+
+    if model.device != "cuda":
+        return "the model is on the CPU"
+    count = _core.cuda_device_count()
+    if _S.local_size > count:
+        return (f"{_S.local_size} processes share this host's {count} GPU"
+                f"{'s' if count != 1 else ''} (NCCL needs one GPU per process)")
+    try:
+        _core.nccl_load(_nccl_library())
+    except RuntimeError as e:
+        return f"NCCL could not be loaded: {e}"
+    return None
+
+
+def _nccl_comm(model: Any) -> Any:
+    """The NCCL communicator for this model's gradients, or None for the MPI path. Decided
+    together: every process takes the same path (or all raise), never a mix."""
+    if _S.backend == "mpi":
+        return None
+    problem = _nccl_problem(model)
+    flags = np.array([0 if problem else 1, 1 if model.device == "cuda" else 0], np.int64)
+    all_reduce(flags, "min")
+    if not flags[0]:
+        why = problem or "another process cannot use NCCL"
+        if _S.backend == "nccl":
+            raise DistributedError(f"cnnkit.distributed: backend 'nccl' on rank {_S.rank}: "
+                                   f"{why}")
+        if flags[1] and not _S.warned_nccl:  # a CUDA model everywhere, but no NCCL
+            _S.warned_nccl = True
+            warnings.warn(f"cnnkit.distributed: the gradients of this CUDA model go through "
+                          f"the host and MPI, not NCCL: {why}", RuntimeWarning, stacklevel=3)
+        return None
+    if _S.nccl is None:
+        from . import _core
+
+        uid = np.zeros(16, np.int64)  # 128 bytes
+        if _S.rank == 0:
+            uid[:] = np.frombuffer(_core.nccl_unique_id(), np.int64)
+        broadcast(uid)
+        made: list[Any] = []
+        _blocking(lambda: made.append(_core.NcclComm(uid.tobytes(), _S.size, _S.rank)),
+                  "the NCCL communicator setup")
+        _S.nccl = made[0]
+    return _S.nccl
+
+
+def _release_nccl() -> None:
+    _S.nccl = None  # ncclCommDestroy once nothing holds it
+
+
+def _install_reducer(model: Any) -> str:
+    """Give the model's Net its gradient all-reduce for a data-parallel fit; returns which
+    ("nccl" or "mpi")."""
+    from . import _core
+
+    net, scale = model._net, 1.0 / _S.size
+    comm = _nccl_comm(model)
+    if comm is not None:
+        _core.set_grad_reducer_nccl(net, comm, scale, _S.timeout)
+        return "nccl"
+    _core.set_grad_reducer(net, _reduce_gradients, scale, _bucket_bytes(model))
+    return "mpi"
 
 
 def _reduce_stats(stats: np.ndarray) -> None:

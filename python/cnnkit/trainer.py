@@ -257,6 +257,7 @@ class Trainer:
         self.interrupted = False  # the last fit was stopped by SIGINT (Ctrl-C)
         self.stop_reason: str | None = None
         self.last_checkpoint: str | None = None  # written when fit was interrupted
+        self._grad_reducer: str | None = None  # data-parallel: "nccl" or "mpi" (last fit)
         self._progress: _Progress | None = None  # position inside an unfinished epoch
         self._fit_lock = threading.Lock()  # held while fit runs: a second fit is refused
         self._fit_thread: int | None = None  # the thread running fit
@@ -581,9 +582,7 @@ class Trainer:
         # and wait for each other): it ends the job, which resumes from a checkpoint.
         with _SigintGuard(enabled=not dist) as guard:
             if dist:
-                _core.set_grad_reducer(self.model._net, _dist._reduce_gradients,
-                                       1.0 / _dist.world_size(),
-                                       _dist._bucket_bytes(self.model))
+                self._grad_reducer = _dist._install_reducer(self.model)  # "nccl" or "mpi"
             cb_list.on_train_begin({})
             try:
                 for epoch in range(start, epochs):

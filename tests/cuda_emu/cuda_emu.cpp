@@ -177,6 +177,8 @@ const char* cudaGetErrorString(cudaError_t e) {
         case cudaErrorMemoryAllocation: return "out of memory";
         case cudaErrorLaunchFailure: return "unspecified launch failure (emulated kernel fault)";
         case cudaErrorNoKernelImageForDevice: return "no kernel image is available";
+        case cudaErrorInvalidDevice: return "invalid device ordinal";
+        case cudaErrorNotReady: return "device not ready";
     }
     return "unknown error";
 }
@@ -187,6 +189,8 @@ const char* cudaGetErrorName(cudaError_t e) {
         case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
         case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
         case cudaErrorNoKernelImageForDevice: return "cudaErrorNoKernelImageForDevice";
+        case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+        case cudaErrorNotReady: return "cudaErrorNotReady";
     }
     return "cudaErrorUnknown";
 }
@@ -195,8 +199,26 @@ cudaError_t cudaGetLastError() {
     cuda_emu::g_last = cudaSuccess;
     return e;
 }
+static int emu_devices() {
+    static const int n = [] {
+        const char* e = std::getenv("CNNKIT_EMU_DEVICES");
+        const int v = e ? std::atoi(e) : 1;
+        return v >= 1 ? v : 1;
+    }();
+    return n;
+}
+static thread_local int emu_current = 0;
 cudaError_t cudaGetDeviceCount(int* n) {
-    *n = 1;
+    *n = emu_devices();
+    return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int device) {
+    if (device < 0 || device >= emu_devices()) return cudaErrorInvalidDevice;
+    emu_current = device;
+    return cudaSuccess;
+}
+cudaError_t cudaGetDevice(int* device) {
+    *device = emu_current;
     return cudaSuccess;
 }
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
@@ -258,6 +280,7 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
     return cudaSuccess;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
     *ms = std::chrono::duration<float, std::milli>(b->t - a->t).count();
     return cudaSuccess;

@@ -62,7 +62,13 @@ done
 wait
 objs=()
 for src in "${sources[@]}"; do objs+=("$out/obj/$(echo "$src" | tr '/' '_').o"); done
-"$CXX" "${flags[@]}" -shared "${objs[@]}" -o "$out/pkg/_core$suffix"
+"$CXX" "${flags[@]}" -shared "${objs[@]}" -o "$out/pkg/_core$suffix" -ldl
+# the stand-in for libnccl.so.2 that the NCCL tests open (tests/cuda_emu/fake_nccl.cpp)
+if [[ ! -f "$out/libfakenccl.so" || tests/cuda_emu/fake_nccl.cpp -nt "$out/libfakenccl.so" ]]; then
+    echo "  compile tests/cuda_emu/fake_nccl.cpp"
+    "$CXX" -std=c++17 -O1 -g -fPIC -shared -Wall -Wextra tests/cuda_emu/fake_nccl.cpp \
+        -o "$out/libfakenccl.so" -lrt
+fi
 rm -rf "$out/pkg/cnnkit"
 cp -r python/cnnkit "$out/pkg/cnnkit"
 rm -f "$out/pkg/cnnkit"/_core*.so
@@ -80,6 +86,7 @@ sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__modu
 PYEOF
 export PYTHONPATH="$out/site:$out/pkg${PYTHONPATH:+:$PYTHONPATH}"
 export CNNKIT_CUDA_EMULATED=1
+export CNNKIT_EMU_FAKE_NCCL="$out/libfakenccl.so"
 if [[ -n "${ASAN:-}" ]]; then
     # libstdc++ too, or the __cxa_throw interceptor finds no real function and aborts on throw
     export LD_PRELOAD="$("$CXX" -print-file-name=libasan.so) $("$CXX" -print-file-name=libstdc++.so)"
