@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--noop-reducer", action="store_true",
                     help="one process: a reducer that does nothing, to time the mechanism "
                          "(the bucket thread and its GIL hand-offs) without MPI")
+    ap.add_argument("--sync-bn", action="store_true",
+                    help="BatchNorm layers as SyncBatchNorm (statistics summed over the ranks)")
     ap.add_argument("--json", default=None, help="append the result as a JSON line here")
     a = ap.parse_args()
     dist.init()
@@ -62,6 +64,8 @@ def main() -> None:
     shape, classes, build = NETS[a.net]
     ck.manual_seed(0)
     model = build() if build is not None else cifar_net()
+    if a.sync_bn:
+        model = ck.SyncBatchNorm.convert_sync_batchnorm(model)
     rng = np.random.default_rng(0)
     x = rng.random((a.samples, *shape), dtype=np.float32)
     y = rng.integers(0, classes, a.samples)
