@@ -145,6 +145,8 @@ void batchnorm_backward_apply(float* dx, const float* dy, const float* x, const 
 // ---- merging activations (merge.*): graph nodes Add and Concat ------------------------------
 // y (n) += x (n).
 void add_into(float* y, const float* x, int64_t n);
+// y (n) *= s.
+void scale(float* y, float s, int64_t n);
 // y = a + b (then ReLU when relu), n floats.
 void add2(float* y, const float* a, const float* b, int64_t n, bool relu);
 // dst[o * dst_stride + j] = src[o * src_stride + j] for o < outer, j < len.

@@ -13,6 +13,11 @@ void add_into(float* y, const float* x, int64_t n) {
     for (int64_t i = 0; i < n; ++i) y[i] += x[i];
 }
 
+void scale(float* y, float s, int64_t n) {
+#pragma omp parallel for simd schedule(static) if (n > (1 << 16))
+    for (int64_t i = 0; i < n; ++i) y[i] *= s;
+}
+
 // y (n) = a + b, then ReLU (v > 0 ? v : +0, as the ReLU kernels) when relu: a residual Add and
 // the ReLU after it in one pass.
 void add2(float* y, const float* a, const float* b, int64_t n, bool relu) {

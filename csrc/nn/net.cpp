@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 
+#include "cpu/kernels.h"
 #include "ops/ops.h"
 
 namespace cnnkit {
@@ -478,11 +479,7 @@ void Net::reduce_grads() {
         }
     }
     reducer_(g, n);
-    if (reduce_scale_ != 1.f) {
-        const float s = reduce_scale_;
-#pragma omp parallel for simd schedule(static) if (n > (1 << 16))
-        for (int64_t i = 0; i < n; ++i) g[i] *= s;
-    }
+    if (reduce_scale_ != 1.f) cpu::scale(g, reduce_scale_, n);
     if (host) return;
     // Asynchronous from the page-locked buffer: the next step's device->host copy into it
     // waits for the stream, so it cannot overwrite the buffer before this copy has read it.

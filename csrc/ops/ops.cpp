@@ -306,8 +306,7 @@ void scale_(Tensor& t, float s) {
         CNN_ON_CUDA(cuda::scale(p, s, n));
         return;
     }
-#pragma omp parallel for simd schedule(static) if (n > (1 << 16))
-    for (int64_t i = 0; i < n; ++i) p[i] *= s;
+    cpu::scale(p, s, n);
 }
 
 void add2(Tensor& y, const Tensor& a, const Tensor& b, bool relu) {
