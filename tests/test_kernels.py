@@ -459,6 +459,40 @@ def test_relu_family_exact_on_special_values(name, rng, cpu_kernels):
         np.testing.assert_array_equal(dx.view(np.uint32), rdx.astype(np.float32).view(np.uint32))
 
 
+# BatchNorm's per-channel affine (x * a + b, then ReLU) and the residual Add (+ ReLU) are
+# vectorised too; the same float32 operations in numpy give their bits, specials included.
+def test_batchnorm_eval_and_add_relu_exact(rng, cpu_kernels):
+    specials = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45], np.float32)
+    for hw in (1, 3, 16, 17, 35):
+        C = 3
+        x = rng.standard_normal((2, C, 1, hw)).astype(np.float32)
+        x = np.where(rng.random(x.shape) < 0.3, rng.choice(specials, x.shape), x)
+        bn = ck.BatchNorm2d(C)
+        net = _core.Net([bn._native, ck.ReLU()._native])
+        mean = rng.uniform(-1, 1, C).astype(np.float32)
+        var = rng.uniform(0.5, 2, C).astype(np.float32)
+        gamma = rng.uniform(0.5, 1.5, C).astype(np.float32)
+        beta = rng.uniform(-1, 1, C).astype(np.float32)
+        for k, v in {"0.running_mean": mean, "0.running_var": var, "0.weight": gamma,
+                     "0.bias": beta}.items():
+            net.set_tensor(k, v)
+        y = net.forward(x, False)
+        a = (gamma * (np.float32(1) / np.sqrt(var + np.float32(1e-5)))).astype(np.float32)
+        b = (beta - mean * a).astype(np.float32)
+        with np.errstate(invalid="ignore", over="ignore"):
+            v = x * a[None, :, None, None] + b[None, :, None, None]
+            ref = np.where(v > 0, v, np.float32(0)).astype(np.float32)
+        np.testing.assert_array_equal(y.view(np.uint32), ref.view(np.uint32))
+    inp = ck.Input((5, 7))
+    model = ck.Model(inp, ck.ReLU()(ck.Add()([inp, ck.Identity()(inp)])))
+    for n in (1, 3, 40):
+        x = rng.standard_normal((n, 5, 7)).astype(np.float32)
+        x = np.where(rng.random(x.shape) < 0.3, np.float32(-0.0), x)
+        y = model.forward(x)
+        ref = np.where(x + x > 0, x + x, np.float32(0)).astype(np.float32)
+        np.testing.assert_array_equal(y.reshape(ref.shape).view(np.uint32), ref.view(np.uint32))
+
+
 # ---- linear / flatten -----------------------------------------------------------------------
 
 

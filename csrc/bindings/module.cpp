@@ -463,6 +463,8 @@ PYBIND11_MODULE(_core, m) {
              py::arg("layers"), py::arg("inputs"), py::arg("names"), py::arg("output"))
         .def_property_readonly("is_chain", &nn::Net::is_chain)
         .def("activation_bytes", &nn::Net::activation_bytes)
+        .def("folded_pairs", &nn::Net::folded_pairs)
+        .def("last_eval_chunks", &nn::Net::last_eval_chunks)
         .def_property_readonly("num_params", &nn::Net::num_params)
         .def_property_readonly("device",
                                [](nn::Net& n) { return std::string(device_name(n.device())); })
@@ -533,15 +535,16 @@ PYBIND11_MODULE(_core, m) {
         })
         .def(
             "forward",
-            [](nn::Net& n, FArray x, bool training) {
+            [](nn::Net& n, FArray x, bool training, bool inference) {
                 Tensor xt = borrow_tensor(x), y;
                 {
                     NetLock lock(n);
-                    y = n.forward_to_host(xt, training);  // no copy for most last layers
+                    // no copy for most last layers; inference: no backward follows
+                    y = n.forward_to_host(xt, training, inference);
                 }
                 return adopt_numpy(std::move(y));
             },
-            py::arg("x"), py::arg("training") = false)
+            py::arg("x"), py::arg("training") = false, py::arg("inference") = false)
         .def(
             "backward",
             [](nn::Net& n, FArray dy, bool need_dx) -> py::object {

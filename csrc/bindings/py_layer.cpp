@@ -63,6 +63,9 @@ class PyLayer : public nn::Layer {
         for (size_t i = 0; i < params.size(); ++i) params_[i].copy_from(to_tensor(params[i].second));
     }
 
+    // Python code may mix the images of a batch: eval forwards are never split around it.
+    bool eval_per_sample() const override { return false; }
+
     // The parameter as numpy: a view on a CPU model, a read-only copy on a CUDA one.
     py::array param(size_t i) {
         CNN_CHECK_ARG(i < params_.size(), label(), ": no parameter ", i);

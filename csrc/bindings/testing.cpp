@@ -80,6 +80,14 @@ void bind_testing(py::module_& core) {
     m.def("set_conv_tile", &cpu::conv_direct::set_forced_tile, py::arg("name"));
     m.def("set_conv_tile_table", &cpu::conv_direct::set_tile_table, py::arg("name"));
     m.def("conv_tile_table", &cpu::conv_direct::tile_table_name);
+    // Eval forwards of graph models with BatchNorm folded into the Conv2d before it (default
+    // on); off runs the two layers as in training, for A/B measurements and tests.
+    m.def("set_fold_batchnorm", &nn::Net::set_fold_batchnorm, py::arg("on"));
+    m.def("fold_batchnorm", &nn::Net::fold_batchnorm);
+    // Eval forwards in chunks of images (nn::Net::forward_to_host): the per-thread budget in
+    // KB, 0 for one pass.
+    m.def("set_eval_chunk_kb", &nn::Net::set_eval_chunk_kb, py::arg("kb"));
+    m.def("eval_chunk_kb", &nn::Net::eval_chunk_kb);
 
     // ---- GEMM on the GPU (tests and bench/gpu_bench.py) ---------------------------------------
     // Same arguments as sgemm; a, b and c are copied to the device and the result back. c, when

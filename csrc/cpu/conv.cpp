@@ -224,6 +224,18 @@ void conv2d_forward(float* y, const float* x, const float* w, const float* b, co
     if (relu) activation_forward(y, y, g.N * g.K * g.P * g.Q, Act::ReLU, 0.f);
 }
 
+void conv2d_forward_scaled(float* y, const float* x, const float* w, const float* wscale,
+                           const float* b, const ConvGeom& g, float* ws, bool relu, float* wfold) {
+    if (!conv_winograd::use_forward(g) && conv_direct::applicable_forward(g))
+        return conv_direct::forward(y, x, w, b, g, ws, relu, wscale);
+    const int64_t per = g.C / g.groups * g.R * g.S;
+    for (int64_t k = 0; k < g.K; ++k) {
+        const float a = wscale[k];
+        for (int64_t j = 0; j < per; ++j) wfold[k * per + j] = w[k * per + j] * a;
+    }
+    conv2d_forward(y, x, wfold, b, g, ws, relu);
+}
+
 // dy is (N,K,P,Q), w is (K,C/groups,R,S), dx is (N,C,H,W) (overwritten).
 void conv2d_backward_input(float* dx, const float* dy, const float* w, const ConvGeom& g,
                            float* ws) {

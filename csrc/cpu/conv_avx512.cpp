@@ -4,6 +4,7 @@
 // output channels. Per element they perform the AVX2 kernels' operations in the same order (one
 // FMA per tap or column, then bias and ReLU), so the two sets give the same bits. Compiled with -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma; conv_direct.cpp only
 // calls in here when the kernel set is "avx512".
+#include <algorithm>
 #include <cstdint>
 
 #include "cpu/conv_direct.h"
@@ -205,7 +206,62 @@ void fwd_panel(int mr, int nv, int rows, int cols, int64_t kc, const float* a, c
         return dispatch_panel<16, 1, 16>(rows, cols, kc, a, x, off, c, ldc, bias, relu);
 }
 
+namespace {
+// r[i] = row i (16 floats) -> r[k] = column k (row 0's value in lane 0, ...).
+inline void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; ++i) {
+        r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0x44);
+        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0xEE);
+        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; ++i) {
+        t[i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0x88);
+        t[4 + i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0xDD);
+        t[8 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0x88);
+        t[12 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0xDD);
+    }
+    for (int i = 0; i < 4; ++i) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
+        r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xDD);
+        r[4 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0x88);
+        r[12 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0xDD);
+    }
+}
+}  // namespace
+
+void pack_panels(float* out, const float* w, int64_t rows, int64_t cols, int64_t pr,
+                 const float* scale) {
+    const __mmask16 store = static_cast<__mmask16>((1u << pr) - 1);
+    for (int64_t i0 = 0; i0 < rows; i0 += pr) {
+        const int64_t nr = std::min(pr, rows - i0);
+        float* panel = out + i0 * cols;
+        for (int64_t k0 = 0; k0 < cols; k0 += 16) {
+            const int64_t kn = std::min<int64_t>(16, cols - k0);
+            const __mmask16 load = static_cast<__mmask16>((1u << kn) - 1);
+            __m512 r[16];
+            for (int64_t i = 0; i < 16; ++i) {
+                if (i >= nr) {
+                    r[i] = _mm512_setzero_ps();
+                    continue;
+                }
+                r[i] = _mm512_maskz_loadu_ps(load, w + (i0 + i) * cols + k0);
+                if (scale) r[i] = _mm512_mul_ps(r[i], _mm512_set1_ps(scale[i0 + i]));
+            }
+            transpose16(r);
+            for (int64_t k = 0; k < kn; ++k) _mm512_mask_storeu_ps(panel + (k0 + k) * pr, store, r[k]);
+        }
+    }
+}
+
 #else  // never called (compiled() is false), but must link
+
+void pack_panels(float*, const float*, int64_t, int64_t, int64_t, const float*) {}
 
 void fwd_panel(int, int, int, int, int64_t, const float*, const float*, const int32_t*, float*,
                int64_t, const float*, bool) {}

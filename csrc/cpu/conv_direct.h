@@ -45,8 +45,10 @@ std::string tile_table_name();
 int64_t workspace_floats(const ConvGeom& g);
 
 // relu: y = max(conv + b, 0) in the same pass (the Net fuses Conv2d -> ReLU this way).
+// wscale (K floats, may be null): output channel k's weights multiplied by wscale[k] as they
+// are packed (a BatchNorm folded into the convolution), the same bits as scaled weights.
 void forward(float* y, const float* x, const float* w, const float* b, const ConvGeom& g,
-             float* ws, bool relu);
+             float* ws, bool relu, const float* wscale = nullptr);
 void backward_input(float* dx, const float* dy, const float* w, const ConvGeom& g, float* ws);
 // dw accumulated (db is handled by the caller).
 void backward_weight(float* dw, const float* dy, const float* x, const ConvGeom& g, float* ws);
@@ -94,6 +96,11 @@ void fwd_panel(int mr, int nv, int rows, int cols, int64_t kc, const float* a, c
 // for i < 12, j < kc; cols is 8, 16 or 32 (columns past it are neither read nor written).
 void wgt_12x32(int cols, int64_t kc, const float* x, const int32_t* off, const float* b,
                int64_t ldb, float* c, int64_t ldc);
+// Row-major weights w (rows x cols, row i times scale[i] when scale is not null) into
+// pr-row panels (pr <= 16) as the forward tiles read them: panel p, column k, row i at
+// out[p*pr*cols + k*pr + i], rows past `rows` zero. 16 x 16 blocks through registers.
+void pack_panels(float* out, const float* w, int64_t rows, int64_t cols, int64_t pr,
+                 const float* scale);
 }  // namespace conv_avx512
 
 }  // namespace cpu

@@ -329,6 +329,59 @@ void leaky_relu_backward(float* dx, const float* dy, const float* x, int64_t n, 
     for (; i < n; ++i) dx[i] = x[i] > 0.f ? dy[i] : alpha * dy[i];
 }
 
+// ---- residual Add and BatchNorm's per-channel affine ----------------------------------------
+// The same selects and roundings as merge.cpp's and norm.cpp's loops: (a + b), x * s then + t
+// (two roundings: this file is built with -ffp-contract=off), ReLU as x > 0 ? x : +0.
+
+void add2(float* y, const float* a, const float* b, int64_t n, bool relu) {
+    const __m256 zero = _mm256_setzero_ps();
+    int64_t i = 0;
+    if (relu) {
+        for (; i + 16 <= n; i += 16) {
+            const __m256 u = _mm256_add_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i));
+            const __m256 v = _mm256_add_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8));
+            _mm256_storeu_ps(y + i, _mm256_and_ps(_mm256_cmp_ps(u, zero, _CMP_GT_OQ), u));
+            _mm256_storeu_ps(y + i + 8, _mm256_and_ps(_mm256_cmp_ps(v, zero, _CMP_GT_OQ), v));
+        }
+        for (; i < n; ++i) {
+            const float v = a[i] + b[i];
+            y[i] = v > 0.f ? v : 0.f;
+        }
+        return;
+    }
+    for (; i + 16 <= n; i += 16) {
+        const __m256 u = _mm256_add_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i));
+        const __m256 v = _mm256_add_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8));
+        _mm256_storeu_ps(y + i, u);
+        _mm256_storeu_ps(y + i + 8, v);
+    }
+    for (; i < n; ++i) y[i] = a[i] + b[i];
+}
+
+void scale_shift(float* y, const float* x, int64_t n, float s, float t, bool relu) {
+    const __m256 zero = _mm256_setzero_ps(), vs = _mm256_set1_ps(s), vt = _mm256_set1_ps(t);
+    int64_t i = 0;
+    if (relu) {
+        for (; i + 16 <= n; i += 16) {
+            const __m256 u = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vs), vt);
+            const __m256 v = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i + 8), vs), vt);
+            _mm256_storeu_ps(y + i, _mm256_and_ps(_mm256_cmp_ps(u, zero, _CMP_GT_OQ), u));
+            _mm256_storeu_ps(y + i + 8, _mm256_and_ps(_mm256_cmp_ps(v, zero, _CMP_GT_OQ), v));
+        }
+        for (; i < n; ++i) {
+            const float v = x[i] * s + t;
+            y[i] = v > 0.f ? v : 0.f;
+        }
+        return;
+    }
+    for (; i + 16 <= n; i += 16) {
+        _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vs), vt));
+        _mm256_storeu_ps(y + i + 8,
+                         _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i + 8), vs), vt));
+    }
+    for (; i < n; ++i) y[i] = x[i] * s + t;
+}
+
 #else  // !CNNKIT_ELTWISE_HAVE_AVX2: never called (compiled() is false), but must link.
 
 void maxpool2x2_forward_plane(float*, int32_t*, const float*, int64_t, int64_t, int64_t) {}
@@ -342,6 +395,8 @@ void relu_forward(float*, const float*, int64_t) {}
 void leaky_relu_forward(float*, const float*, int64_t, float) {}
 void relu_backward(float*, const float*, const float*, int64_t) {}
 void leaky_relu_backward(float*, const float*, const float*, int64_t, float) {}
+void add2(float*, const float*, const float*, int64_t, bool) {}
+void scale_shift(float*, const float*, int64_t, float, float, bool) {}
 
 #endif
 

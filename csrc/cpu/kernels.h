@@ -28,6 +28,11 @@ int64_t conv2d_workspace_floats(const ConvGeom& g);
 // relu: y = max(conv + b, 0), fused into the output pass where the kernel allows (CPU only).
 void conv2d_forward(float* y, const float* x, const float* w, const float* b, const ConvGeom& g,
                     float* ws, bool relu = false);
+// conv2d_forward with output channel k's weights times wscale[k] (a BatchNorm folded into the
+// convolution): the direct path scales them as it packs them, the others copy the scaled
+// weights into wfold (K * C/groups * R * S floats) first; the same bits either way.
+void conv2d_forward_scaled(float* y, const float* x, const float* w, const float* wscale,
+                           const float* b, const ConvGeom& g, float* ws, bool relu, float* wfold);
 // dy is (N,K,P,Q), w is (K,C/groups,R,S), dx is (N,C,H,W) (overwritten).
 void conv2d_backward_input(float* dx, const float* dy, const float* w, const ConvGeom& g,
                            float* ws);

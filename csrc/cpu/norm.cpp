@@ -2,10 +2,17 @@
 // running statistics with momentum, eval mode, affine scale/shift.
 #include <cmath>
 
+#include "cpu/kernel_set.h"
 #include "cpu/kernels.h"
 
 namespace cnnkit {
 namespace cpu {
+
+namespace eltwise_avx2 {  // eltwise_avx2.cpp
+bool compiled();
+void scale_shift(float* y, const float* x, int64_t n, float s, float t, bool relu);
+}  // namespace eltwise_avx2
+
 namespace {
 
 // Sums over a channel's N planes of HW floats in double, in kLanes independent chains (lane l
@@ -45,6 +52,8 @@ void lane_sum2(int64_t N, int64_t plane_stride, int64_t HW, double* sa, double* 
 
 // y = x * a + b over n floats, then ReLU (v > 0 ? v : +0) when relu.
 inline void scale_shift(float* y, const float* x, int64_t n, float a, float b, bool relu) {
+    if (use_avx2_or_better() && eltwise_avx2::compiled())
+        return eltwise_avx2::scale_shift(y, x, n, a, b, relu);
     if (relu) {
         for (int64_t i = 0; i < n; ++i) {
             const float v = x[i] * a + b;

@@ -59,6 +59,22 @@ class Layer {
     // pre-activation values were).
     void forward_relu(const Tensor& x, Tensor& y, bool training, const Workspace& ws);
     virtual bool fuses_relu() const { return false; }
+    // False when an eval forward mixes the images of a batch (BatchNorm without running
+    // statistics, layers written in Python, which may): the Net then never splits one (see
+    // Net::forward_to_host).
+    virtual bool eval_per_sample() const { return true; }
+    // Eval-mode BatchNorm folded into the convolution before it (graph models on the CPU, see
+    // Net::plan_graph). affine_channels() > 0 when this layer's eval forward of a 4-D input is
+    // y = x * scale[c] + shift[c] per channel c; eval_affine writes scale and shift, rounded as
+    // that forward rounds them.
+    virtual int64_t affine_channels() const { return 0; }
+    virtual void eval_affine(float* scale, float* shift) const;
+    // fold_floats() > 0 when this layer can take such an affine into its weights (Conv2d on
+    // the CPU): forward_affine computes scale * layer(x) + shift per output channel, then ReLU
+    // when relu, in the layer's own output pass; `fold` holds fold_floats() floats.
+    virtual int64_t fold_floats() const { return 0; }
+    void forward_affine(const Tensor& x, Tensor& y, const float* scale, const float* shift,
+                        bool relu, float* fold, const Workspace& ws);
     // x, y: this layer's input and output from the last forward; dx null when not needed.
     void backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor* dx,
                   const Workspace& ws);
@@ -115,6 +131,9 @@ class Layer {
                                      const Workspace& ws);
     virtual void backward_n_impl(const std::vector<Tensor>& xs, const Tensor& y, const Tensor& dy,
                                  const std::vector<Tensor*>& dxs, const Workspace& ws);
+    virtual void forward_affine_impl(const Tensor& x, Tensor& y, const float* scale,
+                                     const float* shift, bool relu, float* fold,
+                                     const Workspace& ws);
     // Default: forward_impl then a separate ReLU pass over y.
     virtual void forward_relu_impl(const Tensor& x, Tensor& y, bool training,
                                    const Workspace& ws);

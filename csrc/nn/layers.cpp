@@ -12,6 +12,7 @@
 #include "nn/collective.h"
 #include "nn/layer.h"
 #include "nn/schema.h"
+#include "cpu/kernels.h"
 #include "ops/ops.h"
 
 namespace cnnkit {
@@ -127,6 +128,21 @@ void Layer::forward_relu(const Tensor& x, Tensor& y, bool training, const Worksp
     forward_relu_impl(x, y, training, ws);
 }
 
+void Layer::eval_affine(float*, float*) const {
+    throw ValueError(str_cat(label(), ": not a per-channel affine in eval mode"));
+}
+
+void Layer::forward_affine(const Tensor& x, Tensor& y, const float* scale, const float* shift,
+                           bool relu, float* fold, const Workspace& ws) {
+    check_forward(x, y, false, ws);
+    forward_affine_impl(x, y, scale, shift, relu, fold, ws);
+}
+
+void Layer::forward_affine_impl(const Tensor&, Tensor&, const float*, const float*, bool, float*,
+                                const Workspace&) {
+    throw ValueError(str_cat(label(), ": cannot fold a following BatchNorm"));
+}
+
 void Layer::forward_relu_impl(const Tensor& x, Tensor& y, bool training, const Workspace& ws) {
     forward_impl(x, y, training, ws);
     ops::activation_forward(y, y, cpu::Act::ReLU, 0.f);
@@ -193,6 +209,8 @@ void Layer::reset_parameters(uint64_t seed) {
 }
 
 namespace {
+
+int64_t round_up16(int64_t n) { return (n + 15) / 16 * 16; }
 
 // Checks an NCHW input's rank and channel count; returns (N,C,H,W).
 void expect_nchw(const Layer& l, const Shape& in, int64_t channels, const char* cname,
@@ -272,6 +290,22 @@ class Conv2d : public Layer {
     void forward_relu_impl(const Tensor& x, Tensor& y, bool, const Workspace& ws) override {
         ops::conv2d_forward(y, x, params_[0], bias_ ? &params_[1] : nullptr, geom(x.shape()),
                             ws.data, true);
+    }
+    // Folded weights (K, C/groups, R, S) then the folded bias (K), each 16-float aligned.
+    int64_t fold_floats() const override {
+        if (params_.empty() || params_[0].device() != Device::CPU) return 0;
+        return round_up16(params_[0].numel()) + round_up16(K_);
+    }
+    void forward_affine_impl(const Tensor& x, Tensor& y, const float* scale, const float* shift,
+                             bool relu, float* fold, const Workspace& ws) override {
+        const Tensor& w = params_[0];
+        CNN_CHECK(w.device() == Device::CPU && x.device() == Device::CPU, label(),
+                  ": a folded BatchNorm runs on the CPU only");
+        float* bf = fold + round_up16(w.numel());
+        const float* b0 = bias_ ? params_[1].data() : nullptr;
+        for (int64_t k = 0; k < K_; ++k) bf[k] = b0 ? b0[k] * scale[k] + shift[k] : shift[k];
+        cpu::conv2d_forward_scaled(y.data(), x.data(), w.data(), scale, bf, geom(x.shape()),
+                                   ws.data, relu, fold);
     }
     bool backward_reads_output() const override { return false; }
     void backward_impl(const Tensor& x, const Tensor&, const Tensor& dy, Tensor* dx,
@@ -495,6 +529,26 @@ class BatchNorm : public Layer {
     }
     void forward_impl(const Tensor& x, Tensor& y, bool training, const Workspace&) override {
         run(x, y, training, false);
+    }
+    // In eval mode with running statistics: y = x * a + b per channel, a = gamma / sqrt(var +
+    // eps) and b = beta - mean * a, as batchnorm_forward_eval computes them.
+    bool eval_per_sample() const override { return track_; }
+    int64_t affine_channels() const override {
+        if (!track_ || dims_ == 1 || buffers_.empty() || buffers_[0].device() != Device::CPU)
+            return 0;
+        return C_;
+    }
+    void eval_affine(float* scale, float* shift) const override {
+        const float* mean = buffers_[0].data();
+        const float* var = buffers_[1].data();
+        const float* gamma = affine_ ? params_[0].data() : nullptr;
+        const float* beta = affine_ ? params_[1].data() : nullptr;
+        for (int64_t c = 0; c < C_; ++c) {
+            const float invstd = 1.f / std::sqrt(var[c] + eps_);
+            const float a = (gamma ? gamma[c] : 1.f) * invstd;
+            scale[c] = a;
+            shift[c] = (beta ? beta[c] : 0.f) - mean[c] * a;
+        }
     }
     // BatchNorm -> ReLU in one pass (backward reads x and the saved statistics, never y).
     bool fuses_relu() const override { return true; }

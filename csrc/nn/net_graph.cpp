@@ -2,6 +2,7 @@
 // order with activation storage planned from liveness, backward with gradients summed where a
 // value feeds several nodes. Chains (Sequential) keep the code in net.cpp.
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <limits>
 
@@ -11,17 +12,71 @@
 namespace cnnkit {
 namespace nn {
 
+namespace {
+std::atomic<bool>& fold_flag() {
+    static std::atomic<bool> on{[] {
+        const char* e = std::getenv("CNNKIT_FOLD_BATCHNORM");
+        return !(e && e[0] == '0' && e[1] == 0);
+    }()};
+    return on;
+}
+}  // namespace
+
+void Net::set_fold_batchnorm(bool on) { fold_flag().store(on); }
+bool Net::fold_batchnorm() { return fold_flag().load(); }
+
+namespace {
+int64_t align16(int64_t n) { return (n + 15) / 16 * 16; }
+}  // namespace
+
+bool Net::foldable(size_t i, size_t j, const Shape& s) const {
+    const int64_t ch = layers_[j]->affine_channels();
+    return ch > 0 && layers_[i]->fold_floats() > 0 && s.size() == 4 && s[1] == ch;
+}
+
+float* Net::fold_scratch(size_t i, int64_t ch) {
+    const int64_t need = 2 * align16(ch) + layers_[i]->fold_floats();
+    if (!fold_store_.defined() || fold_store_.capacity() < need) fold_store_ = Tensor({need});
+    return fold_store_.data();
+}
+
 // Storage of every value for input shape shapes[0]. Views (Flatten, Identity) and a ReLU fused
-// into the node before it share their input's storage (root_). Training keeps every value for
-// backward; eval reuses a buffer once no later node reads it (greedy, best fit).
+// into the node before it share their input's storage (root_), as does a BatchNorm folded into
+// the convolution before it (eval on the CPU). Training keeps every value for backward; eval
+// reuses a buffer once no later node reads it (greedy, best fit).
 void Net::plan_graph(const std::vector<Shape>& shapes, bool training) {
     const size_t L = layers_.size();
     const Device dev = device();
-    if (shapes == act_shapes_ && training == plan_training_ && !acts_.empty() &&
-        acts_[0].device() == dev)
+    const bool fold = !training && dev == Device::CPU && fold_batchnorm();
+    if (shapes == act_shapes_ && training == plan_training_ && fold == plan_fold_ &&
+        !acts_.empty() && acts_[0].device() == dev)
         return;
     root_.assign(L + 1, 0);
     skip_.assign(L, 0);
+    // Conv2d -> BatchNorm2d, the BatchNorm the convolution's only reader (eval, running
+    // statistics): y = scale * conv(x) + shift is the convolution with its weights and bias
+    // scaled, as inference engines fold it; a ReLU fused into the BatchNorm comes along. The
+    // rounding differs from the two passes by float32 rounding of the products only. Eval
+    // forwards never run backward (backward_graph refuses), so the convolution's own output
+    // is not needed.
+    fold_.assign(L, -1);
+    std::vector<int64_t> folded_by(L, -1);  // BatchNorm node -> the convolution that runs it
+    if (fold) {
+        std::vector<int64_t> readers(L + 1, 0);
+        for (size_t j = 0; j < L; ++j)
+            for (int64_t u : inputs_[j]) ++readers[u];
+        for (size_t j = 0; j < L; ++j) {
+            if (inputs_[j].size() != 1) continue;
+            const int64_t u = inputs_[j][0];  // BatchNorm j reads value u, node u - 1's output
+            if (u == 0 || u == output_ || readers[u] != 1) continue;
+            const int64_t i = u - 1;
+            if (!foldable(static_cast<size_t>(i), j, shapes[u])) continue;
+            fold_[i] = static_cast<int64_t>(j);
+            folded_by[j] = i;
+            fold_scratch(static_cast<size_t>(i), shapes[u][1]);
+        }
+    }
+    plan_fold_ = fold;
     // In node order, so that a view of a fused ReLU's output (ReLU -> Flatten) finds the
     // storage the ReLU writes into: every root is final before a later node reads it.
     std::vector<int64_t> fused_by(L, -1);  // ReLU node -> the node that runs it
@@ -30,7 +85,10 @@ void Net::plan_graph(const std::vector<Shape>& shapes, bool training) {
     for (size_t i = 0; i < L; ++i) {
         const int64_t v = static_cast<int64_t>(i) + 1;
         root_[v] = v;
-        if (fused_by[i] >= 0) {
+        if (folded_by[i] >= 0) {
+            root_[v] = root_[folded_by[i] + 1];
+            skip_[i] = 1;
+        } else if (fused_by[i] >= 0) {
             root_[v] = root_[fused_by[i] + 1];
             skip_[i] = 1;
         } else if (layers_[i]->is_view()) {
@@ -104,7 +162,8 @@ void Net::plan_graph(const std::vector<Shape>& shapes, bool training) {
 }
 
 Tensor Net::forward_graph(const Tensor& x, bool training) {
-    if (!planned_for(x.shape()) || training != plan_training_)
+    const bool fold = !training && device() == Device::CPU && fold_batchnorm();
+    if (!planned_for(x.shape()) || training != plan_training_ || fold != plan_fold_)
         plan_graph(shapes(x.shape()), training);
     acts_[0].copy_from(x);
     Workspace ws{ws_store_.defined() ? ws_store_.data() : nullptr,
@@ -116,7 +175,14 @@ Tensor Net::forward_graph(const Tensor& x, bool training) {
         layers_[i]->set_rng(rng_seed_, (static_cast<uint64_t>(i) << 40) ^ rng_counter_);
         xs.clear();
         for (int64_t v : inputs_[i]) xs.push_back(acts_[v]);
-        if (fused_relu_[i] >= 0 && xs.size() > 1)
+        if (fold_[i] >= 0) {  // Conv2d -> BatchNorm (-> ReLU) in the convolution's pass
+            const int64_t j = fold_[i], ch = act_shapes_[i + 1][1];
+            float* scale = fold_scratch(i, ch);
+            float* shift = scale + align16(ch);
+            layers_[j]->eval_affine(scale, shift);
+            layers_[i]->forward_affine(xs[0], acts_[i + 1], scale, shift, fused_relu_[j] >= 0,
+                                       shift + align16(ch), ws);
+        } else if (fused_relu_[i] >= 0 && xs.size() > 1)
             layers_[i]->forward_relu_n(xs, acts_[i + 1], training, ws);
         else if (fused_relu_[i] >= 0)
             layers_[i]->forward_relu(xs[0], acts_[i + 1], training, ws);

@@ -280,9 +280,10 @@ class Sequential:
         batch_size = positive_int(batch_size, "batch_size", "Sequential.predict")
         xa = as_input(x, "Sequential.predict", model=self)
         if len(xa) <= batch_size:  # one call (serving one request): nothing to join
-            return _predictions(self._net.forward(xa, False), self._loss)
+            return _predictions(self._net.forward(xa, False, True), self._loss)
         outs = [
-            self._net.forward(xa[i : i + batch_size], False) for i in range(0, len(xa), batch_size)
+            self._net.forward(xa[i : i + batch_size], False, True)
+            for i in range(0, len(xa), batch_size)
         ]
         return _predictions(np.concatenate(outs, axis=0), self._loss)
 

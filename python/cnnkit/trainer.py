@@ -167,6 +167,19 @@ class _Progress:
         return f"_Progress(epoch={self.epoch}, batch={self.batch}/{self.batches})"
 
 
+class _SilentBar:
+    """The progress bar of a fit at verbose != 1: takes tqdm's calls and shows nothing."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class _SigintGuard:
     """While active (in the main thread), Ctrl-C / SIGINT only sets ``hit``: the Trainer
     stops after the current step. A second SIGINT raises KeyboardInterrupt at once. The
@@ -727,9 +740,11 @@ class Trainer:
                           loader.shuffle)
             self._progress = p
         # else: resuming inside this epoch, whose on_epoch_begin ran before the checkpoint
+        # No tqdm object at all unless it shows: any tqdm, even a disabled one, starts tqdm's
+        # monitor thread, which then outlives a silent fit.
         bar = tqdm(total=len(loader), initial=p.batch, desc=f"Epoch {epoch + 1}/{epochs}",
-                   unit="batch", disable=verbose != 1, leave=True, dynamic_ncols=True,
-                   file=sys.stderr, mininterval=0.2)
+                   unit="batch", leave=True, dynamic_ncols=True, file=sys.stderr,
+                   mininterval=0.2) if verbose == 1 else _SilentBar()
         t0 = time.perf_counter() - p.time
         feed = None
         try:
