@@ -228,3 +228,24 @@ def test_backward_after_an_eval_forward_still_refused(rng, fold_switch):
     out = model.forward(x)
     with pytest.raises(ValueError, match="eval mode"):
         model.backward(np.ones_like(out))
+
+
+@pytest.mark.parametrize("chain", [True, False])
+def test_backward_after_a_folded_eval_forward_that_followed_training(chain, rng, fold_switch):
+    """train forward, eval forward (folded: the BatchNorm's own forward never runs), backward:
+    refused as after an unfolded eval forward, never gradients of stale activations."""
+    ck.manual_seed(9)
+    if chain:
+        model = ck.Sequential(ck.Conv2d(3, 4, 3), ck.BatchNorm2d(4), ck.ReLU(), ck.Flatten(),
+                              ck.Linear(4 * 4 * 4, 2))
+    else:
+        inp = ck.Input((3, 6, 6))
+        h = ck.ReLU()(ck.BatchNorm2d(4)(ck.Conv2d(3, 4, 3)(inp)))
+        model = ck.Model(inp, ck.Linear(4 * 4 * 4, 2)(ck.Flatten()(ck.Add()([h, h]))))
+    x = rng.standard_normal((3, 3, 6, 6)).astype(np.float32)
+    model.forward(x, training=True)
+    out = model.forward(x)
+    assert len(model._net.folded_pairs()) == 1
+    with pytest.raises(ValueError, match="eval"):
+        model.backward(np.ones_like(out))
+

@@ -43,7 +43,10 @@ constexpr int64_t kColBlock = 256;     // output columns per forward task (round
 constexpr int64_t kDepthBlock = 256;   // columns per weight-gradient depth block
 constexpr int64_t kMaxGroups = 16;     // image groups of the weight gradient
 constexpr int64_t kMaxPartials = int64_t(1) << 23;  // floats of weight-gradient partials
-constexpr double kParallelMinMacs = 1 << 18;        // below this, no thread team
+// Below this many MACs, no thread team: waking a worker that has gone to sleep (cnnkit's short
+// OpenMP spin) costs 10-50 us, and LeNet-5's conv2 at batch 1 (336 K MACs, a few us) made
+// 2-thread predict 3-5x slower than 1 thread at 2^18.
+constexpr double kParallelMinMacs = 1 << 20;
 constexpr int64_t kMaxStride = 8;      // strides the direct path takes (phase tables)
 
 int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }

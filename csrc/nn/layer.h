@@ -65,10 +65,11 @@ class Layer {
     virtual bool eval_per_sample() const { return true; }
     // Eval-mode BatchNorm folded into the convolution before it (graph models on the CPU, see
     // Net::plan_graph). affine_channels() > 0 when this layer's eval forward of a 4-D input is
-    // y = x * scale[c] + shift[c] per channel c; eval_affine writes scale and shift, rounded as
-    // that forward rounds them.
+    // y = x * scale[c] + shift[c] per channel c; eval_affine, called in place of that forward
+    // (and recorded as one: a backward after it refuses as after the forward), writes scale
+    // and shift, rounded as that forward rounds them.
     virtual int64_t affine_channels() const { return 0; }
-    virtual void eval_affine(float* scale, float* shift) const;
+    virtual void eval_affine(float* scale, float* shift);
     // fold_floats() > 0 when this layer can take such an affine into its weights (Conv2d on
     // the CPU): forward_affine computes scale * layer(x) + shift per output channel, then ReLU
     // when relu, in the layer's own output pass; `fold` holds fold_floats() floats.

@@ -128,7 +128,7 @@ void Layer::forward_relu(const Tensor& x, Tensor& y, bool training, const Worksp
     forward_relu_impl(x, y, training, ws);
 }
 
-void Layer::eval_affine(float*, float*) const {
+void Layer::eval_affine(float*, float*) {
     throw ValueError(str_cat(label(), ": not a per-channel affine in eval mode"));
 }
 
@@ -538,7 +538,10 @@ class BatchNorm : public Layer {
             return 0;
         return C_;
     }
-    void eval_affine(float* scale, float* shift) const override {
+    void eval_affine(float* scale, float* shift) override {
+        last_training_ = false;
+        batch_stats_ = false;  // as after run(): the backward refuses
+        synced_count_ = 0;
         const float* mean = buffers_[0].data();
         const float* var = buffers_[1].data();
         const float* gamma = affine_ ? params_[0].data() : nullptr;
