@@ -41,7 +41,8 @@ sources+=(tests/cuda_emu/cuda_emu.cpp csrc/bindings/*.cpp)  # every binding file
 
 compile() {
     local src="$1" obj="$out/obj/$(echo "$1" | tr '/' '_').o" extra=()
-    [[ "$src" == *_avx2.cpp ]] && extra+=(-mavx2 -mfma)
+    if [[ "$src" == *norm_avx2.cpp ]]; then extra+=(-mavx2 -ffp-contract=off)  # as CMakeLists.txt
+    elif [[ "$src" == *_avx2.cpp ]]; then extra+=(-mavx2 -mfma); fi
     [[ "$src" == *_avx512.cpp ]] && extra+=(-mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma)
     [[ "$src" == *eltwise_avx2.cpp ]] && extra+=(-ffp-contract=off)
     [[ "$src" == csrc/bindings/* ]] && extra+=($pyinc)
