@@ -270,8 +270,11 @@ int64_t Net::eval_chunk(const std::vector<Shape>& shapes, bool training, bool in
 Tensor Net::forward_to_host(const Tensor& x, bool training, bool inference) {
     const size_t L = layers_.size();
     last_chunks_ = 1;
+    // The cheap conditions of eval_chunk first: no shape inference per call where no chunk
+    // can run (training, a team of threads, a chain's plain forward, chunks off).
     if (!training && device() == Device::CPU && x.device() == Device::CPU && x.dim() > 0 &&
-        x.shape()[0] > 1) {
+        x.shape()[0] > 1 && eval_chunk_kb() > 0 && get_num_threads() == 1 &&
+        (!chain_ || inference)) {
         const std::vector<Shape> full = shapes(x.shape());  // every shape checked up front
         const int64_t m = eval_chunk(full, training, inference);
         if (m > 0) {
