@@ -77,6 +77,33 @@ def test_uneven_chunks_and_the_arena_between_them(rng, chunk_switch):
     np.testing.assert_array_equal(_bits(ref2), _bits(model.forward(x)))
 
 
+def test_chunks_pack_weights_once_per_call_and_see_new_weights(rng, chunk_switch):
+    """The chunks of one forward share the convolutions' packed weight panels (the second and
+    later chunks reuse them); the next call packs afresh, so weights changed in between (in
+    place, by an optimizer or by hand) are what it computes with, folded BatchNorm or not."""
+    ck.manual_seed(2)
+    model = ck.models.resnet20()
+    _stats(model, rng)
+    x = rng.random((24, 3, 32, 32), dtype=np.float32)
+    _testing.set_eval_chunk_kb(64)
+    before = _testing.packed_weight_reuses()
+    a = model.predict(x)
+    assert model._net.last_eval_chunks() == 3
+    convs = sum(1 for k in model.state_dict() if k.endswith("weight") and
+                model.state_dict()[k].ndim == 4)
+    # every direct convolution in chunks 2 and 3 (the 1x1 shortcuts are not direct ones)
+    assert _testing.packed_weight_reuses() - before >= 2 * (convs - 2)
+    # written into the same parameter buffer (the pointers the packed panels were keyed by)
+    model.load_state_dict({k: v * np.float32(0.5) for k, v in model.state_dict().items()
+                           if k.endswith("weight")}, strict=False)
+    b = model.predict(x)
+    _testing.set_eval_chunk_kb(0)
+    ref = model.predict(x)
+    assert model._net.last_eval_chunks() == 1
+    np.testing.assert_array_equal(_bits(ref), _bits(b))
+    assert not np.array_equal(a, b)
+
+
 def test_chains_chunk_in_predict_only_and_keep_backward(rng, chunk_switch):
     ck.manual_seed(2)
     model = ck.Sequential(ck.Conv2d(1, 8, 3, padding=1), ck.ReLU(), ck.MaxPool2d(2),

@@ -214,6 +214,22 @@ def test_conv2d_random_strided_direct(rng, cpu_kernels):
         assert_close(layer.grad_dict()["0.weight"], rdw, "conv", " dw" + what, scale=scale)
 
 
+def test_conv2d_direct_every_row_width(rng, cpu_kernels):
+    # The padded-image copy moves rows in 16-, 8- and 4-float pieces and a tail: every width
+    # from 1 to 40 (and pads 0-2) against the float64 reference, forward and dx.
+    for W in range(1, 41):
+        p = W % 3
+        layer, w, b = _conv_layer(3, 7, (3, 3), (1, 1), (p, p), (1, 1), 1, True, rng)
+        x = rng.standard_normal((2, 3, 5, W + 2)).astype(np.float32)[..., 1:W + 1]
+        if W + 2 * p < 3:
+            continue
+        y = layer.forward(np.ascontiguousarray(x), training=True)
+        assert_close(y, ref.conv2d(x, w, b, (1, 1), (p, p)), "conv", f" forward W={W} p={p}")
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        rdx = ref.conv2d_backward(x, w, dy, (1, 1), (p, p))[0]
+        assert_close(layer.backward(dy), rdx, "conv", f" dx W={W} p={p}")
+
+
 def test_conv2d_strided_im2col_path_still_works():
     # CNNKIT_CONV_STRIDED_DIRECT=0 sends strided layers back to im2col + GEMM (the A/B switch):
     # that path must stay correct too.

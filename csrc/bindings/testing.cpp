@@ -88,6 +88,9 @@ void bind_testing(py::module_& core) {
     // KB, 0 for one pass.
     m.def("set_eval_chunk_kb", &nn::Net::set_eval_chunk_kb, py::arg("kb"));
     m.def("eval_chunk_kb", &nn::Net::eval_chunk_kb);
+    m.def("packed_weight_reuses", &cpu::conv_direct::pack_reuses,
+          "Direct-convolution forwards that reused weight panels packed by an earlier chunk of "
+          "the same eval forward (counted since the process started).");
 
     // ---- GEMM on the GPU (tests and bench/gpu_bench.py) ---------------------------------------
     // Same arguments as sgemm; a, b and c are copied to the device and the result back. c, when

@@ -158,6 +158,21 @@ void bias_act_row(float* dst, const float* src, int64_t n, float b, bool relu) {
     }
 }
 
+void copy_rows(float* dst, int64_t ldd, const float* src, int64_t lds, int64_t rows, int64_t n) {
+    for (int64_t r = 0; r < rows; ++r, dst += ldd, src += lds) {
+        int64_t q = 0;
+        for (; q + 8 <= n; q += 8) _mm256_storeu_ps(dst + q, _mm256_loadu_ps(src + q));
+        if (q + 4 <= n) {
+            _mm_storeu_ps(dst + q, _mm_loadu_ps(src + q));
+            q += 4;
+        }
+        // at most 3 left: spelled out, so that the compiler does not make it a memcpy call
+        if (q < n) dst[q] = src[q];
+        if (q + 1 < n) dst[q + 1] = src[q + 1];
+        if (q + 2 < n) dst[q + 2] = src[q + 2];
+    }
+}
+
 #else  // never called (compiled() is false), but must link
 
 void fwd_6x16(int, int64_t, const float*, const float*, const int32_t*, float*, int64_t,
@@ -166,6 +181,7 @@ void wgt_6x16(int, int64_t, const float*, const int32_t*, const float*, int64_t,
               int64_t) {}
 void transpose(float*, int64_t, const float*, int64_t, int64_t, int64_t) {}
 void bias_act_row(float*, const float*, int64_t, float, bool) {}
+void copy_rows(float*, int64_t, const float*, int64_t, int64_t, int64_t) {}
 
 #endif
 

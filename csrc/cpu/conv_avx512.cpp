@@ -259,9 +259,19 @@ void pack_panels(float* out, const float* w, int64_t rows, int64_t cols, int64_t
     }
 }
 
+void copy_rows(float* dst, int64_t ldd, const float* src, int64_t lds, int64_t rows, int64_t n) {
+    const int64_t full = n / 16 * 16;
+    const __mmask16 tail = static_cast<__mmask16>((1u << (n % 16)) - 1);
+    for (int64_t r = 0; r < rows; ++r, dst += ldd, src += lds) {
+        for (int64_t q = 0; q < full; q += 16) _mm512_storeu_ps(dst + q, _mm512_loadu_ps(src + q));
+        if (tail) _mm512_mask_storeu_ps(dst + full, tail, _mm512_maskz_loadu_ps(tail, src + full));
+    }
+}
+
 #else  // never called (compiled() is false), but must link
 
 void pack_panels(float*, const float*, int64_t, int64_t, int64_t, const float*) {}
+void copy_rows(float*, int64_t, const float*, int64_t, int64_t, int64_t) {}
 
 void fwd_panel(int, int, int, int, int64_t, const float*, const float*, const int32_t*, float*,
                int64_t, const float*, bool) {}

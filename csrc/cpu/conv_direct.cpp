@@ -19,7 +19,9 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "core/common.h"
 #include "core/runtime.h"
@@ -237,14 +239,25 @@ void tap_offsets(int32_t* off, const DGeom& d, int64_t rows) {
     for (int64_t i = d.CRS; i < rows; ++i) off[i] = 0;
 }
 
+void copy_rows_generic(float* dst, int64_t ldd, const float* src, int64_t lds, int64_t rows,
+                       int64_t n) {
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + r * ldd, src + r * lds, sizeof(float) * n);
+}
+
+using CopyRows = void (*)(float*, int64_t, const float*, int64_t, int64_t, int64_t);
+CopyRows row_copier() {
+    if (use_avx512() && conv_avx512::compiled()) return conv_avx512::copy_rows;
+    if (cpu_simd_enabled() && conv_avx2::compiled()) return conv_avx2::copy_rows;
+    return copy_rows_generic;
+}
+
 // Image n of x into the padded buffer; the border (and the slack after it) is already zero.
 void pad_image(float* xp, const float* x, const DGeom& d, int64_t n) {
     const float* src = x + n * d.C * d.H * d.W;
+    const CopyRows copy = row_copier();
     if (d.sh == 1 && d.sw == 1) {
         for (int64_t c = 0; c < d.C; ++c)
-            for (int64_t h = 0; h < d.H; ++h)
-                std::memcpy(xp + (c * d.Hp + h + d.ph) * d.Wp + d.pw,
-                            src + (c * d.H + h) * d.W, sizeof(float) * d.W);
+            copy(xp + (c * d.Hp + d.ph) * d.Wp + d.pw, d.Wp, src + c * d.H * d.W, d.W, d.H, d.W);
         return;
     }
     // Phase (a, b), row i, column j holds padded pixel (i*sh + a, j*sw + b), that is input
@@ -258,7 +271,7 @@ void pad_image(float* xp, const float* x, const DGeom& d, int64_t n) {
                 const float* row = src + (c * d.H + h) * d.W;
                 float* dst0 = xp + (c * d.nra + ia) * d.nca * d.plane() + i * d.Ws;
                 if (d.sw == 1) {
-                    std::memcpy(dst0 + d.pw, row, sizeof(float) * d.W);
+                    copy(dst0 + d.pw, 0, row, 0, 1, d.W);
                     continue;
                 }
                 if (d.sw == 2) {
@@ -605,14 +618,66 @@ int64_t workspace_floats(const ConvGeom& g) {
     return n;
 }
 
+namespace {
+struct PackedEntry {
+    const float* w;
+    const float* scale;
+    int64_t rows, cols, pr;
+    ScratchBuffer panels;
+};
+struct PackedCache {
+    std::vector<std::unique_ptr<PackedEntry>> entries;
+    int64_t floats = 0;
+};
+thread_local PackedCache* tl_packed = nullptr;
+std::atomic<int64_t> g_pack_reuses{0};
+
+// The packed panels of w for tile t: from the thread's PackReuse scope when one is alive (packed
+// there on first use), else packed into `fallback`.
+const float* packed_weights(float* fallback, const float* w, const float* wscale, int64_t rows,
+                            int64_t cols, const Tile& t) {
+    PackedCache* pc = tl_packed;
+    if (pc) {
+        for (const auto& e : pc->entries)
+            if (e->w == w && e->scale == wscale && e->rows == rows && e->cols == cols &&
+                e->pr == t.pr) {
+                g_pack_reuses.fetch_add(1, std::memory_order_relaxed);
+                return e->panels.get(0);
+            }
+        const int64_t n = packed_floats(rows, cols);
+        if (pc->floats + n <= kPackReuseFloats) {
+            auto e = std::make_unique<PackedEntry>();
+            e->w = w; e->scale = wscale; e->rows = rows; e->cols = cols; e->pr = t.pr;
+            float* out = e->panels.get(n);
+            pack_rows(out, w, rows, cols, t.pr, wscale);
+            pc->floats += n;
+            pc->entries.push_back(std::move(e));
+            return out;
+        }
+    }
+    pack_rows(fallback, w, rows, cols, t.pr, wscale);
+    return fallback;
+}
+}  // namespace
+
+PackReuse::PackReuse() : owner_(tl_packed == nullptr) {
+    if (owner_) tl_packed = new PackedCache();
+}
+PackReuse::~PackReuse() {
+    if (owner_) {
+        delete tl_packed;
+        tl_packed = nullptr;
+    }
+}
+int64_t pack_reuses() { return g_pack_reuses.load(); }
+
 void forward(float* y, const float* x, const float* w, const float* b, const ConvGeom& g,
              float* ws, bool relu, const float* wscale) {
     const DGeom d = forward_dgeom(g);
     int32_t* off = reinterpret_cast<int32_t*>(ws);
-    float* wpk = ws + round_up(d.CRS, 16);
     tap_offsets(off, d, d.CRS);
     const Tile t = choose_tile(d, use_avx512() && conv_avx512::compiled());
-    pack_rows(wpk, w, g.K, d.CRS, t.pr, wscale);
+    const float* wpk = packed_weights(ws + round_up(d.CRS, 16), w, wscale, g.K, d.CRS, t);
     run_forward(y, x, wpk, b, relu, d, off, t);
 }
 

@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "core/runtime.h"
+#include "cpu/conv_direct.h"
 #include "cpu/kernels.h"
 #include "ops/ops.h"
 
@@ -281,6 +282,9 @@ Tensor Net::forward_to_host(const Tensor& x, bool training, bool inference) {
             const int64_t N = x.shape()[0], chunks = N / m;  // each of at least m images
             const int64_t in_per = x.numel() / N, out_per = shape_numel(full[L]) / N;
             Tensor out = host_buffer(full[L]);
+            // The parameters cannot change between the chunks: convolutions pack their
+            // weights once for all of them.
+            cpu::conv_direct::PackReuse reuse;
             for (int64_t c = 0, n0 = 0; c < chunks; ++c) {
                 // as even as possible: sizes differ by at most one image (two arena plans)
                 const int64_t nb = N / chunks + (c < N % chunks ? 1 : 0);
