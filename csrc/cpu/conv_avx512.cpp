@@ -235,8 +235,54 @@ inline void transpose16(__m512 r[16]) {
 }
 }  // namespace
 
+namespace {
+// pr = 4 or 8: 16 rows (16 / pr panels) per 16 x 16 transpose, each transposed column split
+// into its panels' pieces (with one 4-row panel per transpose, 3/4 of the work was zero rows:
+// ResNet-20's 64-channel layers, 80% of its weights, use 4-row panels).
+template <int PR>
+void pack_panels_split(float* out, const float* w, int64_t rows, int64_t cols,
+                       const float* scale) {
+    const int64_t rows_p = (rows + PR - 1) / PR * PR;  // rows the panels hold
+    for (int64_t i0 = 0; i0 < rows; i0 += 16) {
+        const int64_t nr = std::min<int64_t>(16, rows - i0);
+        const int np = static_cast<int>(std::min<int64_t>(16, rows_p - i0) / PR);
+        for (int64_t k0 = 0; k0 < cols; k0 += 16) {
+            const int64_t kn = std::min<int64_t>(16, cols - k0);
+            const __mmask16 load = static_cast<__mmask16>((1u << kn) - 1);
+            __m512 r[16];
+            for (int64_t i = 0; i < 16; ++i) {
+                if (i >= nr) {
+                    r[i] = _mm512_setzero_ps();
+                    continue;
+                }
+                r[i] = _mm512_maskz_loadu_ps(load, w + (i0 + i) * cols + k0);
+                if (scale) r[i] = _mm512_mul_ps(r[i], _mm512_set1_ps(scale[i0 + i]));
+            }
+            transpose16(r);
+            for (int p = 0; p < np; ++p) {
+                float* panel = out + (i0 + p * PR) * cols + k0 * PR;
+                for (int64_t k = 0; k < kn; ++k) {
+                    if (PR == 8) {
+                        _mm256_storeu_ps(panel + k * 8, p == 0 ? _mm512_extractf32x8_ps(r[k], 0)
+                                                               : _mm512_extractf32x8_ps(r[k], 1));
+                    } else {
+                        const __m128 q = p == 0   ? _mm512_extractf32x4_ps(r[k], 0)
+                                         : p == 1 ? _mm512_extractf32x4_ps(r[k], 1)
+                                         : p == 2 ? _mm512_extractf32x4_ps(r[k], 2)
+                                                  : _mm512_extractf32x4_ps(r[k], 3);
+                        _mm_storeu_ps(panel + k * 4, q);
+                    }
+                }
+            }
+        }
+    }
+}
+}  // namespace
+
 void pack_panels(float* out, const float* w, int64_t rows, int64_t cols, int64_t pr,
                  const float* scale) {
+    if (pr == 4) return pack_panels_split<4>(out, w, rows, cols, scale);
+    if (pr == 8) return pack_panels_split<8>(out, w, rows, cols, scale);
     const __mmask16 store = static_cast<__mmask16>((1u << pr) - 1);
     for (int64_t i0 = 0; i0 < rows; i0 += pr) {
         const int64_t nr = std::min(pr, rows - i0);
