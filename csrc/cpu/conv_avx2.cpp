@@ -173,6 +173,25 @@ void copy_rows(float* dst, int64_t ldd, const float* src, int64_t lds, int64_t r
     }
 }
 
+void split2(float* even, float* odd, const float* src, int64_t half) {
+    int64_t j = 0;
+    for (; j + 8 <= half; j += 8) {
+        const __m256 a = _mm256_loadu_ps(src + 2 * j), b = _mm256_loadu_ps(src + 2 * j + 8);
+        // shuffle_ps picks within 128-bit lanes: [a0 a2 b0 b2 | a4 a6 b4 b6], then the 64-bit
+        // quarters reordered to [a0 a2 a4 a6 b0 b2 b4 b6]
+        if (even)
+            _mm256_storeu_ps(even + j, _mm256_castpd_ps(_mm256_permute4x64_pd(
+                _mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))), 0xD8)));
+        if (odd)
+            _mm256_storeu_ps(odd + j, _mm256_castpd_ps(_mm256_permute4x64_pd(
+                _mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))), 0xD8)));
+    }
+    for (; j < half; ++j) {
+        if (even) even[j] = src[2 * j];
+        if (odd) odd[j] = src[2 * j + 1];
+    }
+}
+
 #else  // never called (compiled() is false), but must link
 
 void fwd_6x16(int, int64_t, const float*, const float*, const int32_t*, float*, int64_t,
@@ -182,6 +201,7 @@ void wgt_6x16(int, int64_t, const float*, const int32_t*, const float*, int64_t,
 void transpose(float*, int64_t, const float*, int64_t, int64_t, int64_t) {}
 void bias_act_row(float*, const float*, int64_t, float, bool) {}
 void copy_rows(float*, int64_t, const float*, int64_t, int64_t, int64_t) {}
+void split2(float*, float*, const float*, int64_t) {}
 
 #endif
 

@@ -314,10 +314,26 @@ void copy_rows(float* dst, int64_t ldd, const float* src, int64_t lds, int64_t r
     }
 }
 
+void split2(float* even, float* odd, const float* src, int64_t half) {
+    const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    for (int64_t j = 0; j < half; j += 16) {
+        const int64_t n = std::min<int64_t>(16, half - j), m = 2 * n;  // outputs, inputs
+        const __mmask16 out = static_cast<__mmask16>((1u << n) - 1);
+        const __mmask16 m0 = static_cast<__mmask16>(m >= 16 ? 0xFFFF : (1u << m) - 1);
+        const __mmask16 m1 = static_cast<__mmask16>(m >= 32 ? 0xFFFF : m <= 16 ? 0 : (1u << (m - 16)) - 1);
+        const __m512 a = _mm512_maskz_loadu_ps(m0, src + 2 * j);
+        const __m512 b = _mm512_maskz_loadu_ps(m1, src + 2 * j + 16);
+        if (even) _mm512_mask_storeu_ps(even + j, out, _mm512_permutex2var_ps(a, ie, b));
+        if (odd) _mm512_mask_storeu_ps(odd + j, out, _mm512_permutex2var_ps(a, io, b));
+    }
+}
+
 #else  // never called (compiled() is false), but must link
 
 void pack_panels(float*, const float*, int64_t, int64_t, int64_t, const float*) {}
 void copy_rows(float*, int64_t, const float*, int64_t, int64_t, int64_t) {}
+void split2(float*, float*, const float*, int64_t) {}
 
 void fwd_panel(int, int, int, int, int64_t, const float*, const float*, const int32_t*, float*,
                int64_t, const float*, bool) {}

@@ -255,10 +255,32 @@ CopyRows row_copier() {
     return copy_rows_generic;
 }
 
+// (A loop GCC vectorizes, unlike a stride known only at run time.)
+void split2_generic(float* de, float* dd, const float* row, int64_t half) {
+    if (de && dd) {
+        for (int64_t j = 0; j < half; ++j) {
+            de[j] = row[2 * j];
+            dd[j] = row[2 * j + 1];
+        }
+    } else if (de) {
+        for (int64_t j = 0; j < half; ++j) de[j] = row[2 * j];
+    } else {
+        for (int64_t j = 0; j < half; ++j) dd[j] = row[2 * j + 1];
+    }
+}
+
+using Split2 = void (*)(float*, float*, const float*, int64_t);
+Split2 splitter2() {
+    if (use_avx512() && conv_avx512::compiled()) return conv_avx512::split2;
+    if (cpu_simd_enabled() && conv_avx2::compiled()) return conv_avx2::split2;
+    return split2_generic;
+}
+
 // Image n of x into the padded buffer; the border (and the slack after it) is already zero.
 void pad_image(float* xp, const float* x, const DGeom& d, int64_t n) {
     const float* src = x + n * d.C * d.H * d.W;
     const CopyRows copy = row_copier();
+    const Split2 split = splitter2();
     if (d.sh == 1 && d.sw == 1) {
         for (int64_t c = 0; c < d.C; ++c)
             copy(xp + (c * d.Hp + d.ph) * d.Wp + d.pw, d.Wp, src + c * d.H * d.W, d.W, d.H, d.W);
@@ -281,24 +303,14 @@ void pad_image(float* xp, const float* x, const DGeom& d, int64_t n) {
                 if (d.sw == 2) {
                     // Input column w goes to phase (w + pw) % 2, column (w + pw) / 2: the even
                     // columns to phase pw % 2 from column pw / 2, the odd ones to the other
-                    // phase from column (pw + 1) / 2 (a loop GCC vectorizes, unlike a stride
-                    // known only at run time).
+                    // phase from column (pw + 1) / 2.
                     const int64_t be = d.pw & 1, bo = (d.pw + 1) & 1;
                     float* de = d.cslot[be] >= 0
                                     ? dst0 + d.cslot[be] * d.plane() + d.pw / 2 : nullptr;
                     float* dd = d.cslot[bo] >= 0
                                     ? dst0 + d.cslot[bo] * d.plane() + (d.pw + 1) / 2 : nullptr;
                     const int64_t half = d.W / 2;
-                    if (de && dd) {
-                        for (int64_t j = 0; j < half; ++j) {
-                            de[j] = row[2 * j];
-                            dd[j] = row[2 * j + 1];
-                        }
-                    } else if (de) {
-                        for (int64_t j = 0; j < half; ++j) de[j] = row[2 * j];
-                    } else {
-                        for (int64_t j = 0; j < half; ++j) dd[j] = row[2 * j + 1];
-                    }
+                    split(de, dd, row, half);
                     if ((d.W & 1) && de) de[half] = row[d.W - 1];
                     continue;
                 }

@@ -103,6 +103,9 @@ void bias_act_row(float* dst, const float* src, int64_t n, float b, bool relu);
 // vector moves instead of a memcpy call per row (ResNet-20 copies 512 rows of 8-32 floats per
 // image and layer, and the calls cost more than the bytes).
 void copy_rows(float* dst, int64_t ldd, const float* src, int64_t lds, int64_t rows, int64_t n);
+// even[j] = src[2j], odd[j] = src[2j + 1] for j < half (either may be null): a row of a stride-2
+// layer's image split into its two column phases.
+void split2(float* even, float* odd, const float* src, int64_t half);
 }  // namespace conv_avx2
 
 namespace conv_avx512 {
@@ -127,6 +130,8 @@ void pack_panels(float* out, const float* w, int64_t rows, int64_t cols, int64_t
                  const float* scale);
 // As conv_avx2::copy_rows, the tail of each row moved with one masked load and store.
 void copy_rows(float* dst, int64_t ldd, const float* src, int64_t lds, int64_t rows, int64_t n);
+// As conv_avx2::split2, 16 output floats per two-register permute.
+void split2(float* even, float* odd, const float* src, int64_t half);
 }  // namespace conv_avx512
 
 }  // namespace cpu
