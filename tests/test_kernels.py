@@ -162,7 +162,7 @@ def test_direct_conv_every_avx512_tile_and_table_gives_the_same_bits(C, K, H, W,
     table = t.conv_tile_table()
     try:
         ck.set_cpu_kernels("avx512")
-        for what in ("12x32", "4x80", "8x48", "6x64", "16x16", "#t12", "#t16"):
+        for what in ("12x32", "4x80", "8x48", "6x64", "16x16", "kpix", "#t12", "#t16"):
             if what.startswith("#"):
                 t.set_conv_tile("")
                 t.set_conv_tile_table(what[1:])

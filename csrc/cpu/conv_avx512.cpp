@@ -181,7 +181,61 @@ void wgt_tile(int cols, int64_t kc, const float* x, const int32_t* off, const fl
             _mm512_mask_storeu_ps(c + i * ldc + 16 * v, mk[v], acc[i * NV + v]);
 }
 
+template <int KV, int NP>
+void kpix_tile(int np, int rows, int64_t kc, const float* a, const float* x, const int32_t* xpix,
+               const int32_t* off, float* c, const int32_t* cpix, int64_t ldc, const float* bias,
+               bool relu) {
+    const float* xb[NP];
+#pragma GCC unroll 24
+    for (int i = 0; i < NP; ++i) xb[i] = x + xpix[i < np ? i : 0];  // spare pixels: recomputed
+    __m512 acc[KV * NP];
+#pragma GCC unroll 24
+    for (int i = 0; i < KV * NP; ++i) acc[i] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < kc; ++k) {
+        const int64_t o = off[k];
+        __m512 wv[KV];
+#pragma GCC unroll 4
+        for (int v = 0; v < KV; ++v) wv[v] = _mm512_loadu_ps(a + v * 16 * kc + k * 16);
+#pragma GCC unroll 24
+        for (int i = 0; i < NP; ++i) {
+            const __m512 xv = _mm512_set1_ps(xb[i][o]);
+#pragma GCC unroll 4
+            for (int v = 0; v < KV; ++v)
+                acc[v * NP + i] = _mm512_fmadd_ps(xv, wv[v], acc[v * NP + i]);
+        }
+    }
+    const __m512 zero = _mm512_setzero_ps();
+    const __m512i lanes = _mm512_mullo_epi32(_mm512_set1_epi32(static_cast<int>(ldc)),
+                                             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9,
+                                                               10, 11, 12, 13, 14, 15));
+#pragma GCC unroll 4
+    for (int v = 0; v < KV; ++v) {
+        const int left = rows - 16 * v;
+        if (left <= 0) break;
+        const __mmask16 mv = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+        const __m512 bv = bias ? _mm512_maskz_loadu_ps(mv, bias + 16 * v) : zero;
+        float* cv = c + 16 * v * ldc;
+        for (int i = 0; i < np; ++i) {
+            __m512 r = acc[v * NP + i];
+            if (bias) r = _mm512_add_ps(r, bv);
+            if (relu) r = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(r, zero, _CMP_GT_OQ), r);
+            _mm512_mask_i32scatter_ps(cv + cpix[i], mv, lanes, r, 4);
+        }
+    }
+}
+
 }  // namespace
+
+void fwd_kpix(int kv, int np, int rows, int64_t kc, const float* a, const float* x,
+              const int32_t* xpix, const int32_t* off, float* c, const int32_t* cpix,
+              int64_t ldc, const float* bias, bool relu) {
+    switch (kv) {
+        case 1: return kpix_tile<1, 24>(np, rows, kc, a, x, xpix, off, c, cpix, ldc, bias, relu);
+        case 2: return kpix_tile<2, 12>(np, rows, kc, a, x, xpix, off, c, cpix, ldc, bias, relu);
+        case 3: return kpix_tile<3, 8>(np, rows, kc, a, x, xpix, off, c, cpix, ldc, bias, relu);
+        default: return kpix_tile<4, 6>(np, rows, kc, a, x, xpix, off, c, cpix, ldc, bias, relu);
+    }
+}
 
 void wgt_12x32(int cols, int64_t kc, const float* x, const int32_t* off, const float* b,
                int64_t ldb, float* c, int64_t ldc) {
@@ -309,19 +363,24 @@ void copy_rows(float* dst, int64_t ldd, const float* src, int64_t lds, int64_t r
     const int64_t full = n / 16 * 16;
     const __mmask16 tail = static_cast<__mmask16>((1u << (n % 16)) - 1);
     for (int64_t r = 0; r < rows; ++r, dst += ldd, src += lds) {
-        for (int64_t q = 0; q < full; q += 16) _mm512_storeu_ps(dst + q, _mm512_loadu_ps(src + q));
-        if (tail) _mm512_mask_storeu_ps(dst + full, tail, _mm512_maskz_loadu_ps(tail, src + full));
+        for (int64_t q = 0; q < full; q += 16)
+            _mm512_storeu_ps(dst + q, _mm512_loadu_ps(src + q));
+        if (tail)
+            _mm512_mask_storeu_ps(dst + full, tail, _mm512_maskz_loadu_ps(tail, src + full));
     }
 }
 
 void split2(float* even, float* odd, const float* src, int64_t half) {
-    const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const __m512i ie =
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i io =
+        _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     for (int64_t j = 0; j < half; j += 16) {
         const int64_t n = std::min<int64_t>(16, half - j), m = 2 * n;  // outputs, inputs
         const __mmask16 out = static_cast<__mmask16>((1u << n) - 1);
         const __mmask16 m0 = static_cast<__mmask16>(m >= 16 ? 0xFFFF : (1u << m) - 1);
-        const __mmask16 m1 = static_cast<__mmask16>(m >= 32 ? 0xFFFF : m <= 16 ? 0 : (1u << (m - 16)) - 1);
+        const __mmask16 m1 =
+            static_cast<__mmask16>(m >= 32 ? 0xFFFF : m <= 16 ? 0 : (1u << (m - 16)) - 1);
         const __m512 a = _mm512_maskz_loadu_ps(m0, src + 2 * j);
         const __m512 b = _mm512_maskz_loadu_ps(m1, src + 2 * j + 16);
         if (even) _mm512_mask_storeu_ps(even + j, out, _mm512_permutex2var_ps(a, ie, b));
@@ -334,6 +393,8 @@ void split2(float* even, float* odd, const float* src, int64_t half) {
 void pack_panels(float*, const float*, int64_t, int64_t, int64_t, const float*) {}
 void copy_rows(float*, int64_t, const float*, int64_t, int64_t, int64_t) {}
 void split2(float*, float*, const float*, int64_t) {}
+void fwd_kpix(int, int, int, int64_t, const float*, const float*, const int32_t*, const int32_t*,
+              float*, const int32_t*, int64_t, const float*, bool) {}
 
 void fwd_panel(int, int, int, int, int64_t, const float*, const float*, const int32_t*, float*,
                int64_t, const float*, bool) {}

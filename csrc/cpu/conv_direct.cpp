@@ -406,14 +406,33 @@ int64_t computed_columns(const DGeom& d, int64_t nr) {
 // avx512#t12,avx512#t16, 5 alternating rounds, one thread): LeNet-5's conv2 forward 1.27x,
 // ResNet-20's 32-channel 16x16 layers 1.29x forward and backward-input, its 16-channel 32x32
 // layers 1.18x, the 64->64 CIFAR layer 1.03-1.07x; 8x8 layers stay on 4 x 80 (equal there).
-// CNNKIT_CONV_TILE=MRxNR forces one tile for every layer, CNNKIT_CONV_TILE_TABLE=t12|t16 a
-// table (set_forced_tile / set_tile_table: A/B measurements and tests).
+// Also in t16 (Intel), the channel-vector tiles (kind 3, "kpix": 16-channel vectors times
+// 6-24 pixels, conv_avx512::fwd_kpix) for layers of 48 or more channels within the limits in
+// choose_tile: every output pixel is a column (no wrap-around columns) and a tap loads fewer
+// values per FMA (4 weight vectors and 6 broadcasts for 24 FMAs, against 17 loads for 16 in
+// 16 x 16). Measured on the same Xeon (kpix over the default, forward, one thread): ResNet-20's
+// 64-channel 8x8 layers 1.37x (backward-input 1.25x), its 32 -> 64 stride-2 layer 1.26x,
+// 48 channels at 16x16 1.17x, 128 at 28x28 1.19x and 8x8 1.35x, 64 at 56x56 1.10x, 64 at 16x16
+// and 32x32 1.00x; 256 and 512 channels (0.66-0.80x) and few taps (3 -> 64 channels: 0.18x)
+// stay on the other tiles. Not measured on AMD, so not in t12.
+// CNNKIT_CONV_TILE=MRxNR (or kpix) forces one tile for every layer,
+// CNNKIT_CONV_TILE_TABLE=t12|t16 a table (set_forced_tile / set_tile_table: A/B measurements
+// and tests).
 constexpr Tile kTiles[] = {{1, 12, 32, 6}, {2, 4, 80, 4}, {2, 8, 48, 8}, {2, 6, 64, 6},
                            {2, 16, 16, 16}};
+
+// The channel-vector tile (kind 3, conv_avx512::fwd_kpix) for K output channels: up to 64
+// channels (mr) x as many pixels (nr) as the registers hold; weights in 16-row panels.
+Tile kpix_tile(int64_t K) {
+    const int kv = static_cast<int>(std::min<int64_t>(4, (K + 15) / 16));
+    return {3, 16 * kv, conv_avx512::kpix_max(kv), 16};
+}
+constexpr int kKpixIndex = 5;  // its index for set_forced_tile ("kpix")
 
 int tile_index(const std::string& name) {
     for (int i = 0; i < 5; ++i)
         if (std::to_string(kTiles[i].mr) + "x" + std::to_string(kTiles[i].nr) == name) return i;
+    if (name == "kpix") return kKpixIndex;
     return -1;
 }
 
@@ -441,7 +460,15 @@ Tile choose_tile(const DGeom& d, bool wide) {
     if (!wide) return {0, kMR, kNR, kMR};
     const Tile t12 = kTiles[0], t4 = kTiles[1], t16 = kTiles[4];
     const int forced = forced_tile().load(std::memory_order_relaxed);
+    if (forced == kKpixIndex) return kpix_tile(d.K);
     if (forced >= 0) return kTiles[forced];
+    // t16: channel-vector tiles for 48 or more channels, at least 128 taps (below, the scatter
+    // of the outputs costs more than the columns saved: 0.18x for 3 -> 64 channels) and at most
+    // 80 K floats of weights per 64-channel group (past that, streaming them from L2 for every
+    // tile loses: 0.66-0.80x for 256 and 512 channels).
+    if (tile_table().load(std::memory_order_relaxed) == 1 && d.K >= 48 && d.CRS >= 128 &&
+        std::min<int64_t>(64, round_up(d.K, 16)) * d.CRS <= 80 * 1024)
+        return kpix_tile(d.K);
     if (d.K <= 4) return t4;
     if (computed_columns(d, t4.nr) * 100 <= computed_columns(d, t12.nr) * 85) return t4;
     if (tile_table().load(std::memory_order_relaxed) == 1 && d.K > 8 &&
@@ -450,10 +477,68 @@ Tile choose_tile(const DGeom& d, bool wide) {
     return t12;
 }
 
+// run_forward with channel-vector tiles: tasks of (image, block of pixels), every task all
+// output channels in groups of t.mr; any pixels make a tile, so a block is a run of whole tiles
+// of consecutive output pixels (p, q), reading the padded image at p*Ws + q (in a strided
+// layer's phase layout as well).
+void run_forward_kpix(float* y, const float* x, const float* wpk, const float* bias, bool relu,
+                      const DGeom& d, const int32_t* off, const Tile& t) {
+    const int64_t PQ = d.P * d.Q;
+    const int kv = static_cast<int>(t.mr / 16), np = static_cast<int>(t.nr);
+    // pixel tables: offset in the padded image, offset in the output plane
+    static thread_local std::vector<int32_t> pix;
+    pix.resize(static_cast<size_t>(2 * PQ));
+    int32_t* xpix = pix.data();
+    int32_t* cpix = xpix + PQ;
+    for (int64_t p = 0; p < d.P; ++p)
+        for (int64_t q = 0; q < d.Q; ++q) {
+            xpix[p * d.Q + q] = static_cast<int32_t>(p * d.Ws + q);
+            cpix[p * d.Q + q] = static_cast<int32_t>(p * d.Q + q);
+        }
+    const int nthreads = omp_in_parallel() ? 1 : omp_get_max_threads();
+    const int64_t tiles = (PQ + np - 1) / np;  // per image
+    // about kColBlock pixels a task; smaller blocks when there are few images (4 tasks a thread)
+    const int64_t want = 4 * int64_t(nthreads), per_image = (want + d.N - 1) / d.N;
+    int64_t tiles_per_task = std::max<int64_t>(1, kColBlock / np);
+    if ((tiles + tiles_per_task - 1) / tiles_per_task < per_image)
+        tiles_per_task = std::max<int64_t>(1, tiles / std::min(tiles, per_image));
+    const int64_t blocks = (tiles + tiles_per_task - 1) / tiles_per_task;
+    const int64_t tasks = d.N * blocks;
+    const double macs = double(d.N) * PQ * d.K * d.CRS;
+    const bool team = !omp_in_parallel() && macs > kParallelMinMacs && tasks > 1;
+    const int64_t xp_floats = padded_floats(d);
+#pragma omp parallel if (team)
+    {
+        float* xp = thread_scratch().get(xp_floats);
+        std::memset(xp, 0, sizeof(float) * xp_floats);
+        int64_t cur = -1;
+        const int64_t chunk = d.N < 2 * nthreads ? 1 : (tasks + nthreads - 1) / nthreads;
+#pragma omp for schedule(dynamic, chunk)
+        for (int64_t task = 0; task < tasks; ++task) {
+            const int64_t n = task / blocks, blk = task % blocks;
+            if (n != cur) {
+                pad_image(xp, x, d, n);
+                cur = n;
+            }
+            float* yn = y + n * d.K * PQ;
+            const int64_t i1 = std::min(PQ, (blk + 1) * tiles_per_task * np);
+            for (int64_t i0 = blk * tiles_per_task * np; i0 < i1; i0 += np) {
+                const int cnt = static_cast<int>(std::min<int64_t>(np, i1 - i0));
+                for (int64_t k0 = 0; k0 < d.K; k0 += t.mr)
+                    conv_avx512::fwd_kpix(kv, cnt, static_cast<int>(std::min(t.mr, d.K - k0)),
+                                          d.CRS, wpk + k0 * d.CRS, xp, xpix + i0, off,
+                                          yn + k0 * PQ, cpix + i0, PQ, bias ? bias + k0 : nullptr,
+                                          relu);
+            }
+        }
+    }
+}
+
 // y (N, K, P, Q) = act(conv(x, packed weights) + bias) over the direct geometry d, with the
 // weights packed for tile t.
 void run_forward(float* y, const float* x, const float* wpk, const float* bias, bool relu,
                  const DGeom& d, const int32_t* off, const Tile& t) {
+    if (t.kind == 3) return run_forward_kpix(y, x, wpk, bias, relu, d, off, t);
     const int64_t PQ = d.P * d.Q;
     // Tiles of mr channels x nr columns: AVX-512 tiles store a row's last columns masked, the
     // 6 x 16 tiles through a scratch tile.
@@ -607,7 +692,7 @@ std::string tile_table_name() { return tile_table().load() == 1 ? "t16" : "t12";
 void set_forced_tile(const std::string& name) {
     const int i = name.empty() ? -1 : tile_index(name);
     CNN_CHECK_ARG(name.empty() || i >= 0, "set_forced_tile: unknown tile '", name,
-                  "' (12x32, 4x80, 8x48, 6x64, 16x16 or empty)");
+                  "' (12x32, 4x80, 8x48, 6x64, 16x16, kpix or empty)");
     forced_tile().store(i);
 }
 bool strided_direct() { return strided_enabled(); }

@@ -32,7 +32,8 @@ void set_strided_direct(bool on);
 bool strided_direct();
 
 // The AVX-512 forward/backward-input tile forced for every layer ("12x32", "4x80", "8x48",
-// "6x64", "16x16"), or "" for the per-layer choice; CNNKIT_CONV_TILE sets it at start-up.
+// "6x64", "16x16", "kpix": the channel-vector tiles), or "" for the per-layer choice;
+// CNNKIT_CONV_TILE sets it at start-up.
 // For A/B measurements in one process (bench_conv --kernels avx512@8x48,...). Throws on an
 // unknown name.
 void set_forced_tile(const std::string& name);
@@ -128,6 +129,16 @@ void wgt_12x32(int cols, int64_t kc, const float* x, const int32_t* off, const f
 // out[p*pr*cols + k*pr + i], rows past `rows` zero. 16 x 16 blocks through registers.
 void pack_panels(float* out, const float* w, int64_t rows, int64_t cols, int64_t pr,
                  const float* scale);
+// Channel-vector tiles: 16*kv output channels (kv 1..4) x np output pixels (np <= kpix_max(kv):
+// 24, 12, 8, 6), the channels in the vectors and a broadcast input value per pixel and tap, so
+// any np pixels make a tile (no wrap-around columns). Weights from 16-row panels
+// (a + v*16*kc + k*16 for vector v, tap k); pixel i reads x[xpix[i] + off[k]]; its outputs go
+// to c[cpix[i] + (16v + l) * ldc] for channels 16v + l < rows (scattered). Per element the
+// same operations in the same order as the other tiles (one FMA per tap, bias, ReLU).
+void fwd_kpix(int kv, int np, int rows, int64_t kc, const float* a, const float* x,
+              const int32_t* xpix, const int32_t* off, float* c, const int32_t* cpix,
+              int64_t ldc, const float* bias, bool relu);
+constexpr int kpix_max(int kv) { return kv == 1 ? 24 : kv == 2 ? 12 : kv == 3 ? 8 : 6; }
 // As conv_avx2::copy_rows, the tail of each row moved with one masked load and store.
 void copy_rows(float* dst, int64_t ldd, const float* src, int64_t lds, int64_t rows, int64_t n);
 // As conv_avx2::split2, 16 output floats per two-register permute.
