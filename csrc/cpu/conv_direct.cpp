@@ -477,12 +477,32 @@ Tile choose_tile(const DGeom& d, bool wide) {
     return t12;
 }
 
+// Weights still to be packed (rows x cols, pr-row panels, into out) by the team that runs the
+// forward: the panels are split over the threads before the tiles start. Packing alone was a
+// fifth of a batch-1 forward (the 64- and 128-channel layers), serial while the team waited.
+struct PackJob {
+    float* out;
+    const float* w;
+    const float* scale;
+    int64_t rows, cols, pr;
+    void run() const {  // inside a parallel region: the threads' share, then a barrier
+        const int64_t g = pr == 6 ? 12 : 16;  // rows a pack_panels call handles at once
+        const int64_t groups = (rows + g - 1) / g;
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < groups; ++i) {
+            const int64_t i0 = i * g;
+            pack_rows(out + i0 * cols, w + i0 * cols, std::min(g, rows - i0), cols, pr,
+                      scale ? scale + i0 : nullptr);
+        }
+    }
+};
+
 // run_forward with channel-vector tiles: tasks of (image, block of pixels), every task all
 // output channels in groups of t.mr; any pixels make a tile, so a block is a run of whole tiles
 // of consecutive output pixels (p, q), reading the padded image at p*Ws + q (in a strided
 // layer's phase layout as well).
 void run_forward_kpix(float* y, const float* x, const float* wpk, const float* bias, bool relu,
-                      const DGeom& d, const int32_t* off, const Tile& t) {
+                      const DGeom& d, const int32_t* off, const Tile& t, const PackJob* job) {
     const int64_t PQ = d.P * d.Q;
     const int kv = static_cast<int>(t.mr / 16), np = static_cast<int>(t.nr);
     // pixel tables: offset in the padded image, offset in the output plane
@@ -496,19 +516,21 @@ void run_forward_kpix(float* y, const float* x, const float* wpk, const float* b
             cpix[p * d.Q + q] = static_cast<int32_t>(p * d.Q + q);
         }
     const int nthreads = omp_in_parallel() ? 1 : omp_get_max_threads();
-    const int64_t tiles = (PQ + np - 1) / np;  // per image
-    // about kColBlock pixels a task; smaller blocks when there are few images (4 tasks a thread)
+    // A task is a block of pixels of one image, a multiple of 16 pixels (so that two threads
+    // never write the same cache line of an output row: with tiles handed out one by one, a
+    // batch-1 64-channel 8x8 layer ran 2.2x slower on 2 threads than on 1), at most 512, and
+    // smaller when there are few images (about 4 tasks a thread). Tiles start at each block's
+    // first pixel; any split gives the same bits.
     const int64_t want = 4 * int64_t(nthreads), per_image = (want + d.N - 1) / d.N;
-    int64_t tiles_per_task = std::max<int64_t>(1, kColBlock / np);
-    if ((tiles + tiles_per_task - 1) / tiles_per_task < per_image)
-        tiles_per_task = std::max<int64_t>(1, tiles / std::min(tiles, per_image));
-    const int64_t blocks = (tiles + tiles_per_task - 1) / tiles_per_task;
+    const int64_t bs = std::min<int64_t>(512, round_up((PQ + per_image - 1) / per_image, 16));
+    const int64_t blocks = (PQ + bs - 1) / bs;
     const int64_t tasks = d.N * blocks;
     const double macs = double(d.N) * PQ * d.K * d.CRS;
     const bool team = !omp_in_parallel() && macs > kParallelMinMacs && tasks > 1;
     const int64_t xp_floats = padded_floats(d);
 #pragma omp parallel if (team)
     {
+        if (job) job->run();
         float* xp = thread_scratch().get(xp_floats);
         std::memset(xp, 0, sizeof(float) * xp_floats);
         int64_t cur = -1;
@@ -521,8 +543,8 @@ void run_forward_kpix(float* y, const float* x, const float* wpk, const float* b
                 cur = n;
             }
             float* yn = y + n * d.K * PQ;
-            const int64_t i1 = std::min(PQ, (blk + 1) * tiles_per_task * np);
-            for (int64_t i0 = blk * tiles_per_task * np; i0 < i1; i0 += np) {
+            const int64_t i1 = std::min(PQ, (blk + 1) * bs);
+            for (int64_t i0 = blk * bs; i0 < i1; i0 += np) {
                 const int cnt = static_cast<int>(std::min<int64_t>(np, i1 - i0));
                 for (int64_t k0 = 0; k0 < d.K; k0 += t.mr)
                     conv_avx512::fwd_kpix(kv, cnt, static_cast<int>(std::min(t.mr, d.K - k0)),
@@ -537,8 +559,9 @@ void run_forward_kpix(float* y, const float* x, const float* wpk, const float* b
 // y (N, K, P, Q) = act(conv(x, packed weights) + bias) over the direct geometry d, with the
 // weights packed for tile t.
 void run_forward(float* y, const float* x, const float* wpk, const float* bias, bool relu,
-                 const DGeom& d, const int32_t* off, const Tile& t) {
-    if (t.kind == 3) return run_forward_kpix(y, x, wpk, bias, relu, d, off, t);
+                 const DGeom& d, const int32_t* off, const Tile& t,
+                 const PackJob* job = nullptr) {
+    if (t.kind == 3) return run_forward_kpix(y, x, wpk, bias, relu, d, off, t, job);
     const int64_t PQ = d.P * d.Q;
     // Tiles of mr channels x nr columns: AVX-512 tiles store a row's last columns masked, the
     // 6 x 16 tiles through a scratch tile.
@@ -600,6 +623,7 @@ void run_forward(float* y, const float* x, const float* wpk, const float* bias, 
     const bool team = !omp_in_parallel() && macs > kParallelMinMacs && tasks > 1;
 #pragma omp parallel if (team)
     {
+        if (job) job->run();
         // The padded image goes last in the scratch, so reading past its tail is caught.
         float* tile = thread_scratch().get(round_up(tile_floats, 16) + xp_floats);
         float* xp = tile + round_up(tile_floats, 16);
@@ -733,31 +757,32 @@ struct PackedCache {
 thread_local PackedCache* tl_packed = nullptr;
 std::atomic<int64_t> g_pack_reuses{0};
 
-// The packed panels of w for tile t: from the thread's PackReuse scope when one is alive (packed
-// there on first use), else packed into `fallback`.
+// Where the packed panels of w for tile t are: in the thread's PackReuse scope when one is
+// alive (*job left empty when an earlier chunk packed them there), else in `fallback`. *job is
+// the packing still to do (PackJob::run, by the forward's team).
 const float* packed_weights(float* fallback, const float* w, const float* wscale, int64_t rows,
-                            int64_t cols, const Tile& t) {
+                            int64_t cols, const Tile& t, PackJob* job, bool* fresh) {
+    *job = PackJob{fallback, w, wscale, rows, cols, t.pr};
+    *fresh = true;
     PackedCache* pc = tl_packed;
     if (pc) {
         for (const auto& e : pc->entries)
             if (e->w == w && e->scale == wscale && e->rows == rows && e->cols == cols &&
                 e->pr == t.pr) {
                 g_pack_reuses.fetch_add(1, std::memory_order_relaxed);
+                *fresh = false;
                 return e->panels.get(0);
             }
         const int64_t n = packed_floats(rows, cols);
         if (pc->floats + n <= kPackReuseFloats) {
             auto e = std::make_unique<PackedEntry>();
             e->w = w; e->scale = wscale; e->rows = rows; e->cols = cols; e->pr = t.pr;
-            float* out = e->panels.get(n);
-            pack_rows(out, w, rows, cols, t.pr, wscale);
+            job->out = e->panels.get(n);
             pc->floats += n;
             pc->entries.push_back(std::move(e));
-            return out;
         }
     }
-    pack_rows(fallback, w, rows, cols, t.pr, wscale);
-    return fallback;
+    return job->out;
 }
 }  // namespace
 
@@ -778,8 +803,11 @@ void forward(float* y, const float* x, const float* w, const float* b, const Con
     int32_t* off = reinterpret_cast<int32_t*>(ws);
     tap_offsets(off, d, d.CRS);
     const Tile t = choose_tile(d, use_avx512() && conv_avx512::compiled());
-    const float* wpk = packed_weights(ws + round_up(d.CRS, 16), w, wscale, g.K, d.CRS, t);
-    run_forward(y, x, wpk, b, relu, d, off, t);
+    PackJob job;
+    bool fresh;
+    const float* wpk =
+        packed_weights(ws + round_up(d.CRS, 16), w, wscale, g.K, d.CRS, t, &job, &fresh);
+    run_forward(y, x, wpk, b, relu, d, off, t, fresh ? &job : nullptr);
 }
 
 void backward_input(float* dx, const float* dy, const float* w, const ConvGeom& g, float* ws) {
