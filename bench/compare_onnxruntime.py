@@ -5,6 +5,7 @@ own thread pools, which would spin against each other), the libraries alternate,
 shows the median of --repeats runs with the load average around them.
 
     python bench/compare_onnxruntime.py --repeats 5 --json bench/results/compare_onnxruntime.json
+    python bench/compare_onnxruntime.py --threads 1 --repeats 1 --paired 9   (one process)
 
 cnnkit runs the model ck.onnx.load reads back from the file onnxruntime runs; "cnnkit
 predict" is Model.predict (input checks, eval forward, softmax), "cnnkit forward" the logits
@@ -81,6 +82,45 @@ def worker(lib: str, path: str, net: str, batch: int, threads: int, seconds: flo
     return out
 
 
+def paired_worker(path: str, net: str, batch: int, rounds: int, seconds: float) -> dict:
+    """One thread, both libraries in this process, alternating round by round: the ratio of
+    each round is taken under the same conditions (this VM's speed drifts by 15% and more
+    between processes). Only at one thread, where neither library has a pool of its own."""
+    import numpy as np
+    import onnxruntime as ort
+
+    import cnnkit as ck
+
+    x = np.random.default_rng(1).random((batch, *NETS[net])).astype(np.float32)
+    ck.set_num_threads(1)
+    model = ck.onnx.load(path)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    fns = {"cnnkit": lambda: model.predict(x, batch_size=batch),
+           "ort": lambda: sess.run(None, {"input": x})}
+
+    def rate(fn) -> float:
+        n, t0 = 0, time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            dt = time.perf_counter() - t0
+            if dt >= seconds and n >= 3:
+                return n * batch / dt
+
+    for fn in fns.values():
+        for _ in range(3):
+            fn()
+    runs: dict[str, list[float]] = {"cnnkit": [], "ort": []}
+    for r in range(rounds):
+        for lib in (["cnnkit", "ort"] if r % 2 == 0 else ["ort", "cnnkit"]):
+            runs[lib].append(rate(fns[lib]))
+    return runs
+
+
 def run_worker(lib: str, path: str, net: str, batch: int, threads: int, seconds: float) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_PROC_BIND="close",
                OMP_PLACES="cores", PYTHONSAFEPATH="1")
@@ -117,8 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=1.0,
                     help="timed seconds per run after 3 warm-up calls (at least 5 calls)")
     ap.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
+    ap.add_argument("--paired", type=int, default=0, metavar="ROUNDS",
+                    help="also run both libraries in one process at one thread, alternating "
+                         "ROUNDS rounds of --seconds each, and report the median per-round "
+                         "ratio (the same conditions for both sides of each ratio)")
     ap.add_argument("--worker", nargs=6, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--paired-worker", nargs=5, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.paired_worker:
+        path, net, batch, rounds, seconds = args.paired_worker
+        print(json.dumps(paired_worker(path, net, int(batch), int(rounds), float(seconds))))
+        return 0
     if args.worker:
         lib, path, net, batch, threads, seconds = args.worker
         print(json.dumps(worker(lib, path, net, int(batch), int(threads), float(seconds))))
@@ -169,6 +218,29 @@ def main(argv: list[str] | None = None) -> int:
                                           "forward": mine["forward"], "onnxruntime": theirs}})
                     print(f"{net:9}{batch:6d}{t:4d}{p:16.0f}{f:16.0f}{o:13.0f}{p / o:13.2f}"
                           f"{f'{load0:.1f}-{load1:.1f}':>12}", flush=True)
+        paired = []
+        if args.paired:
+            print(f"paired: one process, 1 thread, {args.paired} alternating rounds of "
+                  f"{args.seconds:g} s; median of the per-round ratios")
+            print(f"{'net':9}{'batch':>6}{'cnnkit predict':>16}{'onnxruntime':>13}"
+                  f"{'ratio':>8}{'ratios (min-max)':>20}")
+            for net in args.nets:
+                for batch in args.batches:
+                    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONSAFEPATH="1")
+                    cmd = [sys.executable, os.path.abspath(__file__), "--paired-worker",
+                           paths[net], net, str(batch), str(args.paired), str(args.seconds)]
+                    pr = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                    if pr.returncode != 0:
+                        tail = (pr.stderr.strip().splitlines() or ["failed"])[-1]
+                        raise RuntimeError(f"paired worker for {net} batch {batch}: {tail}")
+                    runs = json.loads(pr.stdout.strip().splitlines()[-1])
+                    ratios = [a / b for a, b in zip(runs["cnnkit"], runs["ort"], strict=True)]
+                    med = statistics.median(ratios)
+                    paired.append({"net": net, "batch": batch, "threads": 1, "ratio": med,
+                                   "ratios": ratios, "runs": runs})
+                    print(f"{net:9}{batch:6d}{statistics.median(runs['cnnkit']):16.0f}"
+                          f"{statistics.median(runs['ort']):13.0f}{med:8.2f}"
+                          f"{f'{min(ratios):.2f}-{max(ratios):.2f}':>20}", flush=True)
     took = time.time() - t_start
     print(f"took {took:.0f} s")
     if args.json:
@@ -177,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             json.dump({"cnnkit": ck.__version__, "onnxruntime": ort.__version__,
                        "date": time.strftime("%Y-%m-%d"), "cpu": cpu,
                        "cnnkit_kernels": kernels, "repeats": args.repeats,
-                       "seconds": args.seconds, "took_s": took, "rows": rows}, fh, indent=1)
+                       "seconds": args.seconds, "took_s": took, "rows": rows,
+                       "paired": paired}, fh, indent=1)
     return 0
 
 
