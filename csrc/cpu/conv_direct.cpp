@@ -411,10 +411,11 @@ int64_t computed_columns(const DGeom& d, int64_t nr) {
 // choose_tile: every output pixel is a column (no wrap-around columns) and a tap loads fewer
 // values per FMA (4 weight vectors and 6 broadcasts for 24 FMAs, against 17 loads for 16 in
 // 16 x 16). Measured on the same Xeon (kpix over the default, forward, one thread): ResNet-20's
-// 64-channel 8x8 layers 1.37x (backward-input 1.25x), its 32 -> 64 stride-2 layer 1.26x,
-// 48 channels at 16x16 1.17x, 128 at 28x28 1.19x and 8x8 1.35x, 64 at 56x56 1.10x, 64 at 16x16
-// and 32x32 1.00x; 256 and 512 channels (0.66-0.80x) and few taps (3 -> 64 channels: 0.18x)
-// stay on the other tiles. Not measured on AMD, so not in t12.
+// 64-channel 8x8 layers 1.30-1.37x (backward-input 1.25x), its 32 -> 64 stride-2 layer 1.26x,
+// 128 at 28x28 1.17-1.23x and 8x8 1.35x, 64 at 56x56 1.10x; where 16 divides the output
+// width they do not pay (64 at 32x32 0.85-0.90x, at 16x16 0.97x; 48 at 16x16 won 1.17x, left
+// out to keep the rule simple), nor for 256 and 512 channels (0.66-0.80x) or few taps
+// (3 -> 64 channels: 0.18x). Not measured on AMD, so not in t12.
 // CNNKIT_CONV_TILE=MRxNR (or kpix) forces one tile for every layer,
 // CNNKIT_CONV_TILE_TABLE=t12|t16 a table (set_forced_tile / set_tile_table: A/B measurements
 // and tests).
@@ -462,12 +463,14 @@ Tile choose_tile(const DGeom& d, bool wide) {
     const int forced = forced_tile().load(std::memory_order_relaxed);
     if (forced == kKpixIndex) return kpix_tile(d.K);
     if (forced >= 0) return kTiles[forced];
-    // t16: channel-vector tiles for 48 or more channels, at least 128 taps (below, the scatter
-    // of the outputs costs more than the columns saved: 0.18x for 3 -> 64 channels) and at most
-    // 80 K floats of weights per 64-channel group (past that, streaming them from L2 for every
-    // tile loses: 0.66-0.80x for 256 and 512 channels).
-    if (tile_table().load(std::memory_order_relaxed) == 1 && d.K >= 48 && d.CRS >= 128 &&
-        std::min<int64_t>(64, round_up(d.K, 16)) * d.CRS <= 80 * 1024)
+    // t16: channel-vector tiles for rows of outputs that 16-column tiles do not divide (they
+    // then compute and drop columns; where they divide it, 64 channels at 32x32 ran 0.85-0.90x
+    // and at 16x16 0.97x in kpix), 48 or more channels, at least 128 taps (below, the scatter
+    // of the outputs costs more than the columns saved: 0.18x for 3 -> 64 channels) and at
+    // most 80 K floats of weights per 64-channel group (past that, streaming them from L2 for
+    // every tile loses: 0.66-0.80x for 256 and 512 channels).
+    if (tile_table().load(std::memory_order_relaxed) == 1 && d.Q % 16 != 0 && d.K >= 48 &&
+        d.CRS >= 128 && std::min<int64_t>(64, round_up(d.K, 16)) * d.CRS <= 80 * 1024)
         return kpix_tile(d.K);
     if (d.K <= 4) return t4;
     if (computed_columns(d, t4.nr) * 100 <= computed_columns(d, t12.nr) * 85) return t4;
