@@ -46,6 +46,18 @@ def export_models(folder: str) -> dict[str, str]:
     return paths
 
 
+def ort_session(path: str, threads: int):
+    """onnxruntime's CPU session as the table runs it: intra-op threads = cnnkit's, inter-op 1,
+    sequential, every graph optimisation."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
 def worker(lib: str, path: str, net: str, batch: int, threads: int, seconds: float) -> dict:
     """Images/s of one library on one configuration (this process only)."""
     import numpy as np
@@ -59,13 +71,7 @@ def worker(lib: str, path: str, net: str, batch: int, threads: int, seconds: flo
         fns = {"predict": lambda: model.predict(x, batch_size=batch),
                "forward": lambda: model.forward(x)}
     else:
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        sess = ort_session(path, threads)
         fns = {"run": lambda: sess.run(None, {"input": x})}
     out = {}
     for name, fn in fns.items():
@@ -87,18 +93,13 @@ def paired_worker(path: str, net: str, batch: int, rounds: int, seconds: float) 
     each round is taken under the same conditions (this VM's speed drifts by 15% and more
     between processes). Only at one thread, where neither library has a pool of its own."""
     import numpy as np
-    import onnxruntime as ort
 
     import cnnkit as ck
 
     x = np.random.default_rng(1).random((batch, *NETS[net])).astype(np.float32)
     ck.set_num_threads(1)
     model = ck.onnx.load(path)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    sess = ort_session(path, 1)
     fns = {"cnnkit": lambda: model.predict(x, batch_size=batch),
            "ort": lambda: sess.run(None, {"input": x})}
 

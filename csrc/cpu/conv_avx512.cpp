@@ -290,6 +290,22 @@ inline void transpose16(__m512 r[16]) {
 }  // namespace
 
 namespace {
+// r[k] = column k0 + k of rows i0 .. i0 + nr - 1 of w (times scale[row] when scale is not
+// null), rows past nr zero: one 16 x 16 block of the weights through a register transpose.
+inline void load_transposed(__m512 r[16], const float* w, const float* scale, int64_t i0,
+                            int64_t nr, int64_t cols, int64_t k0, int64_t kn) {
+    const __mmask16 load = static_cast<__mmask16>((1u << kn) - 1);
+    for (int64_t i = 0; i < 16; ++i) {
+        if (i >= nr) {
+            r[i] = _mm512_setzero_ps();
+            continue;
+        }
+        r[i] = _mm512_maskz_loadu_ps(load, w + (i0 + i) * cols + k0);
+        if (scale) r[i] = _mm512_mul_ps(r[i], _mm512_set1_ps(scale[i0 + i]));
+    }
+    transpose16(r);
+}
+
 // pr = 4 or 8: 16 rows (16 / pr panels) per 16 x 16 transpose, each transposed column split
 // into its panels' pieces (with one 4-row panel per transpose, 3/4 of the work was zero rows:
 // ResNet-20's 64-channel layers, 80% of its weights, use 4-row panels).
@@ -302,17 +318,8 @@ void pack_panels_split(float* out, const float* w, int64_t rows, int64_t cols,
         const int np = static_cast<int>(std::min<int64_t>(16, rows_p - i0) / PR);
         for (int64_t k0 = 0; k0 < cols; k0 += 16) {
             const int64_t kn = std::min<int64_t>(16, cols - k0);
-            const __mmask16 load = static_cast<__mmask16>((1u << kn) - 1);
             __m512 r[16];
-            for (int64_t i = 0; i < 16; ++i) {
-                if (i >= nr) {
-                    r[i] = _mm512_setzero_ps();
-                    continue;
-                }
-                r[i] = _mm512_maskz_loadu_ps(load, w + (i0 + i) * cols + k0);
-                if (scale) r[i] = _mm512_mul_ps(r[i], _mm512_set1_ps(scale[i0 + i]));
-            }
-            transpose16(r);
+            load_transposed(r, w, scale, i0, nr, cols, k0, kn);
             for (int p = 0; p < np; ++p) {
                 float* panel = out + (i0 + p * PR) * cols + k0 * PR;
                 for (int64_t k = 0; k < kn; ++k) {
@@ -343,17 +350,8 @@ void pack_panels(float* out, const float* w, int64_t rows, int64_t cols, int64_t
         float* panel = out + i0 * cols;
         for (int64_t k0 = 0; k0 < cols; k0 += 16) {
             const int64_t kn = std::min<int64_t>(16, cols - k0);
-            const __mmask16 load = static_cast<__mmask16>((1u << kn) - 1);
             __m512 r[16];
-            for (int64_t i = 0; i < 16; ++i) {
-                if (i >= nr) {
-                    r[i] = _mm512_setzero_ps();
-                    continue;
-                }
-                r[i] = _mm512_maskz_loadu_ps(load, w + (i0 + i) * cols + k0);
-                if (scale) r[i] = _mm512_mul_ps(r[i], _mm512_set1_ps(scale[i0 + i]));
-            }
-            transpose16(r);
+            load_transposed(r, w, scale, i0, nr, cols, k0, kn);
             for (int64_t k = 0; k < kn; ++k) _mm512_mask_storeu_ps(panel + (k0 + k) * pr, store, r[k]);
         }
     }
