@@ -1,7 +1,9 @@
-"""Eval forwards of many images on one CPU thread run in chunks of a few images (their values
-stay in the core's caches from layer to layer): graph models in forward and predict, chains in
-predict only (a chain may run backward after an eval forward); never around a layer that mixes
-the images of a batch, never with a team of threads. The bits are those of one pass."""
+"""Eval forwards of many images on the CPU run in chunks of a few images (their values stay in
+the core's caches from layer to layer): graph models in forward and predict, chains in predict
+only (a chain may run backward after an eval forward); never around a layer that mixes the
+images of a batch. With a team of threads, each thread runs whole chunks on its own (thread 0
+on the model's Net, the others on eval replicas sharing its parameters). The bits are those of
+one pass on one thread."""
 from __future__ import annotations
 
 import numpy as np
@@ -50,10 +52,10 @@ def test_resnet20_chunks_give_the_bits_of_one_pass(n, threads, rng, chunk_switch
     x = rng.random((n, 3, 32, 32), dtype=np.float32)
     ck.set_num_threads(threads)
     # 64 KB is one image (the largest value, 16 x 32 x 32, is 64 KB): chunks of at least
-    # 8 (the floor), as many as fit; one pass with a team of threads
+    # 8 (the floor), as many as fit, on one thread or shared out among two
     for call in (lambda m, v: m.forward(v), lambda m, v: m.predict(v, batch_size=n)):
         a, b, chunks = _one_pass_and_chunked(model, x, 64, call)
-        assert chunks == (n // 8 if n >= 16 and threads == 1 else 1)
+        assert chunks == (n // 8 if n >= 16 else 1)
         np.testing.assert_array_equal(_bits(a), _bits(b))
 
 
@@ -154,6 +156,73 @@ def test_chunked_forward_checks_the_whole_input_first(chunk_switch):
     model = ck.models.resnet20()
     with pytest.raises(ValueError, match="expected"):
         model.forward(np.zeros((40, 4, 32, 32), np.float32))
+    bad = np.zeros((40, 3, 32, 32), np.float32)
+    bad[37, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        model.forward(bad)
+    out = model.forward(np.zeros((40, 3, 32, 32), np.float32))
+    assert model._net.last_eval_chunks() == 5 and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("n", [40, 48, 256])
+def test_a_team_shares_out_the_chunks_with_the_bits_of_one_thread(n, rng, chunk_switch):
+    """ResNet-20 (graph) and LeNet-5 (chain, predict) at 2 threads: the chunks are shared out,
+    a multiple of the threads where each keeps >= 8 images, and every output bit is the
+    one-thread, one-pass bit."""
+    ck.manual_seed(4)
+    resnet = ck.models.resnet20()
+    _stats(resnet, rng)
+    lenet = ck.models.lenet5()
+    x = rng.random((n, 3, 32, 32), dtype=np.float32)
+    xl = rng.random((n, 1, 28, 28), dtype=np.float32)
+    _testing.set_eval_chunk_kb(0)
+    ref = resnet.forward(x)
+    ref_p = resnet.predict(x, batch_size=n)
+    ref_l = lenet.predict(xl, batch_size=n)
+    ck.set_num_threads(2)
+    _testing.set_eval_chunk_kb(64)
+    out = resnet.forward(x)
+    chunks = resnet._net.last_eval_chunks()
+    assert chunks == {40: 5, 48: 6, 256: 32}[n]
+    np.testing.assert_array_equal(_bits(ref), _bits(out))
+    np.testing.assert_array_equal(_bits(ref_p), _bits(resnet.predict(x, batch_size=n)))
+    _testing.set_eval_chunk_kb(16)
+    out_l = lenet.predict(xl, batch_size=n)
+    assert lenet._net.last_eval_chunks() > 1
+    np.testing.assert_array_equal(_bits(ref_l), _bits(out_l))
+
+
+def test_a_team_sees_weights_changed_between_calls(rng, chunk_switch):
+    """The replicas share the model's parameters and buffers: what load_state_dict or a
+    training step writes in place is what the next chunked forward computes with."""
+    ck.manual_seed(5)
+    model = ck.models.resnet20()
+    _stats(model, rng)
+    x = rng.random((32, 3, 32, 32), dtype=np.float32)
+    y = np.arange(32) % 10
+    ck.set_num_threads(2)
+    _testing.set_eval_chunk_kb(64)
+    first = model.forward(x)
+    assert model._net.last_eval_chunks() == 4
+    model.load_state_dict({k: v * np.float32(0.5) for k, v in model.state_dict().items()
+                           if k.endswith("weight") or k.endswith("running_mean")},
+                          strict=False)
+    second = model.forward(x)
+    t = ck.Trainer(model, optimizer=ck.optim.SGD(lr=0.05), seed=0)
+    t.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    third = model.forward(x)
+    assert model._net.last_eval_chunks() == 4
+    ck.set_num_threads(1)
+    _testing.set_eval_chunk_kb(0)
+    ref = model.forward(x)
+    np.testing.assert_array_equal(_bits(ref), _bits(third))
+    assert not np.array_equal(first, second) and not np.array_equal(second, third)
+
+
+def test_a_team_checks_the_whole_input_first(chunk_switch):
+    ck.set_num_threads(2)
+    _testing.set_eval_chunk_kb(1)
+    model = ck.models.resnet20()
     bad = np.zeros((40, 3, 32, 32), np.float32)
     bad[37, 0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):

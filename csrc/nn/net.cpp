@@ -6,7 +6,11 @@
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <exception>
 #include <limits>
+#include <mutex>
+
+#include <omp.h>
 
 #include "core/runtime.h"
 #include "cpu/conv_direct.h"
@@ -57,6 +61,7 @@ Net::Net(std::vector<LayerPtr> layers, std::vector<std::vector<int64_t>> inputs,
 }
 
 void Net::init(std::vector<std::string> names) {
+    names_ = names;
     const size_t L = layers_.size();
     output_ = static_cast<int64_t>(L);
     chain_ = true;
@@ -138,6 +143,7 @@ void Net::to(Device device) {
     }
     arena_n_ = 0;  // re-allocate activations on the new device
     plan_valid_ = false;
+    replicas_.clear();
     act_store_.clear();
     pool_.clear();
     grad_pool_.clear();
@@ -147,6 +153,29 @@ void Net::to(Device device) {
     if (opt_) {
         for (Tensor& s : opt_->state()) s = s.to(device);
     }
+}
+
+Net& Net::eval_replica(size_t t) {
+    CNN_CHECK(t >= 1, "eval_replica: thread 0 runs the Net itself");
+    if (replicas_.size() < t) replicas_.resize(t);
+    std::unique_ptr<Net>& r = replicas_[t - 1];
+    if (r && r->params_.data() == params_.data() && r->buffers_.data() == buffers_.data() &&
+        r->device() == device())
+        return *r;
+    // The same layers from their types and arguments; then their parameters, gradients and
+    // buffers become this Net's own tensors (no copy: a replica never writes them).
+    std::vector<LayerPtr> layers;
+    for (const LayerPtr& l : layers_) layers.push_back(make_layer(l->type(), l->args()));
+    r = std::make_unique<Net>(std::move(layers), inputs_, names_, output_);
+    r->params_ = params_;
+    r->grads_ = grads_;
+    r->buffers_ = buffers_;
+    for (size_t i = 0; i < layers_.size(); ++i) {
+        r->layers_[i]->params() = layers_[i]->params();
+        r->layers_[i]->grads() = layers_[i]->grads();
+        r->layers_[i]->buffers() = layers_[i]->buffers();
+    }
+    return *r;
 }
 
 std::vector<std::pair<std::string, Tensor>> Net::named_params() {
@@ -239,6 +268,7 @@ std::atomic<int64_t>& chunk_kb() {
     }()};
     return kb;
 }
+constexpr int64_t kMinEvalChunk = 8;  // images (see eval_chunk)
 }  // namespace
 
 void Net::set_eval_chunk_kb(int64_t kb) {
@@ -254,17 +284,12 @@ int64_t Net::eval_chunk(const std::vector<Shape>& shapes, bool training, bool in
     if (N < 2) return 0;
     for (const LayerPtr& l : layers_)
         if (!l->eval_per_sample()) return 0;
-    // One thread only: a team splits each chunk's layers, a barrier per layer and chunk, and
-    // on a 2-core VM with 40% steal time that lost 23-40% (ResNet-20, batch 256) where one
-    // thread gained 10%. Chunks over a team want an arena per thread (a chunk each).
-    if (get_num_threads() > 1) return 0;
     int64_t per_image = 1;  // floats of the largest value, per image
     for (const Shape& s : shapes) per_image = std::max(per_image, shape_numel(s) / N);
-    // At least kMinChunk images: the GEMM takes up to 4 rows (a Linear layer at batch 1-4) as
+    // At least kMinEvalChunk images: the GEMM takes up to 4 rows (a Linear layer at batch 1-4) as
     // dot products, which sum in another order than its tiles, so a smaller chunk would not
     // give one pass's bits; and each chunk packs every layer's weights again.
-    constexpr int64_t kMinChunk = 8;
-    const int64_t m = std::max<int64_t>(kMinChunk, kb * 256 / per_image);
+    const int64_t m = std::max<int64_t>(kMinEvalChunk, kb * 256 / per_image);
     return N / m >= 2 ? m : 0;
 }
 
@@ -272,27 +297,62 @@ Tensor Net::forward_to_host(const Tensor& x, bool training, bool inference) {
     const size_t L = layers_.size();
     last_chunks_ = 1;
     // The cheap conditions of eval_chunk first: no shape inference per call where no chunk
-    // can run (training, a team of threads, a chain's plain forward, chunks off).
+    // can run (training, a chain's plain forward, chunks off).
     if (!training && device() == Device::CPU && x.device() == Device::CPU && x.dim() > 0 &&
-        x.shape()[0] > 1 && eval_chunk_kb() > 0 && get_num_threads() == 1 &&
-        (!chain_ || inference)) {
+        x.shape()[0] > 1 && eval_chunk_kb() > 0 && (!chain_ || inference)) {
         const std::vector<Shape> full = shapes(x.shape());  // every shape checked up front
         const int64_t m = eval_chunk(full, training, inference);
         if (m > 0) {
-            const int64_t N = x.shape()[0], chunks = N / m;  // each of at least m images
+            const int64_t N = x.shape()[0];
+            const int threads = omp_in_parallel() ? 1 : get_num_threads();
+            int64_t chunks = N / m;  // each of at least m images
+            // With a team, a multiple of the threads where the chunks stay >= kMinEvalChunk
+            // images (smaller than the cache budget asks, which costs nothing), so that the
+            // threads finish together.
+            if (threads > 1 && chunks % threads != 0) {
+                const int64_t even = (chunks + threads - 1) / threads * threads;
+                if (N / even >= kMinEvalChunk) chunks = even;
+            }
+            const int team = static_cast<int>(std::min<int64_t>(threads, chunks));
             const int64_t in_per = x.numel() / N, out_per = shape_numel(full[L]) / N;
             Tensor out = host_buffer(full[L]);
-            // The parameters cannot change between the chunks: convolutions pack their
-            // weights once for all of them.
-            cpu::conv_direct::PackReuse reuse;
-            for (int64_t c = 0, n0 = 0; c < chunks; ++c) {
-                // as even as possible: sizes differ by at most one image (two arena plans)
-                const int64_t nb = N / chunks + (c < N % chunks ? 1 : 0);
+            std::vector<Net*> nets{this};
+            for (int t = 1; t < team; ++t) nets.push_back(&eval_replica(static_cast<size_t>(t)));
+            // Chunk c: images [first(c), first(c + 1)), sizes as even as possible (they differ
+            // by at most one image: two arena plans).
+            auto first = [&](int64_t c) { return c * (N / chunks) + std::min(c, N % chunks); };
+            auto run_chunk = [&](Net& net, int64_t c) {
+                const int64_t n0 = first(c), nb = first(c + 1) - n0;
                 Shape xs = x.shape(), ys = full[L];
                 xs[0] = ys[0] = nb;
-                Tensor y = forward(x.view(xs, n0 * in_per), false);
+                Tensor y = net.forward(x.view(xs, n0 * in_per), false);
                 out.view(ys, n0 * out_per).copy_from(y);
-                n0 += nb;
+            };
+            if (team <= 1) {
+                // The parameters cannot change between the chunks: convolutions pack their
+                // weights once for all of them.
+                cpu::conv_direct::PackReuse reuse;
+                for (int64_t c = 0; c < chunks; ++c) run_chunk(*this, c);
+            } else {
+                // Thread 0 runs chunk 0 on this Net (whose state then records an eval forward,
+                // as after one pass); the rest go to whichever thread is free.
+                std::atomic<int64_t> next{1};
+                std::exception_ptr error;
+                std::mutex error_mu;
+#pragma omp parallel num_threads(team)
+                {
+                    const int t = omp_get_thread_num();
+                    try {
+                        cpu::conv_direct::PackReuse reuse;  // one per thread
+                        if (t == 0) run_chunk(*this, 0);
+                        for (int64_t c = next++; c < chunks; c = next++) run_chunk(*nets[t], c);
+                    } catch (...) {
+                        std::lock_guard<std::mutex> lock(error_mu);
+                        if (!error) error = std::current_exception();
+                        next = chunks;  // the others stop after their current chunk
+                    }
+                }
+                if (error) std::rethrow_exception(error);
             }
             last_chunks_ = chunks;
             return out;

@@ -72,13 +72,16 @@ class Net {
     // faults), else a new one. A CPU chain whose last layer's backward does not read its
     // output writes it there directly; otherwise the arena's output is copied in.
     //
-    // Eval forwards of many images on one CPU thread run in chunks of a few images whose
-    // largest activation fits in the core's L2 (a chunk's values then stay in cache from the
-    // layer that writes them to the one that reads them: ResNet-20 at batch 256 ran 1.10x
-    // faster in chunks of 8), with the same bits as one pass (each image's values depend on
-    // that image alone). Graph models always (their backward refuses after an eval forward),
-    // chains when `inference` (predict: no backward follows); never around a layer that
-    // mixes images.
+    // Eval forwards of many images on the CPU run in chunks of a few images whose largest
+    // activation fits in the core's L2 (a chunk's values then stay in cache from the layer
+    // that writes them to the one that reads them: ResNet-20 at batch 256 ran 1.10x faster in
+    // chunks of 8), with the same bits as one pass (each image's values depend on that image
+    // alone). Graph models always (their backward refuses after an eval forward), chains when
+    // `inference` (predict: no backward follows); never around a layer that mixes images.
+    // With T > 1 threads the chunks are shared out among them, each thread running whole
+    // chunks through every layer on its own: thread 0 on this Net, thread t on an eval
+    // replica (same layers, its own arena, the parameters and buffers shared), so there is
+    // no barrier per layer and a chunk stays in one core's cache.
     Tensor forward_to_host(const Tensor& x, bool training, bool inference = false);
     // Fewest images per chunk for such a forward (0: one pass): the budget, CNNKIT_EVAL_CHUNK_KB
     // (default 512), over the largest value's bytes per image, and at least 8;
@@ -146,6 +149,9 @@ class Net {
 
   private:
     void init(std::vector<std::string> names);
+    // Eval replica t (1-based: thread t of a chunked forward_to_host), built on first use
+    // and again after the parameters moved (to(), a new storage).
+    Net& eval_replica(size_t t);
     void bind_storage();
     void ensure_arena(const std::vector<Shape>& shapes);
     // Whether the activation arena is laid out for an input of shape `in` on the Net's device.
@@ -177,6 +183,8 @@ class Net {
     int64_t arena_n_ = 0;
     std::vector<Tensor> act_store_, acts_;
     Tensor host_out_;  // forward_to_host's last output buffer (see there)
+    std::vector<std::string> names_;  // as given to the constructor (for replicas)
+    std::vector<std::unique_ptr<Net>> replicas_;  // eval replicas (see forward_to_host)
     int64_t last_chunks_ = 1;
     Tensor host_buffer(const Shape& s);
     std::vector<Shape> act_shapes_;
