@@ -14,6 +14,7 @@
 #include "core/runtime.h"
 #include "core/tensor.h"
 #include "cpu/conv_direct.h"
+#include "cpu/conv_winograd.h"
 #include "cpu/kernels.h"
 #include "nn/net.h"
 #ifdef CNNKIT_WITH_CUDA
@@ -80,6 +81,9 @@ void bind_testing(py::module_& core) {
     m.def("set_conv_tile", &cpu::conv_direct::set_forced_tile, py::arg("name"));
     m.def("set_conv_tile_table", &cpu::conv_direct::set_tile_table, py::arg("name"));
     m.def("conv_tile_table", &cpu::conv_direct::tile_table_name);
+    // Winograd F(2x2, 3x3) for stride-1 3x3 layers (CNNKIT_CONV_WINOGRAD at start-up).
+    m.def("set_conv_winograd", &cpu::conv_winograd::set_enabled, py::arg("on"));
+    m.def("conv_winograd", &cpu::conv_winograd::enabled);
     // Eval forwards of graph models with BatchNorm folded into the Conv2d before it (default
     // on); off runs the two layers as in training, for A/B measurements and tests.
     m.def("set_fold_batchnorm", &nn::Net::set_fold_batchnorm, py::arg("on"));

@@ -226,7 +226,9 @@ void conv2d_forward(float* y, const float* x, const float* w, const float* b, co
 
 void conv2d_forward_scaled(float* y, const float* x, const float* w, const float* wscale,
                            const float* b, const ConvGeom& g, float* ws, bool relu, float* wfold) {
-    if (!conv_winograd::use_forward(g) && conv_direct::applicable_forward(g))
+    if (conv_winograd::use_forward(g))
+        return conv_winograd::forward(y, x, w, b, g, ws, relu, wscale);
+    if (conv_direct::applicable_forward(g))
         return conv_direct::forward(y, x, w, b, g, ws, relu, wscale);
     const int64_t per = g.C / g.groups * g.R * g.S;
     for (int64_t k = 0; k < g.K; ++k) {

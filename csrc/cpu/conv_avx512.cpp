@@ -250,12 +250,23 @@ void fwd_12x32(int rows, int cols, int64_t kc, const float* a, const float* x,
 
 void fwd_panel(int mr, int nv, int rows, int cols, int64_t kc, const float* a, const float* x,
                const int32_t* off, float* c, int64_t ldc, const float* bias, bool relu) {
-    if (mr == 8 && nv == 3)
+    // A tile of fewer columns than nv vectors computes only the vectors it stores (the same
+    // operations per element, so the same bits as the full-width tile).
+    const int need = (cols + 15) / 16;
+    if (mr == 8 && nv == 3) {
+        if (need <= 1) return dispatch_panel<8, 1, 8>(rows, cols, kc, a, x, off, c, ldc, bias, relu);
+        if (need == 2) return dispatch_panel<8, 2, 8>(rows, cols, kc, a, x, off, c, ldc, bias, relu);
         return dispatch_panel<8, 3, 8>(rows, cols, kc, a, x, off, c, ldc, bias, relu);
-    if (mr == 4 && nv == 5)
+    }
+    if (mr == 4 && nv == 5) {
+        if (need <= 2) return dispatch_panel<4, 2, 4>(rows, cols, kc, a, x, off, c, ldc, bias, relu);
+        if (need == 3) return dispatch_panel<4, 3, 4>(rows, cols, kc, a, x, off, c, ldc, bias, relu);
         return dispatch_panel<4, 5, 4>(rows, cols, kc, a, x, off, c, ldc, bias, relu);
-    if (mr == 6 && nv == 4)
+    }
+    if (mr == 6 && nv == 4) {
+        if (need <= 2) return dispatch_panel<6, 2, 6>(rows, cols, kc, a, x, off, c, ldc, bias, relu);
         return dispatch_panel<6, 4, 6>(rows, cols, kc, a, x, off, c, ldc, bias, relu);
+    }
     if (mr == 16 && nv == 1)
         return dispatch_panel<16, 1, 16>(rows, cols, kc, a, x, off, c, ldc, bias, relu);
 }

@@ -789,6 +789,26 @@ const float* packed_weights(float* fallback, const float* w, const float* wscale
 }
 }  // namespace
 
+float* reuse_buffer(const float* w, const float* scale, int64_t rows, int64_t cols, int64_t tag,
+                    int64_t floats, bool* fresh) {
+    *fresh = true;
+    PackedCache* pc = tl_packed;
+    if (!pc || tag >= 0) return nullptr;
+    for (const auto& e : pc->entries)
+        if (e->w == w && e->scale == scale && e->rows == rows && e->cols == cols && e->pr == tag) {
+            g_pack_reuses.fetch_add(1, std::memory_order_relaxed);
+            *fresh = false;
+            return e->panels.get(0);
+        }
+    if (pc->floats + floats > kPackReuseFloats) return nullptr;
+    auto e = std::make_unique<PackedEntry>();
+    e->w = w; e->scale = scale; e->rows = rows; e->cols = cols; e->pr = tag;
+    float* out = e->panels.get(floats);
+    pc->floats += floats;
+    pc->entries.push_back(std::move(e));
+    return out;
+}
+
 PackReuse::PackReuse() : owner_(tl_packed == nullptr) {
     if (owner_) tl_packed = new PackedCache();
 }

@@ -61,6 +61,13 @@ class PackReuse {
 constexpr int64_t kPackReuseFloats = int64_t(1) << 24;  // 64 MB
 // Forward calls that found their panels already packed (for tests), since the process started.
 int64_t pack_reuses();
+// For other forward routines that prepare weights once per call (the Winograd filter
+// transform): a buffer of `floats` floats kept in the thread's PackReuse scope under the key
+// (w, scale, rows, cols, tag), tag < 0 (the direct panels use their panel heights). *fresh
+// says whether the caller must fill it (false: an earlier chunk did). Null when no scope is
+// alive or its budget is spent; the caller then uses its own workspace.
+float* reuse_buffer(const float* w, const float* scale, int64_t rows, int64_t cols, int64_t tag,
+                    int64_t floats, bool* fresh);
 
 // Floats of caller workspace the three routines need (0 when no routine applies).
 int64_t workspace_floats(const ConvGeom& g);

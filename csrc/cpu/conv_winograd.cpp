@@ -10,6 +10,7 @@
 #include <cstring>
 #include <string>
 
+#include "cpu/conv_direct.h"
 #include "cpu/kernel_set.h"
 #include "cpu/scratch.h"
 
@@ -61,8 +62,12 @@ int64_t pass_floats(int64_t Ko, int64_t Ci) {
     return 16 * packed_rows(Ko) * Ci + round_up(Ci, 16) + 16;
 }
 
+// Blocks of Tb tiles: a multiple of the GEMM tile's width (no partial column tiles but the
+// last block's), as many as keep V and M within kBlockFloats, and with a team of threads at
+// least two blocks a thread. Every tile's values are computed by the same operations whatever
+// the block (the GEMM's columns are independent), so Tb does not change the results.
 WGeom make_wgeom(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t ph,
-                 int64_t pw) {
+                 int64_t pw, int64_t nr) {
     WGeom d{};
     d.N = N; d.C = C; d.H = H; d.W = W; d.K = K; d.ph = ph; d.pw = pw;
     d.P = H + 2 * ph - 2;
@@ -70,11 +75,16 @@ WGeom make_wgeom(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t 
     d.TH = (d.P + 1) / 2;
     d.TW = (d.Q + 1) / 2;
     const int64_t total = N * d.TH * d.TW;
-    int64_t tb = kBlockFloats / (16 * (C + K)) / 16 * 16;
-    tb = std::max<int64_t>(16, std::min(kMaxBlock, tb));
-    // at least ~4 blocks where there are enough tiles (a fixed function of the geometry)
-    tb = std::min(tb, std::max<int64_t>(16, round_up((total + 3) / 4, 16)));
-    d.Tb = tb;
+    const int64_t unit = nr % 16 == 0 ? nr : 16;
+    int64_t tb = kBlockFloats / (16 * (C + K)) / unit * unit;
+    tb = std::max(unit, std::min(round_up(kMaxBlock, unit), tb));
+    const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (threads > 1)
+        tb = std::min(tb, std::max(unit, round_up((total + 2 * threads - 1) / (2 * threads), unit)));
+    d.Tb = std::min(tb, round_up(total, unit));
+    d.ld = d.Tb + 16;
+    d.vs = C * d.ld + 16;
+    d.ms = K * d.ld + 16;
     return d;
 }
 
@@ -129,7 +139,7 @@ void transform_filters(float* u, int64_t upk, int64_t Ko, int64_t Ci, int64_t pr
 
 void run(float* y, const float* x, const float* u, int64_t upk, int32_t* off, const float* bias,
          bool relu, const WGeom& wg, const WTile& t) {
-    for (int64_t c = 0; c < wg.C; ++c) off[c] = static_cast<int32_t>(c * wg.Tb);
+    for (int64_t c = 0; c < wg.C; ++c) off[c] = static_cast<int32_t>(c * wg.ld);
     const BlockFn fn = kernel_set() == KernelSet::AVX512 ? avx512::run_block : avx2::run_block;
     const int64_t total = wg.N * wg.TH * wg.TW, blocks = (total + wg.Tb - 1) / wg.Tb;
     const int64_t sc = block_scratch_floats(wg);
@@ -138,8 +148,8 @@ void run(float* y, const float* x, const float* u, int64_t upk, int32_t* off, co
     {
         float* s = thread_scratch().get(sc);
         // the slack past V and M that the widest tiles read (masked lanes): keep it finite
-        std::memset(s + 16 * wg.C * wg.Tb, 0, sizeof(float) * 128);
-        std::memset(s + 16 * (wg.C + wg.K) * wg.Tb + 128, 0, sizeof(float) * 128);
+        std::memset(s + 16 * wg.vs, 0, sizeof(float) * 128);
+        std::memset(s + 16 * (wg.vs + wg.ms) + 128, 0, sizeof(float) * 128);
 #pragma omp for schedule(static)
         for (int64_t bi = 0; bi < blocks; ++bi) {
             const int64_t t0 = bi * wg.Tb;
@@ -151,7 +161,12 @@ void run(float* y, const float* x, const float* u, int64_t upk, int32_t* off, co
 }  // namespace
 
 int64_t block_scratch_floats(const WGeom& wg) {
-    return 16 * (wg.C + wg.K) * wg.Tb + 256 + 8 * (wg.TH + 1) * wg.TW + 4 * wg.Tb;
+    // V and M (16 vs + 16 ms) with their slack, then the larger of the two routines' tails:
+    // AVX2 8 planes and 4 output rows of Tb; AVX-512 8 planes and 2 output row buffers of
+    // (TH + 1) TW + 32 floats (twice).
+    const int64_t plane = (wg.TH + 1) * wg.TW + 32;
+    return 16 * (wg.vs + wg.ms) + 256 +
+           std::max(8 * (wg.TH + 1) * wg.TW + 4 * wg.Tb, 12 * plane);
 }
 
 void set_enabled(bool on) { flag().store(on); }
@@ -166,24 +181,29 @@ int64_t workspace_floats(const ConvGeom& g) {
 }
 
 void forward(float* y, const float* x, const float* w, const float* b, const ConvGeom& g,
-             float* ws, bool relu) {
-    const WGeom wg = make_wgeom(g.N, g.C, g.H, g.W, g.K, g.pad_h, g.pad_w);
+             float* ws, bool relu, const float* wscale) {
     const WTile t = choose_tile(g.K);
+    const WGeom wg = make_wgeom(g.N, g.C, g.H, g.W, g.K, g.pad_h, g.pad_w, t.nr);
     const int64_t upk = packed_rows(g.K) * g.C;
-    float* u = ws;
     int32_t* off = reinterpret_cast<int32_t*>(ws + 16 * upk);
+    // The chunks of one eval forward (conv_direct::PackReuse) transform the filters once.
+    bool fresh = true;
+    float* u = conv_direct::reuse_buffer(w, wscale, g.K, g.C, -1 - t.pr, 16 * upk, &fresh);
+    if (!u) u = ws;
     const int64_t C = g.C;
-    transform_filters(u, upk, g.K, g.C, t.pr, [&](int64_t k, int64_t c, int r, int s) {
-        return double(w[((k * C + c) * 3 + r) * 3 + s]);
-    });
+    if (fresh)
+        transform_filters(u, upk, g.K, g.C, t.pr, [&](int64_t k, int64_t c, int r, int s) {
+            const float v = w[((k * C + c) * 3 + r) * 3 + s];
+            return double(wscale ? v * wscale[k] : v);  // rounded as the scaled weight
+        });
     run(y, x, u, upk, off, b, relu, wg, t);
 }
 
 // dx = the convolution of dy (K channels, P x Q) padded by 2 - pad with the flipped,
 // transposed weights w'[c][k][r][s] = w[k][c][2 - r][2 - s].
 void backward_input(float* dx, const float* dy, const float* w, const ConvGeom& g, float* ws) {
-    const WGeom wg = make_wgeom(g.N, g.K, g.P, g.Q, g.C, 2 - g.pad_h, 2 - g.pad_w);
     const WTile t = choose_tile(g.C);
+    const WGeom wg = make_wgeom(g.N, g.K, g.P, g.Q, g.C, 2 - g.pad_h, 2 - g.pad_w, t.nr);
     const int64_t upk = packed_rows(g.C) * g.K;
     float* u = ws;
     int32_t* off = reinterpret_cast<int32_t*>(ws + 16 * upk);

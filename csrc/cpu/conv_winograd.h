@@ -35,16 +35,22 @@ bool use_backward_input(const ConvGeom& g);
 // geometry never qualifies. Independent of the kernel set and the switch.
 int64_t workspace_floats(const ConvGeom& g);
 
+// wscale (K floats, may be null): output channel k's weights multiplied by wscale[k] first (a
+// BatchNorm folded into the convolution). Inside a conv_direct::PackReuse scope the
+// transformed filters are kept for the next chunk of the same call.
 void forward(float* y, const float* x, const float* w, const float* b, const ConvGeom& g,
-             float* ws, bool relu);
+             float* ws, bool relu, const float* wscale = nullptr);
 void backward_input(float* dx, const float* dy, const float* w, const ConvGeom& g, float* ws);
 
 // ---- internals shared with the ISA files ----------------------------------------------------
 
 // One Winograd convolution: input (N, C, H, W) zero-padded by (ph, pw), K output channels of
-// P x Q, TH x TW tiles per image, Tb tiles per block.
+// P x Q, TH x TW tiles per image, Tb tiles per block. The transformed inputs V [16][C][Tb]
+// and products M [16][K][Tb] have rows ld = Tb + 16 floats apart and matrices vs = C ld + 16
+// and ms = K ld + 16 apart: with Tb a multiple of 256 the 16 rows of one (channel, tile)
+// would otherwise be a multiple of 4 KB apart, all in one L1 set.
 struct WGeom {
-    int64_t N, C, H, W, K, ph, pw, P, Q, TH, TW, Tb;
+    int64_t N, C, H, W, K, ph, pw, P, Q, TH, TW, Tb, ld, vs, ms;
 };
 
 // The GEMM micro-tile (mr rows x nr columns) and weight panel height pr; kind 0: AVX2 6 x 16,
@@ -54,7 +60,7 @@ struct WTile {
 };
 
 // Tiles [t0, t0 + nt) of the flattened (image, tile row, tile column) order. u: 16 packed
-// weight matrices (pr-row panels of K x C, upk floats apart); off[c] = c * Tb.
+// weight matrices (pr-row panels of K x C, upk floats apart); off[c] = c * ld.
 using BlockFn = void (*)(float* y, const float* x, const float* u, int64_t upk,
                          const int32_t* off, const float* bias, bool relu, const WGeom& wg,
                          const WTile& t, int64_t t0, int64_t nt, float* scratch);

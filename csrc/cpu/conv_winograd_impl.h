@@ -10,11 +10,11 @@ inline int64_t wino_round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b;
 void run_block(float* y, const float* x, const float* u, int64_t upk, const int32_t* off,
                const float* bias, bool relu, const WGeom& wg, const WTile& t, int64_t t0,
                int64_t nt, float* scratch) {
-    const int64_t C = wg.C, K = wg.K, Tb = wg.Tb, TW = wg.TW, TT = wg.TH * wg.TW;
+    const int64_t C = wg.C, K = wg.K, Tb = wg.Tb, ld = wg.ld, TW = wg.TW, TT = wg.TH * wg.TW;
     const int64_t H = wg.H, W = wg.W, P = wg.P, Q = wg.Q, HW = H * W, PQ = P * Q;
-    float* V = scratch;                    // [16][C][Tb]
-    float* M = V + 16 * C * Tb + 128;      // [16][K][Tb]
-    float* pl = M + 16 * K * Tb + 128;     // 8 planes of (TH + 1) x TW
+    float* V = scratch;                    // [16][C][Tb], rows ld apart, matrices vs
+    float* M = V + 16 * wg.vs + 128;      // [16][K][Tb], rows ld apart, matrices ms
+    float* pl = M + 16 * wg.ms + 128;     // 8 planes of (TH + 1) x TW
     float* Yt = pl + 8 * (wg.TH + 1) * TW;  // 4 x Tb
     const int64_t ntp = wino_round_up(nt, 16);
 
@@ -46,14 +46,14 @@ void run_block(float* y, const float* x, const float* u, int64_t upk, const int3
                         for (int64_t tw = hi; tw < TW; ++tw) dst[tw] = 0.f;
                     }
                 }
-            float* vc = V + c * Tb + tb - ja;
+            float* vc = V + c * ld + tb - ja;
             const float* p0[4];
             const float* p1[4];
             for (int o = 0; o < 4; ++o) {
                 p0[o] = pl + o * PS;
                 p1[o] = pl + (4 + o) * PS;
             }
-            const int64_t CT = C * Tb;
+            const int64_t CT = wg.vs;
             for (int64_t j = ja; j < jb; ++j) {
                 float rr[4][4];  // rr[i][o]: row-transformed row i, column class o
                 for (int o = 0; o < 4; ++o) {
@@ -76,18 +76,18 @@ void run_block(float* y, const float* x, const float* u, int64_t upk, const int3
     }
     if (ntp > nt)
         for (int64_t r = 0; r < 16 * C; ++r)
-            for (int64_t j = nt; j < ntp; ++j) V[r * Tb + j] = 0.f;
+            for (int64_t j = nt; j < ntp; ++j) V[r / C * wg.vs + r % C * ld + j] = 0.f;
 
     // ---- 16 GEMMs: M[xi] (K x tiles) = U[xi] (K x C) * V[xi] (C x tiles) ----
     for (int64_t xi = 0; xi < 16; ++xi) {
         const float* ux = u + xi * upk;
-        const float* vx = V + xi * C * Tb;
-        float* mx = M + xi * K * Tb;
+        const float* vx = V + xi * wg.vs;
+        float* mx = M + xi * wg.ms;
         for (int64_t j0 = 0; j0 < ntp; j0 += t.nr) {
             const int cols = static_cast<int>(std::min<int64_t>(t.nr, ntp - j0));
             for (int64_t k0 = 0; k0 < K; k0 += t.mr) {
                 const int rows = static_cast<int>(std::min<int64_t>(t.mr, K - k0));
-                WINO_GEMM(t, rows, cols, C, ux + k0 * C, vx + j0, off, mx + k0 * Tb + j0, Tb);
+                WINO_GEMM(t, rows, cols, C, ux + k0 * C, vx + j0, off, mx + k0 * ld + j0, ld);
             }
         }
     }
@@ -98,8 +98,8 @@ void run_block(float* y, const float* x, const float* u, int64_t upk, const int3
         const int64_t th0 = a / TW, th1 = (b - 1) / TW + 1;
         const int64_t nj = b - a;
         for (int64_t k = 0; k < K; ++k) {
-            const float* mk = M + k * Tb + tb;
-            const int64_t KT = K * Tb;
+            const float* mk = M + k * ld + tb;
+            const int64_t KT = wg.ms;
             const float bk = bias ? bias[k] : 0.f;
             for (int64_t j = 0; j < nj; ++j) {
                 float tt[2][4];
