@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,7 @@
 
 #include "core/runtime.h"
 #include "cpu/conv_direct.h"
+#include "cpu/conv_winograd.h"
 #include "cpu/kernel_set.h"
 #include "cpu/kernels.h"
 
@@ -93,7 +95,20 @@ double direct(const ConvGeom& g, const float* x, const float* w, int64_t n, int6
 // GEMM instead of the direct path (A/B of the strided direct convolution in one process).
 // "SET@MRxNR": the set with that AVX-512 tile forced for every layer; "SET#TABLE" with that
 // tile table (t12, t16) for the per-layer choice (A/B of tile shapes).
-void use_set(const std::string& spec) {
+// SET[/im2col][@TILE][#TABLE][+winograd|+direct]: the stride-1 3x3 layers through Winograd
+// or the direct tiles (without either: the default of this machine).
+void use_set(std::string spec) {
+    static const bool winograd_default = cpu::conv_winograd::enabled();
+    bool winograd = winograd_default;
+    const size_t plus = spec.find('+');
+    if (plus != std::string::npos) {
+        const std::string alg = spec.substr(plus + 1);
+        if (alg != "winograd" && alg != "direct")
+            throw std::invalid_argument("unknown algorithm '" + alg + "' (winograd, direct)");
+        winograd = alg == "winograd";
+        spec = spec.substr(0, plus);
+    }
+    cpu::conv_winograd::set_enabled(winograd);
     const size_t hash = spec.find('#');
     cpu::conv_direct::set_tile_table(hash == std::string::npos ? "auto" : spec.substr(hash + 1));
     const std::string base = spec.substr(0, hash);
@@ -139,7 +154,9 @@ int main(int argc, char** argv) {
                         "[--rounds N] [--net resnet20 [--batch N]] [--only NAME] [--cpu-time] [--min]\n"
                         "  a set may be written SET/im2col: strided layers through im2col + GEMM,\n"
                         "  or SET@MRxNR: that AVX-512 tile for every layer (12x32, 4x80, 8x48,\n"
-                        "  6x64, 16x16), or SET#TABLE: that tile table (t12, t16)\n");
+                        "  6x64, 16x16), or SET#TABLE: that tile table (t12, t16), and end in\n"
+                        "  +winograd or +direct: stride-1 3x3 layers through Winograd F(2x2, 3x3)\n"
+                        "  or the direct tiles (default: this machine's choice)\n");
             return a == "--help" ? 0 : 2;
         }
     }
@@ -195,7 +212,7 @@ int main(int argc, char** argv) {
             int64_t n = t % g.N, k = (7 * t) % g.K, p = (3 * t) % g.P, q = (5 * t) % g.Q;
             double want = direct(g, x.data(), w.data(), n, k, p, q) + b[k];
             double got = y[((n * g.K + k) * g.P + p) * g.Q + q];
-            if (!std::getenv("WINO_SKIP") && std::fabs(got - want) > 1e-3 * (1 + std::fabs(want))) {
+            if (std::fabs(got - want) > 1e-3 * (1 + std::fabs(want))) {
                 std::printf("CHECK FAILED %s (%s): got %g want %g\n", c.name, set.c_str(), got,
                             want);
                 return 1;
