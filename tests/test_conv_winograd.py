@@ -1,10 +1,16 @@
-"""The Winograd F(2x2, 3x3) path (off by default; CNNKIT_CONV_WINOGRAD=1) against float64."""
+"""The Winograd F(2x2, 3x3) path for stride-1 3x3 layers (on by default for the AVX-512 set on
+Intel cores; CNNKIT_CONV_WINOGRAD=1 forces it for every set) against float64, on random
+layers and on shapes that take each of the AVX-512 routine's layouts (tile rows of >= 16
+tiles, of 8 and of 4 in registers, other widths through planes), and its bits across thread
+counts, batch splits and chunked eval forwards."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+
+import pytest
 
 SCRIPT = r"""
 import numpy as np, cnnkit as ck
@@ -39,6 +45,105 @@ for ks in ck.available_cpu_kernels():
             assert (np.abs(ours - ref_) <= tol).all(), what
 print("ok")
 """
+
+
+SHAPES = r"""
+import numpy as np, cnnkit as ck
+from tests import reference as ref
+rng = np.random.default_rng(11)
+# (N, C, K, H, W, pad): output widths 32, 56 (28 tiles a row: a partial vector each row), 16,
+# 15, 8, 7, 14, 5 (through the planes), 1-2 rows of tiles, and batches whose blocks cut images
+shapes = [(3, 16, 16, 32, 32, 1), (1, 16, 24, 56, 56, 1), (5, 32, 32, 16, 16, 1),
+          (3, 20, 17, 15, 15, 1), (9, 64, 64, 8, 8, 1), (4, 16, 40, 9, 9, 0),
+          (2, 24, 16, 14, 14, 1), (3, 16, 16, 7, 5, 1), (2, 16, 16, 3, 40, 2),
+          (1, 33, 18, 18, 18, 0), (7, 16, 32, 10, 12, 2)]
+for ks in ck.available_cpu_kernels():
+    if ks == "generic":
+        continue
+    ck.set_cpu_kernels(ks)
+    for N, C, K, H, W, p in shapes:
+        for relu in (False, True):
+            m = ck.Sequential([ck.Conv2d(C, K, 3, padding=p)] + ([ck.ReLU()] if relu else []))
+            w = (rng.standard_normal((K, C, 3, 3)) / np.sqrt(9 * C)).astype(np.float32)
+            b = rng.standard_normal(K).astype(np.float32)
+            m.load_state_dict({"0.weight": w, "0.bias": b})
+            x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+            y = m.forward(x, training=True)
+            want = ref.conv2d(x, w, b, (1, 1), (p, p))
+            if relu:
+                want = np.maximum(want, 0)
+            dy = rng.standard_normal(y.shape).astype(np.float32)
+            dx = m.backward(dy)
+            rdx = ref.conv2d_backward(x, w, dy * (y > 0) if relu else dy, (1, 1), (p, p))[0]
+            what = f"{ks} N={N} C={C} K={K} H={H} W={W} p={p} relu={relu}"
+            for ours, r in ((y, want), (dx, rdx)):
+                err = np.abs(ours - r).max() / max(1e-6, np.abs(r).max())
+                assert err < 2e-6, (what, err)
+print("ok")
+"""
+
+BITS = r"""
+import numpy as np, cnnkit as ck
+from cnnkit._core import _testing
+rng = np.random.default_rng(5)
+# Every tile's values come from the same operations whatever the block or thread: 1 and 2
+# threads, a batch and its halves, forward and backward-input
+m = ck.Sequential([ck.Conv2d(32, 48, 3, padding=1), ck.ReLU(), ck.Conv2d(48, 32, 3, padding=1)])
+x = rng.standard_normal((12, 32, 16, 16)).astype(np.float32)
+outs = []
+for threads in (1, 2):
+    ck.set_num_threads(threads)
+    y = m.forward(x, training=True)
+    dx = m.backward(np.ones_like(y))
+    halves = np.concatenate([m.forward(x[:5], training=False), m.forward(x[5:], training=False)])
+    outs.append((y.copy(), dx.copy(), halves))
+for a, b in zip(*outs):
+    np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+np.testing.assert_array_equal(outs[0][0].view(np.uint32), outs[0][2].view(np.uint32))
+# and it is the Winograd path that ran: the direct tiles give other bits
+_testing.set_conv_winograd(False)
+ck.set_num_threads(1)
+assert not np.array_equal(m.forward(x, training=True), outs[0][0])
+np.testing.assert_allclose(m.forward(x, training=True), outs[0][0], rtol=1e-4, atol=1e-5)
+print("ok")
+"""
+
+
+def _run(script, **env):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", script], cwd=root, env=dict(os.environ, **env),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr[-3000:]
+
+
+def test_winograd_layouts_match_float64_reference():
+    _run(SHAPES, CNNKIT_CONV_WINOGRAD="1")
+
+
+def test_winograd_bits_do_not_depend_on_threads_or_batch_split():
+    _run(BITS, CNNKIT_CONV_WINOGRAD="1")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="reads the CPU vendor there")
+def test_winograd_default_is_on_for_avx512_on_intel_and_can_be_switched():
+    import cnnkit as ck
+    from cnnkit._core import _testing
+
+    before = ck._core.requested_cpu_kernels()
+    try:
+        with open("/proc/cpuinfo") as f:
+            intel = "GenuineIntel" in f.read()
+        for ks in ck.available_cpu_kernels():
+            ck.set_cpu_kernels(ks)
+            _testing.set_conv_winograd(None)
+            assert _testing.conv_winograd() == (ks == "avx512" and intel), ks
+            _testing.set_conv_winograd(True)
+            assert _testing.conv_winograd()
+            _testing.set_conv_winograd(False)
+            assert not _testing.conv_winograd()
+    finally:
+        ck.set_cpu_kernels(before)
+        _testing.set_conv_winograd(None)
 
 
 def test_winograd_matches_float64_reference():

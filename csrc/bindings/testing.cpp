@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -82,7 +83,14 @@ void bind_testing(py::module_& core) {
     m.def("set_conv_tile_table", &cpu::conv_direct::set_tile_table, py::arg("name"));
     m.def("conv_tile_table", &cpu::conv_direct::tile_table_name);
     // Winograd F(2x2, 3x3) for stride-1 3x3 layers (CNNKIT_CONV_WINOGRAD at start-up).
-    m.def("set_conv_winograd", &cpu::conv_winograd::set_enabled, py::arg("on"));
+    // None: the machine's default (on for AVX-512 on Intel cores).
+    m.def(
+        "set_conv_winograd",
+        [](std::optional<bool> on) {
+            if (on) cpu::conv_winograd::set_enabled(*on);
+            else cpu::conv_winograd::set_default();
+        },
+        py::arg("on"));
     m.def("conv_winograd", &cpu::conv_winograd::enabled);
     // Eval forwards of graph models with BatchNorm folded into the Conv2d before it (default
     // on); off runs the two layers as in training, for A/B measurements and tests.

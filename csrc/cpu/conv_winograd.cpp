@@ -10,6 +10,7 @@
 #include <cstring>
 #include <string>
 
+#include "core/runtime.h"
 #include "cpu/conv_direct.h"
 #include "cpu/kernel_set.h"
 #include "cpu/scratch.h"
@@ -30,12 +31,22 @@ constexpr int64_t kMaxBlock = 512;
 
 int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
-std::atomic<bool>& flag() {
-    static std::atomic<bool> on{[] {
+// 1 on, 0 off, -1 this machine's default (default_on): CNNKIT_CONV_WINOGRAD=1|0 at start-up.
+std::atomic<int>& mode() {
+    static std::atomic<int> m{[] {
         const char* e = std::getenv("CNNKIT_CONV_WINOGRAD");
-        return e && e[0] == '1' && e[1] == 0;
+        if (e && std::string(e) == "1") return 1;
+        if (e && std::string(e) == "0") return 0;
+        return -1;
     }()};
-    return on;
+    return m;
+}
+
+// Where it was measured faster: the AVX-512 routine on Intel cores (docs/performance.md,
+// "Winograd on the Xeon"). The AVX2 routine and AMD's AVX-512 cores have not been measured
+// since the register transforms, so they stay on the direct tiles unless asked.
+bool default_on() {
+    return kernel_set() == KernelSet::AVX512 && avx512::compiled() && cpu_is_intel();
 }
 
 bool set_ok() {
@@ -169,8 +180,12 @@ int64_t block_scratch_floats(const WGeom& wg) {
            std::max(8 * (wg.TH + 1) * wg.TW + 4 * wg.Tb, 12 * plane);
 }
 
-void set_enabled(bool on) { flag().store(on); }
-bool enabled() { return flag().load(std::memory_order_relaxed); }
+void set_enabled(bool on) { mode().store(on ? 1 : 0); }
+void set_default() { mode().store(-1); }
+bool enabled() {
+    const int m = mode().load(std::memory_order_relaxed);
+    return m < 0 ? default_on() : m == 1;
+}
 
 bool use_forward(const ConvGeom& g) { return enabled() && set_ok() && geometry_ok(g); }
 bool use_backward_input(const ConvGeom& g) { return use_forward(g); }

@@ -21,10 +21,12 @@ namespace cnnkit {
 namespace cpu {
 namespace conv_winograd {
 
-// Off by default: this first version measured 2.4-8x slower than the direct kernels on
-// ResNet-20's layers (docs/performance.md). CNNKIT_CONV_WINOGRAD=1 at start-up, or
-// set_enabled(true), turns it on (A/B measurements, tests of both paths).
+// On by default where measured faster than the direct tiles: the AVX-512 kernel set on Intel
+// cores (1.1-2x per layer on ResNet-20's, docs/performance.md). CNNKIT_CONV_WINOGRAD=1|0 at
+// start-up, or set_enabled, turns it on or off everywhere (the AVX2 routine included);
+// set_default goes back to the machine's default. enabled() is whether it is on now.
 void set_enabled(bool on);
+void set_default();
 bool enabled();
 
 // Whether the forward / backward-input of g runs here now (switch, kernel set, geometry).
