@@ -89,13 +89,13 @@ rng = np.random.default_rng(5)
 # Every tile's values come from the same operations whatever the block or thread: 1 and 2
 # threads, a batch and its halves, forward and backward-input
 m = ck.Sequential([ck.Conv2d(32, 48, 3, padding=1), ck.ReLU(), ck.Conv2d(48, 32, 3, padding=1)])
-x = rng.standard_normal((12, 32, 16, 16)).astype(np.float32)
+x = rng.standard_normal((21, 32, 16, 16)).astype(np.float32)
 outs = []
 for threads in (1, 2):
     ck.set_num_threads(threads)
     y = m.forward(x, training=True)
     dx = m.backward(np.ones_like(y))
-    halves = np.concatenate([m.forward(x[:5], training=False), m.forward(x[5:], training=False)])
+    halves = np.concatenate([m.forward(x[:8], training=False), m.forward(x[8:], training=False)])
     outs.append((y.copy(), dx.copy(), halves))
 for a, b in zip(*outs):
     np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
@@ -152,3 +152,51 @@ def test_winograd_matches_float64_reference():
     r = subprocess.run([sys.executable, "-c", SCRIPT], cwd=root, env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
+
+
+DEFAULT = r"""
+import numpy as np, cnnkit as ck
+from cnnkit._core import _testing
+# By default a call needs 512 output tiles (8 x 8 = 64 a 16 x 16 image): 7 images stay on the
+# direct tiles, 8 take Winograd, and so do chunks of a larger eval forward that has them (the
+# filters are transformed once for all its chunks)
+rng = np.random.default_rng(3)
+conv = ck.Sequential([ck.Conv2d(16, 16, 3, padding=1)])
+x = rng.standard_normal((16, 16, 16, 16)).astype(np.float32)
+def bits(v):
+    return np.ascontiguousarray(v).view(np.uint32)
+_testing.set_conv_winograd(False)
+direct = conv.forward(x, training=True)
+_testing.set_conv_winograd(True)
+forced = conv.forward(x, training=True)
+_testing.set_conv_winograd(None)
+assert not np.array_equal(bits(direct), bits(forced))
+np.testing.assert_array_equal(bits(conv.forward(x[:7], training=True)), bits(direct[:7]))
+np.testing.assert_array_equal(bits(conv.forward(x[:8], training=True)), bits(forced[:8]))
+# 8 x 8 images (16 tiles each): 32 images in chunks of 8 (128 tiles each) are computed as the
+# one pass of 512 tiles is, by Winograd
+x8 = rng.standard_normal((32, 16, 8, 8)).astype(np.float32)
+_testing.set_conv_winograd(True)
+forced8 = conv.forward(x8, training=True)
+_testing.set_conv_winograd(None)
+np.testing.assert_array_equal(bits(conv.forward(x8, training=True)), bits(forced8))
+assert not np.array_equal(bits(conv.forward(x8[:8], training=True)), bits(forced8[:8]))
+inp = ck.Input((16, 8, 8))
+model = ck.Model(inp, ck.Add()([ck.Conv2d(16, 16, 3, padding=1, name="c")(inp), inp]))
+model.load_state_dict({"c." + k[2:]: v for k, v in conv.state_dict().items()})
+_testing.set_eval_chunk_kb(4)  # 4 KB = one image: chunks of the floor, 8 images
+out = model.forward(x8)
+assert model._net.last_eval_chunks() == 4
+np.testing.assert_array_equal(bits(out), bits(forced8 + x8))
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="reads the CPU vendor there")
+def test_winograd_by_default_only_for_calls_with_enough_tiles():
+    import cnnkit as ck
+
+    with open("/proc/cpuinfo") as f:
+        if "GenuineIntel" not in f.read() or "avx512" not in ck.available_cpu_kernels():
+            pytest.skip("Winograd is on by default for the AVX-512 set on Intel cores only")
+    _run(DEFAULT)

@@ -756,6 +756,7 @@ struct PackedEntry {
 struct PackedCache {
     std::vector<std::unique_ptr<PackedEntry>> entries;
     int64_t floats = 0;
+    int64_t images = 0;
 };
 thread_local PackedCache* tl_packed = nullptr;
 std::atomic<int64_t> g_pack_reuses{0};
@@ -809,9 +810,13 @@ float* reuse_buffer(const float* w, const float* scale, int64_t rows, int64_t co
     return out;
 }
 
-PackReuse::PackReuse() : owner_(tl_packed == nullptr) {
-    if (owner_) tl_packed = new PackedCache();
+PackReuse::PackReuse(int64_t images) : owner_(tl_packed == nullptr) {
+    if (owner_) {
+        tl_packed = new PackedCache();
+        tl_packed->images = images;
+    }
 }
+int64_t scope_images() { return tl_packed ? tl_packed->images : 0; }
 PackReuse::~PackReuse() {
     if (owner_) {
         delete tl_packed;

@@ -50,7 +50,9 @@ std::string tile_table_name();
 // past that pack as usual); an inner scope on the same thread shares the outer one's panels.
 class PackReuse {
   public:
-    PackReuse();
+    // images: how many images the whole call computes (all its chunks), 0 if not said; layers
+    // that choose an algorithm by the work it amortizes read it (scope_images).
+    explicit PackReuse(int64_t images = 0);
     ~PackReuse();
     PackReuse(const PackReuse&) = delete;
     PackReuse& operator=(const PackReuse&) = delete;
@@ -59,6 +61,8 @@ class PackReuse {
     bool owner_;
 };
 constexpr int64_t kPackReuseFloats = int64_t(1) << 24;  // 64 MB
+// The images of the thread's PackReuse scope (0: none alive, or not said).
+int64_t scope_images();
 // Forward calls that found their panels already packed (for tests), since the process started.
 int64_t pack_reuses();
 // For other forward routines that prepare weights once per call (the Winograd filter

@@ -23,8 +23,10 @@ namespace conv_winograd {
 
 // On by default where measured faster than the direct tiles: the AVX-512 kernel set on Intel
 // cores (1.1-2x per layer on ResNet-20's, docs/performance.md). CNNKIT_CONV_WINOGRAD=1|0 at
-// start-up, or set_enabled, turns it on or off everywhere (the AVX2 routine included);
-// set_default goes back to the machine's default. enabled() is whether it is on now.
+// start-up, or set_enabled, turns it on or off everywhere (the AVX2 routine included, and on
+// for every such layer; by default only calls of at least kMinTiles output tiles, which
+// amortize the filter transform); set_default goes back to the machine's default. enabled()
+// is whether it is on now.
 void set_enabled(bool on);
 void set_default();
 bool enabled();

@@ -331,7 +331,7 @@ Tensor Net::forward_to_host(const Tensor& x, bool training, bool inference) {
             if (team <= 1) {
                 // The parameters cannot change between the chunks: convolutions pack their
                 // weights once for all of them.
-                cpu::conv_direct::PackReuse reuse;
+                cpu::conv_direct::PackReuse reuse(N);
                 for (int64_t c = 0; c < chunks; ++c) run_chunk(*this, c);
             } else {
                 // Thread 0 runs chunk 0 on this Net (whose state then records an eval forward,
@@ -343,7 +343,7 @@ Tensor Net::forward_to_host(const Tensor& x, bool training, bool inference) {
                 {
                     const int t = omp_get_thread_num();
                     try {
-                        cpu::conv_direct::PackReuse reuse;  // one per thread
+                        cpu::conv_direct::PackReuse reuse(N);  // one per thread
                         if (t == 0) run_chunk(*this, 0);
                         for (int64_t c = next++; c < chunks; c = next++) run_chunk(*nets[t], c);
                     } catch (...) {
