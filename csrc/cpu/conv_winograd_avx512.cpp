@@ -1,14 +1,17 @@
 // The Winograd block routine for AVX-512: transforms vectorized over 16 tiles per register, the
 // 16 GEMMs on the AVX-512 direct-convolution tiles (conv_winograd.h).
 //
-// Per image and input channel, each padded input row h = 2 r + rp is split into its even and
-// odd columns and stored as 4 planes (rp, o), o = 0..3, plane[r * TW + tw] = x_pad[h][2 tw + o]
-// (the 2 and 3 planes are the 0 and 1 planes one column on). Then d[i][o] for 16 consecutive
-// tiles (of one image, in row-major tile order, across tile rows) is one contiguous load,
-// from plane (i % 2, o) at tile row + i / 2, and V = B^T d B is 32 adds for 16 tiles. The output
-// transform reads 16 tiles' products per register, and the 2 x 2 outputs go through a row
-// buffer (tile columns interleaved) into y. The adds and subtractions are the same in every
-// set, so F(2x2, 3x3) results differ from the AVX2 routine's only in the GEMM.
+// A vector holds 16 consecutive tiles of one image (row-major tile order). Where the tile rows
+// have 16 or more tiles (mode 1), a vector is up to 16 tiles of one row; where they have 8 or 4
+// (modes 2, 3), it is 2 or 4 whole rows. In those modes the input patch values d[i][o] of the
+// 16 tiles come straight from x: masked loads of the padded rows (zero outside the image),
+// split into their even and odd columns by one permute each, with the load addresses and masks
+// worked out once per vector for every channel; V = B^T d B is then 32 adds, and the output
+// transform's 2 x 2 outputs are interleaved by two permutes and stored straight into y, masked
+// at the edges. Other widths (mode 0) go through memory: each padded input row h = 2 r + rp
+// split into 4 planes (rp, o), plane[r * TW + tw] = x_pad[h][2 tw + o], one contiguous load per
+// d[i][o], and the outputs through a row buffer. The adds and subtractions are the same in every
+// mode and set, so F(2x2, 3x3) results differ from the AVX2 routine's only in the GEMM.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -121,8 +124,8 @@ void run_block(float* y, const float* x, const float* u, int64_t upk, const int3
                 const int64_t cnt = std::min<int64_t>(mode == 1 ? std::min<int64_t>(16, TW - tw0) : 16, b - tt);
                 const __mmask16 m = tail(cnt);
                 const int64_t c0 = 2 * tw0 - wg.pw;
-                int64_t lo_off[32];
-                __mmask16 lo_m[32];
+                int64_t ld_off[32];
+                __mmask16 ld_m[32];
                 // load q of patch row i: mode 1 (e0, e1, f0, f1) = row h at c0, c0 + 16, c0 + 2,
                 // c0 + 18; mode 2 rows h, h + 2 at c0 and c0 + 2; mode 3 (8 floats each) rows
                 // h, h + 2, h + 4, h + 6 at c0, then at c0 + 2
@@ -143,8 +146,8 @@ void run_block(float* y, const float* x, const float* u, int64_t upk, const int3
                         const bool in = hr >= 0 && hr < H;
                         __mmask16 mm = in ? in_row(col, W) : __mmask16(0);
                         if (mode == 3) mm &= 0xFF;
-                        lo_m[i * nq + q] = mm;
-                        lo_off[i * nq + q] = mm ? hr * W + col : 0;
+                        ld_m[i * nq + q] = mm;
+                        ld_off[i * nq + q] = mm ? hr * W + col : 0;
                     }
                 }
                 float* vt = V + tb + (tt - a);
@@ -154,15 +157,15 @@ void run_block(float* y, const float* x, const float* u, int64_t upk, const int3
                     for (int i = 0; i < 4; ++i) {
                         __m512 e0, e1, f0, f1;  // e: the evens and odds of columns c0.., f: c0 + 2..
                         if (mode != 3) {
-                            const int64_t* of = lo_off + 4 * i;
-                            const __mmask16* mq = lo_m + 4 * i;
+                            const int64_t* of = ld_off + 4 * i;
+                            const __mmask16* mq = ld_m + 4 * i;
                             e0 = _mm512_maskz_loadu_ps(mq[0], xc + of[0]);
                             e1 = _mm512_maskz_loadu_ps(mq[1], xc + of[1]);
                             f0 = _mm512_maskz_loadu_ps(mq[2], xc + of[2]);
                             f1 = _mm512_maskz_loadu_ps(mq[3], xc + of[3]);
                         } else {
-                            const int64_t* of = lo_off + 8 * i;
-                            const __mmask16* mq = lo_m + 8 * i;
+                            const int64_t* of = ld_off + 8 * i;
+                            const __mmask16* mq = ld_m + 8 * i;
                             auto half = [&](int q) {
                                 return _mm256_maskz_loadu_ps(static_cast<__mmask8>(mq[q]), xc + of[q]);
                             };

@@ -11,6 +11,7 @@
 
 #include "core/rng.h"
 #include "core/runtime.h"
+#include "cpu/conv_winograd.h"
 #include "cpu/kernel_set.h"
 #include "cpu/kernels.h"
 #include "nn/layer.h"
@@ -94,7 +95,7 @@ void test_conv(std::mt19937& gen) {
                        // weight-gradient tiles, the last one partial)
                        {2, 3, 10, 40, 25, 3, 3, 1, 1, 1, 1},
                        {3, 17, 6, 6, 20, 3, 3, 1, 1, 1, 1}};
-    for (const C& c : cases) {
+    auto run = [&](const C& c, const std::string& path) {
         ConvGeom g{};
         g.N = c.N; g.C = c.C; g.H = c.H; g.W = c.W; g.K = c.K; g.R = c.R; g.S = c.S;
         g.stride_h = g.stride_w = c.st; g.pad_h = g.pad_w = c.pad; g.dil_h = g.dil_w = c.dil;
@@ -135,11 +136,22 @@ void test_conv(std::mt19937& gen) {
         for (size_t i = 0; i < y.size(); ++i) oky = oky && close(y[i], ry[i], 1e-4);
         for (size_t i = 0; i < x.size(); ++i) okx = okx && close(dx[i], rdx[i], 1e-4);
         for (size_t i = 0; i < w.size(); ++i) okw = okw && close(dw[i], rdw[i], 1e-3);
-        std::string tag = str_cat("conv N=", c.N, " C=", c.C, " K=", c.K, " groups=", c.groups);
+        std::string tag = str_cat("conv ", path, "N=", c.N, " C=", c.C, " K=", c.K, " H=", c.H,
+                                  " W=", c.W, " groups=", c.groups);
         check(oky, tag + " forward");
         check(okx, tag + " backward-input");
         check(okw, tag + " backward-weight");
-    }
+    };
+    for (const C& c : cases) run(c, "");
+    // Winograd F(2x2, 3x3), forced on (the AVX-512 and AVX2 sets; direct on the generic one):
+    // tile rows of 16 tiles (mode 1, two images a block), of 8 and of 4 (modes 2 and 3), and
+    // of 7 (through the planes), with partial vectors and odd output sizes
+    const C wcases[] = {{3, 16, 32, 32, 16, 3, 3, 1, 1, 1, 1}, {2, 20, 16, 15, 24, 3, 3, 1, 1, 1, 1},
+                        {5, 16, 8, 7, 17, 3, 3, 1, 1, 1, 1}, {2, 16, 15, 16, 16, 3, 3, 1, 0, 1, 1},
+                        {1, 18, 9, 36, 16, 3, 3, 1, 2, 1, 1}};
+    cpu::conv_winograd::set_enabled(true);
+    for (const C& c : wcases) run(c, "winograd ");
+    cpu::conv_winograd::set_default();
 }
 
 // ---- pooling, activations, norm, dropout, loss, optimizers ---------------------------------
