@@ -12,9 +12,29 @@ import sys
 
 import pytest
 
-SCRIPT = r"""
+# One layer's forward and backward-input, and their float64 references.
+CASE = r"""
 import numpy as np, cnnkit as ck
 from tests import reference as ref
+
+
+def case(rng, N, C, K, H, W, p, bias, relu, w_scale):
+    m = ck.Sequential([ck.Conv2d(C, K, 3, padding=p, bias=bias)] + ([ck.ReLU()] if relu else []))
+    w = (rng.standard_normal((K, C, 3, 3)) * w_scale).astype(np.float32)
+    b = rng.standard_normal(K).astype(np.float32) if bias else None
+    m.load_state_dict({"0.weight": w, **({"0.bias": b} if bias else {})})
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    y = m.forward(x, training=True)
+    want = ref.conv2d(x, w, b, (1, 1), (p, p))
+    if relu:
+        want = np.maximum(want, 0)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = m.backward(dy)
+    rdx = ref.conv2d_backward(x, w, dy * (y > 0) if relu else dy, (1, 1), (p, p))[0]
+    return (y, want), (dx, rdx)
+"""
+
+SCRIPT = CASE + r"""
 rng = np.random.default_rng(7)
 for ks in ck.available_cpu_kernels():
     ck.set_cpu_kernels(ks)
@@ -22,34 +42,17 @@ for ks in ck.available_cpu_kernels():
         N = int(rng.integers(1, 4)); C = int(rng.integers(16, 70)); K = int(rng.integers(16, 70))
         H = int(rng.integers(4, 34)); W = int(rng.integers(4, 34)); p = int(rng.integers(0, 3))
         bias = bool(rng.integers(0, 2)); relu = bool(rng.integers(0, 2))
-        m = ck.Sequential([ck.Conv2d(C, K, 3, padding=p, bias=bias)] + ([ck.ReLU()] if relu else []))
-        w = (rng.standard_normal((K, C, 3, 3)) * 0.3).astype(np.float32)
-        sd = {"0.weight": w}
-        b = rng.standard_normal(K).astype(np.float32) if bias else None
-        if bias:
-            sd["0.bias"] = b
-        m.load_state_dict(sd)
-        x = rng.standard_normal((N, C, H, W)).astype(np.float32)
-        y = m.forward(x, training=True)
-        want = ref.conv2d(x, w, b, (1, 1), (p, p))
-        if relu:
-            want = np.maximum(want, 0)
-        dy = rng.standard_normal(y.shape).astype(np.float32)
-        dx = m.backward(dy)
-        g = dy * (y > 0) if relu else dy
-        rdx = ref.conv2d_backward(x, w, g, (1, 1), (p, p))[0]
+        fwd, bwd = case(rng, N, C, K, H, W, p, bias, relu, 0.3)
         what = f"{ks} N={N} C={C} K={K} H={H} W={W} p={p} bias={bias} relu={relu}"
         # float32 sums of 9*C (9*K) products: atol 1e-5 per ~100 terms, grown like sqrt
-        for ours, ref_, n in ((y, want, C), (dx, rdx, K)):
+        for (ours, ref_), n in ((fwd, C), (bwd, K)):
             tol = 1e-5 * max(1.0, np.sqrt(9 * n) / 10) + 1e-4 * np.abs(ref_)
             assert (np.abs(ours - ref_) <= tol).all(), what
 print("ok")
 """
 
 
-SHAPES = r"""
-import numpy as np, cnnkit as ck
-from tests import reference as ref
+SHAPES = CASE + r"""
 rng = np.random.default_rng(11)
 # (N, C, K, H, W, pad): output widths 32, 56 (28 tiles a row: a partial vector each row), 16,
 # 15, 8, 7, 14, 5 (through the planes), 1-2 rows of tiles, and batches whose blocks cut images
@@ -63,20 +66,9 @@ for ks in ck.available_cpu_kernels():
     ck.set_cpu_kernels(ks)
     for N, C, K, H, W, p in shapes:
         for relu in (False, True):
-            m = ck.Sequential([ck.Conv2d(C, K, 3, padding=p)] + ([ck.ReLU()] if relu else []))
-            w = (rng.standard_normal((K, C, 3, 3)) / np.sqrt(9 * C)).astype(np.float32)
-            b = rng.standard_normal(K).astype(np.float32)
-            m.load_state_dict({"0.weight": w, "0.bias": b})
-            x = rng.standard_normal((N, C, H, W)).astype(np.float32)
-            y = m.forward(x, training=True)
-            want = ref.conv2d(x, w, b, (1, 1), (p, p))
-            if relu:
-                want = np.maximum(want, 0)
-            dy = rng.standard_normal(y.shape).astype(np.float32)
-            dx = m.backward(dy)
-            rdx = ref.conv2d_backward(x, w, dy * (y > 0) if relu else dy, (1, 1), (p, p))[0]
+            pairs = case(rng, N, C, K, H, W, p, True, relu, 1 / np.sqrt(9 * C))
             what = f"{ks} N={N} C={C} K={K} H={H} W={W} p={p} relu={relu}"
-            for ours, r in ((y, want), (dx, rdx)):
+            for ours, r in pairs:
                 err = np.abs(ours - r).max() / max(1e-6, np.abs(r).max())
                 assert err < 2e-6, (what, err)
 print("ok")

@@ -761,40 +761,14 @@ struct PackedCache {
 thread_local PackedCache* tl_packed = nullptr;
 std::atomic<int64_t> g_pack_reuses{0};
 
-// Where the packed panels of w for tile t are: in the thread's PackReuse scope when one is
-// alive (*job left empty when an earlier chunk packed them there), else in `fallback`. *job is
-// the packing still to do (PackJob::run, by the forward's team).
-const float* packed_weights(float* fallback, const float* w, const float* wscale, int64_t rows,
-                            int64_t cols, const Tile& t, PackJob* job, bool* fresh) {
-    *job = PackJob{fallback, w, wscale, rows, cols, t.pr};
+// The thread's PackReuse slot for the key (w, scale, rows, cols, tag) and `floats` floats:
+// *fresh false when an earlier chunk filled it; null when no scope is alive or its budget is
+// spent.
+float* scope_slot(const float* w, const float* scale, int64_t rows, int64_t cols, int64_t tag,
+                  int64_t floats, bool* fresh) {
     *fresh = true;
     PackedCache* pc = tl_packed;
-    if (pc) {
-        for (const auto& e : pc->entries)
-            if (e->w == w && e->scale == wscale && e->rows == rows && e->cols == cols &&
-                e->pr == t.pr) {
-                g_pack_reuses.fetch_add(1, std::memory_order_relaxed);
-                *fresh = false;
-                return e->panels.get(0);
-            }
-        const int64_t n = packed_floats(rows, cols);
-        if (pc->floats + n <= kPackReuseFloats) {
-            auto e = std::make_unique<PackedEntry>();
-            e->w = w; e->scale = wscale; e->rows = rows; e->cols = cols; e->pr = t.pr;
-            job->out = e->panels.get(n);
-            pc->floats += n;
-            pc->entries.push_back(std::move(e));
-        }
-    }
-    return job->out;
-}
-}  // namespace
-
-float* reuse_buffer(const float* w, const float* scale, int64_t rows, int64_t cols, int64_t tag,
-                    int64_t floats, bool* fresh) {
-    *fresh = true;
-    PackedCache* pc = tl_packed;
-    if (!pc || tag >= 0) return nullptr;
+    if (!pc) return nullptr;
     for (const auto& e : pc->entries)
         if (e->w == w && e->scale == scale && e->rows == rows && e->cols == cols && e->pr == tag) {
             g_pack_reuses.fetch_add(1, std::memory_order_relaxed);
@@ -808,6 +782,26 @@ float* reuse_buffer(const float* w, const float* scale, int64_t rows, int64_t co
     pc->floats += floats;
     pc->entries.push_back(std::move(e));
     return out;
+}
+
+// Where the packed panels of w for tile t are: in the thread's PackReuse scope when one is
+// alive (*job left empty when an earlier chunk packed them there), else in `fallback`. *job is
+// the packing still to do (PackJob::run, by the forward's team).
+const float* packed_weights(float* fallback, const float* w, const float* wscale, int64_t rows,
+                            int64_t cols, const Tile& t, PackJob* job, bool* fresh) {
+    *job = PackJob{fallback, w, wscale, rows, cols, t.pr};
+    float* slot = scope_slot(w, wscale, rows, cols, t.pr, packed_floats(rows, cols), fresh);
+    if (!*fresh) return slot;
+    if (slot) job->out = slot;
+    return job->out;
+}
+}  // namespace
+
+float* reuse_buffer(const float* w, const float* scale, int64_t rows, int64_t cols, int64_t tag,
+                    int64_t floats, bool* fresh) {
+    *fresh = true;
+    if (tag >= 0) return nullptr;  // the direct panels' keys
+    return scope_slot(w, scale, rows, cols, tag, floats, fresh);
 }
 
 PackReuse::PackReuse(int64_t images) : owner_(tl_packed == nullptr) {

@@ -74,6 +74,36 @@ inline void input_transform(const __m512 d[4][4], float* v, int64_t CT, __mmask1
     }
 }
 
+// y = A^T M A (+ bias, ReLU) for 16 tiles: m the products of the first of them, rows KT apart
+// (xi = 4 i + j); v[r][s] the outputs (2 th + r, 2 tw + s).
+inline void output_transform(const float* m, int64_t KT, bool bias, __m512 bk, bool relu,
+                             __m512 v[2][2]) {
+    __m512 tr[2][4];
+    for (int jj = 0; jj < 4; ++jj) {
+        const __m512 m0 = _mm512_loadu_ps(m + (0 * 4 + jj) * KT);
+        const __m512 m1 = _mm512_loadu_ps(m + (1 * 4 + jj) * KT);
+        const __m512 m2 = _mm512_loadu_ps(m + (2 * 4 + jj) * KT);
+        const __m512 m3 = _mm512_loadu_ps(m + (3 * 4 + jj) * KT);
+        tr[0][jj] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+        tr[1][jj] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+    }
+    const __m512 zero = _mm512_setzero_ps();
+    for (int r = 0; r < 2; ++r) {
+        __m512 v0 = _mm512_add_ps(_mm512_add_ps(tr[r][0], tr[r][1]), tr[r][2]);
+        __m512 v1 = _mm512_sub_ps(_mm512_sub_ps(tr[r][1], tr[r][2]), tr[r][3]);
+        if (bias) {
+            v0 = _mm512_add_ps(v0, bk);
+            v1 = _mm512_add_ps(v1, bk);
+        }
+        if (relu) {
+            v0 = _mm512_max_ps(v0, zero);
+            v1 = _mm512_max_ps(v1, zero);
+        }
+        v[r][0] = v0;
+        v[r][1] = v1;
+    }
+}
+
 // Copies n floats (any n) with masked tails.
 inline void copy_floats(float* dst, const float* src, int64_t n) {
     int64_t j = 0;
@@ -217,24 +247,11 @@ void run_block(float* y, const float* x, const float* u, int64_t upk, const int3
             for (int64_t j = 0; j < b - a; j += 16) {
                 const __mmask16 m = tail(b - a - j);
                 const int64_t at = a - base + j;
-                __m512 rr[4][4];  // rr[i][o]: the column class o of row-transformed row i
-                for (int o = 0; o < 4; ++o) {
-                    const float* q0 = pl + o * plane + at;        // rp 0
-                    const float* q1 = pl + (4 + o) * plane + at;  // rp 1
-                    const __m512 d0 = _mm512_loadu_ps(q0), d1 = _mm512_loadu_ps(q1);
-                    const __m512 d2 = _mm512_loadu_ps(q0 + TW), d3 = _mm512_loadu_ps(q1 + TW);
-                    rr[0][o] = _mm512_sub_ps(d0, d2);
-                    rr[1][o] = _mm512_add_ps(d1, d2);
-                    rr[2][o] = _mm512_sub_ps(d2, d1);
-                    rr[3][o] = _mm512_sub_ps(d1, d3);
-                }
-                for (int i = 0; i < 4; ++i) {
-                    float* vi = vc + (i * 4) * CT + j;
-                    _mm512_mask_storeu_ps(vi, m, _mm512_sub_ps(rr[i][0], rr[i][2]));
-                    _mm512_mask_storeu_ps(vi + CT, m, _mm512_add_ps(rr[i][1], rr[i][2]));
-                    _mm512_mask_storeu_ps(vi + 2 * CT, m, _mm512_sub_ps(rr[i][2], rr[i][1]));
-                    _mm512_mask_storeu_ps(vi + 3 * CT, m, _mm512_sub_ps(rr[i][1], rr[i][3]));
-                }
+                __m512 d[4][4];  // d[i][o]: plane (i % 2, o) at tile row + i / 2
+                for (int i = 0; i < 4; ++i)
+                    for (int o = 0; o < 4; ++o)
+                        d[i][o] = _mm512_loadu_ps(pl + ((i % 2) * 4 + o) * plane + at + (i / 2) * TW);
+                input_transform(d, vc + j, CT, m);
             }
         }
         tb += b - a;
@@ -258,7 +275,6 @@ void run_block(float* y, const float* x, const float* u, int64_t upk, const int3
     }
 
     // ---- output transform, bias, ReLU, into y ----
-    const __m512 zero = _mm512_setzero_ps();
     for (int64_t tb = 0; tb < nt && mode != 0;) {
         // Straight into y, a vector of tiles at a time (mode 1: within one tile row; 2, 3: from
         // a row start), with where its stores go and their masks worked out once for every
@@ -292,30 +308,12 @@ void run_block(float* y, const float* x, const float* u, int64_t upk, const int3
                     st_off[r * 4 + g] = ok ? p * Q + q0 : 0;
                 }
             for (int64_t k = 0; k < K; ++k) {
-                const float* mk = M + k * ld + tb + j;
                 const __m512 bk = _mm512_set1_ps(bias ? bias[k] : 0.f);
-                __m512 t0r[4], t1r[4];
-                for (int jj = 0; jj < 4; ++jj) {
-                    const __m512 m0 = _mm512_loadu_ps(mk + (0 * 4 + jj) * KT);
-                    const __m512 m1 = _mm512_loadu_ps(mk + (1 * 4 + jj) * KT);
-                    const __m512 m2 = _mm512_loadu_ps(mk + (2 * 4 + jj) * KT);
-                    const __m512 m3 = _mm512_loadu_ps(mk + (3 * 4 + jj) * KT);
-                    t0r[jj] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
-                    t1r[jj] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
-                }
+                __m512 v[2][2];
+                output_transform(M + k * ld + tb + j, KT, bias != nullptr, bk, relu, v);
                 float* yk = yn + k * PQ;
                 for (int r = 0; r < 2; ++r) {
-                    const __m512* tr = r == 0 ? t0r : t1r;
-                    __m512 v0 = _mm512_add_ps(_mm512_add_ps(tr[0], tr[1]), tr[2]);
-                    __m512 v1 = _mm512_sub_ps(_mm512_sub_ps(tr[1], tr[2]), tr[3]);
-                    if (bias) {
-                        v0 = _mm512_add_ps(v0, bk);
-                        v1 = _mm512_add_ps(v1, bk);
-                    }
-                    if (relu) {
-                        v0 = _mm512_max_ps(v0, zero);
-                        v1 = _mm512_max_ps(v1, zero);
-                    }
+                    const __m512 v0 = v[r][0], v1 = v[r][1];
                     const __m512 zl = _mm512_permutex2var_ps(v0, lo, v1);  // tiles 0-7
                     const __m512 zh = _mm512_permutex2var_ps(v0, hi, v1);  // tiles 8-15
                     const int64_t* so = st_off + 4 * r;
@@ -344,28 +342,11 @@ void run_block(float* y, const float* x, const float* u, int64_t upk, const int3
             const __m512 bk = _mm512_set1_ps(bias ? bias[k] : 0.f);
             // yrow[r][2 (tile - base) + s]: output (2 th + r, 2 tw + s)
             for (int64_t j = 0; j < nj; j += 16) {
-                __m512 t0r[4], t1r[4];
-                for (int jj = 0; jj < 4; ++jj) {
-                    const __m512 m0 = _mm512_loadu_ps(mk + (0 * 4 + jj) * KT + j);
-                    const __m512 m1 = _mm512_loadu_ps(mk + (1 * 4 + jj) * KT + j);
-                    const __m512 m2 = _mm512_loadu_ps(mk + (2 * 4 + jj) * KT + j);
-                    const __m512 m3 = _mm512_loadu_ps(mk + (3 * 4 + jj) * KT + j);
-                    t0r[jj] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
-                    t1r[jj] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
-                }
+                __m512 v[2][2];
+                output_transform(mk + j, KT, bias != nullptr, bk, relu, v);
                 const int64_t at = 2 * (a - base + j);
                 for (int r = 0; r < 2; ++r) {
-                    const __m512* tr = r == 0 ? t0r : t1r;
-                    __m512 v0 = _mm512_add_ps(_mm512_add_ps(tr[0], tr[1]), tr[2]);
-                    __m512 v1 = _mm512_sub_ps(_mm512_sub_ps(tr[1], tr[2]), tr[3]);
-                    if (bias) {
-                        v0 = _mm512_add_ps(v0, bk);
-                        v1 = _mm512_add_ps(v1, bk);
-                    }
-                    if (relu) {
-                        v0 = _mm512_max_ps(v0, zero);
-                        v1 = _mm512_max_ps(v1, zero);
-                    }
+                    const __m512 v0 = v[r][0], v1 = v[r][1];
                     float* yr = yrow + r * 2 * plane + at;
                     _mm512_storeu_ps(yr, _mm512_permutex2var_ps(v0, lo, v1));
                     _mm512_storeu_ps(yr + 16, _mm512_permutex2var_ps(v0, hi, v1));
