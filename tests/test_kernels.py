@@ -112,7 +112,10 @@ def test_conv2d_forward_backward(N, C, H, W, K, k, s, p, d, groups, bias, rng, c
 
 @pytest.mark.parametrize(
     "C,K,H,W,k,p", [(3, 19, 32, 32, 3, 1), (5, 25, 6, 40, 3, 1), (6, 16, 14, 14, 5, 0),
-                    (32, 40, 9, 9, 3, 1)]
+                    (32, 40, 9, 9, 3, 1),
+                    # narrow layers (dw through the lanes of 16 columns): LeNet's conv1, 8 and
+                    # 7 channels (tap blocks of 3 and 1), columns not a multiple of 16
+                    (1, 6, 28, 28, 5, 2), (5, 8, 9, 11, 3, 1), (16, 7, 7, 5, 3, 0), (2, 1, 6, 6, 2, 1)]
 )
 def test_direct_conv_avx512_matches_avx2_bits(C, K, H, W, k, p, rng):
     # The AVX-512 direct-conv tiles do the AVX2 kernels' operations in the same order per
@@ -697,6 +700,37 @@ def test_mse(rng):
     d = p.astype(np.float64) - t
     assert abs(v - (d**2).mean()) < 1e-6
     assert_close(loss.backward(), 2 * d / d.size, "loss")
+
+
+@pytest.mark.parametrize("n,c,k,hw,ks,pad,stride", [(37, 1, 6, 28, 5, 2, 1), (5, 3, 8, 11, 3, 1, 2),
+                                                   (20, 16, 7, 9, 3, 0, 1)])
+def test_narrow_conv_weight_gradient_same_bits_at_any_thread_count(cpu_kernels, n, c, k, hw,
+                                                                   ks, pad, stride):
+    # Layers of at most 8 output channels take the weight gradient through lanes of 16
+    # columns, summed per image group (groups fixed by the batch, not the threads): the bits do
+    # not change with the thread count, and the values match float64.
+    rng = np.random.default_rng(n * 100 + k)
+    m = ck.Sequential(ck.Conv2d(c, k, ks, stride=stride, padding=pad))
+    x = rng.standard_normal((n, c, hw, hw)).astype(np.float32)
+    y = m.forward(x, training=True)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    before = ck.get_num_threads()
+    grads = []
+    try:
+        for t in (1, 2, 3):
+            ck.set_num_threads(t)
+            m.zero_grad()
+            m.forward(x, training=True)
+            m.backward(dy)
+            grads.append(m.grad_dict()["0.weight"])
+    finally:
+        ck.set_num_threads(before)
+    for g in grads[1:]:
+        np.testing.assert_array_equal(g, grads[0])
+    sd = m.state_dict()
+    _, rdw, _ = ref.conv2d_backward(x, sd["0.weight"], dy, (stride, stride), (pad, pad), (1, 1), 1)
+    # float32 sums of up to 29 K products (the portable kernels add them in one running sum)
+    assert_close(grads[0], rdw, "conv", " dw", scale=max(1.0, dy[:, 0].size / 1000))
 
 
 @pytest.mark.parametrize("n,c,k,hw", [(1, 64, 64, 8), (1, 16, 16, 32), (1, 32, 32, 16),

@@ -108,6 +108,65 @@ void wgt_6x16(int cols, int64_t kc, const float* x, const int32_t* off, const fl
     wgt_tile<2>(kc, x, off, b, ldb, c, ldc);
 }
 
+// T taps x NK channels of wgt_lanes on one half (8 lanes, at +8h) of the 16: the AVX-512
+// kernel's per-lane FMAs in the same order, so the same bits.
+template <int NK, int T>
+void lanes_block(int h, int64_t nv, const float* x, const int32_t* off, const float* dy,
+                 int64_t ldd, float* acc) {
+    const float* xt[T];
+    __m256 a[T * NK];
+    x += 8 * h;
+    dy += 8 * h;
+    acc += 8 * h;
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+        xt[t] = x + off[t];
+#pragma GCC unroll 8
+        for (int k = 0; k < NK; ++k) a[t * NK + k] = _mm256_loadu_ps(acc + (t * NK + k) * 16);
+    }
+    for (int64_t v = 0; v < nv; ++v) {
+        __m256 xv[T];
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) xv[t] = _mm256_loadu_ps(xt[t] + 16 * v);
+#pragma GCC unroll 8
+        for (int k = 0; k < NK; ++k) {
+            const __m256 d = _mm256_loadu_ps(dy + k * ldd + 16 * v);
+#pragma GCC unroll 8
+            for (int t = 0; t < T; ++t) a[t * NK + k] = _mm256_fmadd_ps(xv[t], d, a[t * NK + k]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t)
+#pragma GCC unroll 8
+        for (int k = 0; k < NK; ++k) _mm256_storeu_ps(acc + (t * NK + k) * 16, a[t * NK + k]);
+}
+
+// All nt taps of NK channels, both halves, TB taps a block (TB * NK <= 12 accumulators).
+template <int NK, int TB>
+void lanes_taps(int64_t nt, int64_t nv, const float* x, const int32_t* off, const float* dy,
+                int64_t ldd, float* acc) {
+    for (int h = 0; h < 2; ++h) {
+        int64_t i = 0;
+        for (; i + TB <= nt; i += TB)
+            lanes_block<NK, TB>(h, nv, x, off + i, dy, ldd, acc + i * NK * 16);
+        for (; i < nt; ++i) lanes_block<NK, 1>(h, nv, x, off + i, dy, ldd, acc + i * NK * 16);
+    }
+}
+
+void wgt_lanes(int nk, int64_t nt, int64_t nv, const float* x, const int32_t* off,
+               const float* dy, int64_t ldd, float* acc) {
+    switch (nk) {
+        case 1: return lanes_taps<1, 8>(nt, nv, x, off, dy, ldd, acc);
+        case 2: return lanes_taps<2, 6>(nt, nv, x, off, dy, ldd, acc);
+        case 3: return lanes_taps<3, 4>(nt, nv, x, off, dy, ldd, acc);
+        case 4: return lanes_taps<4, 3>(nt, nv, x, off, dy, ldd, acc);
+        case 5: return lanes_taps<5, 2>(nt, nv, x, off, dy, ldd, acc);
+        case 6: return lanes_taps<6, 2>(nt, nv, x, off, dy, ldd, acc);
+        case 7: return lanes_taps<7, 1>(nt, nv, x, off, dy, ldd, acc);
+        default: return lanes_taps<8, 1>(nt, nv, x, off, dy, ldd, acc);
+    }
+}
+
 // dst[q * ld_dst + k] = src[k * ld_src + q] for k < rows, q < cols, in 8x8 register blocks;
 // columns rows..round_up(rows, 8) of dst are set to zero.
 void transpose(float* dst, int64_t ld_dst, const float* src, int64_t ld_src, int64_t rows,
@@ -199,6 +258,8 @@ void fwd_6x16(int, int64_t, const float*, const float*, const int32_t*, float*, 
 void wgt_6x16(int, int64_t, const float*, const int32_t*, const float*, int64_t, float*,
               int64_t) {}
 void transpose(float*, int64_t, const float*, int64_t, int64_t, int64_t) {}
+void wgt_lanes(int, int64_t, int64_t, const float*, const int32_t*, const float*, int64_t,
+               float*) {}
 void bias_act_row(float*, const float*, int64_t, float, bool) {}
 void copy_rows(float*, int64_t, const float*, int64_t, int64_t, int64_t) {}
 void split2(float*, float*, const float*, int64_t) {}

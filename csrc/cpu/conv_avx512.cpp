@@ -181,6 +181,57 @@ void wgt_tile(int cols, int64_t kc, const float* x, const int32_t* off, const fl
             _mm512_mask_storeu_ps(c + i * ldc + 16 * v, mk[v], acc[i * NV + v]);
 }
 
+// T taps x NK channels of wgt_lanes: T*NK accumulators of 16 lanes, per vector of pixels T
+// loads of x, NK of dy and T*NK FMAs.
+template <int NK, int T>
+void lanes_block(int64_t nv, const float* x, const int32_t* off, const float* dy, int64_t ldd,
+                 float* acc) {
+    const float* xt[T];
+    __m512 a[T * NK];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+        xt[t] = x + off[t];
+#pragma GCC unroll 8
+        for (int k = 0; k < NK; ++k) a[t * NK + k] = _mm512_loadu_ps(acc + (t * NK + k) * 16);
+    }
+    for (int64_t v = 0; v < nv; ++v) {
+        __m512 xv[T];
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) xv[t] = _mm512_loadu_ps(xt[t] + 16 * v);
+#pragma GCC unroll 8
+        for (int k = 0; k < NK; ++k) {
+            const __m512 d = _mm512_loadu_ps(dy + k * ldd + 16 * v);
+#pragma GCC unroll 8
+            for (int t = 0; t < T; ++t) a[t * NK + k] = _mm512_fmadd_ps(xv[t], d, a[t * NK + k]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t)
+#pragma GCC unroll 8
+        for (int k = 0; k < NK; ++k) _mm512_storeu_ps(acc + (t * NK + k) * 16, a[t * NK + k]);
+}
+
+// All nt taps of NK channels, TB taps a block (TB * NK <= 24 accumulators), the last block
+// narrower.
+template <int NK, int TB>
+void lanes_taps(int64_t nt, int64_t nv, const float* x, const int32_t* off, const float* dy,
+                int64_t ldd, float* acc) {
+    int64_t i = 0;
+    for (; i + TB <= nt; i += TB) lanes_block<NK, TB>(nv, x, off + i, dy, ldd, acc + i * NK * 16);
+    float* ai = acc + i * NK * 16;
+    switch (nt - i) {
+        case 0: return;
+        case 1: return lanes_block<NK, 1>(nv, x, off + i, dy, ldd, ai);
+        case 2: if constexpr (TB > 2) return lanes_block<NK, 2>(nv, x, off + i, dy, ldd, ai); break;
+        case 3: if constexpr (TB > 3) return lanes_block<NK, 3>(nv, x, off + i, dy, ldd, ai); break;
+        case 4: if constexpr (TB > 4) return lanes_block<NK, 4>(nv, x, off + i, dy, ldd, ai); break;
+        case 5: if constexpr (TB > 5) return lanes_block<NK, 5>(nv, x, off + i, dy, ldd, ai); break;
+        case 6: if constexpr (TB > 6) return lanes_block<NK, 6>(nv, x, off + i, dy, ldd, ai); break;
+        case 7: if constexpr (TB > 7) return lanes_block<NK, 7>(nv, x, off + i, dy, ldd, ai); break;
+        default: break;
+    }
+}
+
 template <int KV, int NP>
 void kpix_tile(int np, int rows, int64_t kc, const float* a, const float* x, const int32_t* xpix,
                const int32_t* off, float* c, const int32_t* cpix, int64_t ldc, const float* bias,
@@ -234,6 +285,20 @@ void fwd_kpix(int kv, int np, int rows, int64_t kc, const float* a, const float*
         case 2: return kpix_tile<2, 12>(np, rows, kc, a, x, xpix, off, c, cpix, ldc, bias, relu);
         case 3: return kpix_tile<3, 8>(np, rows, kc, a, x, xpix, off, c, cpix, ldc, bias, relu);
         default: return kpix_tile<4, 6>(np, rows, kc, a, x, xpix, off, c, cpix, ldc, bias, relu);
+    }
+}
+
+void wgt_lanes(int nk, int64_t nt, int64_t nv, const float* x, const int32_t* off,
+               const float* dy, int64_t ldd, float* acc) {
+    switch (nk) {
+        case 1: return lanes_taps<1, 8>(nt, nv, x, off, dy, ldd, acc);
+        case 2: return lanes_taps<2, 8>(nt, nv, x, off, dy, ldd, acc);
+        case 3: return lanes_taps<3, 8>(nt, nv, x, off, dy, ldd, acc);
+        case 4: return lanes_taps<4, 6>(nt, nv, x, off, dy, ldd, acc);
+        case 5: return lanes_taps<5, 4>(nt, nv, x, off, dy, ldd, acc);
+        case 6: return lanes_taps<6, 4>(nt, nv, x, off, dy, ldd, acc);
+        case 7: return lanes_taps<7, 3>(nt, nv, x, off, dy, ldd, acc);
+        default: return lanes_taps<8, 3>(nt, nv, x, off, dy, ldd, acc);
     }
 }
 
@@ -412,6 +477,8 @@ void fwd_12x32(int, int, int64_t, const float*, const float*, const int32_t*, fl
                const float*, bool) {}
 void wgt_12x32(int, int64_t, const float*, const int32_t*, const float*, int64_t, float*,
                int64_t) {}
+void wgt_lanes(int, int64_t, int64_t, const float*, const int32_t*, const float*, int64_t,
+               float*) {}
 
 #endif
 

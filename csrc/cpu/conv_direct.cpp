@@ -45,6 +45,8 @@ constexpr int64_t kColBlock = 256;     // output columns per forward task (round
 constexpr int64_t kDepthBlock = 256;   // columns per weight-gradient depth block
 constexpr int64_t kMaxGroups = 16;     // image groups of the weight gradient
 constexpr int64_t kMaxPartials = int64_t(1) << 23;  // floats of weight-gradient partials
+constexpr int64_t kMaxLaneChannels = 8;  // the weight gradient's lane path (see there)
+constexpr int64_t kMaxLaneFloats = int64_t(1) << 16;  // ... and its lanes per thread
 // Below this many MACs, no thread team: waking a worker that has gone to sleep (cnnkit's short
 // OpenMP spin) costs 10-50 us, and LeNet-5's conv2 at batch 1 (336 K MACs, a few us) made
 // 2-thread predict 3-5x slower than 1 thread at 2^18.
@@ -472,6 +474,12 @@ Tile choose_tile(const DGeom& d, bool wide) {
     if (tile_table().load(std::memory_order_relaxed) == 1 && d.Q % 16 != 0 && d.K >= 48 &&
         d.CRS >= 128 && std::min<int64_t>(64, round_up(d.K, 16)) * d.CRS <= 80 * 1024)
         return kpix_tile(d.K);
+    // t16: 6 x 64 for 5 or 6 channels over 128 or more taps, where 12 x 32 computes 12 rows
+    // for 6 (LeNet-5's conv2 backward-input: 6 channels of 400 taps, 1.15x); over fewer taps
+    // (its conv1 forward, 25) the 6 x 64 tile's stores outweigh the FMAs (0.73x).
+    if (tile_table().load(std::memory_order_relaxed) == 1 && d.K > 4 && d.K <= 6 &&
+        d.CRS >= 128)
+        return kTiles[3];
     if (d.K <= 4) return t4;
     if (computed_columns(d, t4.nr) * 100 <= computed_columns(d, t12.nr) * 85) return t4;
     if (tile_table().load(std::memory_order_relaxed) == 1 && d.K > 8 &&
@@ -858,26 +866,56 @@ void backward_weight(float* dw, const float* dy, const float* x, const ConvGeom&
     int32_t* off = reinterpret_cast<int32_t*>(ws);
     float* parts = ws + wgt_offset_floats(d.CRS);
     tap_offsets(off, d, CRSp);
-    const int64_t xp_floats = padded_floats(d), dyt_floats = round_up(d.J * Kp, 16);
     const WgtKernel kern = wgt_kernel();
     const bool simd = cpu_simd_enabled() && conv_avx2::compiled();
+    // Narrow layers (at most 8 output channels: LeNet's conv1 has 6) vectorise along the
+    // output columns instead of the channels: 16 lanes per tap and channel, kept over the
+    // group's images and summed (lane 0 to 15) at its end. The channel tiles above computed
+    // 8 or 16 columns for 6 channels and transposed dy for them; LeNet-5's conv1 ran at 17
+    // GFLOP/s that way (bench_conv, b256).
+    const bool lanes = simd && g.K <= kMaxLaneChannels && g.K * d.CRS * 16 <= kMaxLaneFloats;
+    const bool lanes512 = lanes && use_avx512() && conv_avx512::compiled();
+    const int64_t J16 = round_up(d.J, 16);
+    const int64_t xp_floats = padded_floats(d);
+    const int64_t dyt_floats = lanes ? g.K * J16 + g.K * d.CRS * 16 : round_up(d.J * Kp, 16);
     const double macs = double(g.N) * d.J * Kp * CRSp;
     const bool team = !omp_in_parallel() && macs > kParallelMinMacs && groups > 1;
 #pragma omp parallel if (team)
     {
+        // dy^T (channel tiles), or dy on the padded image's columns and the lanes (lane path)
         float* dyt = thread_scratch().get(dyt_floats + xp_floats);
         float* xp = dyt + dyt_floats;
+        float* lane_acc = dyt + g.K * J16;
         // Borders, wrap-around columns (q >= Q) and channel padding stay zero for every image.
         std::memset(dyt, 0, sizeof(float) * (dyt_floats + xp_floats));
 #pragma omp for schedule(static)
         for (int64_t gi = 0; gi < groups; ++gi) {
             float* part = parts + gi * part_floats;
             std::memset(part, 0, sizeof(float) * part_floats);
+            if (lanes) std::memset(lane_acc, 0, sizeof(float) * g.K * d.CRS * 16);
             const int64_t n0 = gi * g.N / groups, n1 = (gi + 1) * g.N / groups;
             for (int64_t n = n0; n < n1; ++n) {
                 pad_image(xp, x, d, n);
-                // dy^T: row j = p*Wp + q holds dy[n, :, p, q] (K floats, padded to Kp).
                 const float* dyn = dy + n * g.K * PQ;
+                if (lanes) {
+                    // dy[n, k] at column p*Ws + q of channel k's row of J16 floats
+                    for (int64_t k = 0; k < g.K; ++k) {
+                        if (lanes512)
+                            conv_avx512::copy_rows(dyt + k * J16, d.Ws, dyn + k * PQ, g.Q, g.P,
+                                                   g.Q);
+                        else
+                            conv_avx2::copy_rows(dyt + k * J16, d.Ws, dyn + k * PQ, g.Q, g.P,
+                                                 g.Q);
+                    }
+                    if (lanes512)
+                        conv_avx512::wgt_lanes(static_cast<int>(g.K), d.CRS, J16 / 16, xp, off,
+                                               dyt, J16, lane_acc);
+                    else
+                        conv_avx2::wgt_lanes(static_cast<int>(g.K), d.CRS, J16 / 16, xp, off,
+                                             dyt, J16, lane_acc);
+                    continue;
+                }
+                // dy^T: row j = p*Wp + q holds dy[n, :, p, q] (K floats, padded to Kp).
                 for (int64_t p = 0; p < g.P; ++p) {
                     if (simd) {
                         conv_avx2::transpose(dyt + p * d.Ws * Kp, Kp, dyn + p * g.Q, PQ, g.K,
@@ -904,6 +942,14 @@ void backward_weight(float* dw, const float* dy, const float* x, const ConvGeom&
                         }
                 }
             }
+            if (lanes)  // the group's lanes, summed in lane order, into part[crs, k]
+                for (int64_t i = 0; i < d.CRS; ++i)
+                    for (int64_t k = 0; k < g.K; ++k) {
+                        const float* a = lane_acc + (i * g.K + k) * 16;
+                        float s = a[0];
+                        for (int l = 1; l < 16; ++l) s += a[l];
+                        part[i * Kp + k] = s;
+                    }
         }
         // dw[k, crs] += sum over groups (in group order) of part[crs, k].
 #pragma omp for schedule(static)

@@ -104,6 +104,12 @@ void fwd_6x16(int rows, int64_t kc, const float* a, const float* x, const int32_
               float* c, int64_t ldc, const float* bias, bool relu);
 void wgt_6x16(int cols, int64_t kc, const float* x, const int32_t* off, const float* b,
               int64_t ldb, float* c, int64_t ldc);
+// Weight-gradient lanes of a narrow layer (nk <= 8 output channels), the products vectorised
+// along the output columns: for taps i < nt, channels k < nk and lanes l < 16,
+// acc[(i*nk + k)*16 + l] += x[off[i] + 16v + l] * dy[k*ldd + 16v + l], one FMA per v < nv in
+// order. The AVX-512 and AVX2 kernels do the same per-lane operations (the same bits).
+void wgt_lanes(int nk, int64_t nt, int64_t nv, const float* x, const int32_t* off,
+               const float* dy, int64_t ldd, float* acc);
 // dst[q * ld_dst + k] = src[k * ld_src + q] for k < rows, q < cols; columns
 // rows..round_up(rows, 8) of dst are set to zero.
 void transpose(float* dst, int64_t ld_dst, const float* src, int64_t ld_src, int64_t rows,
@@ -135,6 +141,9 @@ void fwd_panel(int mr, int nv, int rows, int cols, int64_t kc, const float* a, c
 // for i < 12, j < kc; cols is 8, 16 or 32 (columns past it are neither read nor written).
 void wgt_12x32(int cols, int64_t kc, const float* x, const int32_t* off, const float* b,
                int64_t ldb, float* c, int64_t ldc);
+// As conv_avx2::wgt_lanes, one 16-lane vector per tap and channel.
+void wgt_lanes(int nk, int64_t nt, int64_t nv, const float* x, const int32_t* off,
+               const float* dy, int64_t ldd, float* acc);
 // Row-major weights w (rows x cols, row i times scale[i] when scale is not null) into
 // pr-row panels (pr <= 16) as the forward tiles read them: panel p, column k, row i at
 // out[p*pr*cols + k*pr + i], rows past `rows` zero. 16 x 16 blocks through registers.
