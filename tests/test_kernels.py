@@ -193,6 +193,48 @@ def test_direct_conv_every_avx512_tile_and_table_gives_the_same_bits(C, K, H, W,
         t.set_conv_tile_table("t99")
 
 
+@pytest.mark.parametrize(
+    "C,K,H,W,k,p,s", [(6, 16, 14, 14, 5, 0, 1), (64, 64, 8, 8, 3, 1, 1), (32, 64, 16, 16, 3, 1, 2),
+                      (16, 20, 9, 7, 3, 1, 1), (24, 5, 10, 13, 3, 0, 1), (7, 48, 6, 11, 5, 2, 1)]
+)
+def test_direct_conv_avx2_channel_vector_tile_gives_the_same_bits(C, K, H, W, k, p, s, rng):
+    # The AVX2 set's channel-vector tile (16 channels x 6 pixels, taken by default for
+    # LeNet-5's conv2 and ResNet-20's 8x8 layers) against its 6 x 16 column tiles (forcing any
+    # AVX-512 tile name under the AVX2 set keeps them): forward, dx and dw bit-identical, and
+    # the forward against float64. Channel counts below 8, between 8 and 16 and past a
+    # multiple of 16, pixel counts that 6 does not divide.
+    if "avx2" not in ck.available_cpu_kernels():
+        pytest.skip("this CPU has no avx2 kernels")
+    t = _core._testing
+    model = ck.Sequential([ck.Conv2d(C, K, k, stride=s, padding=p), ck.ReLU()])
+    x = rng.standard_normal((3, C, H, W)).astype(np.float32)
+    dy = None
+    out = {}
+    before = _core.requested_cpu_kernels()
+    _core._testing.set_conv_winograd(False)
+    try:
+        ck.set_cpu_kernels("avx2")
+        for what in ("12x32", "kpix", ""):
+            t.set_conv_tile(what)
+            model.zero_grad()
+            y = model.forward(x, training=True)
+            if dy is None:
+                dy = rng.standard_normal(y.shape).astype(np.float32)
+            dx = model.backward(dy)
+            out[what] = (y, dx, model.grad_dict()["0.weight"])
+    finally:
+        t.set_conv_tile("")
+        ck.set_cpu_kernels(before)
+        _core._testing.set_conv_winograd(None)
+    for what, got in out.items():
+        for a, b, name in zip(got, out["12x32"], ("y", "dx", "dw"), strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=f"{what!r} {name}")
+    sd = model.state_dict()
+    assert_close(out["kpix"][0], np.maximum(ref.conv2d(x, sd["0.weight"], sd["0.bias"], (s, s),
+                                                       (p, p)), 0),
+                 "conv", scale=np.sqrt(C * k * k) / 3)
+
+
 def test_conv2d_random_strided_direct(rng, cpu_kernels):
     # Random strided geometries (the direct path's phase split: which phases exist, their
     # lengths, the row and column shifts of each tap) against the float64 reference.

@@ -167,6 +167,73 @@ void wgt_lanes(int nk, int64_t nt, int64_t nv, const float* x, const int32_t* of
     }
 }
 
+// Channel-vector tile (contract in conv_direct.h): 16 channels in two vectors x 6 pixels, 12
+// accumulators; per tap two weight loads and six broadcasts for 12 FMAs, as the 6 x 16 column
+// tile, but no wrap-around columns are computed. Outputs leave through an 8 x 8 transpose per
+// vector: one masked store of the tile's pixels per channel where the pixels are consecutive
+// in the output plane (as run_forward_kpix lays them out), scalar stores otherwise.
+void fwd_kpix(int np, int rows, int64_t kc, const float* a, const float* x, const int32_t* xpix,
+              const int32_t* off, float* c, const int32_t* cpix, int64_t ldc, const float* bias,
+              bool relu) {
+    constexpr int NP = kKpixPixels;
+    const float* xb[NP];
+#pragma GCC unroll 6
+    for (int i = 0; i < NP; ++i) xb[i] = x + xpix[i < np ? i : 0];  // spare pixels: recomputed
+    // Two named arrays, indexed only by unrolled constants: a runtime index anywhere (the
+    // epilogue's vector number) sends all twelve accumulators to the stack in the tap loop.
+    __m256 lo[NP], hi[NP];
+#pragma GCC unroll 6
+    for (int i = 0; i < NP; ++i) lo[i] = hi[i] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < kc; ++k) {
+        const int64_t o = off[k];
+        const __m256 w0 = _mm256_loadu_ps(a + k * 16);
+        const __m256 w1 = _mm256_loadu_ps(a + k * 16 + 8);
+#pragma GCC unroll 6
+        for (int i = 0; i < NP; ++i) {
+            const __m256 xv = _mm256_broadcast_ss(xb[i] + o);
+            lo[i] = _mm256_fmadd_ps(xv, w0, lo[i]);
+            hi[i] = _mm256_fmadd_ps(xv, w1, hi[i]);
+        }
+    }
+    bool consecutive = true;
+    for (int i = 1; i < np; ++i) consecutive = consecutive && cpix[i] == cpix[0] + i;
+    const __m256i mask =
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(np), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256 zero = _mm256_setzero_ps();
+    // Channels ch0 .. ch0 + 7 of the tile (acc[i] = pixel i): bias (one add), ReLU (max(., 0),
+    // as the 6 x 16 tile), an 8 x 8 transpose, then a row of pixels per channel.
+    auto store8 = [&](int ch0, const __m256* acc) {
+        const int nch = rows - ch0 < 8 ? rows - ch0 : 8;
+        alignas(32) float bb[8] = {};
+        if (bias)
+            for (int r = 0; r < nch; ++r) bb[r] = bias[ch0 + r];
+        const __m256 bv = _mm256_load_ps(bb);
+        __m256 r[8];
+#pragma GCC unroll 6
+        for (int i = 0; i < NP; ++i) {
+            __m256 t = acc[i];
+            if (bias) t = _mm256_add_ps(t, bv);
+            if (relu) t = _mm256_max_ps(t, zero);
+            r[i] = t;
+        }
+        r[6] = r[7] = zero;
+        avx2::transpose8(r);  // r[ch] = channel ch0 + ch at pixels 0..7
+        float* cv = c + int64_t(ch0) * ldc;
+        if (consecutive) {
+            for (int ch = 0; ch < nch; ++ch)
+                _mm256_maskstore_ps(cv + ch * ldc + cpix[0], mask, r[ch]);
+        } else {
+            alignas(32) float t[8];
+            for (int ch = 0; ch < nch; ++ch) {
+                _mm256_store_ps(t, r[ch]);
+                for (int i = 0; i < np; ++i) cv[ch * ldc + cpix[i]] = t[i];
+            }
+        }
+    };
+    store8(0, lo);
+    if (rows > 8) store8(8, hi);
+}
+
 // dst[q * ld_dst + k] = src[k * ld_src + q] for k < rows, q < cols, in 8x8 register blocks;
 // columns rows..round_up(rows, 8) of dst are set to zero.
 void transpose(float* dst, int64_t ld_dst, const float* src, int64_t ld_src, int64_t rows,
@@ -260,6 +327,8 @@ void wgt_6x16(int, int64_t, const float*, const int32_t*, const float*, int64_t,
 void transpose(float*, int64_t, const float*, int64_t, int64_t, int64_t) {}
 void wgt_lanes(int, int64_t, int64_t, const float*, const int32_t*, const float*, int64_t,
                float*) {}
+void fwd_kpix(int, int, int64_t, const float*, const float*, const int32_t*, const int32_t*,
+              float*, const int32_t*, int64_t, const float*, bool) {}
 void bias_act_row(float*, const float*, int64_t, float, bool) {}
 void copy_rows(float*, int64_t, const float*, int64_t, int64_t, int64_t) {}
 void split2(float*, float*, const float*, int64_t) {}

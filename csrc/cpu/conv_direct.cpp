@@ -370,7 +370,8 @@ int64_t packed_floats(int64_t rows, int64_t cols) {
 
 // The forward tile: up to mr output channels x nr columns, weights in pr-row panels. kind 0:
 // the portable/AVX2 6 x 16; 1: AVX-512 12 x 32 over two 6-row panels; 2: AVX-512 mr x nr
-// from one mr-row panel (conv_avx512::fwd_panel).
+// from one mr-row panel (conv_avx512::fwd_panel); 3 and 4: the AVX-512 and AVX2
+// channel-vector tiles (mr channels x nr pixels, run_forward_kpix).
 struct Tile {
     int kind;
     int64_t mr, nr, pr;
@@ -459,10 +460,31 @@ std::atomic<int>& tile_table() {
     return t;
 }
 
+// The AVX2 set's channel-vector tile (kind 4, conv_avx2::fwd_kpix): 16 channels x 6 pixels
+// from 16-row panels, K > 16 in groups of 16.
+constexpr Tile kKpixAvx2 = {4, 16, conv_avx2::kKpixPixels, 16};
+
 Tile choose_tile(const DGeom& d, bool wide) {
-    if (!wide) return {0, kMR, kNR, kMR};
-    const Tile t12 = kTiles[0], t4 = kTiles[1], t16 = kTiles[4];
     const int forced = forced_tile().load(std::memory_order_relaxed);
+    if (!wide) {
+        // AVX2: the channel-vector tile where the 6 x 16 column tiles compute at least 20%
+        // more columns than there are outputs (output rows that 16 does not divide), for
+        // whole 16-channel groups (or 48+ channels) over 128 to 1152 taps. Measured on Zen 3
+        // (bench_conv --kernels avx2,avx2@kpix, one thread, kpix over 6 x 16): LeNet-5's
+        // conv2 forward (16 channels, 10x10, 150 taps) 1.25-1.4x; ResNet-20's 64-channel 8x8
+        // layers 1.16x forward and 1.15x backward-input, its 32 -> 64 stride-2 layer 1.16x;
+        // where 16 divides the row it loses (16 and 32 channels at 32x32 and 16x16: 0.84x,
+        // 64 at 32x32 0.87x), and below 128 taps (3 -> 16 channels: 0.3-0.5x) or for 6
+        // channels (LeNet-5's conv2 backward-input: 0.44x). Past 1152 taps (128 channels
+        // of 3x3) the 16-row weight panel outgrows L1 and L2's share; not measured there.
+        const bool avx2 = cpu_simd_enabled() && conv_avx2::compiled();
+        if (avx2 && forced == kKpixIndex) return kKpixAvx2;
+        if (avx2 && forced < 0 && (d.K % 16 == 0 || d.K >= 48) && d.CRS >= 128 &&
+            d.CRS <= 1152 && computed_columns(d, kNR) * 100 >= d.P * d.Q * 120)
+            return kKpixAvx2;
+        return {0, kMR, kNR, kMR};
+    }
+    const Tile t12 = kTiles[0], t4 = kTiles[1], t16 = kTiles[4];
     if (forced == kKpixIndex) return kpix_tile(d.K);
     if (forced >= 0) return kTiles[forced];
     // t16: channel-vector tiles for rows of outputs that 16-column tiles do not divide (they
@@ -557,11 +579,17 @@ void run_forward_kpix(float* y, const float* x, const float* wpk, const float* b
             const int64_t i1 = std::min(PQ, (blk + 1) * bs);
             for (int64_t i0 = blk * bs; i0 < i1; i0 += np) {
                 const int cnt = static_cast<int>(std::min<int64_t>(np, i1 - i0));
-                for (int64_t k0 = 0; k0 < d.K; k0 += t.mr)
-                    conv_avx512::fwd_kpix(kv, cnt, static_cast<int>(std::min(t.mr, d.K - k0)),
-                                          d.CRS, wpk + k0 * d.CRS, xp, xpix + i0, off,
-                                          yn + k0 * PQ, cpix + i0, PQ, bias ? bias + k0 : nullptr,
-                                          relu);
+                for (int64_t k0 = 0; k0 < d.K; k0 += t.mr) {
+                    const int rows = static_cast<int>(std::min(t.mr, d.K - k0));
+                    const float* bk = bias ? bias + k0 : nullptr;
+                    if (t.kind == 4)
+                        conv_avx2::fwd_kpix(cnt, rows, d.CRS, wpk + k0 * d.CRS, xp, xpix + i0,
+                                            off, yn + k0 * PQ, cpix + i0, PQ, bk, relu);
+                    else
+                        conv_avx512::fwd_kpix(kv, cnt, rows, d.CRS, wpk + k0 * d.CRS, xp,
+                                              xpix + i0, off, yn + k0 * PQ, cpix + i0, PQ, bk,
+                                              relu);
+                }
             }
         }
     }
@@ -572,7 +600,7 @@ void run_forward_kpix(float* y, const float* x, const float* wpk, const float* b
 void run_forward(float* y, const float* x, const float* wpk, const float* bias, bool relu,
                  const DGeom& d, const int32_t* off, const Tile& t,
                  const PackJob* job = nullptr) {
-    if (t.kind == 3) return run_forward_kpix(y, x, wpk, bias, relu, d, off, t, job);
+    if (t.kind == 3 || t.kind == 4) return run_forward_kpix(y, x, wpk, bias, relu, d, off, t, job);
     const int64_t PQ = d.P * d.Q;
     // Tiles of mr channels x nr columns: AVX-512 tiles store a row's last columns masked, the
     // 6 x 16 tiles through a scratch tile.

@@ -110,6 +110,14 @@ void wgt_6x16(int cols, int64_t kc, const float* x, const int32_t* off, const fl
 // order. The AVX-512 and AVX2 kernels do the same per-lane operations (the same bits).
 void wgt_lanes(int nk, int64_t nt, int64_t nv, const float* x, const int32_t* off,
                const float* dy, int64_t ldd, float* acc);
+// Channel-vector tile: up to 16 output channels (`rows` of them stored) x np <= kKpixPixels
+// output pixels, weights from one 16-row panel (a + k*16 for tap k); pixel i reads
+// x[xpix[i] + off[k]], its outputs go to c[cpix[i] + ch * ldc]. As conv_avx512::fwd_kpix
+// with kv = 1 (the same operations per element, so the same bits as every other tile).
+constexpr int kKpixPixels = 6;
+void fwd_kpix(int np, int rows, int64_t kc, const float* a, const float* x, const int32_t* xpix,
+              const int32_t* off, float* c, const int32_t* cpix, int64_t ldc, const float* bias,
+              bool relu);
 // dst[q * ld_dst + k] = src[k * ld_src + q] for k < rows, q < cols; columns
 // rows..round_up(rows, 8) of dst are set to zero.
 void transpose(float* dst, int64_t ld_dst, const float* src, int64_t ld_src, int64_t rows,
