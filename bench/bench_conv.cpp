@@ -93,7 +93,9 @@ double direct(const ConvGeom& g, const float* x, const float* w, int64_t n, int6
 
 // A kernel set name, optionally with "/im2col": the set with strided layers sent to im2col +
 // GEMM instead of the direct path (A/B of the strided direct convolution in one process).
-// "SET@MRxNR": the set with that AVX-512 tile forced for every layer; "SET#TABLE" with that
+// "SET@MRxNR": the set with that AVX-512 tile forced for every layer ("avx2@kpix": the AVX2
+// channel-vector tile everywhere; "avx2@12x32", any other name: the AVX2 6 x 16 column tiles
+// everywhere); "SET#TABLE" with that
 // tile table (t12, t16) for the per-layer choice (A/B of tile shapes).
 // SET[/im2col][@TILE][#TABLE][+winograd|+direct]: the stride-1 3x3 layers through Winograd
 // or the direct tiles (without either: the default of this machine).
@@ -154,7 +156,8 @@ int main(int argc, char** argv) {
                         "[--rounds N] [--net resnet20 [--batch N]] [--only NAME] [--cpu-time] [--min]\n"
                         "  a set may be written SET/im2col: strided layers through im2col + GEMM,\n"
                         "  or SET@MRxNR: that AVX-512 tile for every layer (12x32, 4x80, 8x48,\n"
-                        "  6x64, 16x16), or SET#TABLE: that tile table (t12, t16), and end in\n"
+                        "  6x64, 16x16, kpix; under avx2: kpix, or any other name for 6x16),\n"
+                        "  or SET#TABLE: that tile table (t12, t16), and end in\n"
                         "  +winograd or +direct: stride-1 3x3 layers through Winograd F(2x2, 3x3)\n"
                         "  or the direct tiles (default: this machine's choice)\n");
             return a == "--help" ? 0 : 2;

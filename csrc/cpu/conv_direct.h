@@ -33,7 +33,8 @@ bool strided_direct();
 
 // The AVX-512 forward/backward-input tile forced for every layer ("12x32", "4x80", "8x48",
 // "6x64", "16x16", "kpix": the channel-vector tiles), or "" for the per-layer choice;
-// CNNKIT_CONV_TILE sets it at start-up.
+// CNNKIT_CONV_TILE sets it at start-up. Under the AVX2 set "kpix" forces its channel-vector
+// tile and any other name its 6 x 16 column tiles.
 // For A/B measurements in one process (bench_conv --kernels avx512@8x48,...). Throws on an
 // unknown name.
 void set_forced_tile(const std::string& name);
