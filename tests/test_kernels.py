@@ -149,6 +149,27 @@ def test_direct_conv_avx512_matches_avx2_bits(C, K, H, W, k, p, rng):
                                        0), "conv", scale=np.sqrt(C * k * k) / 3)
 
 
+def _conv_passes_each(model, x, rng, setup, names):
+    """{name: (y, dx, dw)} of a one-conv model after setup(name), for each name in turn; every
+    pass backpropagates the same dy."""
+    out, dy = {}, None
+    for name in names:
+        setup(name)
+        model.zero_grad()
+        y = model.forward(x, training=True)
+        if dy is None:
+            dy = rng.standard_normal(y.shape).astype(np.float32)
+        dx = model.backward(dy)
+        out[name] = (y, dx, model.grad_dict()["0.weight"])
+    return out
+
+
+def _assert_same_bits(out, base):
+    for name, got in out.items():
+        for a, b, what in zip(got, out[base], ("y", "dx", "dw"), strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=f"{name!r} {what}")
+
+
 @pytest.mark.parametrize(
     "C,K,H,W,k,p,s", [(6, 16, 14, 14, 5, 0, 1), (16, 32, 16, 16, 3, 1, 1), (3, 16, 32, 32, 3, 1, 1),
                       (16, 32, 17, 15, 3, 1, 2), (32, 64, 8, 8, 3, 1, 1), (5, 21, 9, 30, 3, 1, 1)]
@@ -162,31 +183,25 @@ def test_direct_conv_every_avx512_tile_and_table_gives_the_same_bits(C, K, H, W,
     t = _core._testing
     model = ck.Sequential([ck.Conv2d(C, K, k, stride=s, padding=p), ck.ReLU()])
     x = rng.standard_normal((3, C, H, W)).astype(np.float32)
-    dy = None
-    out = {}
     before = _core.requested_cpu_kernels()
     table = t.conv_tile_table()
+
+    def tile_or_table(what):
+        if what.startswith("#"):
+            t.set_conv_tile("")
+            t.set_conv_tile_table(what[1:])
+        else:
+            t.set_conv_tile(what)
+
     try:
         ck.set_cpu_kernels("avx512")
-        for what in ("12x32", "4x80", "8x48", "6x64", "16x16", "kpix", "#t12", "#t16"):
-            if what.startswith("#"):
-                t.set_conv_tile("")
-                t.set_conv_tile_table(what[1:])
-            else:
-                t.set_conv_tile(what)
-            model.zero_grad()
-            y = model.forward(x, training=True)
-            if dy is None:
-                dy = rng.standard_normal(y.shape).astype(np.float32)
-            dx = model.backward(dy)
-            out[what] = (y, dx, model.grad_dict()["0.weight"])
+        out = _conv_passes_each(model, x, rng, tile_or_table,
+                                ("12x32", "4x80", "8x48", "6x64", "16x16", "kpix", "#t12", "#t16"))
     finally:
         t.set_conv_tile("")
         t.set_conv_tile_table(table)
         ck.set_cpu_kernels(before)
-    for what, got in out.items():
-        for a, b, name in zip(got, out["12x32"], ("y", "dx", "dw"), strict=True):
-            np.testing.assert_array_equal(a, b, err_msg=f"{what} {name}")
+    _assert_same_bits(out, "12x32")
     with pytest.raises(ValueError, match="unknown tile"):
         t.set_conv_tile("7x7")
     with pytest.raises(ValueError, match="set_tile_table"):
@@ -208,27 +223,16 @@ def test_direct_conv_avx2_channel_vector_tile_gives_the_same_bits(C, K, H, W, k,
     t = _core._testing
     model = ck.Sequential([ck.Conv2d(C, K, k, stride=s, padding=p), ck.ReLU()])
     x = rng.standard_normal((3, C, H, W)).astype(np.float32)
-    dy = None
-    out = {}
     before = _core.requested_cpu_kernels()
-    _core._testing.set_conv_winograd(False)
+    t.set_conv_winograd(False)
     try:
         ck.set_cpu_kernels("avx2")
-        for what in ("12x32", "kpix", ""):
-            t.set_conv_tile(what)
-            model.zero_grad()
-            y = model.forward(x, training=True)
-            if dy is None:
-                dy = rng.standard_normal(y.shape).astype(np.float32)
-            dx = model.backward(dy)
-            out[what] = (y, dx, model.grad_dict()["0.weight"])
+        out = _conv_passes_each(model, x, rng, t.set_conv_tile, ("12x32", "kpix", ""))
     finally:
         t.set_conv_tile("")
         ck.set_cpu_kernels(before)
-        _core._testing.set_conv_winograd(None)
-    for what, got in out.items():
-        for a, b, name in zip(got, out["12x32"], ("y", "dx", "dw"), strict=True):
-            np.testing.assert_array_equal(a, b, err_msg=f"{what!r} {name}")
+        t.set_conv_winograd(None)
+    _assert_same_bits(out, "12x32")
     sd = model.state_dict()
     assert_close(out["kpix"][0], np.maximum(ref.conv2d(x, sd["0.weight"], sd["0.bias"], (s, s),
                                                        (p, p)), 0),
