@@ -8,6 +8,9 @@ time is the time the step actually ran: it stays meaningful while other jobs sha
 cores, wall time does not), and the per-round ratio after/before of each.
 
     python bench/conv_ab.py --cases resnet20:infer:256 resnet20:train:128 --repeats 5
+    python bench/conv_ab.py --before CNNKIT_CONV_WINOGRAD=0 --after CNNKIT_CONV_WINOGRAD=
+
+(--before / --after: each side's settings instead; NAME= leaves NAME unset, its default.)
 """
 
 from __future__ import annotations
@@ -60,13 +63,14 @@ def worker(net: str, mode: str, batch: int, seconds: float) -> dict:
 
 def run(side: str, case: str, seconds: float, trees: list[str] | None) -> dict:
     net, mode, batch = case.split(":")
-    env = {k: v for k, v in os.environ.items() if k not in SIDES["before"]}
+    names = set(SIDES["before"]) | set(SIDES["after"])
+    env = {k: v for k, v in os.environ.items() if k not in names}
     env.update(OMP_NUM_THREADS="1", OMP_PROC_BIND="close", OMP_PLACES="cores")
     if trees:
         tree = trees[0] if side == "before" else trees[1]
         env["PYTHONPATH"] = os.pathsep.join([tree, env.get("PYTHONPATH", "")])
     else:
-        env.update(SIDES[side])
+        env.update({k: v for k, v in SIDES[side].items() if v})
     code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import conv_ab; "
             "print(json.dumps(conv_ab.worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), "
             "float(sys.argv[5]))))")
@@ -83,7 +87,17 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=1.5)
     ap.add_argument("--trees", nargs=2, metavar=("BEFORE", "AFTER"))
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--before", nargs="+", metavar="NAME=VALUE",
+                    help="the environment of the 'before' side (replaces the default one)")
+    ap.add_argument("--after", nargs="+", metavar="NAME=VALUE",
+                    help="the environment of the 'after' side (default: none set)")
     args = ap.parse_args()
+    for side in ("before", "after"):
+        given = getattr(args, side)
+        if given:
+            if any("=" not in kv for kv in given):
+                ap.error(f"--{side} takes NAME=VALUE settings")
+            SIDES[side] = dict(kv.split("=", 1) for kv in given)
     rows = []
     for case in args.cases:
         runs = {"before": [], "after": []}

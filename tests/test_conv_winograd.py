@@ -1,8 +1,10 @@
 """The Winograd F(2x2, 3x3) path for stride-1 3x3 layers (on by default for the AVX-512 set on
-Intel cores; CNNKIT_CONV_WINOGRAD=1 forces it for every set) against float64, on random
-layers and on shapes that take each of the AVX-512 routine's layouts (tile rows of >= 16
-tiles, of 8 and of 4 in registers, other widths through planes), and its bits across thread
-counts, batch splits and chunked eval forwards."""
+Intel cores and for the AVX2 set on layers of 32+ channels; CNNKIT_CONV_WINOGRAD=1 forces it
+for every set and layer) against float64, on random layers and on shapes that take each of the
+routines' layouts (AVX-512: tile rows of >= 16 tiles, of 8 and of 4 in registers; AVX2: rows
+of a multiple of 8 tiles, or of 4 in pairs, in registers; other widths through planes), and
+its bits across thread counts, batch splits, chunked eval forwards and the two AVX2
+routines."""
 
 from __future__ import annotations
 
@@ -55,11 +57,15 @@ print("ok")
 SHAPES = CASE + r"""
 rng = np.random.default_rng(11)
 # (N, C, K, H, W, pad): output widths 32, 56 (28 tiles a row: a partial vector each row), 16,
-# 15, 8, 7, 14, 5 (through the planes), 1-2 rows of tiles, and batches whose blocks cut images
+# 15, 8, 7, 14, 5 (through the planes), 1-2 rows of tiles, and batches whose blocks cut images;
+# for the AVX2 register routine also 15 and 31 wide (the last tile's second column masked), 7
+# wide with an even and an odd number of tile rows, and 8 tiles a row with padding 0 and 2
 shapes = [(3, 16, 16, 32, 32, 1), (1, 16, 24, 56, 56, 1), (5, 32, 32, 16, 16, 1),
           (3, 20, 17, 15, 15, 1), (9, 64, 64, 8, 8, 1), (4, 16, 40, 9, 9, 0),
           (2, 24, 16, 14, 14, 1), (3, 16, 16, 7, 5, 1), (2, 16, 16, 3, 40, 2),
-          (1, 33, 18, 18, 18, 0), (7, 16, 32, 10, 12, 2)]
+          (1, 33, 18, 18, 18, 0), (7, 16, 32, 10, 12, 2), (3, 17, 16, 15, 31, 1),
+          (5, 16, 19, 7, 7, 1), (4, 16, 16, 5, 7, 1), (3, 16, 16, 9, 18, 0),
+          (2, 16, 16, 12, 14, 2)]
 for ks in ck.available_cpu_kernels():
     if ks == "generic":
         continue
@@ -117,7 +123,7 @@ def test_winograd_bits_do_not_depend_on_threads_or_batch_split():
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="reads the CPU vendor there")
-def test_winograd_default_is_on_for_avx512_on_intel_and_can_be_switched():
+def test_winograd_default_is_on_for_avx512_on_intel_and_avx2_and_can_be_switched():
     import cnnkit as ck
     from cnnkit._core import _testing
 
@@ -128,7 +134,7 @@ def test_winograd_default_is_on_for_avx512_on_intel_and_can_be_switched():
         for ks in ck.available_cpu_kernels():
             ck.set_cpu_kernels(ks)
             _testing.set_conv_winograd(None)
-            assert _testing.conv_winograd() == (ks == "avx512" and intel), ks
+            assert _testing.conv_winograd() == ((ks == "avx512" and intel) or ks == "avx2"), ks
             _testing.set_conv_winograd(True)
             assert _testing.conv_winograd()
             _testing.set_conv_winograd(False)
@@ -192,3 +198,76 @@ def test_winograd_by_default_only_for_calls_with_enough_tiles():
         if "GenuineIntel" not in f.read() or "avx512" not in ck.available_cpu_kernels():
             pytest.skip("Winograd is on by default for the AVX-512 set on Intel cores only")
     _run(DEFAULT)
+
+
+DEFAULT_AVX2 = r"""
+import numpy as np, cnnkit as ck
+from cnnkit._core import _testing
+# The AVX2 set by default: layers of 32+ input and output channels with 512+ output tiles
+# (8 images of 16 x 16), never 16-channel ones
+ck.set_cpu_kernels("avx2")
+rng = np.random.default_rng(4)
+def bits(v):
+    return np.ascontiguousarray(v).view(np.uint32)
+for C, K, wino in ((32, 32, True), (32, 48, True), (16, 32, False), (48, 16, False)):
+    conv = ck.Sequential([ck.Conv2d(C, K, 3, padding=1)])
+    x = rng.standard_normal((8, C, 16, 16)).astype(np.float32)
+    _testing.set_conv_winograd(False)
+    direct = conv.forward(x, training=True)
+    dx_direct = conv.backward(np.ones_like(direct))
+    _testing.set_conv_winograd(True)
+    forced = conv.forward(x, training=True)
+    dx_forced = conv.backward(np.ones_like(forced))
+    _testing.set_conv_winograd(None)
+    assert not np.array_equal(bits(direct), bits(forced))
+    y = conv.forward(x, training=True)
+    dx = conv.backward(np.ones_like(y))
+    want, want_dx = (forced, dx_forced) if wino else (direct, dx_direct)
+    np.testing.assert_array_equal(bits(y), bits(want), err_msg=f"{C}->{K}")
+    np.testing.assert_array_equal(bits(dx), bits(want_dx), err_msg=f"{C}->{K}")
+    if wino:  # 7 images: 448 tiles, the direct tiles
+        np.testing.assert_array_equal(bits(conv.forward(x[:7], training=True)), bits(direct[:7]))
+print("ok")
+"""
+
+
+def test_winograd_default_for_the_avx2_set_takes_layers_of_32_channels():
+    import cnnkit as ck
+
+    if "avx2" not in ck.available_cpu_kernels():
+        pytest.skip("this CPU has no AVX2")
+    _run(DEFAULT_AVX2)
+
+
+PLANES = CASE + r"""
+import json, sys
+rng = np.random.default_rng(int(sys.argv[1]))
+ck.set_cpu_kernels("avx2")
+out = []
+for N, C, K, H, W, p in ((3, 16, 20, 32, 32, 1), (2, 24, 16, 16, 16, 1), (5, 16, 16, 8, 8, 1),
+                         (3, 17, 16, 15, 31, 1), (5, 16, 19, 7, 7, 1), (3, 16, 16, 9, 18, 0),
+                         (2, 16, 16, 12, 14, 2), (4, 16, 16, 5, 7, 1)):
+    (y, _), (dx, _) = case(rng, N, C, K, H, W, p, True, True, 0.2)
+    out.append([y.view(np.uint32).tolist(), dx.view(np.uint32).tolist()])
+print(json.dumps(out))
+"""
+
+
+def test_winograd_avx2_register_transforms_give_the_planes_bits():
+    # the AVX2 register routine (8 tiles a vector, straight from x into y) against the same
+    # transforms through planes in memory: the same adds in the same order, so the same bits
+    import json
+
+    import cnnkit as ck
+
+    if "avx2" not in ck.available_cpu_kernels():
+        pytest.skip("this CPU has no AVX2")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    outs = []
+    for extra in ({}, {"CNNKIT_CONV_WINOGRAD_AVX2": "planes"}):
+        env = dict(os.environ, CNNKIT_CONV_WINOGRAD="1", **extra)
+        r = subprocess.run([sys.executable, "-c", PLANES, "9"], cwd=root, env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        outs.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    assert outs[0] == outs[1]

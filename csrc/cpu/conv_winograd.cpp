@@ -3,6 +3,7 @@
 #include "cpu/conv_winograd.h"
 
 #include <omp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -22,11 +23,29 @@ namespace conv_winograd {
 namespace {
 
 // Smallest channel count (input and output) sent here: the 16 GEMMs have a depth of C only.
-// Not tuned yet (the path is off by default; docs/performance.md).
 constexpr int64_t kMinChannels = 16;
-// Floats of one block's transformed input and products (16 (C + K) per tile): ~512 KB, half
-// of Zen 5's 1 MB L2.
-constexpr int64_t kBlockFloats = int64_t(1) << 17;
+// The AVX2 routine by default only where both counts are at least 32: on Zen 3 it ran
+// ResNet-20's 16-channel 32x32 layers 0.75x the direct tiles' speed, the 32- and 64-channel
+// ones 1.1-2.1x (docs/performance.md, "Zen 3").
+constexpr int64_t kMinChannelsAvx2 = 32;
+// Floats of one block's transformed input and products (16 (C + K) per tile): half the L2,
+// at most 512 KB (128 K floats: half of Zen 5's 1 MB L2; also where Intel's 2 MB ones were
+// measured) and at least 128 KB. On Zen 3's 512 KB L2 the 512 KB blocks ran the 32-channel
+// layers 1.1-1.3x slower than 256 KB ones (docs/performance.md).
+constexpr int64_t kMaxBlockFloats = int64_t(1) << 17;
+constexpr int64_t kMinBlockFloats = int64_t(1) << 15;
+
+int64_t block_floats() {
+    static const int64_t f = [] {
+        int64_t l2 = 0;
+#ifdef _SC_LEVEL2_CACHE_SIZE
+        l2 = static_cast<int64_t>(sysconf(_SC_LEVEL2_CACHE_SIZE));
+#endif
+        if (l2 <= 0) return kMaxBlockFloats;
+        return std::max(kMinBlockFloats, std::min(kMaxBlockFloats, l2 / 8));
+    }();
+    return f;
+}
 constexpr int64_t kMaxBlock = 512;
 // Fewest output tiles per call (all images) for which Winograd is chosen (use_forward).
 constexpr int64_t kMinTiles = 512;
@@ -45,10 +64,13 @@ std::atomic<int>& mode() {
 }
 
 // Where it was measured faster: the AVX-512 routine on Intel cores (docs/performance.md,
-// "Winograd on the Xeon"). The AVX2 routine and AMD's AVX-512 cores have not been measured
-// since the register transforms, so they stay on the direct tiles unless asked.
+// "Winograd on the Xeon"), and the AVX2 routine with its register transforms (Zen 3) for
+// layers of 32+ channels. AMD's AVX-512 cores have not been measured since the register
+// transforms, so they stay on the direct tiles unless asked.
 bool default_on() {
-    return kernel_set() == KernelSet::AVX512 && avx512::compiled() && cpu_is_intel();
+    const KernelSet s = kernel_set();
+    return (s == KernelSet::AVX512 && avx512::compiled() && cpu_is_intel()) ||
+           (s == KernelSet::AVX2 && avx2::compiled());
 }
 
 bool set_ok() {
@@ -76,7 +98,7 @@ int64_t pass_floats(int64_t Ko, int64_t Ci) {
 }
 
 // Blocks of Tb tiles: a multiple of the GEMM tile's width (no partial column tiles but the
-// last block's), as many as keep V and M within kBlockFloats, and with a team of threads at
+// last block's), as many as keep V and M within block_floats(), and with a team of threads at
 // least two blocks a thread. Every tile's values are computed by the same operations whatever
 // the block (the GEMM's columns are independent), so Tb does not change the results.
 WGeom make_wgeom(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t ph,
@@ -89,7 +111,7 @@ WGeom make_wgeom(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t 
     d.TW = (d.Q + 1) / 2;
     const int64_t total = N * d.TH * d.TW;
     const int64_t unit = nr % 16 == 0 ? nr : 16;
-    int64_t tb = kBlockFloats / (16 * (C + K)) / unit * unit;
+    int64_t tb = block_floats() / (16 * (C + K)) / unit * unit;
     tb = std::max(unit, std::min(round_up(kMaxBlock, unit), tb));
     const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
     if (threads > 1)
@@ -192,6 +214,7 @@ bool enabled() {
 bool use_forward(const ConvGeom& g) {
     if (!enabled() || !set_ok() || !geometry_ok(g)) return false;
     if (mode().load(std::memory_order_relaxed) == 1) return true;  // asked for: every layer
+    if (kernel_set() == KernelSet::AVX2 && std::min(g.C, g.K) < kMinChannelsAvx2) return false;
     // By default, enough tiles to amortize the filter transform (once per call; once per whole call in a
     // chunked eval forward, whose images count): ResNet-20 at batch 1 ran 0.8x the direct
     // tiles' speed with it (its 8x8 layers have 16 tiles).

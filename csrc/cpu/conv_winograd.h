@@ -22,7 +22,8 @@ namespace cpu {
 namespace conv_winograd {
 
 // On by default where measured faster than the direct tiles: the AVX-512 kernel set on Intel
-// cores (1.1-2x per layer on ResNet-20's, docs/performance.md). CNNKIT_CONV_WINOGRAD=1|0 at
+// cores (1.1-2x per layer on ResNet-20's, docs/performance.md), and the AVX2 set for layers of
+// 32+ input and output channels (Zen 3: 1.1-2.1x). CNNKIT_CONV_WINOGRAD=1|0 at
 // start-up, or set_enabled, turns it on or off everywhere (the AVX2 routine included, and on
 // for every such layer; by default only calls of at least kMinTiles output tiles, which
 // amortize the filter transform); set_default goes back to the machine's default. enabled()

@@ -1,7 +1,26 @@
-// The Winograd block routine compiled for AVX2/FMA (conv_winograd_impl.h), the GEMM on the
-// AVX2 6 x 16 direct-convolution tile.
+// The Winograd block routine for AVX2/FMA (conv_winograd.h), the 16 GEMMs on the AVX2 6 x 16
+// direct-convolution tile.
+//
+// Where the tile rows hold a multiple of 8 tiles, or 4 tiles with an even number of tile rows
+// (ResNet-20's and the CIFAR nets' 32x32, 16x16 and 8x8 planes), the transforms run in
+// registers, 8 tiles a vector: 8 tiles of one row, or 4 tiles of two rows. The patch values
+// d[i][o] of the 8 tiles come straight from x (two loads per row split into even and odd
+// columns by one in-lane shuffle each; masked loads at the image's edges), V = B^T d B is 32
+// adds, and the output transform's 2 x 2 outputs are interleaved by two in-lane unpacks and
+// stored straight into y (masked where the last tile column has one output). The in-lane
+// shuffle leaves the 8 tiles in the lane order 0 1 4 5 2 3 6 7; V and M keep that order within
+// each group of 8 columns (the GEMM's columns are independent), and the unpacks of the output
+// transform give the outputs back in image order. Other widths go through memory
+// (conv_winograd_impl.h). The adds and subtractions are the same in both routines and in the
+// AVX-512 one, so the results differ between them only in the GEMM, and not at all between
+// the two AVX2 routines.
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
 
 #include "cpu/conv_direct.h"
 #include "cpu/conv_winograd.h"
@@ -21,8 +40,228 @@ bool compiled() { return true; }
         (void)(cols);                                                 \
         conv_avx2::fwd_6x16(rows, kc, a, xx, off, c, ldc, nullptr, false); \
     } while (0)
+namespace planes {
 #include "cpu/conv_winograd_impl.h"
+}  // namespace planes
 #undef WINO_GEMM
+
+namespace {
+
+inline int64_t rup(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+
+// CNNKIT_CONV_WINOGRAD_AVX2=planes at start-up sends every layer through the planes routine
+// (the two give the same bits; tests and measurements compare them).
+bool planes_forced() {
+    static const bool f = [] {
+        const char* e = std::getenv("CNNKIT_CONV_WINOGRAD_AVX2");
+        return e && std::string(e) == "planes";
+    }();
+    return f;
+}
+
+// Lanes l of an 8-float load at column c0 with 0 <= c0 + l < W (all-ones lanes), as the mask of
+// a maskload / maskstore.
+inline __m256i in_row(int64_t c0, int64_t W) {
+    const __m256i col = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(c0)),
+                                         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    return _mm256_and_si256(_mm256_cmpgt_epi32(col, _mm256_set1_epi32(-1)),
+                            _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(W)), col));
+}
+
+inline bool all_ones(__m256i m) { return _mm256_movemask_ps(_mm256_castsi256_ps(m)) == 0xFF; }
+inline bool all_zero(__m256i m) { return _mm256_movemask_ps(_mm256_castsi256_ps(m)) == 0; }
+
+// V = B^T d B for 8 tiles: d[i][o] the input patch values; stored to 16 rows CT apart.
+inline void input_transform(const __m256 d[4][4], float* v, int64_t CT) {
+    __m256 rr[4][4];
+    for (int o = 0; o < 4; ++o) {
+        rr[0][o] = _mm256_sub_ps(d[0][o], d[2][o]);
+        rr[1][o] = _mm256_add_ps(d[1][o], d[2][o]);
+        rr[2][o] = _mm256_sub_ps(d[2][o], d[1][o]);
+        rr[3][o] = _mm256_sub_ps(d[1][o], d[3][o]);
+    }
+    for (int i = 0; i < 4; ++i) {
+        float* vi = v + (i * 4) * CT;
+        _mm256_storeu_ps(vi, _mm256_sub_ps(rr[i][0], rr[i][2]));
+        _mm256_storeu_ps(vi + CT, _mm256_add_ps(rr[i][1], rr[i][2]));
+        _mm256_storeu_ps(vi + 2 * CT, _mm256_sub_ps(rr[i][2], rr[i][1]));
+        _mm256_storeu_ps(vi + 3 * CT, _mm256_sub_ps(rr[i][1], rr[i][3]));
+    }
+}
+
+// y = A^T M A (+ bias, ReLU) for 8 tiles: m the products of the first of them, rows KT apart
+// (xi = 4 i + j); v[r][s] the outputs (2 th + r, 2 tw + s).
+inline void output_transform(const float* m, int64_t KT, bool bias, __m256 bk, bool relu,
+                             __m256 v[2][2]) {
+    __m256 tr[2][4];
+    for (int jj = 0; jj < 4; ++jj) {
+        const __m256 m0 = _mm256_loadu_ps(m + (0 * 4 + jj) * KT);
+        const __m256 m1 = _mm256_loadu_ps(m + (1 * 4 + jj) * KT);
+        const __m256 m2 = _mm256_loadu_ps(m + (2 * 4 + jj) * KT);
+        const __m256 m3 = _mm256_loadu_ps(m + (3 * 4 + jj) * KT);
+        tr[0][jj] = _mm256_add_ps(_mm256_add_ps(m0, m1), m2);
+        tr[1][jj] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
+    }
+    const __m256 zero = _mm256_setzero_ps();
+    for (int r = 0; r < 2; ++r) {
+        __m256 v0 = _mm256_add_ps(_mm256_add_ps(tr[r][0], tr[r][1]), tr[r][2]);
+        __m256 v1 = _mm256_sub_ps(_mm256_sub_ps(tr[r][1], tr[r][2]), tr[r][3]);
+        if (bias) {
+            v0 = _mm256_add_ps(v0, bk);
+            v1 = _mm256_add_ps(v1, bk);
+        }
+        if (relu) {
+            v0 = _mm256_max_ps(v0, zero);
+            v1 = _mm256_max_ps(v1, zero);
+        }
+        v[r][0] = v0;
+        v[r][1] = v1;
+    }
+}
+
+// The register routine's geometry: TW a multiple of 8 (mode 1: a vector is 8 tiles of one
+// row) or TW = 4 with TH even (mode 2: 4 tiles of two rows); then every run of an image's
+// tiles in a block starts and ends at a multiple of 8 (blocks are multiples of 16 tiles).
+int reg_mode(const WGeom& wg, int64_t t0, int64_t nt) {
+    const int mode = wg.TW % 8 == 0 ? 1 : (wg.TW == 4 && wg.TH % 2 == 0) ? 2 : 0;
+    if (mode == 0 || t0 % 8 != 0 || nt % 8 != 0) return 0;
+    return mode;
+}
+
+void run_block_reg(int mode, float* y, const float* x, const float* u, int64_t upk,
+                   const int32_t* off, const float* bias, bool relu, const WGeom& wg,
+                   const WTile& t, int64_t t0, int64_t nt, float* scratch) {
+    const int64_t C = wg.C, K = wg.K, ld = wg.ld, TW = wg.TW, TT = wg.TH * wg.TW;
+    const int64_t H = wg.H, W = wg.W, P = wg.P, Q = wg.Q, HW = H * W, PQ = P * Q;
+    float* V = scratch;
+    float* M = V + 16 * wg.vs + 128;
+    const int64_t ntp = rup(nt, 16);
+    const int64_t CT = wg.vs, KT = wg.ms;
+
+    // ---- input transform, 8 tiles (a vector) at a time ----
+    for (int64_t j = 0; j < nt; j += 8) {
+        const int64_t gt = t0 + j, n = gt / TT, tt = gt % TT;
+        const int64_t th = tt / TW, tw0 = tt % TW;  // mode 2: tw0 = 0, th even
+        const int64_t c0 = 2 * tw0 - wg.pw;
+        // load q of patch row i at x offset ld_off, lanes ld_m: mode 1 (e0, e1, f0, f1) = row h
+        // at c0, c0 + 8, c0 + 2, c0 + 10; mode 2 (e0, e1, f0, f1) = rows h, h + 2 at c0, then
+        // at c0 + 2
+        int64_t ld_off[16];
+        __m256i ld_m[16];
+        bool interior = true;
+        for (int i = 0; i < 4; ++i) {
+            const int64_t h = 2 * th + i - wg.ph;
+            for (int q = 0; q < 4; ++q) {
+                int64_t hr = h, col = c0;
+                if (mode == 1) {
+                    col = c0 + (q & 1) * 8 + (q >> 1) * 2;
+                } else {
+                    hr = h + (q & 1) * 2;
+                    col = c0 + (q >> 1) * 2;
+                }
+                const __m256i mm = hr >= 0 && hr < H ? in_row(col, W) : _mm256_setzero_si256();
+                interior = interior && all_ones(mm);
+                ld_m[i * 4 + q] = mm;
+                ld_off[i * 4 + q] = all_zero(mm) ? 0 : hr * W + col;
+            }
+        }
+        const float* xn = x + n * C * HW;
+        float* vt = V + j;
+        for (int64_t c = 0; c < C; ++c) {
+            const float* xc = xn + c * HW;
+            __m256 d[4][4];
+            for (int i = 0; i < 4; ++i) {
+                const int64_t* of = ld_off + 4 * i;
+                __m256 e0, e1, f0, f1;
+                if (interior) {
+                    e0 = _mm256_loadu_ps(xc + of[0]);
+                    e1 = _mm256_loadu_ps(xc + of[1]);
+                    f0 = _mm256_loadu_ps(xc + of[2]);
+                    f1 = _mm256_loadu_ps(xc + of[3]);
+                } else {
+                    const __m256i* mq = ld_m + 4 * i;
+                    e0 = _mm256_maskload_ps(xc + of[0], mq[0]);
+                    e1 = _mm256_maskload_ps(xc + of[1], mq[1]);
+                    f0 = _mm256_maskload_ps(xc + of[2], mq[2]);
+                    f1 = _mm256_maskload_ps(xc + of[3], mq[3]);
+                }
+                // evens / odds of (e0, e1) and (f0, f1), tiles in the lane order 0 1 4 5 2 3 6 7
+                d[i][0] = _mm256_shuffle_ps(e0, e1, _MM_SHUFFLE(2, 0, 2, 0));
+                d[i][1] = _mm256_shuffle_ps(e0, e1, _MM_SHUFFLE(3, 1, 3, 1));
+                d[i][2] = _mm256_shuffle_ps(f0, f1, _MM_SHUFFLE(2, 0, 2, 0));
+                d[i][3] = _mm256_shuffle_ps(f0, f1, _MM_SHUFFLE(3, 1, 3, 1));
+            }
+            input_transform(d, vt + c * ld, CT);
+        }
+    }
+    if (ntp > nt)
+        for (int64_t r = 0; r < 16 * C; ++r)
+            std::memset(V + r / C * CT + r % C * ld + nt, 0, sizeof(float) * (ntp - nt));
+
+    // ---- 16 GEMMs: M[xi] (K x tiles) = U[xi] (K x C) * V[xi] (C x tiles) ----
+    for (int64_t xi = 0; xi < 16; ++xi) {
+        const float* ux = u + xi * upk;
+        const float* vx = V + xi * CT;
+        float* mx = M + xi * KT;
+        for (int64_t j0 = 0; j0 < ntp; j0 += t.nr)
+            for (int64_t k0 = 0; k0 < K; k0 += t.mr) {
+                const int rows = static_cast<int>(std::min<int64_t>(t.mr, K - k0));
+                conv_avx2::fwd_6x16(rows, C, ux + k0 * C, vx + j0, off, mx + k0 * ld + j0, ld,
+                                    nullptr, false);
+            }
+    }
+
+    // ---- output transform, bias, ReLU, straight into y, 8 tiles at a time ----
+    for (int64_t j = 0; j < nt; j += 8) {
+        const int64_t gt = t0 + j, n = gt / TT, tt = gt % TT;
+        const int64_t th = tt / TW, tw0 = tt % TW;
+        // store s = 2 r + g: output row 2 th + r (mode 2: 2 (th + g) + r), columns from
+        // 2 tw0 + 8 g (mode 2: from 0), 8 floats, masked past Q
+        int64_t st_off[4];
+        __m256i st_m[4];
+        bool full = true;
+        for (int r = 0; r < 2; ++r)
+            for (int g = 0; g < 2; ++g) {
+                const int64_t p = mode == 1 ? 2 * th + r : 2 * (th + g) + r;
+                const int64_t q0 = mode == 1 ? 2 * tw0 + 8 * g : 0;
+                const __m256i mm = p < P ? in_row(q0, Q) : _mm256_setzero_si256();
+                full = full && all_ones(mm);
+                st_m[r * 2 + g] = mm;
+                st_off[r * 2 + g] = all_zero(mm) ? 0 : p * Q + q0;
+            }
+        float* yn = y + n * K * PQ;
+        for (int64_t k = 0; k < K; ++k) {
+            const __m256 bk = _mm256_set1_ps(bias ? bias[k] : 0.f);
+            __m256 v[2][2];
+            output_transform(M + k * ld + j, KT, bias != nullptr, bk, relu, v);
+            float* yk = yn + k * PQ;
+            for (int r = 0; r < 2; ++r) {
+                // tiles 0-3 and 4-7, each tile's two outputs side by side
+                const __m256 zl = _mm256_unpacklo_ps(v[r][0], v[r][1]);
+                const __m256 zh = _mm256_unpackhi_ps(v[r][0], v[r][1]);
+                if (full) {
+                    _mm256_storeu_ps(yk + st_off[r * 2], zl);
+                    _mm256_storeu_ps(yk + st_off[r * 2 + 1], zh);
+                } else {
+                    _mm256_maskstore_ps(yk + st_off[r * 2], st_m[r * 2], zl);
+                    _mm256_maskstore_ps(yk + st_off[r * 2 + 1], st_m[r * 2 + 1], zh);
+                }
+            }
+        }
+    }
+}
+
+}  // namespace
+
+void run_block(float* y, const float* x, const float* u, int64_t upk, const int32_t* off,
+               const float* bias, bool relu, const WGeom& wg, const WTile& t, int64_t t0,
+               int64_t nt, float* scratch) {
+    const int mode = planes_forced() ? 0 : reg_mode(wg, t0, nt);
+    if (mode != 0)
+        run_block_reg(mode, y, x, u, upk, off, bias, relu, wg, t, t0, nt, scratch);
+    else
+        planes::run_block(y, x, u, upk, off, bias, relu, wg, t, t0, nt, scratch);
+}
 
 #else
 
