@@ -196,12 +196,14 @@ void run(float* y, const float* x, const float* u, int64_t upk, int32_t* off, co
 }  // namespace
 
 int64_t block_scratch_floats(const WGeom& wg) {
-    // V and M (16 vs + 16 ms) with their slack, then the larger of the two routines' tails:
-    // AVX2 8 planes and 4 output rows of Tb; AVX-512 8 planes and 2 output row buffers of
-    // (TH + 1) TW + 32 floats (twice).
+    // V and M (16 vs + 16 ms) with their slack, then the largest of the routines' tails:
+    // AVX2 planes routine 8 planes and 4 output rows of Tb; AVX2 register routine two
+    // zero-padded planes of 2 TH + 2 rows (strides below 2 TW + 17); AVX-512 8 planes and 2
+    // output row buffers of (TH + 1) TW + 32 floats (twice).
     const int64_t plane = (wg.TH + 1) * wg.TW + 32;
     return 16 * (wg.vs + wg.ms) + 256 +
-           std::max(8 * (wg.TH + 1) * wg.TW + 4 * wg.Tb, 12 * plane);
+           std::max({8 * (wg.TH + 1) * wg.TW + 4 * wg.Tb, 12 * plane,
+                     2 * ((2 * wg.TH + 2) * (2 * wg.TW + 17) + 16)});
 }
 
 void set_enabled(bool on) { mode().store(on ? 1 : 0); }

@@ -4,8 +4,8 @@
 // Where the tile rows hold a multiple of 8 tiles, or 4 tiles with an even number of tile rows
 // (ResNet-20's and the CIFAR nets' 32x32, 16x16 and 8x8 planes), the transforms run in
 // registers, 8 tiles a vector: 8 tiles of one row, or 4 tiles of two rows. The patch values
-// d[i][o] of the 8 tiles come straight from x (two loads per row split into even and odd
-// columns by one in-lane shuffle each; masked loads at the image's edges), V = B^T d B is 32
+// d[i][o] of the 8 tiles come from a zero-padded copy of the channel's rows (two loads per
+// patch row, split into even and odd columns by one in-lane shuffle each), V = B^T d B is 32
 // adds, and the output transform's 2 x 2 outputs are interleaved by two in-lane unpacks and
 // stored straight into y (masked where the last tile column has one output). The in-lane
 // shuffle leaves the 8 tiles in the lane order 0 1 4 5 2 3 6 7; V and M keep that order within
@@ -57,6 +57,14 @@ bool planes_forced() {
         return e && std::string(e) == "planes";
     }();
     return f;
+}
+
+// Row stride of the padded planes: the loads of a vector reach padded column 2 TW + 1 (mode 1)
+// or 9 (mode 2); rounded up to 8 floats, plus 8 where that is a multiple of 32 floats (rows
+// 128 bytes apart would fall into few L1 sets).
+int64_t wplane_stride(const WGeom& wg) {
+    const int64_t w = rup(std::max<int64_t>(2 * wg.TW + 2, 10), 8);
+    return w % 32 == 0 ? w + 8 : w;
 }
 
 // Lanes l of an 8-float load at column c0 with 0 <= c0 + l < W (all-ones lanes), as the mask of
@@ -135,64 +143,58 @@ void run_block_reg(int mode, float* y, const float* x, const float* u, int64_t u
     const int64_t H = wg.H, W = wg.W, P = wg.P, Q = wg.Q, HW = H * W, PQ = P * Q;
     float* V = scratch;
     float* M = V + 16 * wg.vs + 128;
+    float* pl = M + 16 * wg.ms + 128;  // two padded planes
     const int64_t ntp = rup(nt, 16);
     const int64_t CT = wg.vs, KT = wg.ms;
 
-    // ---- input transform, 8 tiles (a vector) at a time ----
-    for (int64_t j = 0; j < nt; j += 8) {
-        const int64_t gt = t0 + j, n = gt / TT, tt = gt % TT;
-        const int64_t th = tt / TW, tw0 = tt % TW;  // mode 2: tw0 = 0, th even
-        const int64_t c0 = 2 * tw0 - wg.pw;
-        // load q of patch row i at x offset ld_off, lanes ld_m: mode 1 (e0, e1, f0, f1) = row h
-        // at c0, c0 + 8, c0 + 2, c0 + 10; mode 2 (e0, e1, f0, f1) = rows h, h + 2 at c0, then
-        // at c0 + 2
-        int64_t ld_off[16];
-        __m256i ld_m[16];
-        bool interior = true;
-        for (int i = 0; i < 4; ++i) {
-            const int64_t h = 2 * th + i - wg.ph;
-            for (int q = 0; q < 4; ++q) {
-                int64_t hr = h, col = c0;
-                if (mode == 1) {
-                    col = c0 + (q & 1) * 8 + (q >> 1) * 2;
-                } else {
-                    hr = h + (q & 1) * 2;
-                    col = c0 + (q >> 1) * 2;
-                }
-                const __m256i mm = hr >= 0 && hr < H ? in_row(col, W) : _mm256_setzero_si256();
-                interior = interior && all_ones(mm);
-                ld_m[i * 4 + q] = mm;
-                ld_off[i * 4 + q] = all_zero(mm) ? 0 : hr * W + col;
-            }
-        }
+    // ---- input transform, one image's run of tiles [a, b) at a time ----
+    // Each channel's rows of the run are first copied into a zero-padded plane (row stride Wp,
+    // padded pixel (h, w) at ((h - 2 th0) Wp + w)), so that the 16 loads of a vector are plain
+    // ones (masked loads at the image's edges cost as much as the GEMM on Zen 3). Two planes
+    // alternate: channel c + 1 is copied while channel c is transformed, so that no load waits
+    // on a store it overlaps (store forwarding fails on unaligned overlaps).
+    const int64_t Wp = wplane_stride(wg);
+    for (int64_t tb = 0; tb < nt;) {
+        const int64_t gt = t0 + tb, n = gt / TT, a = gt % TT, b = std::min(TT, a + nt - tb);
+        const int64_t th0 = a / TW, th1 = (b - 1) / TW + 1;
+        const int64_t rows = 2 * (th1 - th0) + 2;  // padded rows 2 th0 .. 2 th1 + 1
+        float* xp[2] = {pl, pl + rows * Wp + 16};
+        std::memset(pl, 0, sizeof(float) * (2 * (rows * Wp + 16)));
+        // x rows h0 .. h1 - 1 go to plane rows h + ph - 2 th0, columns pw .. pw + W - 1
+        const int64_t h0 = std::max<int64_t>(0, 2 * th0 - wg.ph);
+        const int64_t h1 = std::min<int64_t>(H, 2 * th1 + 2 - wg.ph);
         const float* xn = x + n * C * HW;
-        float* vt = V + j;
+        auto copy = [&](int64_t c, float* dst) {
+            if (h1 > h0)
+                conv_avx2::copy_rows(dst + (h0 + wg.ph - 2 * th0) * Wp + wg.pw, Wp,
+                                     xn + c * HW + h0 * W, W, h1 - h0, W);
+        };
+        copy(0, xp[0]);
         for (int64_t c = 0; c < C; ++c) {
-            const float* xc = xn + c * HW;
-            __m256 d[4][4];
-            for (int i = 0; i < 4; ++i) {
-                const int64_t* of = ld_off + 4 * i;
-                __m256 e0, e1, f0, f1;
-                if (interior) {
-                    e0 = _mm256_loadu_ps(xc + of[0]);
-                    e1 = _mm256_loadu_ps(xc + of[1]);
-                    f0 = _mm256_loadu_ps(xc + of[2]);
-                    f1 = _mm256_loadu_ps(xc + of[3]);
-                } else {
-                    const __m256i* mq = ld_m + 4 * i;
-                    e0 = _mm256_maskload_ps(xc + of[0], mq[0]);
-                    e1 = _mm256_maskload_ps(xc + of[1], mq[1]);
-                    f0 = _mm256_maskload_ps(xc + of[2], mq[2]);
-                    f1 = _mm256_maskload_ps(xc + of[3], mq[3]);
+            if (c + 1 < C) copy(c + 1, xp[(c + 1) & 1]);
+            const float* xc = xp[c & 1];
+            float* vc = V + c * ld + tb;
+            for (int64_t tt = a; tt < b; tt += 8) {
+                const int64_t th = tt / TW, tw0 = tt % TW;  // mode 2: tw0 = 0, th even
+                // load q of patch row i: mode 1 (e0, e1, f0, f1) = padded row 2 th + i at
+                // columns 2 tw0, + 8, + 2, + 10; mode 2 = rows 2 th + i, + 2 at columns 0, then 2
+                const float* r0 = xc + 2 * (th - th0) * Wp + 2 * tw0;
+                const int64_t o1 = mode == 1 ? 8 : 2 * Wp, o2 = 2, o3 = o1 + 2;
+                __m256 d[4][4];
+                for (int i = 0; i < 4; ++i) {
+                    const float* ri = r0 + i * Wp;
+                    const __m256 e0 = _mm256_loadu_ps(ri), e1 = _mm256_loadu_ps(ri + o1);
+                    const __m256 f0 = _mm256_loadu_ps(ri + o2), f1 = _mm256_loadu_ps(ri + o3);
+                    // evens / odds of (e0, e1) and (f0, f1): tiles in the lane order 0 1 4 5 2 3 6 7
+                    d[i][0] = _mm256_shuffle_ps(e0, e1, _MM_SHUFFLE(2, 0, 2, 0));
+                    d[i][1] = _mm256_shuffle_ps(e0, e1, _MM_SHUFFLE(3, 1, 3, 1));
+                    d[i][2] = _mm256_shuffle_ps(f0, f1, _MM_SHUFFLE(2, 0, 2, 0));
+                    d[i][3] = _mm256_shuffle_ps(f0, f1, _MM_SHUFFLE(3, 1, 3, 1));
                 }
-                // evens / odds of (e0, e1) and (f0, f1), tiles in the lane order 0 1 4 5 2 3 6 7
-                d[i][0] = _mm256_shuffle_ps(e0, e1, _MM_SHUFFLE(2, 0, 2, 0));
-                d[i][1] = _mm256_shuffle_ps(e0, e1, _MM_SHUFFLE(3, 1, 3, 1));
-                d[i][2] = _mm256_shuffle_ps(f0, f1, _MM_SHUFFLE(2, 0, 2, 0));
-                d[i][3] = _mm256_shuffle_ps(f0, f1, _MM_SHUFFLE(3, 1, 3, 1));
+                input_transform(d, vc + (tt - a), CT);
             }
-            input_transform(d, vt + c * ld, CT);
         }
+        tb += b - a;
     }
     if (ntp > nt)
         for (int64_t r = 0; r < 16 * C; ++r)
