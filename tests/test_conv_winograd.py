@@ -4,7 +4,8 @@ for every set and layer) against float64, on random layers and on shapes that ta
 routines' layouts (AVX-512: tile rows of >= 16 tiles, of 8 and of 4 in registers; AVX2: rows
 of a multiple of 8 tiles, or of 4 in pairs, in registers; other widths through planes), and
 its bits across thread counts, batch splits, chunked eval forwards and the two AVX2
-routines."""
+routines. The AVX2 set's Winograd weight gradient (the adjoint of the forward's transforms)
+against float64 and the direct tiles, and its bits across thread counts."""
 
 from __future__ import annotations
 
@@ -271,3 +272,106 @@ def test_winograd_avx2_register_transforms_give_the_planes_bits():
         assert r.returncode == 0, r.stderr[-3000:]
         outs.append(json.loads(r.stdout.strip().splitlines()[-1]))
     assert outs[0] == outs[1]
+
+
+WGT = r"""
+import sys
+import numpy as np, cnnkit as ck
+from cnnkit._core import _testing
+from tests import reference as ref
+ck.set_cpu_kernels("avx2")
+rng = np.random.default_rng(int(sys.argv[1]) if len(sys.argv) > 1 else 5)
+def bits(v):
+    return np.ascontiguousarray(v).view(np.uint32)
+def grads(m, x, dy, threads):
+    ck.set_num_threads(threads)
+    m.zero_grad()
+    m.forward(x, training=True)
+    m.backward(dy)
+    return m.grad_dict()["0.weight"].copy()
+# (N, C, K, H, W, pad): tile rows of 16 and 8 tiles (32 and 16 wide), of 8 with the last
+# tile's second column and the last row masked (15 wide), 4 tiles in pairs of rows (8 and 7
+# wide), padding 0 and 2, more images than the 16 image groups, and channel counts that 3
+# and 4 (the dot products' register tile) do not divide
+shapes = [(2, 16, 16, 32, 32, 1), (3, 32, 32, 16, 16, 1), (20, 64, 64, 8, 8, 1),
+          (4, 17, 19, 15, 15, 1), (5, 33, 35, 7, 7, 1), (3, 18, 21, 18, 18, 0),
+          (2, 16, 22, 14, 14, 2), (18, 37, 16, 8, 8, 1), (1, 16, 16, 17, 17, 0)]
+for N, C, K, H, W, p in shapes:
+    what = f"N={N} C={C} K={K} H={H} W={W} p={p}"
+    m = ck.Sequential([ck.Conv2d(C, K, 3, padding=p)])
+    w = (rng.standard_normal((K, C, 3, 3)) / np.sqrt(9 * C)).astype(np.float32)
+    m.load_state_dict({"0.weight": w, "0.bias": rng.standard_normal(K).astype(np.float32)})
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    P = H + 2 * p - 2
+    dy = rng.standard_normal((N, K, P, P if H == W else W + 2 * p - 2)).astype(np.float32)
+    want = ref.conv2d_backward(x, w, dy, (1, 1), (p, p))[1]
+    _testing.set_conv_winograd(True)
+    dw = [grads(m, x, dy, t) for t in (1, 2, 3)]
+    _testing.set_conv_winograd(False)
+    direct = grads(m, x, dy, 1)
+    _testing.set_conv_winograd(None)
+    # sums of N P Q products: the float32 error grows like their square root
+    scale = np.abs(want).max()
+    err = np.abs(dw[0] - want).max() / scale
+    assert err < 2e-6, (what, err)
+    assert np.abs(direct - want).max() / scale < 4e-6, what
+    for d in dw[1:]:
+        np.testing.assert_array_equal(bits(d), bits(dw[0]), err_msg=what)
+    # and it is the Winograd path that ran: the direct tiles give other bits
+    assert not np.array_equal(bits(dw[0]), bits(direct)), what
+# a Conv2d -> ReLU pair (the Net fuses them) and a bias: the same weight gradient as the
+# float64 reference of the masked dy
+m = ck.Sequential([ck.Conv2d(32, 32, 3, padding=1), ck.ReLU()])
+x = rng.standard_normal((4, 32, 16, 16)).astype(np.float32)
+y = m.forward(x, training=True)
+dy = rng.standard_normal(y.shape).astype(np.float32)
+m.zero_grad()
+m.backward(dy)
+st = m.state_dict()
+want = ref.conv2d_backward(x, st["0.weight"], dy * (y > 0), (1, 1), (1, 1))
+g = m.grad_dict()
+assert np.abs(g["0.weight"] - want[1]).max() / np.abs(want[1]).max() < 2e-6
+np.testing.assert_allclose(g["0.bias"], want[2], rtol=1e-4, atol=1e-4)
+print("ok")
+"""
+
+
+def test_winograd_weight_gradient_matches_float64_and_does_not_depend_on_threads():
+    import cnnkit as ck
+
+    if "avx2" not in ck.available_cpu_kernels():
+        pytest.skip("this CPU has no AVX2")
+    _run(WGT)
+
+
+WGT_SWITCH = r"""
+import numpy as np, cnnkit as ck
+ck.set_cpu_kernels("avx2")
+rng = np.random.default_rng(6)
+m = ck.Sequential([ck.Conv2d(16, 16, 3, padding=1)])
+x = rng.standard_normal((2, 16, 32, 32)).astype(np.float32)
+m.forward(x, training=True)
+m.backward(np.ones((2, 16, 32, 32), np.float32))
+print(np.ascontiguousarray(m.grad_dict()["0.weight"]).view(np.uint32).sum(dtype=np.uint64))
+"""
+
+
+def test_winograd_weight_gradient_is_on_by_default_for_the_avx2_set_and_can_be_switched_off():
+    # 16-channel layers of 512+ tiles take it by default (their forward does not); the
+    # switch CNNKIT_CONV_WINOGRAD_WGT=0 and CNNKIT_CONV_WINOGRAD=0 keep the direct tiles
+    import cnnkit as ck
+
+    if "avx2" not in ck.available_cpu_kernels():
+        pytest.skip("this CPU has no AVX2")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def run(**env):
+        r = subprocess.run([sys.executable, "-c", WGT_SWITCH], cwd=root, capture_output=True,
+                           text=True, timeout=120, env=dict(os.environ, **env))
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r.stdout.strip()
+
+    default = run()
+    assert default == run(CNNKIT_CONV_WINOGRAD="1")
+    off = run(CNNKIT_CONV_WINOGRAD_WGT="0")
+    assert off == run(CNNKIT_CONV_WINOGRAD="0") and off != default

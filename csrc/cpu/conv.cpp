@@ -282,6 +282,7 @@ void conv2d_backward_weight(float* dw, float* db, const float* dy, const float* 
     const int64_t PQ = g.P * g.Q;
     if (is_depthwise(g)) return depthwise_backward_weight(dw, db, dy, x, g);
     if (db) channel_bias_backward(db, dy, g.N, g.K, PQ);
+    if (conv_winograd::use_backward_weight(g)) return conv_winograd::backward_weight(dw, dy, x, g);
     if (conv_direct::applicable_backward_weight(g))
         return conv_direct::backward_weight(dw, dy, x, g, ws);
     if (is_pointwise(g)) {

@@ -35,6 +35,12 @@ bool enabled();
 // Whether the forward / backward-input of g runs here now (switch, kernel set, geometry).
 bool use_forward(const ConvGeom& g);
 bool use_backward_input(const ConvGeom& g);
+// Whether the weight gradient of g runs here now: the forward's rules, the AVX2 kernel set, and
+// tile rows the AVX2 register routine takes (a multiple of 8 tiles, or 4 in pairs of rows).
+// CNNKIT_CONV_WINOGRAD_WGT=0 at start-up (or set_weight_gradient(false)) keeps it on the
+// direct tiles.
+bool use_backward_weight(const ConvGeom& g);
+void set_weight_gradient(bool on);
 
 // Floats of caller workspace (transformed weights, offset table) for either pass; 0 when the
 // geometry never qualifies. Independent of the kernel set and the switch.
@@ -46,6 +52,12 @@ int64_t workspace_floats(const ConvGeom& g);
 void forward(float* y, const float* x, const float* w, const float* b, const ConvGeom& g,
              float* ws, bool relu, const float* wscale = nullptr);
 void backward_input(float* dx, const float* dy, const float* w, const ConvGeom& g, float* ws);
+// dw (K, C, 3, 3) accumulated: dU[xi] = sum over tiles of dM[xi] V[xi]^T with dM = A dY A^T
+// (the adjoint of the output transform) and V the forward's input transform, then
+// dw += G^T dU G (in double). The tiles are summed in image groups fixed by the geometry
+// (blocks of Tb tiles, Tb from the L2 size only) and the groups in group order, so the result
+// does not depend on the thread count.
+void backward_weight(float* dw, const float* dy, const float* x, const ConvGeom& g);
 
 // ---- internals shared with the ISA files ----------------------------------------------------
 
@@ -73,7 +85,15 @@ using BlockFn = void (*)(float* y, const float* x, const float* u, int64_t upk,
 int64_t block_scratch_floats(const WGeom& wg);
 
 namespace avx512 { bool compiled(); void run_block(float*, const float*, const float*, int64_t, const int32_t*, const float*, bool, const WGeom&, const WTile&, int64_t, int64_t, float*); }
-namespace avx2 { bool compiled(); void run_block(float*, const float*, const float*, int64_t, const int32_t*, const float*, bool, const WGeom&, const WTile&, int64_t, int64_t, float*); }
+namespace avx2 {
+bool compiled();
+void run_block(float*, const float*, const float*, int64_t, const int32_t*, const float*, bool, const WGeom&, const WTile&, int64_t, int64_t, float*);
+// The weight gradient's block: part ([16][K][C]) += the block's dM V^T; needs wgt_geometry(wg),
+// t0 and nt multiples of 8, and block_scratch_floats(wg) of scratch.
+bool wgt_geometry(const WGeom& wg);
+void wgt_block(const float* dy, const float* x, const WGeom& wg, int64_t t0, int64_t nt,
+               float* scratch, float* part);
+}  // namespace avx2
 
 }  // namespace conv_winograd
 }  // namespace cpu

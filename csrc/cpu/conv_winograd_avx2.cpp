@@ -136,23 +136,18 @@ int reg_mode(const WGeom& wg, int64_t t0, int64_t nt) {
     return mode;
 }
 
-void run_block_reg(int mode, float* y, const float* x, const float* u, int64_t upk,
-                   const int32_t* off, const float* bias, bool relu, const WGeom& wg,
-                   const WTile& t, int64_t t0, int64_t nt, float* scratch) {
-    const int64_t C = wg.C, K = wg.K, ld = wg.ld, TW = wg.TW, TT = wg.TH * wg.TW;
-    const int64_t H = wg.H, W = wg.W, P = wg.P, Q = wg.Q, HW = H * W, PQ = P * Q;
-    float* V = scratch;
-    float* M = V + 16 * wg.vs + 128;
-    float* pl = M + 16 * wg.ms + 128;  // two padded planes
-    const int64_t ntp = rup(nt, 16);
-    const int64_t CT = wg.vs, KT = wg.ms;
-
-    // ---- input transform, one image's run of tiles [a, b) at a time ----
-    // Each channel's rows of the run are first copied into a zero-padded plane (row stride Wp,
-    // padded pixel (h, w) at ((h - 2 th0) Wp + w)), so that the 16 loads of a vector are plain
-    // ones (masked loads at the image's edges cost as much as the GEMM on Zen 3). Two planes
-    // alternate: channel c + 1 is copied while channel c is transformed, so that no load waits
-    // on a store it overlaps (store forwarding fails on unaligned overlaps).
+// V = B^T d B of tiles [t0, t0 + nt) into V ([16][C][ld], matrices CT = vs apart), through
+// two padded planes at pl; one image's run of tiles [a, b) at a time.
+// Each channel's rows of the run are first copied into a zero-padded plane (row stride Wp,
+// padded pixel (h, w) at ((h - 2 th0) Wp + w)), so that the 16 loads of a vector are plain
+// ones (masked loads at the image's edges cost as much as the GEMM on Zen 3). Two planes
+// alternate: channel c + 1 is copied while channel c is transformed, so that no load waits
+// on a store it overlaps (store forwarding fails on unaligned overlaps).
+void transform_inputs(int mode, const float* x, const WGeom& wg, int64_t t0, int64_t nt, float* V,
+                      float* pl) {
+    const int64_t C = wg.C, ld = wg.ld, TW = wg.TW, TT = wg.TH * wg.TW;
+    const int64_t H = wg.H, W = wg.W, HW = H * W;
+    const int64_t CT = wg.vs;
     const int64_t Wp = wplane_stride(wg);
     for (int64_t tb = 0; tb < nt;) {
         const int64_t gt = t0 + tb, n = gt / TT, a = gt % TT, b = std::min(TT, a + nt - tb);
@@ -196,6 +191,20 @@ void run_block_reg(int mode, float* y, const float* x, const float* u, int64_t u
         }
         tb += b - a;
     }
+}
+
+void run_block_reg(int mode, float* y, const float* x, const float* u, int64_t upk,
+                   const int32_t* off, const float* bias, bool relu, const WGeom& wg,
+                   const WTile& t, int64_t t0, int64_t nt, float* scratch) {
+    const int64_t C = wg.C, K = wg.K, ld = wg.ld, TW = wg.TW, TT = wg.TH * wg.TW;
+    const int64_t P = wg.P, Q = wg.Q, PQ = P * Q;
+    float* V = scratch;
+    float* M = V + 16 * wg.vs + 128;
+    float* pl = M + 16 * wg.ms + 128;  // two padded planes
+    const int64_t ntp = rup(nt, 16);
+    const int64_t CT = wg.vs, KT = wg.ms;
+
+    transform_inputs(mode, x, wg, t0, nt, V, pl);
     if (ntp > nt)
         for (int64_t r = 0; r < 16 * C; ++r)
             std::memset(V + r / C * CT + r % C * ld + nt, 0, sizeof(float) * (ntp - nt));
@@ -253,7 +262,171 @@ void run_block_reg(int mode, float* y, const float* x, const float* u, int64_t u
     }
 }
 
+
+// ---- weight gradient ------------------------------------------------------------------------
+
+// Where output tile group j (8 tiles from flattened tile t0 + j) keeps its 2 x 2 outputs: store
+// s = 2 r + g of the forward's output transform is output row 2 th + r (mode 2: 2 (th + g) + r)
+// from column 2 tw0 + 8 g (mode 2: 0), 8 floats, masked past Q (all lanes off past P).
+struct OutRows {
+    const float* base;  // image n's first channel
+    int64_t off[4];
+    __m256i mask[4];
+    bool full;
+};
+
+inline OutRows out_rows(int mode, const float* y, const WGeom& wg, int64_t gt) {
+    const int64_t TW = wg.TW, TT = wg.TH * wg.TW, P = wg.P, Q = wg.Q;
+    const int64_t n = gt / TT, tt = gt % TT, th = tt / TW, tw0 = tt % TW;
+    OutRows o;
+    o.base = y + n * wg.K * P * Q;
+    o.full = true;
+    for (int r = 0; r < 2; ++r)
+        for (int g = 0; g < 2; ++g) {
+            const int64_t p = mode == 1 ? 2 * th + r : 2 * (th + g) + r;
+            const int64_t q0 = mode == 1 ? 2 * tw0 + 8 * g : 0;
+            const __m256i mm = p < P ? in_row(q0, Q) : _mm256_setzero_si256();
+            o.full = o.full && all_ones(mm);
+            o.mask[r * 2 + g] = mm;
+            o.off[r * 2 + g] = all_zero(mm) ? 0 : p * Q + q0;
+        }
+    return o;
+}
+
+// dM = A dY A^T of tiles [t0, t0 + nt) (nt a multiple of 8) into D ([16][K][ld], matrices ms
+// apart), in the lane order of V (0 1 4 5 2 3 6 7 within each 8): the adjoint of the forward's
+// output transform, with dy read where that stores y (zero past P and Q).
+void transform_output_grads(int mode, const float* dy, const WGeom& wg, int64_t t0, int64_t nt,
+                            float* D) {
+    const int64_t K = wg.K, ld = wg.ld, PQ = wg.P * wg.Q, KT = wg.ms;
+    for (int64_t j = 0; j < nt; j += 8) {
+        const OutRows o = out_rows(mode, dy, wg, t0 + j);
+        for (int64_t k = 0; k < K; ++k) {
+            const float* dk = o.base + k * PQ;
+            __m256 v[2][2];  // v[r][s]: output (2 th + r, 2 tw + s) of the 8 tiles
+            for (int r = 0; r < 2; ++r) {
+                const __m256 zl = o.full ? _mm256_loadu_ps(dk + o.off[r * 2])
+                                         : _mm256_maskload_ps(dk + o.off[r * 2], o.mask[r * 2]);
+                const __m256 zh =
+                    o.full ? _mm256_loadu_ps(dk + o.off[r * 2 + 1])
+                           : _mm256_maskload_ps(dk + o.off[r * 2 + 1], o.mask[r * 2 + 1]);
+                // the inverse of the output transform's unpacks: even and odd columns
+                v[r][0] = _mm256_shuffle_ps(zl, zh, _MM_SHUFFLE(2, 0, 2, 0));
+                v[r][1] = _mm256_shuffle_ps(zl, zh, _MM_SHUFFLE(3, 1, 3, 1));
+            }
+            // A = [1 0; 1 1; 1 -1; 0 -1]: rows t[i][s] = (A v)[i][s], then dM[i][j] = (t A^T)[i][j]
+            const __m256 zero = _mm256_setzero_ps();
+            __m256 t[4][2];
+            for (int s = 0; s < 2; ++s) {
+                t[0][s] = v[0][s];
+                t[1][s] = _mm256_add_ps(v[0][s], v[1][s]);
+                t[2][s] = _mm256_sub_ps(v[0][s], v[1][s]);
+                t[3][s] = _mm256_sub_ps(zero, v[1][s]);
+            }
+            float* dm = D + k * ld + j;
+            for (int i = 0; i < 4; ++i) {
+                float* di = dm + (i * 4) * KT;
+                _mm256_storeu_ps(di, t[i][0]);
+                _mm256_storeu_ps(di + KT, _mm256_add_ps(t[i][0], t[i][1]));
+                _mm256_storeu_ps(di + 2 * KT, _mm256_sub_ps(t[i][0], t[i][1]));
+                _mm256_storeu_ps(di + 3 * KT, _mm256_sub_ps(zero, t[i][1]));
+            }
+        }
+    }
+}
+
+// part[k][c] += sum over columns [0, n) of d[k][.] v[c][.] for k < RK, c < RC (rows ld apart,
+// part rows ldp apart): 8 lanes per product, summed lanes 0-7 at the end (hadds).
+template <int RK, int RC>
+void dots(int64_t n, const float* d, const float* v, int64_t ld, float* part, int64_t ldp) {
+    __m256 acc[RK][RC];
+    for (int i = 0; i < RK; ++i)
+        for (int c = 0; c < RC; ++c) acc[i][c] = _mm256_setzero_ps();
+    for (int64_t t = 0; t < n; t += 8) {
+        __m256 dv[RK];
+        for (int i = 0; i < RK; ++i) dv[i] = _mm256_loadu_ps(d + i * ld + t);
+        for (int c = 0; c < RC; ++c) {
+            const __m256 vc = _mm256_loadu_ps(v + c * ld + t);
+            for (int i = 0; i < RK; ++i) acc[i][c] = _mm256_fmadd_ps(dv[i], vc, acc[i][c]);
+        }
+    }
+    const __m256 z = _mm256_setzero_ps();
+    for (int i = 0; i < RK; ++i) {
+        const __m256 a01 = _mm256_hadd_ps(acc[i][0], RC > 1 ? acc[i][RC > 1 ? 1 : 0] : z);
+        const __m256 a23 = _mm256_hadd_ps(RC > 2 ? acc[i][RC > 2 ? 2 : 0] : z,
+                                          RC > 3 ? acc[i][RC > 3 ? 3 : 0] : z);
+        const __m256 h = _mm256_hadd_ps(a01, a23);
+        const __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        float* p = part + i * ldp;
+        if (RC == 4) {
+            _mm_storeu_ps(p, _mm_add_ps(_mm_loadu_ps(p), s));
+        } else {
+            alignas(16) float sv[4];
+            _mm_store_ps(sv, s);
+            for (int c = 0; c < RC; ++c) p[c] += sv[c];
+        }
+    }
+}
+
+template <int RK>
+void dots_rc(int rc, int64_t n, const float* d, const float* v, int64_t ld, float* part,
+             int64_t ldp) {
+    switch (rc) {
+        case 1: return dots<RK, 1>(n, d, v, ld, part, ldp);
+        case 2: return dots<RK, 2>(n, d, v, ld, part, ldp);
+        case 3: return dots<RK, 3>(n, d, v, ld, part, ldp);
+        default: return dots<RK, 4>(n, d, v, ld, part, ldp);
+    }
+}
+
+// Columns of one pass of the dot products: D's 3 rows and V's C rows of it within ~16 KB of L1.
+int64_t dot_chunk(int64_t C) {
+    static const int64_t forced = [] {
+        const char* e = std::getenv("CNNKIT_CONV_WINOGRAD_WGT_CHUNK");
+        return e ? std::atoll(e) : int64_t(0);
+    }();
+    if (forced >= 8) return forced / 8 * 8;
+    return std::max<int64_t>(64, std::min<int64_t>(256, 4096 / std::max<int64_t>(C, 1) / 8 * 8));
+}
+
 }  // namespace
+
+bool wgt_geometry(const WGeom& wg) {
+    return wg.TW % 8 == 0 || (wg.TW == 4 && wg.TH % 2 == 0);
+}
+
+void wgt_block(const float* dy, const float* x, const WGeom& wg, int64_t t0, int64_t nt,
+               float* scratch, float* part) {
+    const int mode = reg_mode(wg, t0, nt);
+    const int64_t C = wg.C, K = wg.K, ld = wg.ld;
+    float* V = scratch;
+    float* D = V + 16 * wg.vs + 128;
+    float* pl = D + 16 * wg.ms + 128;
+    transform_inputs(mode, x, wg, t0, nt, V, pl);
+    transform_output_grads(mode, dy, wg, t0, nt, D);
+    // dU[xi] (K x C) += D[xi] (K x tiles) . V[xi]^T, in column chunks of dot_chunk(C)
+    const int64_t chunk = dot_chunk(C);
+    for (int64_t xi = 0; xi < 16; ++xi) {
+        const float* dx = D + xi * wg.ms;
+        const float* vx = V + xi * wg.vs;
+        float* px = part + xi * K * C;
+        for (int64_t j0 = 0; j0 < nt; j0 += chunk) {
+            const int64_t n = std::min(chunk, nt - j0);
+            for (int64_t k0 = 0; k0 < K; k0 += 3)
+                for (int64_t c0 = 0; c0 < C; c0 += 4) {
+                    const int rc = static_cast<int>(std::min<int64_t>(4, C - c0));
+                    const float* dk = dx + k0 * ld + j0;
+                    const float* vc = vx + c0 * ld + j0;
+                    float* p = px + k0 * C + c0;
+                    switch (std::min<int64_t>(3, K - k0)) {
+                        case 1: dots_rc<1>(rc, n, dk, vc, ld, p, C); break;
+                        case 2: dots_rc<2>(rc, n, dk, vc, ld, p, C); break;
+                        default: dots_rc<3>(rc, n, dk, vc, ld, p, C); break;
+                    }
+                }
+        }
+    }
+}
 
 void run_block(float* y, const float* x, const float* u, int64_t upk, const int32_t* off,
                const float* bias, bool relu, const WGeom& wg, const WTile& t, int64_t t0,
@@ -270,6 +443,8 @@ void run_block(float* y, const float* x, const float* u, int64_t upk, const int3
 bool compiled() { return false; }
 void run_block(float*, const float*, const float*, int64_t, const int32_t*, const float*, bool,
                const WGeom&, const WTile&, int64_t, int64_t, float*) {}
+bool wgt_geometry(const WGeom&) { return false; }
+void wgt_block(const float*, const float*, const WGeom&, int64_t, int64_t, float*, float*) {}
 
 #endif
 
