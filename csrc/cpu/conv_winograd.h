@@ -1,6 +1,6 @@
 // Winograd F(2x2, 3x3) convolution for stride-1, dilation-1, single-group 3x3 layers (forward
-// and backward-input), on the AVX-512 and AVX2 kernel sets; the generic set stays on the
-// direct path.
+// and backward-input on the AVX-512 and AVX2 kernel sets, the weight gradient on the AVX2
+// set); the generic set stays on the direct path.
 //
 // Output tiles of 2x2 read overlapping 4x4 input patches d; per tile and channel the input
 // transform V = B^T d B (16 values), per (output, input) channel pair the filter transform
