@@ -26,6 +26,8 @@ from cnnkit._core import _testing
 MR, NR, MC, KC, NC = 6, 16, 144, 256, 4080
 MR512, NR512, MC512, KC512 = 14, 32, 84, 512
 KC_SINGLE = 384
+# AVX2 set with M >= TALL_M: A blocks of MC_TALL rows, depth blocks of KC_TALL
+TALL_M, MC_TALL, KC_TALL = 512, 72, 512
 
 TRANS = [(False, False), (True, False), (False, True), (True, True)]
 TRANS_IDS = ["nn", "tn", "nt", "tt"]
@@ -107,6 +109,10 @@ SHAPES = [
     (MC512 + 1, NR512 + 2, KC512),
     (2 * MC512 + 5, 2 * NR512 - 3, KC512 + 1),
     (MR512 + 2, 3 * NR512, 2 * KC512 + 7),
+    # the AVX2 tall blocking: just below and at TALL_M, depth blocks of 512 with a tail
+    (TALL_M - 1, 21, KC_TALL + 1),
+    (TALL_M, NR + 5, 2 * KC_TALL + 3),
+    (TALL_M + MC_TALL + 1, 19, KC_SINGLE + 1),
     # 1-4 rows (the skinny nt path: dot products, no packing), K tails of every lane count
     (1, 37, 1),
     (2, 130, 17),
@@ -214,8 +220,8 @@ def test_bias_bad_shape():
 
 
 @pytest.mark.parametrize("ta,tb", TRANS[:3], ids=TRANS_IDS[:3])
-def test_thread_count_bit_identical(kernel, rng, threads, ta, tb):
-    m, n, k = 300, 500, 700
+@pytest.mark.parametrize("m,n,k", [(300, 500, 700), (TALL_M + 3, 70, 1100)])
+def test_thread_count_bit_identical(kernel, rng, threads, ta, tb, m, n, k):
     a, b, opa, opb = _operands(rng, m, n, k, ta, tb)
     threads(1)
     one = _testing.sgemm(a, b, trans_a=ta, trans_b=tb)

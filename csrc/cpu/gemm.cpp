@@ -83,6 +83,13 @@ constexpr int64_t kDirectBRows = CNNKIT_GEMM_DIRECT;
 // edge tiles cost about as much as they save (OpenBLAS stays on one thread up to 256K in all).
 constexpr int64_t kMinWorkPerThread = 256 * 1024;
 constexpr int64_t kL2Bytes = 512 * 1024;  // per core
+// AVX2 blocking for M >= kTallM (sgemm): against OpenBLAS in alternating runs on Zen 3,
+// 1024^3 nt went from 0.94-0.98 to 0.96-1.09 of OpenBLAS at 1 thread and from 0.94-0.97 to
+// 1.02-1.17 at 2, 2048^3 nn 0.91-0.95 -> 0.95-0.98 (docs/performance.md); M = 128 with
+// K = 4096 ran slower with it (its single A block keeps B in L2 at depth 256), hence the bound.
+constexpr int64_t kTallM = 512;
+constexpr int64_t kKCTall = 512;
+constexpr int64_t kMCTall = 72;
 
 // Rows [0, m) x columns [0, n) of a micro-tile (1 <= m <= MR, 1 <= n <= NR; n < NR only for a
 // kernel with masked_edge): c = alpha * a.b + beta * c, then + bias[j] when bias is not null
@@ -520,6 +527,13 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
     }
     Problem p{trans_a, trans_b, M, N, K, alpha, beta, A, lda, B, ldb, C, ldc, bias, 0,
               kernel_desc(kernel_set())};
+    if (p.kd.uk == gemm_avx2::ukernel_rows && M >= kTallM) {
+        // Tall A under the AVX2 set: depth blocks of 512 and A blocks of 72 rows (a 12 KB A
+        // micro-panel in L1, a 144 KB A block in L2), so C is read and written half as often.
+        // The depth block depends on the problem only, never on the thread count.
+        p.kd.kc_max = kKCTall;
+        p.kd.mc_max = kMCTall;
+    }
     const int64_t kblocks = K <= p.kd.kc_single ? 1 : ceil_div(K, p.kd.kc_max);
     p.kc = round_up(ceil_div(K, kblocks), 4);
 
