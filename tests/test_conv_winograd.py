@@ -295,7 +295,9 @@ def grads(m, x, dy, threads):
 # and 4 (the dot products' register tile) do not divide
 shapes = [(2, 16, 16, 32, 32, 1), (3, 32, 32, 16, 16, 1), (20, 64, 64, 8, 8, 1),
           (4, 17, 19, 15, 15, 1), (5, 33, 35, 7, 7, 1), (3, 18, 21, 18, 18, 0),
-          (2, 16, 22, 14, 14, 2), (18, 37, 16, 8, 8, 1), (1, 16, 16, 17, 17, 0)]
+          (2, 16, 22, 14, 14, 2), (18, 37, 16, 8, 8, 1), (1, 16, 16, 17, 17, 0),
+          # 192 x 192 channels: 14 groups (their partials capped at 32 MB), not 16
+          (16, 192, 192, 8, 8, 1)]
 for N, C, K, H, W, p in shapes:
     what = f"N={N} C={C} K={K} H={H} W={W} p={p}"
     m = ck.Sequential([ck.Conv2d(C, K, 3, padding=p)])
@@ -319,6 +321,15 @@ for N, C, K, H, W, p in shapes:
         np.testing.assert_array_equal(bits(d), bits(dw[0]), err_msg=what)
     # and it is the Winograd path that ran: the direct tiles give other bits
     assert not np.array_equal(bits(dw[0]), bits(direct)), what
+# past 512 x 512 channels two groups' partials do not fit: the direct tiles, even when forced
+m = ck.Sequential([ck.Conv2d(520, 520, 3, padding=1)])
+x = rng.standard_normal((2, 520, 8, 8)).astype(np.float32)
+dy = rng.standard_normal((2, 520, 8, 8)).astype(np.float32)
+_testing.set_conv_winograd(False)
+direct = grads(m, x, dy, 2)
+_testing.set_conv_winograd(True)
+np.testing.assert_array_equal(bits(grads(m, x, dy, 2)), bits(direct))
+_testing.set_conv_winograd(None)
 # a Conv2d -> ReLU pair (the Net fuses them) and a bias: the same weight gradient as the
 # float64 reference of the masked dy
 m = ck.Sequential([ck.Conv2d(32, 32, 3, padding=1), ck.ReLU()])

@@ -60,8 +60,17 @@ std::atomic<bool>& wgt_on() {
     }()};
     return m;
 }
-// Image groups of the weight gradient (as the direct path's): at most this many.
+// Image groups of the weight gradient (as the direct path's): at most this many, and as many
+// as keep their partials (16 K C floats each) within kMaxWgtPartials; where two groups do not
+// fit (K C above 512 x 512), the direct tiles take the layer. Geometry
+// only: the same groups at every thread count.
 constexpr int64_t kMaxWgtGroups = 16;
+constexpr int64_t kMaxWgtPartials = int64_t(1) << 23;  // floats (32 MB)
+
+int64_t wgt_groups(const ConvGeom& g) {
+    const int64_t fit = kMaxWgtPartials / (16 * g.K * g.C);
+    return std::min({g.N, kMaxWgtGroups, fit});
+}
 
 // 1 on, 0 off, -1 this machine's default (default_on): CNNKIT_CONV_WINOGRAD=1|0 at start-up.
 std::atomic<int>& mode() {
@@ -249,6 +258,7 @@ bool use_backward_weight(const ConvGeom& g) {
     if (mode().load(std::memory_order_relaxed) != 1 &&
         g.N * ((g.P + 1) / 2) * ((g.Q + 1) / 2) < kMinTiles)
         return false;
+    if (g.N < 1 || wgt_groups(g) < std::min<int64_t>(g.N, 2)) return false;
     const WGeom wg = make_wgeom(1, g.C, g.H, g.W, g.K, g.pad_h, g.pad_w, 16, true);
     return avx2::wgt_geometry(wg);
 }
@@ -256,7 +266,7 @@ bool use_backward_weight(const ConvGeom& g) {
 void backward_weight(float* dw, const float* dy, const float* x, const ConvGeom& g) {
     const int64_t C = g.C, K = g.K, N = g.N;
     const WGeom wg = make_wgeom(N, C, g.H, g.W, K, g.pad_h, g.pad_w, 16, true);
-    const int64_t TT = wg.TH * wg.TW, groups = std::min(N, kMaxWgtGroups), pf = 16 * K * C;
+    const int64_t TT = wg.TH * wg.TW, groups = wgt_groups(g), pf = 16 * K * C;
     // the groups' dU, from the calling thread's buffer
     thread_local ScratchBuffer parts_buf;
     float* parts = parts_buf.get(groups * pf);
