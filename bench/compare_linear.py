@@ -93,7 +93,8 @@ def worker(threads: int, shape: list, kernels: list, repeats: int, min_seconds: 
 
     fns = {f"cnnkit[{resolved[k]}]": (k, ours(k)) for k in sets}
     # what a call from Python costs beyond the GEMM (first kernel set): the layer's forward
-    # also copies x into its arena and y out of it
+    # also checks x for NaN/Inf and copies it into its arena (a backward may follow and reads it);
+    # y is written straight into the returned array
     fns[f"sgemm+bias[{resolved[sets[0]]}], new output"] = (sets[0], gemm_fresh)
     fns[f"sgemm+bias[{resolved[sets[0]]}], reused output"] = (sets[0], gemm_reused)
     fns["numpy x@w.T"] = (None, numpy_mm)
