@@ -52,18 +52,18 @@ constexpr int64_t kMinTiles = 512;
 
 int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
-// The weight gradient: on unless CNNKIT_CONV_WINOGRAD_WGT=0 at start-up or switched off.
-std::atomic<bool>& wgt_on() {
-    static std::atomic<bool> m{[] {
+// The weight gradient: on unless CNNKIT_CONV_WINOGRAD_WGT=0 at start-up.
+bool wgt_on() {
+    static const bool on = [] {
         const char* e = std::getenv("CNNKIT_CONV_WINOGRAD_WGT");
         return !(e && std::string(e) == "0");
-    }()};
-    return m;
+    }();
+    return on;
 }
 // Image groups of the weight gradient (as the direct path's): at most this many, and as many
 // as keep their partials (16 K C floats each) within kMaxWgtPartials; where two groups do not
-// fit (K C above 512 x 512), the direct tiles take the layer. Geometry
-// only: the same groups at every thread count.
+// fit (K C above 512 x 512), the direct tiles take the layer. Geometry only: the same groups
+// at every thread count.
 constexpr int64_t kMaxWgtGroups = 16;
 constexpr int64_t kMaxWgtPartials = int64_t(1) << 23;  // floats (32 MB)
 
@@ -246,10 +246,8 @@ bool use_forward(const ConvGeom& g) {
 }
 bool use_backward_input(const ConvGeom& g) { return use_forward(g); }
 
-void set_weight_gradient(bool on) { wgt_on().store(on); }
-
 bool use_backward_weight(const ConvGeom& g) {
-    if (!wgt_on().load(std::memory_order_relaxed) || kernel_set() != KernelSet::AVX2 ||
+    if (!wgt_on() || kernel_set() != KernelSet::AVX2 ||
         !avx2::compiled() || !enabled() || !geometry_ok(g))
         return false;
     // By default from 16 channels (geometry_ok), unlike the forward: on Zen 3 the 16-channel

@@ -37,10 +37,8 @@ bool use_forward(const ConvGeom& g);
 bool use_backward_input(const ConvGeom& g);
 // Whether the weight gradient of g runs here now: the forward's rules, the AVX2 kernel set, and
 // tile rows the AVX2 register routine takes (a multiple of 8 tiles, or 4 in pairs of rows).
-// CNNKIT_CONV_WINOGRAD_WGT=0 at start-up (or set_weight_gradient(false)) keeps it on the
-// direct tiles.
+// CNNKIT_CONV_WINOGRAD_WGT=0 at start-up keeps it on the direct tiles.
 bool use_backward_weight(const ConvGeom& g);
-void set_weight_gradient(bool on);
 
 // Floats of caller workspace (transformed weights, offset table) for either pass; 0 when the
 // geometry never qualifies. Independent of the kernel set and the switch.

@@ -193,11 +193,39 @@ void transform_inputs(int mode, const float* x, const WGeom& wg, int64_t t0, int
     }
 }
 
+// Where the 8 tiles from flattened tile gt keep their 2 x 2 outputs in y (and dy): store
+// s = 2 r + g of the output transform is output row 2 th + r (mode 2: 2 (th + g) + r) from
+// column 2 tw0 + 8 g (mode 2: 0), 8 floats at img + k PQ + off[s], masked past Q (all lanes
+// off past P). The forward stores y there; the weight gradient loads dy from there.
+struct OutRows {
+    int64_t img;  // image n's first output channel
+    int64_t off[4];
+    __m256i mask[4];
+    bool full;
+};
+
+inline OutRows out_rows(int mode, const WGeom& wg, int64_t gt) {
+    const int64_t TW = wg.TW, TT = wg.TH * wg.TW, P = wg.P, Q = wg.Q;
+    const int64_t n = gt / TT, tt = gt % TT, th = tt / TW, tw0 = tt % TW;
+    OutRows o;
+    o.img = n * wg.K * P * Q;
+    o.full = true;
+    for (int r = 0; r < 2; ++r)
+        for (int g = 0; g < 2; ++g) {
+            const int64_t p = mode == 1 ? 2 * th + r : 2 * (th + g) + r;
+            const int64_t q0 = mode == 1 ? 2 * tw0 + 8 * g : 0;
+            const __m256i mm = p < P ? in_row(q0, Q) : _mm256_setzero_si256();
+            o.full = o.full && all_ones(mm);
+            o.mask[r * 2 + g] = mm;
+            o.off[r * 2 + g] = all_zero(mm) ? 0 : p * Q + q0;
+        }
+    return o;
+}
+
 void run_block_reg(int mode, float* y, const float* x, const float* u, int64_t upk,
                    const int32_t* off, const float* bias, bool relu, const WGeom& wg,
                    const WTile& t, int64_t t0, int64_t nt, float* scratch) {
-    const int64_t C = wg.C, K = wg.K, ld = wg.ld, TW = wg.TW, TT = wg.TH * wg.TW;
-    const int64_t P = wg.P, Q = wg.Q, PQ = P * Q;
+    const int64_t C = wg.C, K = wg.K, ld = wg.ld, PQ = wg.P * wg.Q;
     float* V = scratch;
     float* M = V + 16 * wg.vs + 128;
     float* pl = M + 16 * wg.ms + 128;  // two padded planes
@@ -224,23 +252,8 @@ void run_block_reg(int mode, float* y, const float* x, const float* u, int64_t u
 
     // ---- output transform, bias, ReLU, straight into y, 8 tiles at a time ----
     for (int64_t j = 0; j < nt; j += 8) {
-        const int64_t gt = t0 + j, n = gt / TT, tt = gt % TT;
-        const int64_t th = tt / TW, tw0 = tt % TW;
-        // store s = 2 r + g: output row 2 th + r (mode 2: 2 (th + g) + r), columns from
-        // 2 tw0 + 8 g (mode 2: from 0), 8 floats, masked past Q
-        int64_t st_off[4];
-        __m256i st_m[4];
-        bool full = true;
-        for (int r = 0; r < 2; ++r)
-            for (int g = 0; g < 2; ++g) {
-                const int64_t p = mode == 1 ? 2 * th + r : 2 * (th + g) + r;
-                const int64_t q0 = mode == 1 ? 2 * tw0 + 8 * g : 0;
-                const __m256i mm = p < P ? in_row(q0, Q) : _mm256_setzero_si256();
-                full = full && all_ones(mm);
-                st_m[r * 2 + g] = mm;
-                st_off[r * 2 + g] = all_zero(mm) ? 0 : p * Q + q0;
-            }
-        float* yn = y + n * K * PQ;
+        const OutRows o = out_rows(mode, wg, t0 + j);
+        float* yn = y + o.img;
         for (int64_t k = 0; k < K; ++k) {
             const __m256 bk = _mm256_set1_ps(bias ? bias[k] : 0.f);
             __m256 v[2][2];
@@ -250,48 +263,19 @@ void run_block_reg(int mode, float* y, const float* x, const float* u, int64_t u
                 // tiles 0-3 and 4-7, each tile's two outputs side by side
                 const __m256 zl = _mm256_unpacklo_ps(v[r][0], v[r][1]);
                 const __m256 zh = _mm256_unpackhi_ps(v[r][0], v[r][1]);
-                if (full) {
-                    _mm256_storeu_ps(yk + st_off[r * 2], zl);
-                    _mm256_storeu_ps(yk + st_off[r * 2 + 1], zh);
+                if (o.full) {
+                    _mm256_storeu_ps(yk + o.off[r * 2], zl);
+                    _mm256_storeu_ps(yk + o.off[r * 2 + 1], zh);
                 } else {
-                    _mm256_maskstore_ps(yk + st_off[r * 2], st_m[r * 2], zl);
-                    _mm256_maskstore_ps(yk + st_off[r * 2 + 1], st_m[r * 2 + 1], zh);
+                    _mm256_maskstore_ps(yk + o.off[r * 2], o.mask[r * 2], zl);
+                    _mm256_maskstore_ps(yk + o.off[r * 2 + 1], o.mask[r * 2 + 1], zh);
                 }
             }
         }
     }
 }
 
-
 // ---- weight gradient ------------------------------------------------------------------------
-
-// Where output tile group j (8 tiles from flattened tile t0 + j) keeps its 2 x 2 outputs: store
-// s = 2 r + g of the forward's output transform is output row 2 th + r (mode 2: 2 (th + g) + r)
-// from column 2 tw0 + 8 g (mode 2: 0), 8 floats, masked past Q (all lanes off past P).
-struct OutRows {
-    const float* base;  // image n's first channel
-    int64_t off[4];
-    __m256i mask[4];
-    bool full;
-};
-
-inline OutRows out_rows(int mode, const float* y, const WGeom& wg, int64_t gt) {
-    const int64_t TW = wg.TW, TT = wg.TH * wg.TW, P = wg.P, Q = wg.Q;
-    const int64_t n = gt / TT, tt = gt % TT, th = tt / TW, tw0 = tt % TW;
-    OutRows o;
-    o.base = y + n * wg.K * P * Q;
-    o.full = true;
-    for (int r = 0; r < 2; ++r)
-        for (int g = 0; g < 2; ++g) {
-            const int64_t p = mode == 1 ? 2 * th + r : 2 * (th + g) + r;
-            const int64_t q0 = mode == 1 ? 2 * tw0 + 8 * g : 0;
-            const __m256i mm = p < P ? in_row(q0, Q) : _mm256_setzero_si256();
-            o.full = o.full && all_ones(mm);
-            o.mask[r * 2 + g] = mm;
-            o.off[r * 2 + g] = all_zero(mm) ? 0 : p * Q + q0;
-        }
-    return o;
-}
 
 // dM = A dY A^T of tiles [t0, t0 + nt) (nt a multiple of 8) into D ([16][K][ld], matrices ms
 // apart), in the lane order of V (0 1 4 5 2 3 6 7 within each 8): the adjoint of the forward's
@@ -300,9 +284,9 @@ void transform_output_grads(int mode, const float* dy, const WGeom& wg, int64_t 
                             float* D) {
     const int64_t K = wg.K, ld = wg.ld, PQ = wg.P * wg.Q, KT = wg.ms;
     for (int64_t j = 0; j < nt; j += 8) {
-        const OutRows o = out_rows(mode, dy, wg, t0 + j);
+        const OutRows o = out_rows(mode, wg, t0 + j);
         for (int64_t k = 0; k < K; ++k) {
-            const float* dk = o.base + k * PQ;
+            const float* dk = dy + o.img + k * PQ;
             __m256 v[2][2];  // v[r][s]: output (2 th + r, 2 tw + s) of the 8 tiles
             for (int r = 0; r < 2; ++r) {
                 const __m256 zl = o.full ? _mm256_loadu_ps(dk + o.off[r * 2])
@@ -350,12 +334,10 @@ void dots(int64_t n, const float* d, const float* v, int64_t ld, float* part, in
             for (int i = 0; i < RK; ++i) acc[i][c] = _mm256_fmadd_ps(dv[i], vc, acc[i][c]);
         }
     }
-    const __m256 z = _mm256_setzero_ps();
     for (int i = 0; i < RK; ++i) {
-        const __m256 a01 = _mm256_hadd_ps(acc[i][0], RC > 1 ? acc[i][RC > 1 ? 1 : 0] : z);
-        const __m256 a23 = _mm256_hadd_ps(RC > 2 ? acc[i][RC > 2 ? 2 : 0] : z,
-                                          RC > 3 ? acc[i][RC > 3 ? 3 : 0] : z);
-        const __m256 h = _mm256_hadd_ps(a01, a23);
+        __m256 a[4];
+        for (int c = 0; c < 4; ++c) a[c] = c < RC ? acc[i][c < RC ? c : 0] : _mm256_setzero_ps();
+        const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
         const __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
         float* p = part + i * ldp;
         if (RC == 4) {
@@ -379,13 +361,9 @@ void dots_rc(int rc, int64_t n, const float* d, const float* v, int64_t ld, floa
     }
 }
 
-// Columns of one pass of the dot products: D's 3 rows and V's C rows of it within ~16 KB of L1.
+// Columns of one pass of the dot products: D's 3 rows and V's C rows of it within ~16 KB of L1
+// (64-256 columns; on Zen 3, 64 to 512 measured the same within the drift).
 int64_t dot_chunk(int64_t C) {
-    static const int64_t forced = [] {
-        const char* e = std::getenv("CNNKIT_CONV_WINOGRAD_WGT_CHUNK");
-        return e ? std::atoll(e) : int64_t(0);
-    }();
-    if (forced >= 8) return forced / 8 * 8;
     return std::max<int64_t>(64, std::min<int64_t>(256, 4096 / std::max<int64_t>(C, 1) / 8 * 8));
 }
 

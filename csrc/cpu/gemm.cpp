@@ -83,10 +83,10 @@ constexpr int64_t kDirectBRows = CNNKIT_GEMM_DIRECT;
 // edge tiles cost about as much as they save (OpenBLAS stays on one thread up to 256K in all).
 constexpr int64_t kMinWorkPerThread = 256 * 1024;
 constexpr int64_t kL2Bytes = 512 * 1024;  // per core
-// AVX2 blocking for M >= kTallM (sgemm): against OpenBLAS in alternating runs on Zen 3,
-// 1024^3 nt went from 0.94-0.98 to 0.96-1.09 of OpenBLAS at 1 thread and from 0.94-0.97 to
-// 1.02-1.17 at 2, 2048^3 nn 0.91-0.95 -> 0.95-0.98 (docs/performance.md); M = 128 with
-// K = 4096 ran slower with it (its single A block keeps B in L2 at depth 256), hence the bound.
+// AVX2 blocking for M >= kTallM (sgemm): on Zen 3, 1024^3 nt against OpenBLAS in one process,
+// medians of 5 alternating pairs, 0.953 -> 0.984 at 1 thread and 0.920 -> 0.976 at 2; 2048^3
+// nn 0.91-0.95 -> 0.95-0.98 (docs/performance.md). M = 128 with K = 4096 ran slower with it
+// (its single A block keeps B in L2 at depth 256), hence the bound.
 constexpr int64_t kTallM = 512;
 constexpr int64_t kKCTall = 512;
 constexpr int64_t kMCTall = 72;
