@@ -60,7 +60,7 @@ void bind_distributed(py::module_& m) {
         "Set (or, with None, clear) the gradient all-reduce train_step calls: fn(grads) must "
         "sum a float32 slice of the flat gradient buffer over every process, in place; the "
         "result is then multiplied by scale. bucket_bytes = 0: one call on the whole buffer "
-        "after the backward. bucket_bytes > 0 (CPU models): one call per bucket of "
+        "after the backward. bucket_bytes > 0: one call per bucket of "
         "grad_buckets(net, bucket_bytes), in that order, from a communication thread while "
         "the backward goes on. fn runs while the Net is locked: it must not call the Net.");
     // ---- NCCL (CUDA models): see csrc/cuda/nccl.h --------------------------------------
@@ -89,26 +89,34 @@ void bind_distributed(py::module_& m) {
             "Testing aid: sum n float32 at a device address in place over every rank.");
     m.def(
         "set_grad_reducer_nccl",
-        [](nn::Net& net, std::shared_ptr<nccl::Comm> comm, float scale, double timeout) {
+        [](nn::Net& net, std::shared_ptr<nccl::Comm> comm, float scale, double timeout,
+           int64_t bucket_bytes) {
             CNN_CHECK_ARG(comm != nullptr, "set_grad_reducer_nccl: no communicator");
             CNN_CHECK_ARG(std::isfinite(scale) && scale > 0.f,
                           "set_grad_reducer_nccl: scale must be a positive number, got ", scale);
             CNN_CHECK_ARG(timeout > 0, "set_grad_reducer_nccl: timeout must be > 0 s, got ",
                           timeout);
+            CNN_CHECK_ARG(bucket_bytes >= 0,
+                          "set_grad_reducer_nccl: bucket_bytes must be >= 0, got ", bucket_bytes);
             CNN_CHECK_ARG(net.flat_params().device() == Device::CUDA,
                           "set_grad_reducer_nccl: the model's parameters are on the CPU; move "
                           "it to CUDA first");
             py::gil_scoped_release release;
             std::lock_guard<std::mutex> lock(net.mutex());
-            // No Python in the step: the sum runs on the step's thread, without the GIL.
-            net.set_grad_reducer(
-                [comm, timeout](float* g, int64_t n) { comm->all_reduce_sum(g, n, timeout); },
-                scale, 0, /*on_device=*/true);
+            // No Python in the step: the sums are queued and waited for on the step's thread,
+            // without the GIL.
+            net.set_grad_reducer([comm](float* g, int64_t n) { comm->queue_sum(g, n); }, scale,
+                                 bucket_bytes, /*on_device=*/true,
+                                 [comm, timeout] { comm->wait_queued(timeout); });
         },
         py::arg("net"), py::arg("comm"), py::arg("scale") = 1.f, py::arg("timeout") = 300.0,
+        py::arg("bucket_bytes") = 0,
         "Set the gradient all-reduce of a CUDA model to an NCCL sum over `comm`, on the "
-        "device, in one call after the backward, then multiplied by scale; timeout: seconds "
-        "it may wait for the other processes before it aborts the communicator and raises. "
+        "device, then multiplied by scale there. bucket_bytes = 0: one sum after the "
+        "backward; > 0: one per bucket of grad_buckets(net, bucket_bytes), queued as the "
+        "backward completes it, on the communicator's stream beside the backward's kernels. "
+        "timeout: seconds the step may wait for the other processes before it aborts the "
+        "communicator and raises. "
         "Clear it with set_grad_reducer(net, None).");
     m.def(
         "set_stats_reducer",

@@ -51,6 +51,36 @@ void upload_pinned(void* dst, const void* src, size_t bytes);
 // Wait until every kernel and copy cnnkit has queued has finished (and surface its errors).
 void synchronize();
 
+// The copies of a data-parallel step whose gradient all-reduce overlaps the backward on a
+// CUDA model (Net's gradient buckets, staged through page-locked host memory for MPI). Two
+// copy streams beside cnnkit's: each bucket's device->host copy is queued on one as soon as
+// the backward has queued that bucket's last gradient kernel, so it runs while the backward
+// goes on; the reduced bucket's host->device copy goes on the other; join() makes cnnkit's
+// stream wait for the uploads before the update. Slots name the buckets of one step (one
+// event each), so the reducer thread waits for its bucket and not the later ones.
+// download() runs on the step's thread; wait() and upload() on the reducer thread.
+class GradStaging {
+  public:
+    explicit GradStaging(int slots);
+    ~GradStaging();
+    GradStaging(const GradStaging&) = delete;
+    GradStaging& operator=(const GradStaging&) = delete;
+    int slots() const;
+    // device->host into page-locked `host`, after everything queued on cnnkit's stream so far
+    void download(int slot, void* host, const void* dev, size_t bytes);
+    void wait(int slot);  // blocks until slot's download has landed in host memory
+    // host->device from page-locked memory: `host` must not change before join() returns
+    void upload(void* dev, const void* host, size_t bytes);
+    void join();  // cnnkit's stream waits for every upload queued so far
+    // Waits for every copy queued on the two streams and drops their errors (a failed step:
+    // nothing still reads or writes the buffers afterwards).
+    void quiesce() noexcept;
+
+  private:
+    struct Impl;
+    Impl* impl_ = nullptr;
+};
+
 // The caching device allocator: freed blocks are kept in size-bucketed free lists and reused
 // instead of cudaFree/cudaMalloc every step.
 struct MemoryStats {

@@ -1,11 +1,16 @@
 // Tensor and Storage: aligned CPU allocation, CUDA allocation through core/runtime.h.
 #include "core/tensor.h"
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <new>
 
 #include "core/runtime.h"
+
+#ifdef CNNKIT_WITH_CUDA
+#include "cuda/kernels.h"
+#endif
 
 namespace cnnkit {
 
@@ -119,8 +124,17 @@ void Tensor::copy_from(const Tensor& src) {
 
 void Tensor::fill(float v) {
     if (device() == Device::CUDA) {
-        CNN_CHECK(v == 0.f, "fill on CUDA supports only zero");
-        cuda::memset_zero(data(), static_cast<size_t>(numel()) * sizeof(float));
+        // +0.0 is all-zero bytes; any other value (-0.0, NaN: a diverged data-parallel step)
+        // takes a kernel
+        if (v == 0.f && !std::signbit(v)) {
+            cuda::memset_zero(data(), static_cast<size_t>(numel()) * sizeof(float));
+        } else {
+#ifdef CNNKIT_WITH_CUDA
+            cuda::fill(data(), v, numel());
+#else
+            throw RuntimeError("cnnkit was built without CUDA (no nvcc at build time)");
+#endif
+        }
         return;
     }
     float* p = data();

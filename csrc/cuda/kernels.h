@@ -96,6 +96,7 @@ void batchnorm_backward_apply(float* dx, const float* dy, const float* x, const 
 void add_into(float* y, const float* x, int64_t n);
 // y *= s (n elements).
 void scale(float* y, float s, int64_t n);
+void fill(float* y, float v, int64_t n);  // y[i] = v (Tensor::fill of a value other than 0)
 // dst[o * dst_stride + j] = src[o * src_stride + j] for o < outer, j < len.
 void copy_blocks(float* dst, const float* src, int64_t outer, int64_t len, int64_t dst_stride,
                  int64_t src_stride);

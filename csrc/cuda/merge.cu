@@ -18,6 +18,10 @@ __global__ void scale_kernel(float* __restrict__ y, float s, int64_t n) {
     CNN_GRID_LOOP(i, n) { y[i] = __fmul_rn(y[i], s); }
 }
 
+__global__ void fill_kernel(float* __restrict__ y, float v, int64_t n) {
+    CNN_GRID_LOOP(i, n) { y[i] = v; }
+}
+
 __global__ void copy_blocks_kernel(float* __restrict__ dst, const float* __restrict__ src,
                                    int64_t outer, int64_t len, int64_t dst_stride,
                                    int64_t src_stride) {
@@ -38,6 +42,11 @@ void add_into(float* y, const float* x, int64_t n) {
 void scale(float* y, float s, int64_t n) {
     if (n == 0) return;
     CNN_LAUNCH(dim3(grid_for(n, kBlock)), dim3(kBlock), scale_kernel, y, s, n);
+}
+
+void fill(float* y, float v, int64_t n) {
+    if (n == 0) return;
+    CNN_LAUNCH(dim3(grid_for(n, kBlock)), dim3(kBlock), fill_kernel, y, v, n);
 }
 
 // dst rows of dst_stride, src rows of src_stride; `len` elements of each of `outer` rows.

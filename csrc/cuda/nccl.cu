@@ -1,5 +1,6 @@
 // The NCCL gradient all-reduce (see nccl.h): NCCL opened at run time, its entry points looked up
-// once, one in-place float32 sum on cnnkit's stream polled to completion under a deadline.
+// once, in-place float32 sums queued on the communicator's stream behind cnnkit's, polled to
+// completion under a deadline.
 #include "cuda/nccl.h"
 
 #include <dlfcn.h>
@@ -163,11 +164,16 @@ Comm::Comm(const std::string& id, int nranks, int rank) : nranks_(nranks), rank_
 }
 
 Comm::~Comm() {
-    if (!comm_) return;
-    const Api& a = api();
-    // Destroy waits for the communicator's queued work; an aborted one is already gone.
-    if (!aborted_) (void)a.comm_destroy(static_cast<CommHandle>(comm_));
-    comm_ = nullptr;
+    if (comm_) {
+        const Api& a = api();
+        // Destroy waits for the communicator's queued work; an aborted one is already gone.
+        if (!aborted_) (void)a.comm_destroy(static_cast<CommHandle>(comm_));
+        comm_ = nullptr;
+    }
+    if (done_) (void)cudaEventDestroy(static_cast<cudaEvent_t>(done_));
+    if (ready_) (void)cudaEventDestroy(static_cast<cudaEvent_t>(ready_));
+    if (stream_) (void)cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
+    (void)cudaGetLastError();
 }
 
 void Comm::abort_comm() {
@@ -177,6 +183,11 @@ void Comm::abort_comm() {
 }
 
 void Comm::all_reduce_sum(float* dev, int64_t n, double timeout_s) {
+    queue_sum(dev, n);
+    wait_queued(timeout_s);
+}
+
+void Comm::queue_sum(float* dev, int64_t n) {
     CNN_CHECK_ARG(n >= 0, "nccl all_reduce_sum: n must be >= 0, got ", n);
     if (aborted_)
         throw RuntimeError("the NCCL communicator was aborted after an earlier error or "
@@ -184,7 +195,22 @@ void Comm::all_reduce_sum(float* dev, int64_t n, double timeout_s) {
     if (n == 0) return;
     const Api& a = api();
     CommHandle c = static_cast<CommHandle>(comm_);
-    cudaStream_t s = cuda::stream();
+    cudaStream_t main = cuda::stream();
+    if (!stream_) {
+        // Non-blocking: the sums never wait for work on the legacy default stream.
+        cudaStream_t st = nullptr;
+        CNN_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+        stream_ = st;
+        cudaEvent_t e = nullptr;
+        CNN_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+        ready_ = e;
+        CNN_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+        done_ = e;
+    }
+    cudaStream_t s = static_cast<cudaStream_t>(stream_);
+    // the sum reads the gradients the kernels queued so far on cnnkit's stream have written
+    CNN_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(ready_), main));
+    CNN_CUDA_CHECK(cudaStreamWaitEvent(s, static_cast<cudaEvent_t>(ready_), 0));
     Result r = a.all_reduce(dev, dev, static_cast<size_t>(n), kFloat32, kSum, c, s);
     if (r != kSuccess) {
         const std::string what = describe(a, r, c);
@@ -192,16 +218,22 @@ void Comm::all_reduce_sum(float* dev, int64_t n, double timeout_s) {
         throw RuntimeError(str_cat("ncclAllReduce of ", n, " floats (rank ", rank_, " of ",
                                    nranks_, ") failed: ", what));
     }
-    // Wait for it by polling, not cudaStreamSynchronize: a peer that never joins would block
-    // that forever, while here the deadline turns it into an error (and the async error of a
-    // peer that died, which NCCL reports through the communicator, ends the wait at once).
-    cudaEvent_t done = nullptr;
-    CNN_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
-    struct EventFree {
-        cudaEvent_t e;
-        ~EventFree() { (void)cudaEventDestroy(e); }
-    } free_done{done};
-    CNN_CUDA_CHECK(cudaEventRecord(done, s));
+    ++queued_;
+}
+
+void Comm::wait_queued(double timeout_s) {
+    if (queued_ == 0) return;
+    queued_ = 0;
+    if (aborted_)
+        throw RuntimeError("the NCCL communicator was aborted after an earlier error or "
+                           "timeout; it cannot be used again");
+    const Api& a = api();
+    CommHandle c = static_cast<CommHandle>(comm_);
+    cudaEvent_t done = static_cast<cudaEvent_t>(done_);
+    CNN_CUDA_CHECK(cudaEventRecord(done, static_cast<cudaStream_t>(stream_)));
+    // Wait by polling, not cudaStreamSynchronize: a peer that never joins would block that
+    // forever, while here the deadline turns it into an error (and the async error of a peer
+    // that died, which NCCL reports through the communicator, ends the wait at once).
     using clock = std::chrono::steady_clock;
     const auto start = clock::now();
     const auto deadline = start + std::chrono::duration_cast<clock::duration>(
@@ -215,14 +247,14 @@ void Comm::all_reduce_sum(float* dev, int64_t n, double timeout_s) {
                                        cudaGetErrorName(q), " (", cudaGetErrorString(q), ")"));
         }
         Result async = kSuccess;
-        r = a.comm_get_async_error(c, &async);
+        const Result r = a.comm_get_async_error(c, &async);
         if (r != kSuccess || (async != kSuccess && async != kInProgress)) {
             const std::string what = describe(a, r != kSuccess ? r : async, c);
             abort_comm();
             throw RuntimeError(str_cat("the NCCL all-reduce of the gradients failed (rank ",
                                        rank_, " of ", nranks_, "): ", what));
         }
-        if (q == cudaSuccess) return;  // done, and no error reported for it
+        if (q == cudaSuccess) break;  // done, and no error reported for it
         if (clock::now() > deadline) {
             abort_comm();
             throw RuntimeError(str_cat(
@@ -236,6 +268,8 @@ void Comm::all_reduce_sum(float* dev, int64_t n, double timeout_s) {
         else
             std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
+    // done already, but the stream dependency also keeps the allocator's reuse ordered
+    CNN_CUDA_CHECK(cudaStreamWaitEvent(cuda::stream(), done, 0));
 }
 
 }  // namespace nccl

@@ -1,5 +1,6 @@
 // NCCL for the data-parallel gradient all-reduce of CUDA models: the gradients are summed on
-// the GPUs, on cnnkit's stream, instead of crossing to the host for MPI.
+// the GPUs, on a stream of the communicator's that follows cnnkit's, instead of crossing to the
+// host for MPI.
 //
 // cnnkit does not link NCCL: the library is opened at run time (dlopen) from the path the
 // caller gives (cnnkit.distributed finds the nvidia-nccl wheel's libnccl.so.2, or the system's),
@@ -40,11 +41,19 @@ public:
     Comm(const Comm&) = delete;
     Comm& operator=(const Comm&) = delete;
 
-    // Sums the n floats at device pointer `dev` over every rank, in place, on cnnkit's stream,
-    // and waits for it: polls the stream and the communicator's asynchronous error until done
-    // or `timeout_s` seconds have passed. On a timeout or an NCCL error the communicator is
-    // aborted (ncclCommAbort: nothing of it is used again) and RuntimeError says which.
+    // Sums the n floats at device pointer `dev` over every rank, in place, and waits for it:
+    // queue_sum, then wait_queued.
     void all_reduce_sum(float* dev, int64_t n, double timeout_s);
+    // Queues that sum on the communicator's own stream, after everything queued on cnnkit's
+    // stream so far, and returns (the gradient buckets of an overlapped backward: the sums
+    // run beside the backward's kernels). Every rank must queue the same sums in the same
+    // order.
+    void queue_sum(float* dev, int64_t n);
+    // Waits for every sum queued: polls their completion and the communicator's asynchronous
+    // error until done or `timeout_s` seconds have passed, then makes cnnkit's stream wait
+    // for them (the update reads the sums). On a timeout or an NCCL error the communicator
+    // is aborted (ncclCommAbort: nothing of it is used again) and RuntimeError says which.
+    void wait_queued(double timeout_s);
 
     int nranks() const { return nranks_; }
     int rank() const { return rank_; }
@@ -52,7 +61,11 @@ public:
 
 private:
     void* comm_ = nullptr;
+    void* stream_ = nullptr;  // cudaStream_t of the sums, made on the first queue_sum
+    void* ready_ = nullptr;   // cudaEvent_t on cnnkit's stream: what a sum waits for
+    void* done_ = nullptr;    // cudaEvent_t on stream_: the sums queued so far
     int nranks_ = 0, rank_ = 0;
+    int64_t queued_ = 0;      // sums queued since the last wait_queued
     bool aborted_ = false;
     void abort_comm();
 };

@@ -366,6 +366,94 @@ void upload_pinned(void* dst, const void* src, size_t bytes) {
     CNN_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream()));
 }
 
+// ---- gradient staging of an overlapped data-parallel step --------------------------------
+
+struct GradStaging::Impl {
+    cudaStream_t down = nullptr, up = nullptr;  // device->host, host->device
+    cudaEvent_t ready = nullptr;                // on cnnkit's stream: a bucket's gradients queued
+    cudaEvent_t uploaded = nullptr;             // on `up`: the uploads queued so far
+    std::vector<cudaEvent_t> landed;            // on `down`: slot's download done
+
+    ~Impl() {
+        for (cudaEvent_t e : landed)
+            if (e) (void)cudaEventDestroy(e);
+        if (ready) (void)cudaEventDestroy(ready);
+        if (uploaded) (void)cudaEventDestroy(uploaded);
+        if (down) (void)cudaStreamDestroy(down);
+        if (up) (void)cudaStreamDestroy(up);
+        (void)cudaGetLastError();
+    }
+};
+
+GradStaging::GradStaging(int slots) {
+    CNN_CHECK_ARG(slots >= 1, "GradStaging: slots must be >= 1, got ", slots);
+    (void)stream();  // the device is fixed and this thread bound to it
+    impl_ = new Impl();
+    try {
+        // Non-blocking: they never wait for work other code puts on the legacy default stream.
+        CNN_CUDA_CHECK(cudaStreamCreateWithFlags(&impl_->down, cudaStreamNonBlocking));
+        CNN_CUDA_CHECK(cudaStreamCreateWithFlags(&impl_->up, cudaStreamNonBlocking));
+        CNN_CUDA_CHECK(cudaEventCreateWithFlags(&impl_->ready, cudaEventDisableTiming));
+        CNN_CUDA_CHECK(cudaEventCreateWithFlags(&impl_->uploaded, cudaEventDisableTiming));
+        impl_->landed.assign(static_cast<size_t>(slots), nullptr);
+        for (cudaEvent_t& e : impl_->landed)
+            CNN_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    } catch (...) {
+        delete impl_;
+        impl_ = nullptr;
+        throw;
+    }
+}
+
+GradStaging::~GradStaging() {
+    if (!impl_) return;
+    quiesce();
+    delete impl_;
+}
+
+int GradStaging::slots() const { return static_cast<int>(impl_->landed.size()); }
+
+void GradStaging::download(int slot, void* host, const void* dev, size_t bytes) {
+    CNN_CHECK_ARG(slot >= 0 && slot < slots(), "GradStaging: no slot ", slot);
+    cudaStream_t s = stream();  // binds this thread to cnnkit's device
+    // cudaStreamWaitEvent takes the event's latest record, so one `ready` serves every slot
+    CNN_CUDA_CHECK(cudaEventRecord(impl_->ready, s));
+    CNN_CUDA_CHECK(cudaStreamWaitEvent(impl_->down, impl_->ready, 0));
+    if (bytes)
+        CNN_CUDA_CHECK(
+            cudaMemcpyAsync(host, dev, bytes, cudaMemcpyDeviceToHost, impl_->down));
+    CNN_CUDA_CHECK(cudaEventRecord(impl_->landed[static_cast<size_t>(slot)], impl_->down));
+}
+
+void GradStaging::wait(int slot) {
+    CNN_CHECK_ARG(slot >= 0 && slot < slots(), "GradStaging: no slot ", slot);
+    require_device();
+    CNN_CUDA_CHECK(cudaEventSynchronize(impl_->landed[static_cast<size_t>(slot)]));
+}
+
+void GradStaging::upload(void* dev, const void* host, size_t bytes) {
+    require_device();
+    if (bytes)
+        CNN_CUDA_CHECK(cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice, impl_->up));
+}
+
+void GradStaging::join() {
+    cudaStream_t s = stream();
+    CNN_CUDA_CHECK(cudaEventRecord(impl_->uploaded, impl_->up));
+    CNN_CUDA_CHECK(cudaStreamWaitEvent(s, impl_->uploaded, 0));
+}
+
+void GradStaging::quiesce() noexcept {
+    if (!impl_) return;
+    try {
+        require_device();
+    } catch (...) {
+    }
+    (void)cudaStreamSynchronize(impl_->down);
+    (void)cudaStreamSynchronize(impl_->up);
+    (void)cudaGetLastError();
+}
+
 void memset_zero(void* p, size_t bytes) {
     if (bytes == 0) return;
     CNN_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream()));

@@ -19,6 +19,14 @@ void* malloc_pinned(size_t) { return nullptr; }
 void free_pinned(void*) {}
 void upload_pinned(void*, const void*, size_t) { throw RuntimeError(kNoCuda); }
 void synchronize() { throw RuntimeError(kNoCuda); }
+GradStaging::GradStaging(int) { throw RuntimeError(kNoCuda); }
+GradStaging::~GradStaging() {}
+int GradStaging::slots() const { return 0; }
+void GradStaging::download(int, void*, const void*, size_t) { throw RuntimeError(kNoCuda); }
+void GradStaging::wait(int) { throw RuntimeError(kNoCuda); }
+void GradStaging::upload(void*, const void*, size_t) { throw RuntimeError(kNoCuda); }
+void GradStaging::join() { throw RuntimeError(kNoCuda); }
+void GradStaging::quiesce() noexcept {}
 MemoryStats memory_stats() { return MemoryStats(); }
 void empty_cache() {}
 std::vector<double> time_ms(const std::function<void()>&, int) { throw RuntimeError(kNoCuda); }
@@ -36,6 +44,8 @@ Comm::Comm(const std::string&, int, int) { throw RuntimeError(cuda::kNoCuda); }
 Comm::~Comm() {}
 void Comm::abort_comm() {}
 void Comm::all_reduce_sum(float*, int64_t, double) { throw RuntimeError(cuda::kNoCuda); }
+void Comm::queue_sum(float*, int64_t) { throw RuntimeError(cuda::kNoCuda); }
+void Comm::wait_queued(double) { throw RuntimeError(cuda::kNoCuda); }
 
 }  // namespace nccl
 }  // namespace cnnkit

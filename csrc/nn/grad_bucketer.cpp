@@ -60,12 +60,13 @@ void GradBucketer::start_thread() {
     thread_ = std::thread([this] { worker(); });
 }
 
-void GradBucketer::begin(float* base, const Reducer* fn, float scale) {
+void GradBucketer::begin(float* base, const Reducer* fn, float scale, Stager* stager) {
     start_thread();
     std::lock_guard<std::mutex> lock(mu_);
     base_ = base;
     fn_ = fn;
     scale_ = scale;
+    stager_ = stager;
     issued_ = done_ = 0;
     next_ = 0;
     cancel_ = false;
@@ -77,6 +78,25 @@ void GradBucketer::issue(int64_t i) {
     size_t n = next_;
     while (n < buckets_.size() && buckets_[n].ready_after >= i) ++n;
     if (n == next_) return;
+    if (stager_) {
+        // Queue each bucket's copy to the host before the thread may wait for it. After an
+        // error here the rest are still handed over (the thread skips them), so finish and
+        // abandon see every bucket done and the error is raised as a reducer's.
+        for (size_t k = next_; k < n; ++k) {
+            bool failed;
+            {
+                std::lock_guard<std::mutex> lock(mu_);
+                failed = error_ != nullptr || cancel_;
+            }
+            if (failed) break;
+            try {
+                stager_->issued(k, buckets_[k]);
+            } catch (...) {
+                std::lock_guard<std::mutex> lock(mu_);
+                if (!error_) error_ = std::current_exception();
+            }
+        }
+    }
     next_ = n;
     {
         std::lock_guard<std::mutex> lock(mu_);
@@ -115,21 +135,25 @@ void GradBucketer::worker() {
     for (;;) {
         work_cv_.wait(lock, [this] { return stop_ || done_ < issued_; });
         if (done_ == issued_) return;  // stop_, and nothing left (never set during a step)
-        const Bucket b = buckets_[done_];
+        const size_t k = done_;
+        const Bucket b = buckets_[k];
         const bool skip = cancel_ || error_ != nullptr;  // after an error: no more calls
         float* g = base_ + b.offset;
         const Reducer* fn = fn_;
         const float s = scale_;
+        Stager* stager = stager_;
         lock.unlock();
         std::exception_ptr err;
         if (!skip) {
             try {
+                if (stager) stager->fetch(k, b);
                 (*fn)(g, b.size);
                 if (s != 1.f) {
                     const int64_t n = b.size;
 #pragma omp simd
-                    for (int64_t k = 0; k < n; ++k) g[k] *= s;
+                    for (int64_t j = 0; j < n; ++j) g[j] *= s;
                 }
+                if (stager) stager->done(k, b);
             } catch (...) {
                 err = std::current_exception();
             }
@@ -139,6 +163,19 @@ void GradBucketer::worker() {
         ++done_;
         if (done_ == issued_) done_cv_.notify_all();
     }
+}
+
+void CudaHostStager::issued(size_t k, const GradBucketer::Bucket& b) {
+    copies_.download(static_cast<int>(k), host_ + b.offset, dev_ + b.offset,
+                     static_cast<size_t>(b.size) * sizeof(float));
+}
+
+void CudaHostStager::fetch(size_t k, const GradBucketer::Bucket&) {
+    copies_.wait(static_cast<int>(k));
+}
+
+void CudaHostStager::done(size_t, const GradBucketer::Bucket& b) {
+    copies_.upload(dev_ + b.offset, host_ + b.offset, static_cast<size_t>(b.size) * sizeof(float));
 }
 
 }  // namespace nn

@@ -4,7 +4,8 @@
 // whose gradients are final grows from the end towards the start, and each bucket is handed
 // to a communication thread (which calls the reducer on it, then scales it) as soon as the
 // backward has passed its first layer. The cut depends only on the parameter layout and
-// bucket_bytes, so every process issues the same reductions in the same order.
+// bucket_bytes, so every process issues the same reductions in the same order. CUDA gradients
+// cross to a page-locked host buffer and back around the reducer, bucket by bucket (Stager).
 #pragma once
 
 #include <condition_variable>
@@ -15,6 +16,8 @@
 #include <thread>
 #include <vector>
 
+#include "core/runtime.h"
+
 namespace cnnkit {
 namespace nn {
 
@@ -24,6 +27,17 @@ class GradBucketer {
     struct Bucket {
         int64_t offset = 0, size = 0;  // floats of the flat buffer: [offset, offset + size)
         int64_t ready_after = 0;       // node whose backward completes the bucket
+    };
+    // Gradients that live elsewhere (a CUDA model's): each bucket crosses to the host buffer
+    // that begin() is given and back. issued(k) runs on the step's thread when bucket k is
+    // handed over (queue its copy to the host), fetch(k) on the communication thread before
+    // the reducer sees it (wait for that copy), and done(k) after the reducer and the scale
+    // (queue the copy back). Not called for the buckets skipped after an error.
+    struct Stager {
+        virtual ~Stager() = default;
+        virtual void issued(size_t k, const Bucket& b) = 0;
+        virtual void fetch(size_t k, const Bucket& b) = 0;
+        virtual void done(size_t k, const Bucket& b) = 0;
     };
 
     // The buckets, in issue order (from the end of the buffer to its start), for a buffer of
@@ -43,12 +57,14 @@ class GradBucketer {
     // One step: begin, node_done(i) after the backward of node i (i decreasing; nodes without
     // gradients too), then finish, or abandon when the step fails before finish returns.
     // `fn` and `base` must stay valid until finish/abandon returns.
-    void begin(float* base, const Reducer* fn, float scale);
+    // With a stager, `base` is the host buffer the buckets are staged in (the reducer's view).
+    void begin(float* base, const Reducer* fn, float scale, Stager* stager = nullptr);
     // Hands over every bucket that the backward of nodes >= i completes (main thread only).
     void node_done(int64_t i) {
         if (next_ < buckets_.size() && buckets_[next_].ready_after >= i) issue(i);
     }
-    // Hands over the rest, waits for every bucket, then rethrows the first reducer error.
+    // Hands over the rest, waits for every bucket, then rethrows the first reducer error
+    // (or the stager's: an error in issued() ends the hand-over as a reducer error would).
     void finish();
     // Drops the buckets the thread has not started and waits for the one it runs (if any);
     // the step's error is the caller's, so a reducer error is dropped. No-op after finish.
@@ -71,8 +87,33 @@ class GradBucketer {
     float* base_ = nullptr;
     const Reducer* fn_ = nullptr;
     float scale_ = 1.f;
+    Stager* stager_ = nullptr;
     std::thread thread_;
     long pid_ = 0;  // process that started thread_ (a forked child starts its own)
+};
+
+// The Stager of a CUDA model whose buckets an MPI reducer sums on the host: each bucket goes
+// to its slice of a page-locked host buffer and back on cuda::GradStaging's copy streams
+// (slot k for bucket k), beside the backward's kernels on cnnkit's stream.
+class CudaHostStager final : public GradBucketer::Stager {
+  public:
+    explicit CudaHostStager(int slots) : copies_(slots) {}
+    int slots() const { return copies_.slots(); }
+    // The step's buffers: n floats of page-locked host memory and the CUDA gradients.
+    void set_buffers(float* host, float* dev) {
+        host_ = host;
+        dev_ = dev;
+    }
+    void issued(size_t k, const GradBucketer::Bucket& b) override;
+    void fetch(size_t k, const GradBucketer::Bucket& b) override;
+    void done(size_t k, const GradBucketer::Bucket& b) override;
+    void join() { copies_.join(); }  // cnnkit's stream follows the uploads (before the update)
+    void quiesce() noexcept { copies_.quiesce(); }
+
+  private:
+    cuda::GradStaging copies_;
+    float* host_ = nullptr;
+    float* dev_ = nullptr;
 };
 
 }  // namespace nn

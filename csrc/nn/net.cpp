@@ -520,17 +520,24 @@ StepResult Net::train_step(const Tensor& x, const int64_t* labels, const Tensor*
     return r;
 }
 
-void Net::set_grad_reducer(GradReducer fn, float scale, int64_t bucket_bytes, bool on_device) {
+void Net::set_grad_reducer(GradReducer fn, float scale, int64_t bucket_bytes, bool on_device,
+                           GradReducerWait wait) {
     CNN_CHECK_ARG(bucket_bytes >= 0, "set_grad_reducer: bucket_bytes must be >= 0, got ",
                   bucket_bytes);
-    CNN_CHECK_ARG(!on_device || bucket_bytes == 0,
-                  "set_grad_reducer: a device reducer takes the whole buffer (bucket_bytes 0)");
+    CNN_CHECK_ARG(!fn || !on_device || wait,
+                  "set_grad_reducer: a device reducer needs its wait function");
     reducer_ = std::move(fn);
     reduce_scale_ = scale;
     reducer_on_device_ = reducer_ && on_device;
+    reducer_wait_ = reducer_on_device_ ? std::move(wait) : GradReducerWait();
     bucket_bytes_ = reducer_ ? bucket_bytes : 0;
     std::vector<GradBucketer::Bucket> plan = grad_buckets(bucket_bytes_);
-    if (plan.size() > 1) {
+    dev_plan_.clear();
+    stager_.reset();
+    if (plan.size() > 1 && reducer_on_device_) {
+        dev_plan_ = std::move(plan);  // queued from this thread: no communication thread
+        bucketer_.reset();
+    } else if (plan.size() > 1) {
         if (!bucketer_) bucketer_ = std::make_unique<GradBucketer>();
         bucketer_->set_plan(std::move(plan));
     } else {
@@ -569,7 +576,13 @@ std::vector<GradBucketer::Bucket> Net::grad_buckets(int64_t bucket_bytes) const 
 
 void Net::backward_reduced(const Tensor& dout, bool finite) {
     const float nan = std::numeric_limits<float>::quiet_NaN();
-    if (!bucketer_ || grads_.device() != Device::CPU) {
+    if (reducer_on_device_) {
+        backward_device_reduced(dout, finite);
+        return;
+    }
+    const bool host = grads_.device() == Device::CPU;
+    CudaHostStager* stager = bucketer_ && !host ? host_stager() : nullptr;
+    if (!bucketer_ || (!host && !stager)) {
         if (finite)
             backward(dout, false);
         else
@@ -578,9 +591,11 @@ void Net::backward_reduced(const Tensor& dout, bool finite) {
         return;
     }
     // Overlapped: the buckets go to the reducer thread as the backward completes them (the
-    // same buckets in the same order on every process, NaN ones included).
+    // same buckets in the same order on every process, NaN ones included). CUDA gradients
+    // reach the reducer through their page-locked host copy, each bucket copied as soon as
+    // the backward has queued it.
     if (!finite) grads_.fill(nan);
-    bucketer_->begin(grads_.data(), &reducer_, reduce_scale_);
+    bucketer_->begin(host ? grads_.data() : pinned_.get(), &reducer_, reduce_scale_, stager);
     try {
         if (finite) {
             live_ = bucketer_.get();
@@ -588,38 +603,88 @@ void Net::backward_reduced(const Tensor& dout, bool finite) {
             live_ = nullptr;
         }
         bucketer_->finish();  // the rest, then waits for all; rethrows the reducer's error
+        if (stager) stager->join();  // the update follows the reduced buckets' uploads
     } catch (...) {
         live_ = nullptr;
         bucketer_->abandon();  // the thread is idle before the error leaves the step
+        if (stager) stager->quiesce();  // and no copy still runs when the caller zeroes them
         throw;
     }
+}
+
+float* Net::pinned_grads() {
+    const int64_t n = grads_.numel();
+    if (pinned_floats_ != n) {
+        pinned_.reset(static_cast<float*>(
+            cuda::malloc_pinned(static_cast<size_t>(n) * sizeof(float))));
+        pinned_floats_ = n;  // also when none was had: not asked again every step
+    }
+    return pinned_.get();
+}
+
+CudaHostStager* Net::host_stager() {
+    float* host = pinned_grads();
+    if (!host) return nullptr;  // pageable memory would copy synchronously: no overlap
+    const int slots = static_cast<int>(bucketer_->buckets().size());
+    if (!stager_ || stager_->slots() < slots) stager_ = std::make_unique<CudaHostStager>(slots);
+    stager_->set_buffers(host, grads_.data());
+    return stager_.get();
+}
+
+void Net::queue_device_buckets(int64_t i) {
+    float* g = grads_.data();
+    while (dev_next_ < dev_plan_.size() && dev_plan_[dev_next_].ready_after >= i) {
+        const GradBucketer::Bucket& b = dev_plan_[dev_next_++];
+        reducer_(g + b.offset, b.size);
+    }
+}
+
+void Net::backward_device_reduced(const Tensor& dout, bool finite) {
+    if (grads_.device() == Device::CPU)
+        throw RuntimeError("the gradient reducer works on CUDA gradients, but this model's "
+                           "parameters are on the CPU (set it after moving the model)");
+    if (!finite) grads_.fill(std::numeric_limits<float>::quiet_NaN());
+    if (dev_plan_.empty()) {
+        if (finite) backward(dout, false);
+        reducer_(grads_.data(), grads_.numel());
+    } else {
+        // Overlapped on the device: each bucket's sum is queued (on the reducer's stream, after
+        // the backward's kernels so far) as soon as the backward has queued its gradients.
+        dev_next_ = 0;
+        try {
+            if (finite) {
+                dev_live_ = true;
+                backward(dout, false);
+                dev_live_ = false;
+            }
+            queue_device_buckets(std::numeric_limits<int64_t>::min());  // the rest
+        } catch (...) {
+            dev_live_ = false;
+            // The sums already queued stay queued (every process queues the same ones): wait
+            // for them, or for the reducer to give up, before the error leaves the step.
+            try {
+                reducer_wait_();
+            } catch (...) {
+            }
+            throw;
+        }
+    }
+    reducer_wait_();
+    if (reduce_scale_ != 1.f) ops::scale_(grads_, reduce_scale_);
 }
 
 void Net::reduce_grads() {
     const int64_t n = grads_.numel();
     const bool host = grads_.device() == Device::CPU;
     float* g = grads_.data();
-    if (reducer_on_device_) {
-        // NCCL: summed in place on the device, then scaled there; nothing crosses to the host
-        if (host)
-            throw RuntimeError("the gradient reducer works on CUDA gradients, but this model's "
-                               "parameters are on the CPU (set it after moving the model)");
-        reducer_(g, n);
-        if (reduce_scale_ != 1.f) ops::scale_(grads_, reduce_scale_);
-        return;
-    }
     const size_t bytes = static_cast<size_t>(n) * sizeof(float);
     if (!host) {
         // CUDA: the gradients cross to the host for the MPI all-reduce (Horovod's path without
         // NCCL) through a page-locked buffer kept for the run: the device->host copy lands in
         // it directly and the copy back skips the staging buffers. Pageable memory when no
         // page-locked memory can be had.
-        if (pinned_floats_ != n) {
-            pinned_.reset(static_cast<float*>(cuda::malloc_pinned(bytes)));
-            pinned_floats_ = n;  // also when none was had: not asked again every step
-        }
-        if (pinned_) {
-            g = pinned_.get();
+        if (float* pinned = pinned_grads()) {
+            g = pinned;
             cuda::memcpy(g, grads_.data(), bytes, 1);
         } else {
             if (!reduce_host_.defined() || reduce_host_.numel() != n) reduce_host_ = Tensor({n});

@@ -110,20 +110,27 @@ class Net {
     // buffer in host memory; it must sum the gradients of every process in place (an MPI
     // all-reduce). They are then multiplied by `scale` (1 / number of processes). With
     // bucket_bytes = 0, one call on the whole buffer after the backward. With bucket_bytes > 0
-    // (CPU models), the buffer is cut at layer boundaries into buckets of at least that many
-    // bytes (grad_buckets), and `fn` is called on each from a communication thread, in a fixed
+    // the buffer is cut at layer boundaries into buckets of at least that many bytes
+    // (grad_buckets), and `fn` is called on each from a communication thread, in a fixed
     // order, as soon as the backward has completed it, overlapping the reduction with the
     // rest of the backward; train_step waits for every bucket before the update. CUDA
-    // gradients are staged through a host copy and reduced in one call after the backward.
-    // A step whose loss is not finite still takes part, with NaN gradients (the same
-    // buckets), so that every process refuses the same update. An error from `fn` leaves the
-    // parameters unchanged and the gradients zero, and is rethrown by train_step once the
-    // thread is idle. An empty `fn` switches it off. With on_device (CUDA models, the NCCL
-    // all-reduce), `fn` gets the device pointer of the gradients instead, in one call after
-    // the backward, and the scaling runs on the device: nothing crosses to the host.
+    // gradients are staged through page-locked host memory: bucket by bucket on copy streams
+    // beside the backward (cuda::GradStaging), or in one copy after it when there are no
+    // buckets or no page-locked memory. A step whose loss is not finite still takes part,
+    // with NaN gradients (the same buckets), so that every process refuses the same update.
+    // An error from `fn` leaves the parameters unchanged and the gradients zero, and is
+    // rethrown by train_step once the thread is idle. An empty `fn` switches it off.
+    //
+    // With on_device (CUDA models, the NCCL all-reduce), `fn` gets device pointers instead
+    // and only queues the in-place sum, after the work queued on cnnkit's stream; `wait`
+    // then waits for every sum queued (throwing on an error or timeout) and orders cnnkit's
+    // stream after them; the scaling runs on the device and nothing crosses to the host.
+    // With buckets, the sums are queued from the step's thread as the backward completes
+    // each bucket (no communication thread), and waited for once before the update.
     using GradReducer = std::function<void(float* grads, int64_t n)>;
+    using GradReducerWait = std::function<void()>;
     void set_grad_reducer(GradReducer fn, float scale, int64_t bucket_bytes = 0,
-                          bool on_device = false);
+                          bool on_device = false, GradReducerWait wait = {});
     bool grad_reducer_on_device() const { return reducer_on_device_; }
     bool has_grad_reducer() const { return static_cast<bool>(reducer_); }
     int64_t grad_bucket_bytes() const { return bucket_bytes_; }
@@ -222,10 +229,18 @@ class Net {
     void reduce_grads();
     // backward (finite loss) or NaN gradients, and the reduction, bucketed when planned
     void backward_reduced(const Tensor& dout, bool finite);
-    // the backward of node i is done: hands the buckets it completes to the reducer thread
+    // the backward of node i is done: hands the buckets it completes to the reducer thread,
+    // or queues their sums on the device
     void grads_done(size_t i) {
-        if (live_) live_->node_done(static_cast<int64_t>(i));
+        if (live_)
+            live_->node_done(static_cast<int64_t>(i));
+        else if (dev_live_)
+            queue_device_buckets(static_cast<int64_t>(i));
     }
+    void queue_device_buckets(int64_t i);
+    void backward_device_reduced(const Tensor& dout, bool finite);
+    float* pinned_grads();  // the page-locked host copy of the gradients, or nullptr
+    CudaHostStager* host_stager();  // for the buckets of CUDA gradients, or nullptr
     std::vector<int64_t> grad_node_starts() const;
     GradReducer reducer_;
     float reduce_scale_ = 1.f;
@@ -239,6 +254,11 @@ class Net {
     int64_t bucket_bytes_ = 0;
     std::unique_ptr<GradBucketer> bucketer_;  // when the plan has more than one bucket
     GradBucketer* live_ = nullptr;            // set during an overlapped backward
+    std::unique_ptr<CudaHostStager> stager_;  // CUDA gradients in buckets: their copies
+    GradReducerWait reducer_wait_;            // on_device: waits for the queued sums
+    std::vector<GradBucketer::Bucket> dev_plan_;  // on_device with more than one bucket
+    size_t dev_next_ = 0;                     // buckets of dev_plan_ queued in this step
+    bool dev_live_ = false;                   // set during an overlapped device backward
 
     LossKind loss_ = LossKind::None;
     std::shared_ptr<Optimizer> opt_;

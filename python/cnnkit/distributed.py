@@ -10,7 +10,7 @@ disjoint, equal shards (interleaved, the last ``N % world_size`` samples of the 
 left out on every rank); the gradients of every step are summed by an in-place all-reduce of
 the model's flat gradient buffer (no copy on the CPU; CUDA gradients with NCCL on the GPUs
 where it is installed, else through a host copy; with ``init(bucket_mb=...)``, in buckets
-overlapped with the backward) and
+overlapped with the backward, on either) and
 divided by the number of processes, so every rank applies the same update and the weights
 stay bit-identical. BatchNorm running statistics are averaged at the end of each epoch, loss
 and metrics are reduced, and only rank 0 prints and writes files. See docs/distributed.md.
@@ -90,12 +90,14 @@ def init(timeout: float = _DEFAULT_TIMEOUT, bucket_mb: float = _DEFAULT_BUCKET_M
     whole job (MPI_Abort): a stuck peer becomes an error, never a hang. An uncaught
     exception in any process prints its rank and aborts the job (as ``python -m mpi4py``
     does). `bucket_mb` (as DDP's ``bucket_cap_mb``, in MiB): > 0 cuts the gradients into
-    buckets of at least that size, at layer boundaries, each all-reduced by a communication
-    thread as soon as the backward has completed it (overlapping the all-reduce with the
-    backward; CPU models); 0 all-reduces them in one call after the backward. Overlap needs
-    an MPI that allows calls from a second thread (MPI_THREAD_SERIALIZED or better): with a
-    lower thread level, init warns and reduces after the backward. Every process must use
-    the same value.
+    buckets of at least that size, at layer boundaries, each all-reduced as soon as the
+    backward has completed it (overlapping the all-reduce with the backward): by a
+    communication thread for MPI (CUDA gradients copied to the host and back bucket by
+    bucket, on copy streams beside the backward's kernels), queued on the GPU for NCCL; 0
+    all-reduces them in one call after the backward. Overlap over MPI needs an MPI that
+    allows calls from a second thread (MPI_THREAD_SERIALIZED or better): with a lower thread
+    level, init warns and reduces after the backward. Every process must use the same
+    value.
 
     `backend` says how the gradients of CUDA models are summed (default: the environment
     variable ``CNNKIT_DISTRIBUTED_BACKEND``, else "auto"): "nccl" on the GPUs with NCCL
@@ -454,7 +456,8 @@ def _install_reducer(model: Any) -> str:
     net, scale = model._net, 1.0 / _S.size
     comm = _nccl_comm(model)
     if comm is not None:
-        _core.set_grad_reducer_nccl(net, comm, scale, _S.timeout)
+        # queued on the GPU from the step's thread: no MPI call, so no thread level needed
+        _core.set_grad_reducer_nccl(net, comm, scale, _S.timeout, int(_S.bucket_mb * (1 << 20)))
         return "nccl"
     _core.set_grad_reducer(net, _reduce_gradients, scale, _bucket_bytes(model))
     return "mpi"

@@ -225,11 +225,70 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
     std::snprintf(p->name, sizeof(p->name), "cnnkit CPU emulation");
     return cudaSuccess;
 }
+// A deferred stream's queue: tasks [0, run) have run; flush(upto) runs the rest up to upto.
+struct CUstream_st {
+    bool deferred = false;
+    std::recursive_mutex mu;
+    std::vector<std::function<void()>> tasks;
+    size_t run = 0;
+
+    void flush(size_t upto) {
+        std::lock_guard<std::recursive_mutex> lock(mu);
+        while (run < upto && run < tasks.size()) {
+            std::function<void()> t = std::move(tasks[run]);
+            t();
+            ++run;
+        }
+    }
+    size_t size() {
+        std::lock_guard<std::recursive_mutex> lock(mu);
+        return tasks.size();
+    }
+    // runs `t` now on an immediate stream, else queues it
+    void submit(std::function<void()> t) {
+        if (!deferred) {
+            t();
+            return;
+        }
+        std::lock_guard<std::recursive_mutex> lock(mu);
+        tasks.push_back(std::move(t));
+    }
+};
+struct CUevent_st {
+    std::chrono::steady_clock::time_point t;
+    CUstream_st* stream = nullptr;  // deferred stream it was last recorded on, or none
+    size_t pos = 0;                 // that stream's queue length at the record
+};
 cudaError_t cudaStreamCreate(cudaStream_t* s) {
-    *s = reinterpret_cast<cudaStream_t>(new char(0));
+    *s = new CUstream_st();
     return cudaSuccess;
 }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
+    *s = new CUstream_st();
+    (*s)->deferred = true;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+    if (!s) return cudaErrorInvalidValue;
+    s->flush(s->size());  // as CUDA: queued work still completes
+    delete s;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+    if (s) s->flush(s->size());
+    return cudaSuccess;
+}
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
+    if (!e) return cudaErrorInvalidValue;
+    CUstream_st* src = e->stream;
+    if (!src) return cudaSuccess;  // recorded on an immediate stream: done already
+    const size_t pos = e->pos;
+    if (s && s->deferred)
+        s->submit([src, pos] { src->flush(pos); });
+    else
+        src->flush(pos);  // the waiting stream runs at once: so must what it waits for
+    return cudaSuccess;
+}
 cudaError_t cudaMalloc(void** p, size_t bytes) {
     // CNNKIT_EMU_MAX_ALLOC (bytes) makes big allocations fail, to test the out-of-memory path
     static const size_t limit = [] {
@@ -251,12 +310,18 @@ cudaError_t cudaMemGetInfo(size_t* free_b, size_t* total_b) {
     return cudaSuccess;
 }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind,
-                            cudaStream_t) {
-    std::memmove(dst, src, bytes);
+                            cudaStream_t s) {
+    if (s && s->deferred)
+        s->submit([=] { std::memmove(dst, src, bytes); });
+    else
+        std::memmove(dst, src, bytes);
     return cudaSuccess;
 }
-cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) {
-    std::memset(p, value, bytes);
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t s) {
+    if (s && s->deferred)
+        s->submit([=] { std::memset(p, value, bytes); });
+    else
+        std::memset(p, value, bytes);
     return cudaSuccess;
 }
 cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned) {
@@ -267,20 +332,24 @@ cudaError_t cudaFreeHost(void* p) {
     std::free(p);
     return cudaSuccess;
 }
-struct CUevent_st {
-    std::chrono::steady_clock::time_point t;
-};
 cudaError_t cudaEventCreate(cudaEvent_t* e) {
     *e = new CUevent_st();
     return cudaSuccess;
 }
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return cudaEventCreate(e); }
-cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
     e->t = std::chrono::steady_clock::now();
+    e->stream = s && s->deferred ? s : nullptr;
+    e->pos = e->stream ? s->size() : 0;
     return cudaSuccess;
 }
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
-cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+    if (e && e->stream) e->stream->flush(e->pos);
+    return cudaSuccess;
+}
+cudaError_t cudaEventQuery(cudaEvent_t e) {  // complete once waited for: run what it follows
+    return cudaEventSynchronize(e);
+}
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
     *ms = std::chrono::duration<float, std::milli>(b->t - a->t).count();
     return cudaSuccess;

@@ -81,6 +81,7 @@ struct cudaDeviceProp {
     char name[256];
 };
 constexpr unsigned cudaEventDisableTiming = 2;
+constexpr unsigned cudaStreamNonBlocking = 1;
 constexpr unsigned cudaHostAllocDefault = 0;
 
 const char* cudaGetErrorString(cudaError_t e);
@@ -91,8 +92,15 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int device);
 // CNNKIT_EMU_DEVICES (default 1) emulated devices, all the same host memory
 cudaError_t cudaSetDevice(int device);
 cudaError_t cudaGetDevice(int* device);
+// Streams. cudaStreamCreate's (cnnkit's one stream) runs everything at once, as kernels do.
+// A stream made by cudaStreamCreateWithFlags (the copy streams of an overlapped data-parallel
+// step, the NCCL communicator's) defers its copies until something waits for them (an event
+// recorded after them, or the stream), so a missing wait shows up as data that never arrived.
 cudaError_t cudaStreamCreate(cudaStream_t* s);
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags);
+cudaError_t cudaStreamDestroy(cudaStream_t s);
 cudaError_t cudaStreamSynchronize(cudaStream_t s);
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned flags);
 cudaError_t cudaMalloc(void** p, size_t bytes);
 cudaError_t cudaFree(void* p);
 cudaError_t cudaMemGetInfo(size_t* free_b, size_t* total_b);
@@ -105,6 +113,6 @@ cudaError_t cudaEventCreate(cudaEvent_t* e);
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned flags);
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s);
 cudaError_t cudaEventSynchronize(cudaEvent_t e);
-cudaError_t cudaEventQuery(cudaEvent_t e);  // always complete: work runs at launch
+cudaError_t cudaEventQuery(cudaEvent_t e);  // always complete (what it follows runs first)
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b);
 cudaError_t cudaEventDestroy(cudaEvent_t e);
