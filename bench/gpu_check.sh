@@ -141,7 +141,7 @@ print('device:', cnnkit._core.cuda_device_name(0))
 
 # ---- tests ------------------------------------------------------------------------------------
 run_stage cuda-tests 200 python -m pytest -p no:cacheprovider -q -rfE \
-    --junitxml="$OUT/test_cuda.xml" tests/test_cuda.py tests/test_nccl.py \
+    --junitxml="$OUT/test_cuda.xml" tests/test_cuda.py tests/test_nccl.py tests/test_grad_reducer.py \
     "tests/test_trainer.py::test_fit_on_cuda_matches_cpu"
 run_stage cpu-smoke 60 python -m pytest -p no:cacheprovider -q -x tests/test_kernels.py \
     tests/test_model.py tests/test_optim.py

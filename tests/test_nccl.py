@@ -162,6 +162,57 @@ def test_one_rank_step_is_the_step_without_it():
         _core.set_grad_reducer_nccl(c._net, comm, 1.0, 10.0)
 
 
+@needs_nccl
+def test_one_rank_bucketed_step_is_the_step_without_it():
+    """Buckets queued on the communicator's stream while the backward runs: the same bits as
+    one sum after it, every bucket summed once a step, and a diverged step still sums every
+    bucket (the peers' all-reduces must match) and skips the update."""
+    _core.nccl_load(LIB)
+    comm = _core.NcclComm(_core.nccl_unique_id(), 1, 0)
+    calls = _fake_calls()
+    ref, tr, x, y = _setup()
+    tr.fit(x, y, epochs=2, batch_size=8, verbose=0, shuffle=False)
+    m, t, x, y = _setup()
+    m.to("cuda")
+    with pytest.raises(ValueError, match="bucket_bytes must be >= 0"):
+        _core.set_grad_reducer_nccl(m._net, comm, 1.0, 10.0, -1)
+    _core.set_grad_reducer_nccl(m._net, comm, 1.0, 10.0, 64)
+    assert _core.grad_bucket_bytes(m._net) == 64
+    plan = _core.grad_buckets(m._net, 64)
+    assert len(plan) >= 2
+    n0 = calls()
+    t.fit(x, y, epochs=2, batch_size=8, verbose=0, shuffle=False)
+    if n0 is not None:
+        assert calls() - n0 == 8 * len(plan)  # 4 steps an epoch, every bucket once
+    for k, v in ref.state_dict().items():
+        np.testing.assert_array_equal(m.state_dict()[k], v, err_msg=k)
+
+    flat = m._net.flat_params()
+    bad = flat.copy()
+    bad[plan[0][0]:] = np.nan  # the last Linear: NaN logits, a NaN loss
+    m._net.set_flat_params(bad)
+    n0 = calls()
+    loss, _ = m._net.train_step(x[:8], y[:8])
+    assert not np.isfinite(loss)
+    if n0 is not None:
+        assert calls() - n0 == len(plan)
+    np.testing.assert_array_equal(m._net.flat_params(), bad)  # no update
+    m._net.set_flat_params(flat)
+    loss, _ = m._net.train_step(x[:8], y[:8])  # a finite step afterwards is an ordinary one
+    assert np.isfinite(loss) and np.isfinite(m._net.flat_params()).all()
+    _core.set_grad_reducer(m._net, None)
+
+
+def _fake_calls():
+    """A counter of the emulation's NCCL stand-in (None on the real library)."""
+    if not FAKE:
+        return lambda: None
+    import ctypes
+    f = ctypes.CDLL(FAKE).cnnkitFakeNcclCalls
+    f.restype = ctypes.c_longlong
+    return f
+
+
 # ---- two processes (the emulation: both "GPUs" are host memory) ------------------------------
 
 MPIRUN = shutil.which("mpirun") or shutil.which("mpiexec")
@@ -171,12 +222,14 @@ needs_two = pytest.mark.skipif(
            " and an MPI launcher (pip install \".[mpi]\")")
 
 JOB = """
-import os, sys, warnings
+import ctypes, os, sys, warnings
 import numpy as np
 import cnnkit as ck
 ck.set_num_threads(1)
 OUT = sys.argv[1]
-ck.distributed.init(timeout=30, backend=os.environ["T_BACKEND"])
+ck.distributed.init(timeout=30, backend=os.environ["T_BACKEND"],
+                  bucket_mb=float(os.environ.get("T_BUCKET_MB", "0")))
+TAG = os.environ["T_BACKEND"] + os.environ.get("T_BUCKET_MB", "0")
 R = ck.distributed.rank()
 rng = np.random.default_rng(0)
 x, y = rng.random((256, 1, 8, 8), dtype=np.float32), rng.integers(0, 4, 256)
@@ -188,9 +241,15 @@ with warnings.catch_warnings(record=True) as w:
     t.fit(x, y, epochs=2, batch_size=16, verbose=0)
 line = (f"REDUCER {R} {t._grad_reducer} DEVICE {ck._core.cuda_current_device()} WARN "
         f"{[str(e.message) for e in w if 'NCCL' in str(e.message)]}")
-with open(f"{OUT}/r.{os.environ['T_BACKEND']}.{R}.txt", "w") as f:
+b = ck.distributed._bucket_bytes(m)
+fake = ctypes.CDLL(os.environ["CNNKIT_NCCL_LIBRARY"]).cnnkitFakeNcclCalls
+fake.restype = ctypes.c_longlong
+calls = fake()
+with open(f"{OUT}/r.{TAG}.{R}.txt", "w") as f:
     f.write(line)
-np.savez(f"{OUT}/w.{os.environ['T_BACKEND']}.{R}.npz", **m.state_dict())
+with open(f"{OUT}/n.{TAG}.{R}.txt", "w") as f:  # NCCL all-reduces issued; buckets a step
+    f.write(f"{calls} {len(ck._core.grad_buckets(m._net, b)) if b else 1}")
+np.savez(f"{OUT}/w.{TAG}.{R}.npz", **m.state_dict())
 """
 
 
@@ -206,17 +265,28 @@ def _mpirun(tmp_path, body, backend, devices="2", timeout=240, extra=None):
 
 @needs_two
 def test_two_ranks_nccl_gives_the_mpi_weights(tmp_path):
-    for backend in ("nccl", "mpi"):
-        p = _mpirun(tmp_path, JOB, backend)
+    # one all-reduce after the backward, and ~100-byte buckets during it (many a step)
+    runs = [("nccl", "0"), ("mpi", "0"), ("nccl", "0.0001"), ("mpi", "0.0001")]
+    for backend, mb in runs:
+        p = _mpirun(tmp_path, JOB, backend, extra={"T_BUCKET_MB": mb})
         assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
         for r in (0, 1):  # one GPU per local rank: rank r on device r
-            line = (tmp_path / f"r.{backend}.{r}.txt").read_text()
+            line = (tmp_path / f"r.{backend}{mb}.{r}.txt").read_text()
             assert line.startswith(f"REDUCER {r} {backend} DEVICE {r} WARN []"), line
-    w = {(b, r): dict(np.load(tmp_path / f"w.{b}.{r}.npz")) for b in ("nccl", "mpi")
+    calls = {(b, mb, r): [int(v) for v in (tmp_path / f"n.{b}{mb}.{r}.txt").read_text().split()]
+             for b, mb in runs for r in (0, 1)}
+    steps, one = calls["nccl", "0", 0]
+    assert steps > 0 and one == 1
+    for r in (0, 1):
+        n, buckets = calls["nccl", "0.0001", r]
+        assert buckets >= 2 and n == steps * buckets, (n, steps, buckets)  # every bucket, once
+        assert calls["mpi", "0.0001", r][0] == 0  # the MPI backend never calls NCCL
+    w = {(b, mb, r): dict(np.load(tmp_path / f"w.{b}{mb}.{r}.npz")) for b, mb in runs
          for r in (0, 1)}
-    for k, v in w["mpi", 0].items():
-        # the sum of two floats and a halving: the same bits however it is done
-        for other in (("mpi", 1), ("nccl", 0), ("nccl", 1)):
+    for k, v in w["mpi", "0", 0].items():
+        # the sum of two floats and a halving: the same bits however and in whatever pieces
+        # it is done
+        for other in w:
             np.testing.assert_array_equal(w[other][k], v, err_msg=f"{k} {other}")
 
 
@@ -225,7 +295,7 @@ def test_auto_falls_back_and_nccl_refuses_with_one_gpu_for_two(tmp_path):
     p = _mpirun(tmp_path, JOB, "auto", devices="1")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     for r in (0, 1):
-        line = (tmp_path / f"r.auto.{r}.txt").read_text()
+        line = (tmp_path / f"r.auto0.{r}.txt").read_text()
         assert line.startswith(f"REDUCER {r} mpi DEVICE 0"), line
         assert "2 processes share this host's 1 GPU" in line  # the warning, on every rank
     p = _mpirun(tmp_path, JOB, "nccl", devices="1")

@@ -7,6 +7,9 @@
 // sums the slots in rank order (the same bits on every rank), waits again, next piece.
 // A development aid, not NCCL: synchronous, one communicator per id, float32 sums only.
 //
+// cnnkitFakeNcclCalls() (not an NCCL symbol): how many all-reduces this process has issued, so
+// the tests can see the gradients go in buckets.
+//
 // CNNKIT_FAKE_NCCL_TIMEOUT (seconds, default 60): how long a rank waits for the others
 // before the communicator reports ncclSystemError through ncclCommGetAsyncError, as NCCL does
 // when a peer is gone.
@@ -26,6 +29,7 @@
 namespace {
 
 constexpr int kIdBytes = 128;
+std::atomic<long long> g_calls{0};
 constexpr size_t kSlotFloats = size_t(1) << 16;  // 256 KiB a rank per round
 constexpr char kMagic[] = "cnnkit-fake-nccl:";
 
@@ -149,6 +153,7 @@ int ncclCommInitRank(void** out, int nranks, Id id, int rank) {
 
 int ncclAllReduce(const void* send, void* recv, size_t count, int dtype, int op, void* comm,
                   void* /*stream*/) {
+    g_calls.fetch_add(1);
     Comm* c = static_cast<Comm*>(comm);
     if (!c) return 4;
     if (dtype != 7 || op != 0) {
@@ -179,6 +184,8 @@ int ncclAllReduce(const void* send, void* recv, size_t count, int dtype, int op,
     }
     return 0;
 }
+
+long long cnnkitFakeNcclCalls() { return g_calls.load(); }
 
 int ncclCommGetAsyncError(void* comm, int* err) {
     *err = comm ? static_cast<Comm*>(comm)->async : 4;
