@@ -67,6 +67,7 @@ void GradBucketer::begin(float* base, const Reducer* fn, float scale, Stager* st
     fn_ = fn;
     scale_ = scale;
     stager_ = stager;
+    inline_ = false;
     issued_ = done_ = 0;
     next_ = 0;
     cancel_ = false;
@@ -74,10 +75,23 @@ void GradBucketer::begin(float* base, const Reducer* fn, float scale, Stager* st
     active_ = true;
 }
 
+void GradBucketer::begin_inline(float* base, const Reducer* fn) {
+    base_ = base;
+    fn_ = fn;
+    stager_ = nullptr;
+    inline_ = true;
+    next_ = 0;
+    active_ = false;  // nothing for finish or abandon to wait for
+}
+
 void GradBucketer::issue(int64_t i) {
     size_t n = next_;
     while (n < buckets_.size() && buckets_[n].ready_after >= i) ++n;
     if (n == next_) return;
+    if (inline_) {
+        for (; next_ < n; ++next_) (*fn_)(base_ + buckets_[next_].offset, buckets_[next_].size);
+        return;
+    }
     if (stager_) {
         // Queue each bucket's copy to the host before the thread may wait for it. After an
         // error here the rest are still handed over (the thread skips them), so finish and
@@ -111,6 +125,7 @@ void GradBucketer::wait_all(std::unique_lock<std::mutex>& lock) {
 }
 
 void GradBucketer::finish() {
+    if (inline_) issue(std::numeric_limits<int64_t>::min());
     if (!active_) return;
     issue(std::numeric_limits<int64_t>::min());
     std::exception_ptr err;

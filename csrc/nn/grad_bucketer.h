@@ -59,6 +59,10 @@ class GradBucketer {
     // `fn` and `base` must stay valid until finish/abandon returns.
     // With a stager, `base` is the host buffer the buckets are staged in (the reducer's view).
     void begin(float* base, const Reducer* fn, float scale, Stager* stager = nullptr);
+    // A step without the thread (a reducer that only queues its work, the NCCL sums on the
+    // device): node_done and finish call `fn` on each bucket on the calling thread, in the
+    // same order, and its errors propagate from there; no scaling, nothing to wait for.
+    void begin_inline(float* base, const Reducer* fn);
     // Hands over every bucket that the backward of nodes >= i completes (main thread only).
     void node_done(int64_t i) {
         if (next_ < buckets_.size() && buckets_[next_].ready_after >= i) issue(i);
@@ -83,6 +87,7 @@ class GradBucketer {
     std::condition_variable work_cv_, done_cv_;
     size_t issued_ = 0, done_ = 0;  // guarded by mu_
     bool stop_ = false, cancel_ = false, active_ = false;
+    bool inline_ = false;  // this step's buckets go to fn_ on the calling thread
     std::exception_ptr error_;
     float* base_ = nullptr;
     const Reducer* fn_ = nullptr;

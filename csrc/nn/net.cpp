@@ -532,12 +532,9 @@ void Net::set_grad_reducer(GradReducer fn, float scale, int64_t bucket_bytes, bo
     reducer_wait_ = reducer_on_device_ ? std::move(wait) : GradReducerWait();
     bucket_bytes_ = reducer_ ? bucket_bytes : 0;
     std::vector<GradBucketer::Bucket> plan = grad_buckets(bucket_bytes_);
-    dev_plan_.clear();
     stager_.reset();
-    if (plan.size() > 1 && reducer_on_device_) {
-        dev_plan_ = std::move(plan);  // queued from this thread: no communication thread
-        bucketer_.reset();
-    } else if (plan.size() > 1) {
+    if (plan.size() > 1) {
+        // on_device: the buckets are queued from the step's thread (no thread is started)
         if (!bucketer_) bucketer_ = std::make_unique<GradBucketer>();
         bucketer_->set_plan(std::move(plan));
     } else {
@@ -631,35 +628,27 @@ CudaHostStager* Net::host_stager() {
     return stager_.get();
 }
 
-void Net::queue_device_buckets(int64_t i) {
-    float* g = grads_.data();
-    while (dev_next_ < dev_plan_.size() && dev_plan_[dev_next_].ready_after >= i) {
-        const GradBucketer::Bucket& b = dev_plan_[dev_next_++];
-        reducer_(g + b.offset, b.size);
-    }
-}
-
 void Net::backward_device_reduced(const Tensor& dout, bool finite) {
     if (grads_.device() == Device::CPU)
         throw RuntimeError("the gradient reducer works on CUDA gradients, but this model's "
                            "parameters are on the CPU (set it after moving the model)");
     if (!finite) grads_.fill(std::numeric_limits<float>::quiet_NaN());
-    if (dev_plan_.empty()) {
+    if (!bucketer_) {
         if (finite) backward(dout, false);
         reducer_(grads_.data(), grads_.numel());
     } else {
         // Overlapped on the device: each bucket's sum is queued (on the reducer's stream, after
         // the backward's kernels so far) as soon as the backward has queued its gradients.
-        dev_next_ = 0;
+        bucketer_->begin_inline(grads_.data(), &reducer_);
         try {
             if (finite) {
-                dev_live_ = true;
+                live_ = bucketer_.get();
                 backward(dout, false);
-                dev_live_ = false;
+                live_ = nullptr;
             }
-            queue_device_buckets(std::numeric_limits<int64_t>::min());  // the rest
+            bucketer_->finish();  // queues the rest
         } catch (...) {
-            dev_live_ = false;
+            live_ = nullptr;
             // The sums already queued stay queued (every process queues the same ones): wait
             // for them, or for the reducer to give up, before the error leaves the step.
             try {

@@ -229,15 +229,11 @@ class Net {
     void reduce_grads();
     // backward (finite loss) or NaN gradients, and the reduction, bucketed when planned
     void backward_reduced(const Tensor& dout, bool finite);
-    // the backward of node i is done: hands the buckets it completes to the reducer thread,
-    // or queues their sums on the device
+    // the backward of node i is done: hands the buckets it completes to the reducer thread
+    // (or, on_device, queues their sums)
     void grads_done(size_t i) {
-        if (live_)
-            live_->node_done(static_cast<int64_t>(i));
-        else if (dev_live_)
-            queue_device_buckets(static_cast<int64_t>(i));
+        if (live_) live_->node_done(static_cast<int64_t>(i));
     }
-    void queue_device_buckets(int64_t i);
     void backward_device_reduced(const Tensor& dout, bool finite);
     float* pinned_grads();  // the page-locked host copy of the gradients, or nullptr
     CudaHostStager* host_stager();  // for the buckets of CUDA gradients, or nullptr
@@ -256,9 +252,6 @@ class Net {
     GradBucketer* live_ = nullptr;            // set during an overlapped backward
     std::unique_ptr<CudaHostStager> stager_;  // CUDA gradients in buckets: their copies
     GradReducerWait reducer_wait_;            // on_device: waits for the queued sums
-    std::vector<GradBucketer::Bucket> dev_plan_;  // on_device with more than one bucket
-    size_t dev_next_ = 0;                     // buckets of dev_plan_ queued in this step
-    bool dev_live_ = false;                   // set during an overlapped device backward
 
     LossKind loss_ = LossKind::None;
     std::shared_ptr<Optimizer> opt_;
